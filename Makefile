@@ -1,0 +1,43 @@
+# Switchyard — the README's commands. Each target installs missing Debian packages first.
+#   make demo    build and run the main job
+#   make test    build (warnings as errors) and run every test
+#   make test-sanitize   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench   build optimised and run the benchmarks; ends with `name: value` lines
+JOBS ?= $(shell nproc)
+BUILD ?= build
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build test test-sanitize demo bench clean format
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/CMakeCache.txt: | deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSWITCHYARD_WERROR=ON $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-sanitize: deps
+	cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_WERROR=ON -DSWITCHYARD_SANITIZE=ON \
+	  -DSWITCHYARD_CUDA=OFF -DSWITCHYARD_BUILD_BENCH=OFF
+	cmake --build build-sanitize -j $(JOBS)
+	cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	$(BUILD)/switchyard demo --config configs/models/combined.yaml --steps 10 --tokens 4096
+
+bench: build
+	scripts/run-bench.sh $(BUILD)
+
+format:
+	git ls-files '*.cc' '*.h' '*.cu' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD) build-sanitize

@@ -1,0 +1,667 @@
+// The configuration schema: every setting declared once, in `kSchema` below, and a small
+// generic walker that parses YAML against it, fills defaults, prints the effective
+// configuration and the Markdown reference (the UCX `ucs_config_field_t` pattern).
+//
+// Adding a setting = adding one row to `kSchema` (and the member to config.h). Rows are in
+// document order; a row may only depend on rows above it (its `when` discriminator, the
+// settings its computed default or its cross-field check reads).
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/error.h"
+
+namespace sy {
+namespace {
+
+// ---- YAML spellings of the enums, in enum order (to_string and the schema share them) ----
+
+constexpr std::string_view kActivationNames[] = {"swiglu", "gelu"};
+constexpr std::string_view kRoutingKindNames[] = {"topk", "dynamic"};
+constexpr std::string_view kBudgetNames[] = {"exact", "round"};
+constexpr std::string_view kAggregationKindNames[] = {"weighted_sum", "dag"};
+constexpr std::string_view kDagEdgesNames[] = {"all", "causal"};
+constexpr std::string_view kSharedMixNames[] = {"add", "coefficient"};
+constexpr std::string_view kInputNormNames[] = {"none", "rmsnorm"};
+
+template <class E, std::size_t N>
+const char* spelling(E v, const std::string_view (&names)[N]) {
+  const auto i = static_cast<std::size_t>(v);
+  return i < N ? names[i].data() : "?";
+}
+
+// ---- Schema vocabulary ----
+
+enum class Type { integer, real, boolean, choice, map, map_list };
+
+enum class Need {
+  required,   // absent is an error
+  defaulted,  // absent: `def` (YAML text; maps: every child takes its own default)
+  computed,   // absent: `compute` derives it from settings above; `def` says how, for people
+  optional,   // maps only: absent leaves the presence flag false
+};
+
+enum class Bound { none, ge, gt };  // value >= limit, value > limit
+
+// The structs a row's accessor reaches: the config, and the stage being read.
+struct Scope {
+  Config* config = nullptr;
+  StageConfig* stage = nullptr;
+};
+
+// Type-erased reference to an enum member.
+struct EnumRef {
+  void* p;
+  int (*get)(const void*);
+  void (*set)(void*, int);
+};
+
+// Where a row's value lives: scalars their member, optional maps their presence flag, lists the
+// vector of element structs. Plain maps have no slot.
+using Slot = std::variant<std::monostate, int*, double*, bool*, EnumRef, std::vector<StageConfig>*>;
+
+Slot slot_of(int& v) { return &v; }
+Slot slot_of(double& v) { return &v; }
+Slot slot_of(bool& v) { return &v; }
+Slot slot_of(std::vector<StageConfig>& v) { return &v; }
+template <class E>
+requires std::is_enum_v<E> Slot slot_of(E& v) {
+  return EnumRef{&v, [](const void* p) { return static_cast<int>(*static_cast<const E*>(p)); },
+                 [](void* p, int i) { *static_cast<E*>(p) = static_cast<E>(i); }};
+}
+
+#define SY_MODEL(member) [](const Scope& s) -> Slot { return slot_of(s.config->model.member); }
+#define SY_STAGE(member) [](const Scope& s) -> Slot { return slot_of(s.stage->member); }
+
+struct Field {
+  std::string_view path{};  // schema path; "[]" marks the elements of a list
+  Type type = Type::integer;
+  Need need = Need::defaulted;
+  std::string_view def{};  // defaulted: the default as YAML text; computed: how it is derived
+  Bound bound = Bound::none;
+  double limit = 0;
+  std::span<const std::string_view> choices{};  // Type::choice: allowed spellings, in enum order
+  std::string_view when{};                      // "kind: dynamic": only applies when the sibling `kind` is `dynamic`
+  std::string_view help{};
+  Slot (*slot)(const Scope&) = nullptr;
+  int (*compute)(const Scope&) = nullptr;        // Need::computed
+  std::string (*check)(const Scope&) = nullptr;  // cross-field check: "" or what is wrong
+};
+
+std::string format_real(double v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+const std::string kDynamicChain = "; dynamic routing needs 1 <= k_min <= k_avg <= k_max <= experts";
+
+// clang-format off
+const Field kSchema[] = {
+  {.path = "model", .type = Type::map, .need = Need::required,
+   .help = "The model: its width and its MoE layer."},
+  {.path = "model.hidden_size", .need = Need::required, .bound = Bound::gt,
+   .help = "Model width d (token vector size).", .slot = SY_MODEL(hidden_size)},
+  {.path = "model.layers", .def = "1", .bound = Bound::ge, .limit = 1,
+   .help = "Number of MoE layers, all configured like `layer`.", .slot = SY_MODEL(layers)},
+  {.path = "model.layer", .type = Type::map, .need = Need::required,
+   .help = "One MoE layer: an input norm and one or more stages."},
+  {.path = "model.layer.input_norm", .type = Type::choice, .def = "none", .choices = kInputNormNames,
+   .help = "Norm applied to the layer input before the first stage.",
+   .slot = SY_MODEL(layer.input_norm)},
+  {.path = "model.layer.stages", .type = Type::map_list, .need = Need::required,
+   .help = "The stages, applied in order on the residual stream (two for CartesianMoE).",
+   .slot = SY_MODEL(layer.stages)},
+
+  {.path = "model.layer.stages[].experts", .need = Need::required, .bound = Bound::ge, .limit = 1,
+   .help = "Number of routed experts E.", .slot = SY_STAGE(experts)},
+  {.path = "model.layer.stages[].ffn_hidden_size", .need = Need::required, .bound = Bound::gt,
+   .help = "Hidden width f of each routed expert.", .slot = SY_STAGE(ffn_hidden_size)},
+  {.path = "model.layer.stages[].activation", .type = Type::choice, .def = "swiglu",
+   .choices = kActivationNames, .help = "Routed expert FFN activation.", .slot = SY_STAGE(activation)},
+
+  {.path = "model.layer.stages[].routing", .type = Type::map,
+   .help = "How each token selects experts and gates them."},
+  {.path = "model.layer.stages[].routing.kind", .type = Type::choice, .def = "topk",
+   .choices = kRoutingKindNames, .help = "topk: fixed k per token; dynamic: DA-MoE per-token k.",
+   .slot = SY_STAGE(routing.kind)},
+  {.path = "model.layer.stages[].routing.normalize", .type = Type::boolean, .def = "true",
+   .help = "Renormalize the gates over the selected experts.", .slot = SY_STAGE(routing.normalize)},
+  {.path = "model.layer.stages[].routing.k", .def = "2", .bound = Bound::ge, .limit = 1,
+   .when = "kind: topk", .help = "Experts per token, at most `experts`.", .slot = SY_STAGE(routing.k),
+   .check = [](const Scope& s) -> std::string {
+     const StageConfig& st = *s.stage;
+     if (st.routing.k <= st.experts) return "";
+     return std::to_string(st.routing.k) + " exceeds experts (" + std::to_string(st.experts) +
+            ") of this stage";
+   }},
+  {.path = "model.layer.stages[].routing.k_avg", .type = Type::real, .def = "2", .when = "kind: dynamic",
+   .help = "Average experts per token; 1 <= k_min <= k_avg <= k_max <= experts.", .slot = SY_STAGE(routing.k_avg),
+   .check = [](const Scope& s) -> std::string {
+     const RoutingConfig& r = s.stage->routing;
+     if (r.k_avg < r.k_min) {
+       return "k_avg (" + format_real(r.k_avg) + ") is below k_min (" + std::to_string(r.k_min) + ")" +
+              kDynamicChain;
+     }
+     if (r.k_avg > r.k_max) {
+       return "k_avg (" + format_real(r.k_avg) + ") exceeds k_max (" + std::to_string(r.k_max) + ")" +
+              kDynamicChain;
+     }
+     return "";
+   }},
+  {.path = "model.layer.stages[].routing.k_min", .def = "1", .bound = Bound::ge, .limit = 1,
+   .when = "kind: dynamic", .help = "Fewest experts a token gets.", .slot = SY_STAGE(routing.k_min)},
+  {.path = "model.layer.stages[].routing.k_max", .need = Need::computed, .def = "`experts` of the stage",
+   .bound = Bound::ge, .limit = 1, .when = "kind: dynamic", .help = "Most experts a token gets.",
+   .slot = SY_STAGE(routing.k_max), .compute = [](const Scope& s) { return s.stage->experts; },
+   .check = [](const Scope& s) -> std::string {
+     const StageConfig& st = *s.stage;
+     if (st.routing.k_max <= st.experts) return "";
+     return std::to_string(st.routing.k_max) + " exceeds experts (" + std::to_string(st.experts) +
+            ") of this stage";
+   }},
+  {.path = "model.layer.stages[].routing.budget", .type = Type::choice, .def = "exact",
+   .choices = kBudgetNames, .when = "kind: dynamic",
+   .help = "exact: k_avg*L slots per sequence, water-filled; round: per-token rounding.",
+   .slot = SY_STAGE(routing.budget)},
+  {.path = "model.layer.stages[].routing.importance", .type = Type::map, .when = "kind: dynamic",
+   .help = "How token importance is derived from attention."},
+  {.path = "model.layer.stages[].routing.importance.causal_correction", .type = Type::boolean,
+   .def = "false", .help = "Divide received attention by the number of queries that can see the token.",
+   .slot = SY_STAGE(routing.causal_correction)},
+
+  {.path = "model.layer.stages[].aggregation", .type = Type::map,
+   .help = "How the selected experts' outputs are combined."},
+  {.path = "model.layer.stages[].aggregation.kind", .type = Type::choice, .def = "weighted_sum",
+   .choices = kAggregationKindNames, .help = "weighted_sum: gate-weighted sum; dag: DAG-MoE levels.",
+   .slot = SY_STAGE(aggregation.kind)},
+  {.path = "model.layer.stages[].aggregation.levels", .def = "2", .bound = Bound::ge, .when = "kind: dag",
+   .help = "Number of DAG message-passing levels (0: sum plus input).",
+   .slot = SY_STAGE(aggregation.levels)},
+  {.path = "model.layer.stages[].aggregation.dim", .need = Need::computed,
+   .def = "`hidden_size` / 4, at least 1", .bound = Bound::gt, .when = "kind: dag",
+   .help = "Width d_g of the DAG node projections.", .slot = SY_STAGE(aggregation.dim),
+   .compute = [](const Scope& s) { return std::max(1, s.config->model.hidden_size / 4); }},
+  {.path = "model.layer.stages[].aggregation.edges", .type = Type::choice, .def = "all",
+   .choices = kDagEdgesNames, .when = "kind: dag",
+   .help = "all: every node sees every node; causal: a node sees itself and higher-gated nodes.",
+   .slot = SY_STAGE(aggregation.edges)},
+
+  {.path = "model.layer.stages[].shared_expert", .type = Type::map, .need = Need::optional,
+   .def = "absent", .help = "A swiglu expert applied to every token; present = enabled.",
+   .slot = SY_STAGE(shared_expert.enabled)},
+  {.path = "model.layer.stages[].shared_expert.ffn_hidden_size", .need = Need::required,
+   .bound = Bound::gt, .help = "Hidden width of the shared expert.",
+   .slot = SY_STAGE(shared_expert.ffn_hidden_size)},
+  {.path = "model.layer.stages[].shared_expert.mix", .type = Type::choice, .def = "add",
+   .choices = kSharedMixNames, .help = "add: m + S(u); coefficient: learned 2-way softmax mix.",
+   .slot = SY_STAGE(shared_expert.mix)},
+
+  {.path = "model.layer.stages[].capacity_factor", .type = Type::real, .def = "0", .bound = Bound::ge,
+   .help = "Per-expert capacity ceil(cf * assignments / E); 0 = dropless.",
+   .slot = SY_STAGE(capacity_factor)},
+  {.path = "model.layer.stages[].aux_loss", .type = Type::map,
+   .help = "Auxiliary loss weights (0 = off)."},
+  {.path = "model.layer.stages[].aux_loss.load_balance", .type = Type::real, .def = "0",
+   .bound = Bound::ge, .help = "Switch load-balancing loss weight.", .slot = SY_STAGE(aux_loss.load_balance)},
+  {.path = "model.layer.stages[].aux_loss.z_loss", .type = Type::real, .def = "0", .bound = Bound::ge,
+   .help = "Router z-loss weight.", .slot = SY_STAGE(aux_loss.z_loss)},
+};
+// clang-format on
+
+#undef SY_MODEL
+#undef SY_STAGE
+
+// ---- Schema helpers ----
+
+std::string_view parent_of(std::string_view path) {
+  const auto dot = path.rfind('.');
+  return dot == std::string_view::npos ? std::string_view() : path.substr(0, dot);
+}
+
+std::string_view key_of(std::string_view path) {
+  const auto dot = path.rfind('.');
+  return dot == std::string_view::npos ? path : path.substr(dot + 1);
+}
+
+// The schema path under which a map-valued row's children live.
+std::string child_schema(const Field& f) { return std::string(f.path) + (f.type == Type::map_list ? "[]" : ""); }
+
+std::vector<const Field*> children_of(std::string_view schema) {
+  std::vector<const Field*> out;
+  for (const Field& f : kSchema) {
+    if (parent_of(f.path) == schema) out.push_back(&f);
+  }
+  return out;
+}
+
+// "routing" for "model.layer.stages[].routing.k": the name of the map a row sits in.
+std::string_view section_of(const Field& f) {
+  std::string_view p = key_of(parent_of(f.path));
+  if (p.ends_with("[]")) p.remove_suffix(2);
+  return p;
+}
+
+std::string_view when_key(const Field& f) { return f.when.substr(0, f.when.find(':')); }
+std::string_view when_value(const Field& f) { return f.when.substr(f.when.find(": ") + 2); }
+
+const Field& sibling(const Field& f, std::string_view key) {
+  for (const Field& g : kSchema) {
+    if (parent_of(g.path) == parent_of(f.path) && key_of(g.path) == key) return g;
+  }
+  throw_runtime_error("config schema: no sibling `" + std::string(key) + "` of " + std::string(f.path));
+}
+
+std::string_view choice_value(const Field& f, const Scope& s) {
+  const EnumRef ref = std::get<EnumRef>(f.slot(s));
+  const int i = ref.get(ref.p);
+  return i >= 0 && static_cast<std::size_t>(i) < f.choices.size() ? f.choices[i] : "?";
+}
+
+// The current value of the discriminator a row's `when` names ("" when the row has no `when`).
+std::string_view discriminator(const Field& f, const Scope& s) {
+  return f.when.empty() ? std::string_view() : choice_value(sibling(f, when_key(f)), s);
+}
+
+bool applies(const Field& f, const Scope& s) { return f.when.empty() || discriminator(f, s) == when_value(f); }
+
+std::string join_choices(std::span<const std::string_view> choices, std::string_view sep) {
+  std::string out;
+  for (std::size_t i = 0; i < choices.size(); ++i) {
+    if (i) out += sep;
+    out += choices[i];
+  }
+  return out;
+}
+
+std::string type_name(const Field& f) {
+  switch (f.type) {
+    case Type::integer: return "an integer";
+    case Type::real: return "a number";
+    case Type::boolean: return "true or false";
+    case Type::choice: return "one of: " + join_choices(f.choices, ", ");
+    case Type::map: return "a map";
+    case Type::map_list: return "a non-empty list of maps";
+  }
+  return "?";
+}
+
+std::string bound_text(const Field& f) {
+  if (f.bound == Bound::none) return "";
+  return std::string(f.bound == Bound::ge ? ">= " : "> ") + format_real(f.limit);
+}
+
+// ---- Scalar conversion: text -> member, shared by YAML values and the table's defaults ----
+
+// Stores `text` through the row's slot; returns "" or what is wrong with the text.
+std::string store_scalar(const Field& f, const Scope& s, std::string_view text) {
+  const auto quoted = [&] { return "expected " + type_name(f) + ", got \"" + std::string(text) + "\""; };
+  double value = 0;  // numeric value, for the bound check
+  switch (f.type) {
+    case Type::integer: {
+      std::string_view t = text;
+      if (t.starts_with('+') && !t.starts_with("+-")) t.remove_prefix(1);
+      int v = 0;
+      auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+      if (r.ec == std::errc::result_out_of_range) return "\"" + std::string(text) + "\" is out of range for an integer";
+      if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty()) return quoted();
+      *std::get<int*>(f.slot(s)) = v;
+      value = v;
+      break;
+    }
+    case Type::real: {
+      std::string_view t = text;
+      if (t.starts_with('+') && !t.starts_with("+-")) t.remove_prefix(1);
+      double v = 0;
+      auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+      if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty()) return quoted();
+      if (!std::isfinite(v)) return "expected a finite number, got \"" + std::string(text) + "\"";
+      *std::get<double*>(f.slot(s)) = v;
+      value = v;
+      break;
+    }
+    case Type::boolean: {
+      bool v;
+      if (text == "true" || text == "True" || text == "TRUE") v = true;
+      else if (text == "false" || text == "False" || text == "FALSE") v = false;
+      else return quoted();
+      *std::get<bool*>(f.slot(s)) = v;
+      return "";
+    }
+    case Type::choice: {
+      const auto it = std::find(f.choices.begin(), f.choices.end(), text);
+      if (it == f.choices.end()) return "\"" + std::string(text) + "\" is not " + type_name(f);
+      const EnumRef ref = std::get<EnumRef>(f.slot(s));
+      ref.set(ref.p, static_cast<int>(it - f.choices.begin()));
+      return "";
+    }
+    case Type::map:
+    case Type::map_list: return "not a scalar setting";
+  }
+  const bool ok = f.bound == Bound::none || (f.bound == Bound::ge ? value >= f.limit : value > f.limit);
+  return ok ? "" : "must be " + bound_text(f) + ", got " + std::string(text);
+}
+
+std::string value_text(const Field& f, const Scope& s) {
+  const Slot slot = f.slot(s);
+  if (const int* const* p = std::get_if<int*>(&slot)) return std::to_string(**p);
+  if (const double* const* p = std::get_if<double*>(&slot)) return format_real(**p);
+  if (const bool* const* p = std::get_if<bool*>(&slot)) return **p ? "true" : "false";
+  if (std::holds_alternative<EnumRef>(slot)) return std::string(choice_value(f, s));
+  return "";
+}
+
+// ---- Reading YAML against the schema ----
+
+int line_of(const YAML::Mark& mark, int fallback) { return mark.line >= 0 ? mark.line + 1 : fallback; }
+
+std::string describe(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "null (no value)";
+    case YAML::NodeType::Scalar: return "\"" + n.Scalar() + "\"";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Undefined: break;
+  }
+  return "nothing";
+}
+
+std::string join_path(const std::string& prefix, std::string_view key) {
+  return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  // Reads a map (or null = all defaults) whose rows are the children of schema path `schema`.
+  // `line` is where the map is, for errors about keys it lacks.
+  void read_map(const YAML::Node& node, std::string_view schema, const std::string& path, int line,
+                const Scope& s) const {
+    if (node.IsMap()) line = line_of(node.Mark(), line);
+    const std::vector<const Field*> rows = children_of(schema);
+
+    struct Entry {
+      std::string key;
+      int line;
+      YAML::Node value;
+    };
+    std::vector<Entry> entries;
+    if (node.IsMap()) {
+      for (auto it = node.begin(); it != node.end(); ++it) {
+        const int key_line = line_of(it->first.Mark(), line);
+        if (!it->first.IsScalar()) fail(key_line, path, "keys must be plain names, got " + describe(it->first));
+        std::string key = it->first.Scalar();
+        for (const Entry& e : entries) {
+          if (e.key == key) {
+            fail(key_line, join_path(path, key), "duplicate key (first given on line " + std::to_string(e.line) + ")");
+          }
+        }
+        const bool known =
+            std::any_of(rows.begin(), rows.end(), [&](const Field* f) { return key_of(f->path) == key; });
+        if (!known) {
+          std::string expected;
+          for (const Field* f : rows) expected += (expected.empty() ? "" : ", ") + std::string(key_of(f->path));
+          fail(key_line, join_path(path, key), "unknown key; expected one of: " + expected);
+        }
+        entries.push_back({std::move(key), key_line, it->second});
+      }
+    }
+
+    const auto find = [&](const Field& f) -> const Entry* {
+      for (const Entry& e : entries) {
+        if (e.key == key_of(f.path)) return &e;
+      }
+      return nullptr;
+    };
+
+    for (const Field* f : rows) {
+      const Entry* e = find(*f);
+      const std::string child_path = join_path(path, key_of(f->path));
+      if (!applies(*f, s)) {
+        if (e) {
+          const std::string section(section_of(*f));
+          fail(e->line, child_path,
+               section + "." + std::string(key_of(f->path)) + " is a setting of " + section + "." +
+                   std::string(when_key(*f)) + ": " + std::string(when_value(*f)) + ", not " +
+                   std::string(discriminator(*f, s)));
+        }
+        continue;
+      }
+      if (e) {
+        read_value(*f, e->value, e->line, child_path, s);
+        continue;
+      }
+      switch (f->need) {
+        case Need::required: fail(line, child_path, "required setting is missing");
+        case Need::optional: *std::get<bool*>(f->slot(s)) = false; break;
+        case Need::computed: *std::get<int*>(f->slot(s)) = f->compute(s); break;
+        case Need::defaulted:
+          if (f->type == Type::map) {
+            read_map(YAML::Node(), child_schema(*f), child_path, line, s);
+          } else if (std::string err = store_scalar(*f, s, f->def); !err.empty()) {
+            throw_runtime_error("config schema: bad default for " + std::string(f->path) + ": " + err);
+          }
+          break;
+      }
+    }
+
+    for (const Field* f : rows) {
+      if (!f->check || !applies(*f, s)) continue;
+      if (std::string err = f->check(s); !err.empty()) {
+        const Entry* e = find(*f);
+        fail(e ? e->line : line, join_path(path, key_of(f->path)), err);
+      }
+    }
+  }
+
+  [[noreturn]] void fail(int line, const std::string& path, const std::string& message) const {
+    throw_config_error(source_ + ":" + std::to_string(line) + ": " + (path.empty() ? "(top level)" : path) + ": " +
+                       message);
+  }
+
+ private:
+  void read_value(const Field& f, const YAML::Node& value, int line, const std::string& path, const Scope& s) const {
+    switch (f.type) {
+      case Type::map:
+        if (!value.IsMap() && !value.IsNull()) fail(line, path, "expected a map, got " + describe(value));
+        if (f.need == Need::optional) *std::get<bool*>(f.slot(s)) = true;
+        read_map(value, child_schema(f), path, line, s);
+        return;
+      case Type::map_list: {
+        if (!value.IsSequence() || value.size() == 0) {
+          fail(line, path,
+               "expected " + type_name(f) + ", got " + (value.IsSequence() ? "an empty list" : describe(value)));
+        }
+        std::vector<StageConfig>& items = *std::get<std::vector<StageConfig>*>(f.slot(s));
+        items.assign(value.size(), StageConfig{});
+        for (std::size_t i = 0; i < value.size(); ++i) {
+          const YAML::Node item = value[i];
+          const std::string item_path = path + "[" + std::to_string(i) + "]";
+          const int item_line = item.IsNull() ? line : line_of(item.Mark(), line);
+          if (!item.IsMap() && !item.IsNull()) fail(item_line, item_path, "expected a map, got " + describe(item));
+          Scope inner = s;
+          inner.stage = &items[i];
+          read_map(item, child_schema(f), item_path, item_line, inner);
+        }
+        return;
+      }
+      case Type::integer:
+      case Type::real:
+      case Type::boolean:
+      case Type::choice:
+        if (!value.IsScalar()) fail(line, path, "expected " + type_name(f) + ", got " + describe(value));
+        // A quoted scalar is a string: `experts: "8"` is not an integer.
+        if (value.Tag() == "!" && f.type != Type::choice) {
+          fail(line, path, "expected " + type_name(f) + ", got the quoted string " + describe(value));
+        }
+        if (std::string err = store_scalar(f, s, value.Scalar()); !err.empty()) fail(line, path, err);
+        return;
+    }
+  }
+
+  std::string source_;
+};
+
+// ---- Printing ----
+
+void emit(std::string& out, std::string line, std::string_view comment) {
+  constexpr std::size_t kCommentColumn = 40;
+  if (!comment.empty()) {
+    line.resize(std::max(line.size() + 2, kCommentColumn), ' ');
+    line += "# ";
+    line += comment;
+  }
+  out += line;
+  out += '\n';
+}
+
+std::string comment_of(const Field& f) {
+  std::string c(f.help);
+  if (f.type == Type::choice) c += " (" + join_choices(f.choices, " | ") + ")";
+  return c;
+}
+
+// Prints the rows under `schema` at `indent`; the first line of a list element gets the "- ".
+void print_map(std::string& out, std::string_view schema, const Scope& s, std::size_t indent, bool list_item) {
+  bool first = true;
+  for (const Field* f : children_of(schema)) {
+    if (!applies(*f, s)) continue;
+    const std::string key(key_of(f->path));
+    if (f->need == Need::optional && !*std::get<bool*>(f->slot(s))) {
+      emit(out, std::string(indent, ' ') + "# " + key + ": absent", comment_of(*f));
+      continue;
+    }
+    std::string line =
+        (first && list_item ? std::string(indent - 2, ' ') + "- " : std::string(indent, ' ')) + key + ":";
+    first = false;
+    switch (f->type) {
+      case Type::map:
+        emit(out, line, comment_of(*f));
+        print_map(out, child_schema(*f), s, indent + 2, false);
+        break;
+      case Type::map_list: {
+        emit(out, line, comment_of(*f));
+        std::vector<StageConfig>& items = *std::get<std::vector<StageConfig>*>(f->slot(s));
+        for (StageConfig& item : items) {
+          Scope inner = s;
+          inner.stage = &item;
+          print_map(out, child_schema(*f), inner, indent + 4, true);
+        }
+        break;
+      }
+      default: emit(out, line + " " + value_text(*f, s), comment_of(*f)); break;
+    }
+  }
+}
+
+std::string markdown_cell(std::string text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+Config load_config_string(const std::string& yaml_text, const std::string& source_name) {
+  const Reader reader(source_name);
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw_config_error(source_name + ":" + std::to_string(line_of(e.mark, 1)) + ": YAML syntax error: " + e.msg);
+  }
+  if (docs.size() > 1) {
+    reader.fail(line_of(docs[1].Mark(), 1), "", "expected one YAML document, found " + std::to_string(docs.size()));
+  }
+  const YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
+  if (!root.IsMap() && !root.IsNull())
+    reader.fail(line_of(root.Mark(), 1), "", "expected a map, got " + describe(root));
+
+  Config config;
+  config.source = source_name;
+  try {
+    reader.read_map(root, "", "", 1, Scope{&config, nullptr});
+  } catch (const YAML::Exception& e) {  // not expected: the reader only uses non-throwing accessors
+    throw_config_error(source_name + ":" + std::to_string(line_of(e.mark, 1)) + ": " + e.msg);
+  }
+  return config;
+}
+
+Config load_config(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) throw_config_error(path + ": cannot open config file: " + std::strerror(errno));
+  std::string text;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, file)) > 0) text.append(buf, n);
+  const int read_errno = std::ferror(file) ? errno : 0;
+  std::fclose(file);
+  if (read_errno) throw_config_error(path + ": cannot read config file: " + std::strerror(read_errno));
+  return load_config_string(text, path);
+}
+
+std::string config_to_yaml(const Config& config) {
+  Config copy = config;  // the slots hand out non-const pointers
+  std::string out = "# Effective Switchyard configuration";
+  out += config.source.empty() ? std::string("\n") : " (read from " + config.source + ")\n";
+  print_map(out, "", Scope{&copy, nullptr}, 0, false);
+  return out;
+}
+
+std::string config_reference_markdown() {
+  std::string out = "| key | type | default | help |\n|---|---|---|---|\n";
+  for (const Field& f : kSchema) {
+    std::string type;
+    switch (f.type) {
+      case Type::integer: type = "int"; break;
+      case Type::real: type = "float"; break;
+      case Type::boolean: type = "bool"; break;
+      case Type::choice: type = "`" + join_choices(f.choices, "` | `") + "`"; break;
+      case Type::map: type = f.need == Need::optional ? "map, optional" : "map"; break;
+      case Type::map_list: type = "list of maps, non-empty"; break;
+    }
+    if (f.bound != Bound::none) type += " " + bound_text(f);
+    std::string def;
+    switch (f.need) {
+      case Need::required: def = "required"; break;
+      case Need::computed:
+      case Need::optional: def = std::string(f.def); break;
+      case Need::defaulted: def = f.type == Type::map ? "(defaults)" : "`" + std::string(f.def) + "`"; break;
+    }
+    std::string help(f.help);
+    if (!f.when.empty()) {
+      const std::string section(section_of(f));
+      help += " Only with `" + section + "." + std::string(f.when) + "`.";
+    }
+    out += "| `" + std::string(f.path) + "` | " + markdown_cell(type) + " | " + markdown_cell(def) + " | " +
+           markdown_cell(help) + " |\n";
+  }
+  return out;
+}
+
+const char* to_string(Activation v) { return spelling(v, kActivationNames); }
+const char* to_string(RoutingKind v) { return spelling(v, kRoutingKindNames); }
+const char* to_string(Budget v) { return spelling(v, kBudgetNames); }
+const char* to_string(AggregationKind v) { return spelling(v, kAggregationKindNames); }
+const char* to_string(DagEdges v) { return spelling(v, kDagEdgesNames); }
+const char* to_string(SharedMix v) { return spelling(v, kSharedMixNames); }
+const char* to_string(InputNorm v) { return spelling(v, kInputNormNames); }
+
+}  // namespace sy

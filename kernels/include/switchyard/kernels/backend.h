@@ -1,0 +1,47 @@
+// Compute backends: where kernels run.
+//
+// The CPU backend (kernels/cpu) is always built, always registered, and is the reference
+// every other backend is tested against. The CUDA backend (kernels/cuda) is compiled only
+// when CMake finds nvcc and registers itself only when a device is present at run time.
+// Only backend_registry.cc knows which backends were compiled in; nothing else in the
+// tree tests for CUDA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/tensor.h"
+#include "switchyard/kernels/cpu_ops.h"
+
+namespace sy {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+
+  // Memory on this backend's device; the caller owns what it allocates.
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* ptr) = 0;
+  virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // Operators on device-resident data (pointers from allocate()). Same math as sy::cpu.
+  virtual void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) = 0;
+  virtual void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                           const cpu::ExpertWeights& w, float* out) = 0;
+};
+
+// Every backend usable in this process, most capable first; the CPU backend is always last.
+const std::vector<Backend*>& backends();
+Backend& cpu_backend();
+// Names of the backends compiled into this build (whether or not a device is present).
+std::vector<std::string> compiled_backends();
+
+}  // namespace sy

@@ -1,0 +1,197 @@
+// CPU reference kernels for one MoE stage, forward and backward (METHODS.md §1, §2, §4).
+//
+// Conventions: row-major float32; a linear weight W is [out, in] (PyTorch layout) so
+// linear(x) = x Wᵀ. Gradient outputs named `d*` are *accumulated* into (+=) unless the
+// function says otherwise, so one buffer can collect contributions from several paths.
+// GEMMs go through OpenBLAS (its own threads); element-wise loops use OpenMP. Kernels
+// never allocate hidden workspace beyond the caches they return to the caller.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "switchyard/core/config.h"
+
+namespace sy::cpu {
+
+// ---------- dense building blocks ----------
+
+// y = x Wᵀ (+ y if accumulate). x: [n, in], W: [out, in], y: [n, out].
+void linear_forward(const float* x, int64_t n, int64_t in, const float* w, int64_t out, float* y,
+                    bool accumulate = false);
+// dx += dy W. dy: [n, out], dx: [n, in].
+void linear_backward_input(const float* dy, int64_t n, int64_t out, const float* w, int64_t in, float* dx);
+// dW += dyᵀ x. dW: [out, in].
+void linear_backward_weight(const float* dy, int64_t n, int64_t out, const float* x, int64_t in, float* dw);
+
+constexpr float kRmsNormEps = 1e-6f;
+constexpr float kLayerNormEps = 1e-5f;
+
+// y = x / sqrt(mean(x²) + eps) ⊙ w; stores rstd per row.
+void rmsnorm_forward(const float* x, int64_t n, int64_t d, const float* w, float* y, float* rstd);
+// dx += ∂/∂x, dw += ∂/∂w.
+void rmsnorm_backward(const float* dy, const float* x, int64_t n, int64_t d, const float* w, const float* rstd,
+                      float* dx, float* dw);
+
+// y = (x − mean) * rstd ⊙ γ + β (biased variance); stores mean and rstd per row.
+void layernorm_forward(const float* x, int64_t n, int64_t d, const float* gamma, const float* beta, float* y,
+                       float* mean, float* rstd);
+void layernorm_backward(const float* dy, const float* x, int64_t n, int64_t d, const float* gamma,
+                        const float* mean, const float* rstd, float* dx, float* dgamma, float* dbeta);
+
+// ---------- router ----------
+
+// p = softmax(z) row-wise in float32; lse (optional) = logsumexp per row.
+void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse);
+// dz += p ⊙ (dp − Σ p dp).
+void softmax_backward(const float* dp, const float* p, int64_t n, int64_t e, float* dz);
+
+// The experts chosen per token (CSR over tokens), in gate order: highest probability
+// first, ties to the lower expert index. `kept[s] == 0` marks an assignment dropped by capacity.
+struct Selection {
+  int64_t tokens = 0;
+  int64_t experts = 0;
+  std::vector<int64_t> offsets;  // [tokens + 1]
+  std::vector<int32_t> expert;   // [slots]
+  std::vector<float> gate;       // [slots]
+  std::vector<uint8_t> kept;     // [slots]
+  std::vector<float> denom;      // [tokens] normalisation denominator (1 when normalize=false)
+  int64_t dropped = 0;
+
+  int64_t slots() const { return static_cast<int64_t>(expert.size()); }
+};
+
+// S_t = the k_t largest p_{t,i}; k_per_token has one entry per token (1 <= k_t <= e).
+Selection select_experts(const float* p, int64_t n, int64_t e, std::span<const int32_t> k_per_token);
+// g = p / Σ_{S_t} p (denominator clamped at FLT_EPSILON) when normalize, else g = p.
+void compute_gates(const float* p, bool normalize, Selection& sel);
+// capacity_factor > 0: each expert keeps at most ceil(cf · N_assign / E) assignments, highest
+// gate first (ties: lower token). Marks kept=0 and counts `dropped`. cf == 0: no-op.
+void apply_capacity(double capacity_factor, Selection& sel);
+// dp += ∂L/∂p given dgate per slot (zero for dropped slots is implied).
+void gates_backward(const float* p, const Selection& sel, bool normalize, const float* dgate, float* dp);
+
+// Switch load-balance loss α·E·Σ f_i P_i (f from the pre-drop selection); adds its gradient to dp.
+// dp may be null to skip the gradient.
+double load_balance_loss(const float* p, const Selection& sel, double alpha, float* dp);
+// z-loss β·mean_t lse_t²; adds its gradient to dz (null to skip).
+double z_loss(const float* p, const float* lse, int64_t n, int64_t e, double beta, float* dz);
+
+// ---------- packing rows by expert ----------
+
+// Where each kept (token, expert) assignment sits in the packed expert input: rows grouped
+// by expert (expert 0 first), tokens ascending inside a group. Dispatch, the expert FFNs,
+// combine and both backward passes reuse one layout.
+struct DispatchLayout {
+  int64_t experts = 0;
+  std::vector<int64_t> expert_offsets;  // [experts + 1]
+  std::vector<int64_t> token;           // [rows] source token of each packed row
+  std::vector<int64_t> slot;            // [rows] Selection slot of each packed row
+  int64_t rows() const { return static_cast<int64_t>(token.size()); }
+  int64_t expert_rows(int64_t i) const {
+    return expert_offsets[static_cast<size_t>(i + 1)] - expert_offsets[static_cast<size_t>(i)];
+  }
+};
+DispatchLayout build_dispatch_layout(const Selection& sel);
+// dst[r] = src[index[r]] for every row r (rows of width d).
+void gather_rows(const float* src, int64_t d, std::span<const int64_t> index, float* dst);
+// dst[index[r]] += src[r]; the indices in one call must be distinct (true within one expert).
+void scatter_add_rows(const float* src, int64_t d, std::span<const int64_t> index, float* dst);
+
+// ---------- DA-MoE dynamic allocation ----------
+
+// s_{b,t} = (1/H) Σ_h Σ_q A[b,h,q,t]; with causal_correction divided by (L − t) and rescaled to
+// mean 1 per sequence. Validates that every attention row sums to 1 within 1e-3.
+std::vector<float> importance_from_attention(const float* attention, int64_t b, int64_t h, int64_t l,
+                                             bool causal_correction);
+struct AllocationParams {
+  double k_avg = 2.0;
+  int k_min = 1;
+  int k_max = 4;
+  Budget budget = Budget::exact;
+};
+// K_t per token for `sequences` sequences of `length` tokens (importance laid out [sequences, length]).
+std::vector<int32_t> allocate_experts(std::span<const float> importance, int64_t sequences, int64_t length,
+                                      const AllocationParams& params);
+
+// ---------- expert FFN ----------
+
+struct ExpertWeights {  // one expert; gate is null for gelu
+  const float* gate = nullptr;  // [f, d]
+  const float* up = nullptr;    // [f, d]
+  const float* down = nullptr;  // [d, f]
+};
+struct ExpertGrads {  // accumulated into
+  float* gate = nullptr;
+  float* up = nullptr;
+  float* down = nullptr;
+};
+// Activations kept for backward, [rows, f] each (h_gate empty for gelu).
+struct FfnCache {
+  std::vector<float> h_gate, h_up, act;
+};
+// out = E(x) for `rows` rows; out is overwritten.
+void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation, const ExpertWeights& w,
+                 float* out, FfnCache* cache);
+// dx += ∂/∂x (dx may be null), grads += ∂/∂W.
+void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                  const ExpertWeights& w, const FfnCache& cache, float* dx, const ExpertGrads& grads);
+
+// ---------- aggregation ----------
+
+// The nodes a token aggregates: the kept slots of a Selection, in gate order, each pointing at
+// the row of the packed expert-output matrix that holds o_{t,i}.
+struct NodeList {
+  std::vector<int64_t> offsets;  // [tokens + 1]
+  std::vector<int64_t> row;      // [nodes] row in the packed expert outputs
+  std::vector<int64_t> slot;     // [nodes] slot in the Selection
+  std::vector<float> gate;       // [nodes]
+  int64_t tokens() const { return static_cast<int64_t>(offsets.size()) - 1; }
+  int64_t nodes() const { return static_cast<int64_t>(row.size()); }
+};
+
+NodeList build_node_list(const Selection& sel, const DispatchLayout& layout);
+
+// m_t = Σ_n g_n o_{row_n}; m overwritten.
+void weighted_sum_forward(const NodeList& nodes, const float* expert_out, int64_t d, float* m);
+// d_expert_out[row] += g dm_t (overwrite semantics not needed), dgate[slot] += dm_t · o.
+void weighted_sum_backward(const NodeList& nodes, const float* expert_out, int64_t d, const float* dm,
+                           float* d_expert_out, float* dgate);
+
+struct DagLevelWeights {
+  const float* norm_weight;  // [d]
+  const float* norm_bias;    // [d]
+  const float* down;         // [dg, d]
+  const float* edge;         // [dg, 2dg]
+  const float* node;         // [dg, 2dg]
+  const float* up;           // [d, dg]
+};
+struct DagLevelGrads {
+  float* norm_weight;
+  float* norm_bias;
+  float* down;
+  float* edge;
+  float* node;
+  float* up;
+};
+struct DagCache {
+  std::vector<std::vector<float>> h;  // levels+1 entries of [nodes, d]: h⁰..h^L
+  std::vector<std::vector<float>> ln_mean, ln_rstd, ln_out, a, pq, agg;  // per level
+};
+// DAG-MoE structural aggregation (METHODS.md §2.2); m overwritten.
+void dag_forward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
+                 DagEdges edges, std::span<const DagLevelWeights> levels, float* m, DagCache* cache);
+void dag_backward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
+                  DagEdges edges, std::span<const DagLevelWeights> levels, const DagCache& cache, const float* dm,
+                  float* d_expert_out, float* dgate, float* du, std::span<const DagLevelGrads> grads);
+
+// mix: coefficient — c = softmax(u W_cᵀ + b_c); m_out = c0·m + c1·s. coef: [n, 2] stored.
+void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
+                             const float* m, const float* s, float* m_out, float* coef);
+// dm_out → dm, ds (overwritten), du, dwc, dbc (accumulated).
+void coefficient_mix_backward(const float* dm_out, const float* u, int64_t n, int64_t d, const float* wc,
+                              const float* m, const float* s, const float* coef, float* dm, float* ds, float* du,
+                              float* dwc, float* dbc);
+
+}  // namespace sy::cpu

@@ -1,0 +1,318 @@
+// switchyard: the command-line entry point. Every subcommand parses its own flags, reports
+// errors as `switchyard: error: ...` and exits with the error's code (config 2, input 3).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/error.h"
+#include "switchyard/core/io.h"
+#include "switchyard/kernels/backend.h"
+#include "switchyard/runtime/layer_engine.h"
+#include "switchyard/runtime/layer_weights.h"
+#include "switchyard/runtime/toy_task.h"
+
+namespace sy {
+namespace {
+
+constexpr int kUsageExit = 2;
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// --flag value pairs and bare --switches, validated against the command's flag list.
+class Flags {
+ public:
+  Flags(const std::vector<std::string>& args, const std::string& command, const std::set<std::string>& allowed,
+        const std::set<std::string>& switches = {})
+      : command_(command) {
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      if (a.rfind("--", 0) != 0) throw UsageError(command + ": unexpected argument '" + a + "'");
+      std::string key = a.substr(2), value;
+      const size_t eq = key.find('=');
+      if (eq != std::string::npos) {
+        value = key.substr(eq + 1);
+        key = key.substr(0, eq);
+      } else if (switches.count(key)) {
+        value = "true";
+      } else {
+        if (i + 1 >= args.size()) throw UsageError(command + ": --" + key + " needs a value");
+        value = args[++i];
+      }
+      if (!allowed.count(key) && !switches.count(key))
+        throw UsageError(command + ": unknown flag --" + key);
+      values_[key] = value;
+    }
+  }
+  bool has(const std::string& k) const { return values_.count(k) != 0; }
+  std::string get(const std::string& k) const {
+    auto it = values_.find(k);
+    if (it == values_.end()) throw UsageError(command_ + ": --" + k + " is required");
+    return it->second;
+  }
+  std::string get_or(const std::string& k, const std::string& def) const { return has(k) ? get(k) : def; }
+  int64_t get_int(const std::string& k, int64_t def) const {
+    if (!has(k)) return def;
+    const std::string v = get(k);
+    size_t pos = 0;
+    int64_t out = 0;
+    try {
+      out = std::stoll(v, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos != v.size() || v.empty()) throw UsageError(command_ + ": --" + k + " expects an integer, got '" + v + "'");
+    return out;
+  }
+  double get_double(const std::string& k, double def) const {
+    if (!has(k)) return def;
+    const std::string v = get(k);
+    size_t pos = 0;
+    double out = 0;
+    try {
+      out = std::stod(v, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos != v.size() || v.empty()) throw UsageError(command_ + ": --" + k + " expects a number, got '" + v + "'");
+    return out;
+  }
+
+ private:
+  std::string command_;
+  std::map<std::string, std::string> values_;
+};
+
+void print_stage_stats(const ModelConfig& model, const LayerEngine& layer, std::ostream& out) {
+  for (size_t s = 0; s < layer.stats().size(); ++s) {
+    const StageStats& st = layer.stats()[s];
+    out << "stage " << s << ": tokens " << st.tokens << ", assignments " << st.assignments << ", dropped "
+        << st.dropped << ", mean_k " << std::setprecision(4) << st.mean_k;
+    if (model.layer.stages[s].routing.kind == RoutingKind::dynamic) {
+      out << ", k_histogram {";
+      bool first = true;
+      for (size_t k = 0; k < st.k_histogram.size(); ++k) {
+        if (!st.k_histogram[k]) continue;
+        out << (first ? "" : ", ") << k << ": " << st.k_histogram[k];
+        first = false;
+      }
+      out << "}";
+    }
+    out << ", load_balance_loss " << st.load_balance_loss << ", z_loss " << st.z_loss << "\n";
+  }
+}
+
+struct LayerInputs {
+  Tensor x, attention, importance;
+  ImportanceInput view() const {
+    return {attention.empty() ? nullptr : &attention, importance.empty() ? nullptr : &importance};
+  }
+};
+
+LayerInputs read_layer_inputs(const Flags& flags) {
+  LayerInputs in;
+  in.x = read_npy(flags.get("input"));
+  if (flags.has("attention") && flags.has("importance"))
+    throw UsageError("give either --attention or --importance, not both");
+  if (flags.has("attention")) in.attention = read_npy(flags.get("attention"));
+  if (flags.has("importance")) in.importance = read_npy(flags.get("importance"));
+  return in;
+}
+
+TensorMap read_layer_weights(const ModelConfig& model, const std::string& path) {
+  TensorMap w = read_safetensors(path);
+  check_layer_weights(model, w, path);
+  return w;
+}
+
+int cmd_config(const std::vector<std::string>& args) {
+  if (args.empty() || (args[0] != "show" && args[0] != "reference"))
+    throw UsageError("usage: switchyard config show --config C | switchyard config reference");
+  if (args[0] == "reference") {
+    std::cout << config_reference_markdown();
+    return 0;
+  }
+  Flags flags({args.begin() + 1, args.end()}, "config show", {"config"});
+  std::cout << config_to_yaml(load_config(flags.get("config")));
+  return 0;
+}
+
+int cmd_layer(const std::vector<std::string>& args) {
+  if (args.empty()) throw UsageError("usage: switchyard layer init|forward|backward ...");
+  const std::string sub = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (sub == "init") {
+    Flags flags(rest, "layer init", {"config", "seed", "out"});
+    const Config cfg = load_config(flags.get("config"));
+    const uint64_t seed = static_cast<uint64_t>(flags.get_int("seed", 0));
+    TensorMap w = init_layer_weights(cfg.model, seed);
+    write_safetensors(flags.get("out"), w, {{"format", "switchyard"}, {"seed", std::to_string(seed)}});
+    int64_t params = 0;
+    for (const auto& [n, t] : w) params += t.numel();
+    std::cout << "wrote " << w.size() << " tensors (" << params << " parameters) to " << flags.get("out") << "\n";
+    return 0;
+  }
+  if (sub == "forward") {
+    Flags flags(rest, "layer forward", {"config", "weights", "input", "output", "attention", "importance"});
+    const Config cfg = load_config(flags.get("config"));
+    const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
+    const LayerInputs in = read_layer_inputs(flags);
+    LocalExperts experts(cfg.model, w, nullptr);
+    LayerEngine layer(cfg.model, w, experts);
+    const Tensor y = layer.forward(in.x, in.view());
+    write_npy(flags.get("output"), y);
+    print_stage_stats(cfg.model, layer, std::cout);
+    std::cout << "aux_loss " << std::setprecision(8) << layer.aux_loss() << "\n";
+    std::cout << "wrote " << flags.get("output") << " " << shape_to_string(y.shape()) << "\n";
+    return 0;
+  }
+  if (sub == "backward") {
+    Flags flags(rest, "layer backward",
+                {"config", "weights", "input", "grad-output", "out-dir", "attention", "importance"});
+    const Config cfg = load_config(flags.get("config"));
+    const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
+    const LayerInputs in = read_layer_inputs(flags);
+    const Tensor g = read_npy(flags.get("grad-output"));
+    TensorMap grads = zeros_like(w);
+    LocalExperts experts(cfg.model, w, &grads);
+    LayerEngine layer(cfg.model, w, experts);
+    const Tensor y = layer.forward(in.x, in.view());
+    const Tensor dx = layer.backward(g, grads);
+    const std::filesystem::path dir = flags.get("out-dir");
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw_input_error("cannot create --out-dir " + dir.string() + ": " + ec.message());
+    write_npy((dir / "grad_input.npy").string(), dx);
+    write_safetensors((dir / "grad_weights.safetensors").string(), grads, {{"format", "switchyard-grad"}});
+    double loss = layer.aux_loss();
+    for (int64_t i = 0; i < y.numel(); ++i) loss += static_cast<double>(y[i]) * g[i];
+    print_stage_stats(cfg.model, layer, std::cout);
+    std::cout << "loss " << std::setprecision(10) << loss << "\n";
+    std::cout << "wrote " << (dir / "grad_input.npy").string() << " and " << (dir / "grad_weights.safetensors").string()
+              << "\n";
+    return 0;
+  }
+  throw UsageError("unknown layer subcommand '" + sub + "' (init, forward, backward)");
+}
+
+int cmd_train_toy(const std::vector<std::string>& args) {
+  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len"}, {"no-progress"});
+  const Config cfg = load_config(flags.get("config"));
+  ToyTaskOptions opt;
+  opt.steps = static_cast<int>(flags.get_int("steps", opt.steps));
+  opt.lr = flags.get_double("lr", opt.lr);
+  opt.sequences = flags.get_int("sequences", opt.sequences);
+  opt.seq_len = flags.get_int("seq-len", opt.seq_len);
+  const uint64_t seed = static_cast<uint64_t>(flags.get_int("seed", 0));
+  opt.teacher_seed += seed * 3;
+  opt.student_seed += seed * 3;
+  opt.data_seed += seed * 3;
+  opt.progress = !flags.has("no-progress");
+  if (opt.steps < 1 || opt.sequences < 1 || opt.seq_len < 1) throw UsageError("train-toy: sizes must be >= 1");
+  run_toy_task(cfg.model, opt, std::cout);
+  return 0;
+}
+
+// make demo (for now): random weights, forward + backward on random tokens, tokens/s.
+int cmd_demo(const std::vector<std::string>& args) {
+  Flags flags(args, "demo", {"config", "steps", "tokens"});
+  const Config cfg = load_config(flags.get_or("config", "configs/models/topk.yaml"));
+  const ModelConfig& model = cfg.model;
+  const int steps = static_cast<int>(flags.get_int("steps", 10));
+  const int64_t seq_len = 64;
+  const int64_t tokens = flags.get_int("tokens", 4096) / seq_len * seq_len;
+  if (steps < 1 || tokens < seq_len) throw UsageError("demo: --steps >= 1 and --tokens >= 64");
+  TensorMap w = init_layer_weights(model, 7);
+  TensorMap grads = zeros_like(w);
+  LocalExperts experts(model, w, &grads);
+  LayerEngine layer(model, w, experts);
+  RandomStream rng(7, "demo");
+  const Tensor x = random_tokens(tokens, model.hidden_size, rng);
+  const Tensor g = random_tokens(tokens, model.hidden_size, rng);
+  Tensor attention;
+  if (needs_importance(model)) attention = random_attention(tokens / seq_len, 2, seq_len, 1.5f, rng);
+  const ImportanceInput imp{attention.empty() ? nullptr : &attention, nullptr};
+  std::cout << "demo: " << cfg.source << ", " << tokens << " tokens/step, " << steps << " steps, backends:";
+  for (Backend* b : backends()) std::cout << " " << b->name();
+  std::cout << "\n";
+  ProgressBar bar(steps, "forward+backward");
+  const auto start = std::chrono::steady_clock::now();
+  for (int step = 1; step <= steps; ++step) {
+    layer.forward(x, imp);
+    layer.backward(g, grads);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    bar.update(step, std::to_string(static_cast<int64_t>(tokens * step / secs)) + " tokens/s");
+  }
+  bar.finish();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  print_stage_stats(model, layer, std::cout);
+  std::cout << "tokens_per_s: " << static_cast<int64_t>(tokens * steps / secs) << "\n";
+  return 0;
+}
+
+void print_usage() {
+  std::cout << R"(switchyard — distributed expert-parallel runtime for MoE layers
+
+usage:
+  switchyard config show --config C          print the effective configuration
+  switchyard config reference                every setting as a Markdown table
+  switchyard layer init --config C --seed S --out W.safetensors
+  switchyard layer forward --config C --weights W --input X.npy --output Y.npy
+                           [--attention A.npy | --importance I.npy]
+  switchyard layer backward --config C --weights W --input X.npy --grad-output G.npy --out-dir D
+                           [--attention A.npy | --importance I.npy]
+  switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--no-progress]
+  switchyard demo [--config C] [--steps N] [--tokens T]
+  switchyard backends                         compiled and usable compute backends
+)";
+}
+
+int run(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    print_usage();
+    return args.empty() ? kUsageExit : 0;
+  }
+  const std::string cmd = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "config") return cmd_config(rest);
+  if (cmd == "layer") return cmd_layer(rest);
+  if (cmd == "train-toy") return cmd_train_toy(rest);
+  if (cmd == "demo") return cmd_demo(rest);
+  if (cmd == "backends") {
+    std::cout << "compiled:";
+    for (const std::string& n : compiled_backends()) std::cout << " " << n;
+    std::cout << "\nusable:";
+    for (Backend* b : backends()) std::cout << " " << b->name();
+    std::cout << "\n";
+    return 0;
+  }
+  throw UsageError("unknown command '" + cmd + "' (try switchyard --help)");
+}
+
+}  // namespace
+}  // namespace sy
+
+int main(int argc, char** argv) {
+  try {
+    return sy::run(argc, argv);
+  } catch (const sy::UsageError& e) {
+    std::cerr << "switchyard: usage error: " << e.what() << "\n";
+    return sy::kUsageExit;
+  } catch (const sy::Error& e) {
+    std::cerr << "switchyard: error: " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::cerr << "switchyard: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

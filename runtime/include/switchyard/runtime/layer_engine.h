@@ -1,0 +1,103 @@
+// The layer engine: one MoE layer (METHODS.md §3) forward and backward, stage by stage.
+//
+//   route (router, allocation, gates, capacity) → dispatch layout → pack rows by expert
+//   → ExpertCompute (local FFNs here; the cluster's workers in the distributed runtime)
+//   → aggregate (weighted sum or DAG) → shared expert mix → residual into the next stage.
+//
+// The engine holds the dense (client-side) parameters by reference; routed experts are
+// reached only through `ExpertCompute`, which is the seam between client and workers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/io.h"
+#include "switchyard/kernels/cpu_ops.h"
+
+namespace sy {
+
+// Runs a stage's routed experts on packed rows. Rows of expert i are
+// [layout.expert_offsets[i], layout.expert_offsets[i+1]) of `input`.
+class ExpertCompute {
+ public:
+  virtual ~ExpertCompute() = default;
+  // output[rows, d] = E_i(input rows); keeps what backward needs until the next forward.
+  virtual void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) = 0;
+  // grad_input[rows, d] (overwritten) from grad_output; accumulates the experts' weight gradients.
+  virtual void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
+                        Tensor& grad_input) = 0;
+};
+
+// Experts computed in this process from tensors in a weight map (names of METHODS.md §5).
+class LocalExperts final : public ExpertCompute {
+ public:
+  // `grads` may be null for forward-only use; otherwise weight gradients accumulate there.
+  LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix = "");
+  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) override;
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override;
+  void set_grads(TensorMap* grads) { grads_ = grads; }
+
+ private:
+  const ModelConfig& model_;
+  const TensorMap& weights_;
+  TensorMap* grads_;
+  std::string prefix_;
+  std::vector<std::vector<cpu::FfnCache>> caches_;  // [stage][expert]
+  std::vector<Tensor> inputs_;                      // [stage] packed input kept for backward
+};
+
+// DA-MoE importance for dynamic stages: attention probabilities [B, H, L, L] (T = B·L), or
+// importance values directly, [T] (one sequence) or [B, L].
+struct ImportanceInput {
+  const Tensor* attention = nullptr;
+  const Tensor* importance = nullptr;
+};
+
+struct StageStats {
+  int64_t tokens = 0;
+  int64_t assignments = 0;  // Σ_t |S_t| before capacity
+  int64_t dropped = 0;      // assignments removed by capacity
+  double mean_k = 0.0;      // mean K_t (before capacity)
+  std::vector<int64_t> k_histogram;  // [experts + 1]: tokens with K_t = k
+  std::vector<int64_t> expert_rows;  // [experts]: rows each expert computed
+  double load_balance_loss = 0.0;
+  double z_loss = 0.0;
+};
+
+class LayerEngine {
+ public:
+  // `weights` must stay alive and hold the layer's dense parameters (validate with
+  // check_layer_weights first); routed experts are reached through `experts`.
+  LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts, std::string prefix = "");
+  ~LayerEngine();
+
+  // y = Σ_s m_s for x [T, d]. Keeps what backward needs.
+  Tensor forward(const Tensor& x, const ImportanceInput& importance = {});
+  // dL/dx for L = Σ y ⊙ grad_y + aux_loss(); dense gradients accumulate into `grads`
+  // (which must hold zeros_like(weights) or earlier gradients), expert gradients go through
+  // the ExpertCompute.
+  Tensor backward(const Tensor& grad_y, TensorMap& grads);
+
+  double aux_loss() const;  // Σ over stages of load-balance + z losses of the last forward
+  const std::vector<StageStats>& stats() const { return stats_; }
+
+ private:
+  struct StageState;
+  Tensor stage_forward(int s, const Tensor& u, const ImportanceInput& importance);
+  Tensor stage_backward(int s, const Tensor& dm, TensorMap& grads);
+  const Tensor& param(const std::string& name) const;
+  float* grad(TensorMap& grads, const std::string& name) const;
+
+  const ModelConfig& model_;
+  const TensorMap& weights_;
+  ExpertCompute& experts_;
+  std::string prefix_;
+  std::vector<std::unique_ptr<StageState>> states_;
+  std::vector<StageStats> stats_;
+  Tensor x_;  // layer input kept for input_norm backward
+};
+
+}  // namespace sy

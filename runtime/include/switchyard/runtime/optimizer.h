@@ -1,0 +1,35 @@
+// AdamW (decoupled weight decay), applied per named tensor. Its state (step count, first and
+// second moments) is itself a TensorMap so it checkpoints like weights.
+#pragma once
+
+#include <cstdint>
+
+#include "switchyard/core/io.h"
+
+namespace sy {
+
+struct AdamWConfig {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  explicit AdamW(AdamWConfig config) : config_(config) {}
+  // params[name] -= update(grads[name]) for every name in grads; params must hold each name.
+  void step(TensorMap& params, const TensorMap& grads);
+  int64_t steps() const { return steps_; }
+  const AdamWConfig& config() const { return config_; }
+  // "{name}.exp_avg" and "{name}.exp_avg_sq" per tensor.
+  const TensorMap& state() const { return state_; }
+
+ private:
+  AdamWConfig config_;
+  int64_t steps_ = 0;
+  TensorMap state_;
+};
+
+}  // namespace sy

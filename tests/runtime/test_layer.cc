@@ -1,0 +1,276 @@
+// The whole layer: engine forward against the double reference, engine backward against
+// central finite differences of the reference, for every config in configs/models and for
+// hand-made ones covering each option; plus the structural properties of METHODS.md.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "../support/fd.h"
+#include "../support/reference.h"
+#include "switchyard/core/error.h"
+#include "switchyard/runtime/layer_engine.h"
+#include "switchyard/runtime/layer_weights.h"
+#include "switchyard/runtime/toy_task.h"
+
+namespace sy {
+namespace {
+
+struct Case {
+  Config cfg;
+  TensorMap weights;
+  Tensor x, attention, grad_y;
+  int64_t B = 2, L = 6;
+};
+
+// Random weights with every DAG `up` non-zero (so DAG gradients are exercised) and inputs.
+Case make_case(const Config& cfg, uint64_t seed, int64_t B = 2, int64_t L = 6) {
+  Case c{cfg, init_layer_weights(cfg.model, seed), {}, {}, {}, B, L};
+  for (auto& [name, t] : c.weights) {
+    RandomStream rng(seed + 100, name);
+    if (name.ends_with("norm.weight") || name.ends_with("norm.bias") || name.ends_with("up.weight") ||
+        name.ends_with("shared_coef.bias"))
+      for (int64_t i = 0; i < t.numel(); ++i) t[i] += rng.uniform(-0.3f, 0.3f);
+  }
+  RandomStream rng(seed, "inputs");
+  c.x = random_tokens(B * L, cfg.model.hidden_size, rng);
+  c.grad_y = random_tokens(B * L, cfg.model.hidden_size, rng);
+  if (needs_importance(cfg.model)) c.attention = random_attention(B, 2, L, 1.5f, rng);
+  return c;
+}
+
+std::vector<std::vector<int>> reference_k(const Case& c) {
+  std::vector<std::vector<int>> K;
+  for (const StageConfig& st : c.cfg.model.layer.stages) {
+    if (st.routing.kind == RoutingKind::topk) {
+      K.emplace_back(static_cast<size_t>(c.B * c.L), st.routing.k);
+    } else {
+      const auto s = ref::importance_from_attention(c.attention.values(), c.B, 2, c.L, st.routing.causal_correction);
+      K.push_back(ref::allocate(s, c.B, c.L, st.routing.k_avg, st.routing.k_min, st.routing.k_max, st.routing.budget));
+    }
+  }
+  return K;
+}
+
+double ref_loss(const Case& c, const ref::Params& p, const ref::Mat& x, const std::vector<std::vector<int>>& K) {
+  ref::LayerOut out = ref::layer(c.cfg.model, p, x, K);
+  double l = out.aux;
+  const int64_t d = c.cfg.model.hidden_size;
+  for (size_t t = 0; t < x.size(); ++t)
+    for (int64_t q = 0; q < d; ++q) l += out.y[t][q] * c.grad_y[static_cast<int64_t>(t) * d + q];
+  return l;
+}
+
+void check_layer(const Config& cfg, uint64_t seed, int samples_per_tensor = 4) {
+  Case c = make_case(cfg, seed);
+  const int64_t d = cfg.model.hidden_size, T = c.B * c.L;
+  TensorMap grads = zeros_like(c.weights);
+  LocalExperts experts(cfg.model, c.weights, &grads);
+  LayerEngine layer(cfg.model, c.weights, experts);
+  const ImportanceInput imp{c.attention.empty() ? nullptr : &c.attention, nullptr};
+  const Tensor y = layer.forward(c.x, imp);
+  const Tensor dx = layer.backward(c.grad_y, grads);
+
+  ref::Params p = ref::to_params(c.weights);
+  ref::Mat xm = ref::to_mat(c.x);
+  const auto K = reference_k(c);
+  ref::LayerOut out = ref::layer(cfg.model, p, xm, K);
+  double max_err = 0, max_val = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t q = 0; q < d; ++q) {
+      max_err = std::max(max_err, std::fabs(out.y[t][q] - y[t * d + q]));
+      max_val = std::max(max_val, std::fabs(out.y[t][q]));
+    }
+  EXPECT_LT(max_err, 1e-5 * std::max(1.0, max_val)) << cfg.source << ": forward differs from the reference";
+  EXPECT_NEAR(layer.aux_loss(), out.aux, 1e-6 * std::max(1.0, out.aux));
+
+  // dx: every entry.
+  std::vector<double> fd, an;
+  std::vector<double> xflat(c.x.values().begin(), c.x.values().end());
+  auto loss_x = [&] {
+    ref::Mat xx(T, ref::Vec(d));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t q = 0; q < d; ++q) xx[t][q] = xflat[t * d + q];
+    return ref_loss(c, p, xx, K);
+  };
+  for (size_t i = 0; i < xflat.size(); ++i) {
+    fd.push_back(testing::central_difference(xflat, i, loss_x));
+    an.push_back(dx[static_cast<int64_t>(i)]);
+  }
+  testing::expect_gradients_close(cfg.source + " grad_input", an, fd);
+
+  // Every parameter tensor: a few sampled entries each.
+  std::mt19937 gen(static_cast<uint32_t>(seed));
+  for (auto& [name, vals] : p) {
+    std::vector<double> a, f;
+    std::uniform_int_distribution<size_t> pick(0, vals.size() - 1);
+    for (int sidx = 0; sidx < samples_per_tensor; ++sidx) {
+      const size_t i = pick(gen);
+      f.push_back(testing::central_difference(vals, i, [&] { return ref_loss(c, p, xm, K); }));
+      a.push_back(grads.at(name)[static_cast<int64_t>(i)]);
+    }
+    testing::expect_gradients_close(cfg.source + " " + name, a, f);
+  }
+}
+
+Config small(const std::string& stage_yaml, const std::string& extra = "") {
+  return load_config_string("model:\n  hidden_size: 12\n  layer:\n" + extra + "    stages:\n" + stage_yaml,
+                            "inline");
+}
+
+TEST(LayerGradients, TopKWeightedSum) {
+  check_layer(small("      - {experts: 5, ffn_hidden_size: 10, routing: {kind: topk, k: 2}, "
+                    "aux_loss: {load_balance: 0.1, z_loss: 0.01}}\n"),
+              1);
+}
+TEST(LayerGradients, TopKUnnormalizedGeluCapacityShared) {
+  check_layer(small("      - {experts: 4, ffn_hidden_size: 8, activation: gelu, capacity_factor: 0.9,\n"
+                    "         routing: {kind: topk, k: 2, normalize: false}, shared_expert: {ffn_hidden_size: 6}}\n"),
+              2);
+}
+TEST(LayerGradients, DynamicExactCausalCorrection) {
+  check_layer(small("      - {experts: 6, ffn_hidden_size: 8, routing: {kind: dynamic, k_avg: 2, k_min: 1, k_max: 4,"
+                    " importance: {causal_correction: true}}, aux_loss: {load_balance: 0.05}}\n"),
+              3);
+}
+TEST(LayerGradients, DagAllEdgesTwoLevelsCoefficientShared) {
+  check_layer(small("      - {experts: 5, ffn_hidden_size: 8, routing: {k: 3}, aggregation: {kind: dag, levels: 2, dim: 4},"
+                    " shared_expert: {ffn_hidden_size: 6, mix: coefficient}}\n"),
+              4);
+}
+TEST(LayerGradients, DagCausalWithDynamicRoundBudgetAndDrops) {
+  check_layer(small("      - {experts: 5, ffn_hidden_size: 8, capacity_factor: 1.0, routing: {kind: dynamic, k_avg: 2,"
+                    " budget: round}, aggregation: {kind: dag, levels: 1, dim: 3, edges: causal}}\n"),
+              5);
+}
+TEST(LayerGradients, TwoStagesWithInputNorm) {
+  check_layer(small("      - {experts: 4, ffn_hidden_size: 6, routing: {k: 2}, shared_expert: {ffn_hidden_size: 4, mix: coefficient}}\n"
+                    "      - {experts: 4, ffn_hidden_size: 6, routing: {k: 1}, aggregation: {kind: dag, levels: 1, dim: 3},"
+                    " aux_loss: {load_balance: 0.1}}\n",
+                    "    input_norm: rmsnorm\n"),
+              6);
+}
+
+// Every shipped model config, forward and backward.
+class ShippedConfig : public ::testing::TestWithParam<std::string> {};
+TEST_P(ShippedConfig, MatchesReferenceAndFiniteDifferences) {
+  check_layer(load_config(std::string(SY_SOURCE_DIR) + "/configs/models/" + GetParam() + ".yaml"), 11, 2);
+}
+INSTANTIATE_TEST_SUITE_P(Models, ShippedConfig,
+                         ::testing::Values("topk", "dynamic", "dag", "cartesian", "combined"));
+
+// ---- properties ----
+
+Tensor run_forward(const Config& cfg, const TensorMap& w, const Tensor& x, const Tensor* attention = nullptr) {
+  LocalExperts experts(cfg.model, w, nullptr);
+  LayerEngine layer(cfg.model, w, experts);
+  return layer.forward(x, {attention, nullptr});
+}
+
+TEST(LayerProperties, DagWithZeroLevelsOrZeroUpEqualsWeightedSumPlusInput) {
+  const Config ws = small("      - {experts: 6, ffn_hidden_size: 8, routing: {k: 3}}\n");
+  const Config dag0 = small("      - {experts: 6, ffn_hidden_size: 8, routing: {k: 3}, aggregation: {kind: dag, levels: 0}}\n");
+  const Config dag2 = small("      - {experts: 6, ffn_hidden_size: 8, routing: {k: 3}, aggregation: {kind: dag, levels: 2}}\n");
+  TensorMap w = init_layer_weights(ws.model, 9);
+  RandomStream rng(9, "x");
+  const Tensor x = random_tokens(10, 12, rng);
+  const Tensor y_ws = run_forward(ws, w, x);
+  const Tensor y0 = run_forward(dag0, w, x);
+  const TensorMap w2 = init_layer_weights(dag2.model, 9);  // same names → same expert/router values; up = 0
+  const Tensor y2 = run_forward(dag2, w2, x);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    EXPECT_NEAR(y0[i], y_ws[i] + x[i], 1e-5);
+    EXPECT_NEAR(y2[i], y_ws[i] + x[i], 1e-5);
+  }
+}
+
+TEST(LayerProperties, ZeroSecondStageEqualsStageOneAlone) {
+  const std::string s1 = "      - {experts: 6, ffn_hidden_size: 8, routing: {k: 2}, shared_expert: {ffn_hidden_size: 4, mix: coefficient}}\n";
+  const Config one = small(s1, "    input_norm: rmsnorm\n");
+  const Config two = small(s1 + s1, "    input_norm: rmsnorm\n");
+  TensorMap w1 = init_layer_weights(one.model, 4);
+  TensorMap w2 = init_layer_weights(two.model, 4);
+  for (auto& [name, t] : w2)
+    if (name.rfind("stages.1.experts.", 0) == 0 || name.rfind("stages.1.shared.", 0) == 0) t.fill(0.0f);
+  RandomStream rng(4, "x");
+  const Tensor x = random_tokens(10, 12, rng);
+  const Tensor y1 = run_forward(one, w1, x), y2 = run_forward(two, w2, x);
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_NEAR(y2[i], y1[i], 1e-6);
+}
+
+TEST(LayerProperties, DynamicStatsReportExactBudget) {
+  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/dynamic.yaml");
+  Case c = make_case(cfg, 3, 4, 16);
+  LocalExperts experts(cfg.model, c.weights, nullptr);
+  LayerEngine layer(cfg.model, c.weights, experts);
+  layer.forward(c.x, {&c.attention, nullptr});
+  const StageStats& st = layer.stats()[0];
+  EXPECT_EQ(st.assignments, 4 * static_cast<int64_t>(std::nearbyint(2.0 * 16)));
+  EXPECT_DOUBLE_EQ(st.mean_k, 2.0);
+  int64_t tokens = 0;
+  for (size_t k = 0; k < st.k_histogram.size(); ++k) {
+    tokens += st.k_histogram[k];
+    if (k < 1 || k > 4) {
+      EXPECT_EQ(st.k_histogram[k], 0);
+    }
+  }
+  EXPECT_EQ(tokens, 64);
+}
+
+TEST(LayerErrors, DynamicWithoutImportanceOrWrongShapes) {
+  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/dynamic.yaml");
+  Case c = make_case(cfg, 3);
+  LocalExperts experts(cfg.model, c.weights, nullptr);
+  LayerEngine layer(cfg.model, c.weights, experts);
+  auto expect_error = [&](const ImportanceInput& imp, const std::string& needle) {
+    try {
+      layer.forward(c.x, imp);
+      ADD_FAILURE() << "expected an error mentioning '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::input);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({}, "needs token importance");
+  Tensor wrong({3, 2, 6, 6});
+  expect_error({&wrong, nullptr}, "B·L");
+  Tensor imp_wrong({5});
+  expect_error({nullptr, &imp_wrong}, "importance has shape");
+  Tensor bad_x({4, 7});
+  EXPECT_THROW(layer.forward(bad_x, {&c.attention, nullptr}), Error);
+}
+
+TEST(LayerWeights, MissingUnexpectedAndMisshapenTensorsAreNamed) {
+  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/dag.yaml");
+  TensorMap w = init_layer_weights(cfg.model, 1);
+  EXPECT_NO_THROW(check_layer_weights(cfg.model, w, "w.safetensors"));
+  auto expect_named = [&](TensorMap bad, const std::string& needle) {
+    try {
+      check_layer_weights(cfg.model, bad, "w.safetensors");
+      ADD_FAILURE() << "expected an error naming " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("w.safetensors"), std::string::npos) << e.what();
+    }
+  };
+  TensorMap missing = w;
+  missing.erase("stages.0.dag.1.edge.weight");
+  expect_named(missing, "stages.0.dag.1.edge.weight");
+  TensorMap extra = w;
+  extra.emplace("stages.0.experts.99.up_proj.weight", Tensor({1}));
+  expect_named(extra, "stages.0.experts.99.up_proj.weight");
+  TensorMap shape = w;
+  shape.at("stages.0.router.weight") = Tensor({3, 3});
+  expect_named(shape, "stages.0.router.weight");
+  TensorMap nan = w;
+  nan.at("stages.0.router.weight")[0] = std::nanf("");
+  expect_named(nan, "non-finite");
+  // DAG up is initialised to zero, everything else is not.
+  for (const auto& [name, t] : w) {
+    if (name.ends_with("up.weight") && name.find(".dag.") != std::string::npos) {
+      for (float v : t.values()) EXPECT_EQ(v, 0.0f) << name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sy
