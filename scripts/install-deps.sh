@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libyaml-cpp-dev libopenblas-dev nlohmann-json3-dev
+  libyaml-cpp-dev libopenblas-openmp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
   libucx-dev ucx-utils iproute2

@@ -100,14 +100,17 @@ ToyTaskResult run_toy_task(const ModelConfig& model, const ToyTaskOptions& opt, 
     const ImportanceInput imp{dynamic ? &attention : nullptr, nullptr};
     const Tensor target = teacher_layer.forward(x, imp);
     const Tensor y = student_layer.forward(x, imp);
-    const double loss = mse_and_grad(y, target, &g) + student_layer.aux_loss();
+    const double mse = mse_and_grad(y, target, &g);
+    const double loss = mse + student_layer.aux_loss();
     for (auto& [name, t] : grads) t.fill(0.0f);
     student_layer.backward(g, grads);
+    adam.set_lr(opt.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * (step - 1) / opt.steps)));  // cosine decay
     adam.step(student, grads);
     result.losses.push_back(loss);
+    result.mse.push_back(mse);
     if (step % std::max(1, opt.steps / 10) == 0 || step == opt.steps)
-      out << "step " << step << " loss " << std::setprecision(6) << loss << "\n";
-    bar.update(step, "loss " + std::to_string(loss));
+      out << "step " << step << " mse " << std::setprecision(6) << mse << " aux " << student_layer.aux_loss() << "\n";
+    bar.update(step, "mse " + std::to_string(mse));
   }
   bar.finish();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -21,6 +21,7 @@ class AdamW {
   explicit AdamW(AdamWConfig config) : config_(config) {}
   // params[name] -= update(grads[name]) for every name in grads; params must hold each name.
   void step(TensorMap& params, const TensorMap& grads);
+  void set_lr(double lr) { config_.lr = lr; }  // learning-rate schedules
   int64_t steps() const { return steps_; }
   const AdamWConfig& config() const { return config_; }
   // "{name}.exp_avg" and "{name}.exp_avg_sq" per tensor.

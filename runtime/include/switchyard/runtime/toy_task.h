@@ -20,7 +20,7 @@ Tensor random_attention(int64_t b, int64_t h, int64_t l, float scale, RandomStre
 bool needs_importance(const ModelConfig& model);
 
 struct ToyTaskOptions {
-  int steps = 300;
+  int steps = 2000;
   int64_t sequences = 4;     // tokens per step = sequences · seq_len
   int64_t seq_len = 64;
   int64_t heads = 2;         // of the random attention fed to dynamic stages
@@ -33,6 +33,7 @@ struct ToyTaskOptions {
 
 struct ToyTaskResult {
   std::vector<double> losses;  // training loss per step (MSE + aux)
+  std::vector<double> mse;     // its MSE part
   double first_eval = 0.0;     // MSE on a fixed held-out batch before training
   double last_eval = 0.0;      // ... and after training
   double tokens_per_second = 0.0;

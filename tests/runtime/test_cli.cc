@@ -1,0 +1,161 @@
+// The CLI end to end: exit codes and messages for bad input, and the layer commands'
+// files against the in-process engine.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "switchyard/core/io.h"
+#include "switchyard/runtime/layer_engine.h"
+#include "switchyard/runtime/layer_weights.h"
+#include "switchyard/runtime/toy_task.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code;
+  std::string output;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(SY_BINARY_DIR) + "/switchyard " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("sy_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(path(name)) << text;
+    return path(name);
+  }
+  fs::path dir_;
+};
+
+const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
+
+TEST_F(Cli, ConfigErrorsExitTwoNamingKeyAndLine) {
+  const std::string bad = write("bad.yaml",
+                                "model:\n  hidden_size: 16\n  layer:\n    stages:\n      - experts: 4\n"
+                                "        ffn_hidden_size: 8\n        routing: {kind: topk, k: 9}\n");
+  Result r = run("config show --config " + bad);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("bad.yaml:7"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("routing.k"), std::string::npos) << r.output;
+  const std::string unknown = write("unknown.yaml", "model:\n  hidden_size: 16\n  colour: blue\n");
+  r = run("config show --config " + unknown);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("colour"), std::string::npos) << r.output;
+  r = run("config show --config " + path("missing.yaml"));
+  EXPECT_EQ(r.code, 2) << r.output;
+}
+
+TEST_F(Cli, ConfigShowPrintsEffectiveConfig) {
+  Result r = run("config show --config " + kModels + "dynamic.yaml");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("k_max: 4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("capacity_factor: 0"), std::string::npos) << r.output;  // default filled in
+}
+
+TEST_F(Cli, UsageErrors) {
+  EXPECT_EQ(run("layer forward --config").code, 2);
+  EXPECT_EQ(run("layer forward --bogus 1").code, 2);
+  EXPECT_EQ(run("frobnicate").code, 2);
+}
+
+TEST_F(Cli, LayerInitForwardBackwardMatchEngine) {
+  for (const std::string model : {"topk", "dynamic", "dag", "cartesian", "combined"}) {
+    const std::string cfg_path = kModels + model + ".yaml";
+    const Config cfg = load_config(cfg_path);
+    ASSERT_EQ(run("layer init --config " + cfg_path + " --seed 5 --out " + path("w.safetensors")).code, 0);
+    RandomStream rng(5, "cli");
+    const Tensor x = random_tokens(32, cfg.model.hidden_size, rng), g = random_tokens(32, cfg.model.hidden_size, rng);
+    const Tensor a = random_attention(2, 2, 16, 1.0f, rng);
+    write_npy(path("x.npy"), x);
+    write_npy(path("g.npy"), g);
+    write_npy(path("a.npy"), a);
+    const std::string imp = needs_importance(cfg.model) ? " --attention " + path("a.npy") : "";
+    Result r = run("layer forward --config " + cfg_path + " --weights " + path("w.safetensors") + " --input " +
+                   path("x.npy") + " --output " + path("y.npy") + imp);
+    ASSERT_EQ(r.code, 0) << r.output;
+    if (needs_importance(cfg.model)) {
+      EXPECT_NE(r.output.find("k_histogram"), std::string::npos) << r.output;
+    }
+    r = run("layer backward --config " + cfg_path + " --weights " + path("w.safetensors") + " --input " + path("x.npy") +
+            " --grad-output " + path("g.npy") + " --out-dir " + path("grads") + imp);
+    ASSERT_EQ(r.code, 0) << r.output;
+
+    const TensorMap w = read_safetensors(path("w.safetensors"));
+    EXPECT_EQ(w.size(), init_layer_weights(cfg.model, 5).size());
+    TensorMap grads = zeros_like(w);
+    LocalExperts experts(cfg.model, w, &grads);
+    LayerEngine layer(cfg.model, w, experts);
+    const ImportanceInput in{needs_importance(cfg.model) ? &a : nullptr, nullptr};
+    const Tensor y = layer.forward(x, in);
+    const Tensor dx = layer.backward(g, grads);
+    EXPECT_EQ(read_npy(path("y.npy")).values(), y.values()) << model;
+    EXPECT_EQ(read_npy(path("grads/grad_input.npy")).values(), dx.values()) << model;
+    const TensorMap file_grads = read_safetensors(path("grads/grad_weights.safetensors"));
+    ASSERT_EQ(file_grads.size(), grads.size()) << model;
+    for (const auto& [name, t] : grads) EXPECT_EQ(file_grads.at(name).values(), t.values()) << model << " " << name;
+  }
+}
+
+TEST_F(Cli, BadFilesAreInputErrorsNamingTheFile) {
+  const std::string cfg = kModels + "topk.yaml";
+  ASSERT_EQ(run("layer init --config " + cfg + " --out " + path("w.safetensors")).code, 0);
+  write_npy(path("x.npy"), Tensor({4, 64}));
+  write_npy(path("x_wrong.npy"), Tensor({4, 63}));
+  write("garbage.safetensors", "not a safetensors file at all");
+  Result r = run("layer forward --config " + cfg + " --weights " + path("garbage.safetensors") + " --input " +
+                 path("x.npy") + " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("garbage.safetensors"), std::string::npos) << r.output;
+  r = run("layer forward --config " + cfg + " --weights " + path("w.safetensors") + " --input " + path("x_wrong.npy") +
+          " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("hidden_size"), std::string::npos) << r.output;
+  // Weights of another config: a tensor is missing or misshapen, and the error names it.
+  r = run("layer forward --config " + kModels + "dag.yaml --weights " + path("w.safetensors") + " --input " +
+          path("x.npy") + " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("stages.0.dag.0"), std::string::npos) << r.output;
+  // A dynamic layer without importance.
+  ASSERT_EQ(run("layer init --config " + kModels + "dynamic.yaml --out " + path("wd.safetensors")).code, 0);
+  r = run("layer forward --config " + kModels + "dynamic.yaml --weights " + path("wd.safetensors") + " --input " +
+          path("x.npy") + " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("importance"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("y.npy")));  // nothing half-written
+}
+
+TEST_F(Cli, TrainToyPrintsCurveAndLossDrop) {
+  Result r = run("train-toy --config " + kModels + "topk.yaml --steps 20 --no-progress");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 20 mse"), std::string::npos) << r.output;
+  const size_t pos = r.output.find("loss_drop: ");
+  ASSERT_NE(pos, std::string::npos) << r.output;
+  EXPECT_GT(std::stod(r.output.substr(pos + 11)), 1.0) << "20 steps of AdamW should already reduce the loss";
+}
+
+}  // namespace
+}  // namespace sy
