@@ -18,6 +18,7 @@
 #include "switchyard/runtime/layer_engine.h"
 #include "switchyard/runtime/layer_weights.h"
 #include "switchyard/runtime/toy_task.h"
+#include "bench_exchange.h"
 
 namespace sy {
 namespace {
@@ -273,6 +274,7 @@ usage:
   switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--no-progress]
   switchyard demo [--config C] [--steps N] [--tokens T]
   switchyard backends                         compiled and usable compute backends
+  switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
 )";
 }
 
@@ -288,6 +290,7 @@ int run(int argc, char** argv) {
   if (cmd == "layer") return cmd_layer(rest);
   if (cmd == "train-toy") return cmd_train_toy(rest);
   if (cmd == "demo") return cmd_demo(rest);
+  if (cmd == "bench") return cli_bench_exchange(rest);
   if (cmd == "backends") {
     std::cout << "compiled:";
     for (const std::string& n : compiled_backends()) std::cout << " " << n;

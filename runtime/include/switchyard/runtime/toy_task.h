@@ -20,7 +20,7 @@ Tensor random_attention(int64_t b, int64_t h, int64_t l, float scale, RandomStre
 bool needs_importance(const ModelConfig& model);
 
 struct ToyTaskOptions {
-  int steps = 2000;
+  int steps = 4000;
   int64_t sequences = 4;     // tokens per step = sequences · seq_len
   int64_t seq_len = 64;
   int64_t heads = 2;         // of the random attention fed to dynamic stages

@@ -1,0 +1,34 @@
+// UCX transport (the ucp API: tag matching over whatever UCX finds).
+//
+// UCX picks its transports from the environment as UCX users expect: UCX_TLS=sm,self for
+// shared memory between processes of one machine, UCX_TLS=tcp,self for TCP, unset (or
+// rc,ud,...) for RDMA between machines; UCX_NET_DEVICES, UCX_RNDV_THRESH and friends work as
+// documented by UCX. Host memory only (Debian's UCX is built without CUDA).
+//
+// Mapping onto the interface: one ucp context + worker per transport (single-threaded), one
+// endpoint per peer created from the peer's worker address (`connect`), `post_send` =
+// ucp_tag_send_nbx, `post_recv` = ucp_tag_recv_nbx with the sender's rank in the top 20 tag
+// bits (so receives match one peer), `progress` = ucp_worker_progress, `register_memory` =
+// ucp_mem_map. Endpoints ask for UCP_ERR_HANDLING_MODE_PEER, so a peer that dies fails the
+// requests that involve it (its receives are cancelled) instead of hanging them. UCX 1.13's
+// shared-memory transports (posix, sysv, cma, self) have no peer-failure support and refuse
+// that mode; endpoints that only reach a peer through them fall back to
+// UCP_ERR_HANDLING_MODE_NONE, where a dead peer surfaces as a timeout naming it.
+#pragma once
+
+#include <memory>
+
+#include "switchyard/transport/transport.h"
+
+namespace sy::transport {
+
+struct UcxOptions {
+  // Ask for UCP_ERR_HANDLING_MODE_PEER (dead peers become errors), falling back per endpoint to
+  // MODE_NONE when no selected transport supports it. False: always MODE_NONE.
+  bool peer_error_handling = true;
+};
+
+// Throws sy::Error(transport) naming the failing UCX call when UCX cannot initialise.
+std::unique_ptr<Transport> make_ucx_transport(const TransportOptions& options, const UcxOptions& ucx = {});
+
+}  // namespace sy::transport
