@@ -8,11 +8,13 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <string_view>
@@ -45,7 +47,16 @@ const char* spelling(E v, const std::string_view (&names)[N]) {
 
 // ---- Schema vocabulary ----
 
-enum class Type { integer, real, boolean, choice, map, map_list };
+enum class Type {
+  integer,
+  real,
+  boolean,
+  choice,
+  string,  // any scalar text
+  path,    // a file path; a relative one resolves against the config file's directory, stored absolute
+  map,
+  map_list,
+};
 
 enum class Need {
   required,   // absent is an error
@@ -71,9 +82,11 @@ struct EnumRef {
 
 // Where a row's value lives: scalars their member, optional maps their presence flag, lists the
 // vector of element structs. Plain maps have no slot.
-using Slot = std::variant<std::monostate, int*, double*, bool*, EnumRef, std::vector<StageConfig>*>;
+using Slot =
+    std::variant<std::monostate, int*, double*, bool*, EnumRef, std::string*, std::vector<StageConfig>*>;
 
 Slot slot_of(int& v) { return &v; }
+Slot slot_of(std::string& v) { return &v; }
 Slot slot_of(double& v) { return &v; }
 Slot slot_of(bool& v) { return &v; }
 Slot slot_of(std::vector<StageConfig>& v) { return &v; }
@@ -83,7 +96,9 @@ requires std::is_enum_v<E> Slot slot_of(E& v) {
                  [](void* p, int i) { *static_cast<E*>(p) = static_cast<E>(i); }};
 }
 
+#define SY_CONFIG(member) [](const Scope& s) -> Slot { return slot_of(s.config->member); }
 #define SY_MODEL(member) [](const Scope& s) -> Slot { return slot_of(s.config->model.member); }
+#define SY_CLUSTER(member) [](const Scope& s) -> Slot { return slot_of(s.config->cluster.member); }
 #define SY_STAGE(member) [](const Scope& s) -> Slot { return slot_of(s.stage->member); }
 
 struct Field {
@@ -109,10 +124,34 @@ std::string format_real(double v) {
 
 const std::string kDynamicChain = "; dynamic routing needs 1 <= k_min <= k_avg <= k_max <= experts";
 
+// UCX_TLS: comma-separated transport names ("sm,self", "tcp,self", "^ib", "all").
+std::string check_ucx_tls(std::string_view tls) {
+  if (tls.empty()) return "";
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t end = std::min(tls.find(',', start), tls.size());
+    const std::string_view name = tls.substr(start, end - start);
+    if (name.empty() || name == "^") {
+      return "\"" + std::string(tls) + "\" has an empty transport name; expected comma-separated UCX transports, e.g. \"sm,self\"";
+    }
+    for (std::size_t i = 0; i < name.size(); ++i) {
+      const char c = name[i];
+      const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '_' || (c == '^' && i == 0 && start == 0);
+      if (!ok) {
+        return "\"" + std::string(tls) + "\": unexpected character '" + std::string(1, c) +
+               "'; expected comma-separated UCX transports without spaces, e.g. \"sm,self\"";
+      }
+    }
+    if (end == tls.size()) return "";
+    start = end + 1;
+  }
+}
+
 // clang-format off
 const Field kSchema[] = {
-  {.path = "model", .type = Type::map, .need = Need::required,
-   .help = "The model: its width and its MoE layer."},
+  {.path = "model", .type = Type::map, .need = Need::optional, .def = "absent",
+   .help = "The model: its width and its MoE layer. A file holds `model`, `cluster` or both.",
+   .slot = SY_CONFIG(has_model)},
   {.path = "model.hidden_size", .need = Need::required, .bound = Bound::gt,
    .help = "Model width d (token vector size).", .slot = SY_MODEL(hidden_size)},
   {.path = "model.layers", .def = "1", .bound = Bound::ge, .limit = 1,
@@ -219,10 +258,58 @@ const Field kSchema[] = {
    .bound = Bound::ge, .help = "Switch load-balancing loss weight.", .slot = SY_STAGE(aux_loss.load_balance)},
   {.path = "model.layer.stages[].aux_loss.z_loss", .type = Type::real, .def = "0", .bound = Bound::ge,
    .help = "Router z-loss weight.", .slot = SY_STAGE(aux_loss.z_loss)},
+
+  {.path = "cluster", .type = Type::map, .need = Need::optional, .def = "absent",
+   .help = "The cluster: processes, addresses, failure detection, memory and expert placement.",
+   .slot = SY_CONFIG(has_cluster)},
+  {.path = "cluster.workers", .def = "4", .bound = Bound::ge, .limit = 1,
+   .help = "Worker processes `switchyard up` starts on this machine.", .slot = SY_CLUSTER(workers)},
+  {.path = "cluster.coordinator", .type = Type::string, .def = "127.0.0.1:0",
+   .help = "Coordinator address host:port ([v6]:port for IPv6); port 0 = any free port.",
+   .slot = SY_CLUSTER(coordinator),
+   .check = [](const Scope& s) -> std::string {
+     if (parse_host_port(s.config->cluster.coordinator)) return "";
+     return "\"" + s.config->cluster.coordinator + "\" is not host:port with a port in 0..65535";
+   }},
+  {.path = "cluster.ucx_tls", .type = Type::string, .def = "",
+   .help = "UCX transports, exported as UCX_TLS to workers and clients (e.g. sm,self or tcp,self); "
+           "empty = UCX's own choice.",
+   .slot = SY_CLUSTER(ucx_tls),
+   .check = [](const Scope& s) { return check_ucx_tls(s.config->cluster.ucx_tls); }},
+  {.path = "cluster.heartbeat_ms", .def = "500", .bound = Bound::gt,
+   .help = "Interval of worker and client heartbeats to the coordinator.", .slot = SY_CLUSTER(heartbeat_ms)},
+  {.path = "cluster.dead_after_ms", .def = "3000", .bound = Bound::gt,
+   .help = "A member silent this long is marked dead; more than heartbeat_ms.", .slot = SY_CLUSTER(dead_after_ms),
+   .check = [](const Scope& s) -> std::string {
+     const ClusterConfig& c = s.config->cluster;
+     if (c.dead_after_ms > c.heartbeat_ms) return "";
+     return std::to_string(c.dead_after_ms) + " must exceed heartbeat_ms (" + std::to_string(c.heartbeat_ms) + ")";
+   }},
+  {.path = "cluster.request_timeout_ms", .def = "10000", .bound = Bound::gt,
+   .help = "A request to a worker that has not answered after this long fails, naming the worker.",
+   .slot = SY_CLUSTER(request_timeout_ms)},
+  {.path = "cluster.worker_memory_mb", .def = "4096", .bound = Bound::gt,
+   .help = "Memory budget per worker for expert replicas, each 4x its weight bytes (weights, gradients, "
+           "two AdamW moments).",
+   .slot = SY_CLUSTER(worker_memory_mb)},
+  {.path = "cluster.placement", .type = Type::path, .def = "",
+   .help = "Placement YAML (configs/placement-*.yaml), relative to this file; empty = round-robin default.",
+   .slot = SY_CLUSTER(placement)},
+  {.path = "cluster.replicas", .def = "1", .bound = Bound::ge, .limit = 1,
+   .help = "Replicas per expert in the round-robin default placement, at most `workers`.",
+   .slot = SY_CLUSTER(replicas),
+   .check = [](const Scope& s) -> std::string {
+     const ClusterConfig& c = s.config->cluster;
+     if (c.replicas <= c.workers) return "";
+     return std::to_string(c.replicas) + " exceeds workers (" + std::to_string(c.workers) +
+            "); replicas of one expert need distinct workers";
+   }},
 };
 // clang-format on
 
+#undef SY_CONFIG
 #undef SY_MODEL
+#undef SY_CLUSTER
 #undef SY_STAGE
 
 // ---- Schema helpers ----
@@ -293,6 +380,8 @@ std::string type_name(const Field& f) {
     case Type::real: return "a number";
     case Type::boolean: return "true or false";
     case Type::choice: return "one of: " + join_choices(f.choices, ", ");
+    case Type::string: return "a string";
+    case Type::path: return "a file path";
     case Type::map: return "a map";
     case Type::map_list: return "a non-empty list of maps";
   }
@@ -348,11 +437,42 @@ std::string store_scalar(const Field& f, const Scope& s, std::string_view text) 
       ref.set(ref.p, static_cast<int>(it - f.choices.begin()));
       return "";
     }
+    case Type::string:
+    case Type::path: *std::get<std::string*>(f.slot(s)) = std::string(text); return "";
     case Type::map:
     case Type::map_list: return "not a scalar setting";
   }
   const bool ok = f.bound == Bound::none || (f.bound == Bound::ge ? value >= f.limit : value > f.limit);
   return ok ? "" : "must be " + bound_text(f) + ", got " + std::string(text);
+}
+
+// A YAML double-quoted scalar.
+std::string yaml_quoted(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+// A relative `path` resolves against the directory of `source` (the config file); stored absolute.
+std::string resolve_path(const std::string& source, const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) return path;
+  fs::path p(path);
+  if (p.is_relative()) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  return (ec ? p : abs).lexically_normal().string();
 }
 
 std::string value_text(const Field& f, const Scope& s) {
@@ -361,6 +481,7 @@ std::string value_text(const Field& f, const Scope& s) {
   if (const double* const* p = std::get_if<double*>(&slot)) return format_real(**p);
   if (const bool* const* p = std::get_if<bool*>(&slot)) return **p ? "true" : "false";
   if (std::holds_alternative<EnumRef>(slot)) return std::string(choice_value(f, s));
+  if (const std::string* const* p = std::get_if<std::string*>(&slot)) return yaml_quoted(**p);
   return "";
 }
 
@@ -510,6 +631,14 @@ class Reader {
         }
         if (std::string err = store_scalar(f, s, value.Scalar()); !err.empty()) fail(line, path, err);
         return;
+      case Type::string:
+      case Type::path: {
+        if (!value.IsScalar()) fail(line, path, "expected " + type_name(f) + ", got " + describe(value));
+        if (std::string err = store_scalar(f, s, value.Scalar()); !err.empty()) fail(line, path, err);
+        std::string& text = *std::get<std::string*>(f.slot(s));
+        if (f.type == Type::path) text = resolve_path(source_, text);
+        return;
+      }
     }
   }
 
@@ -601,7 +730,44 @@ Config load_config_string(const std::string& yaml_text, const std::string& sourc
   } catch (const YAML::Exception& e) {  // not expected: the reader only uses non-throwing accessors
     throw_config_error(source_name + ":" + std::to_string(line_of(e.mark, 1)) + ": " + e.msg);
   }
+  if (!config.has_model && !config.has_cluster) {
+    reader.fail(root.IsMap() ? line_of(root.Mark(), 1) : 1, "",
+                "expected a `model:` section, a `cluster:` section or both, found neither");
+  }
   return config;
+}
+
+const ModelConfig& Config::require_model() const {
+  if (!has_model) {
+    throw_config_error(source + ": no `model:` section; this command needs a model config (e.g. "
+                       "configs/models/topk.yaml)");
+  }
+  return model;
+}
+
+std::optional<HostPort> parse_host_port(std::string_view text) {
+  const std::size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos) return std::nullopt;
+  std::string_view host = text.substr(0, colon);
+  const std::string_view port_text = text.substr(colon + 1);
+  if (host.starts_with('[')) {
+    if (!host.ends_with(']') || host.size() < 3) return std::nullopt;
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string_view::npos) {
+    return std::nullopt;  // an IPv6 address needs brackets
+  }
+  if (host.empty() || port_text.empty() || port_text.size() > 5) return std::nullopt;
+  for (const char c : host) {
+    const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' || c == ':' ||
+                    c == '%';
+    if (!ok) return std::nullopt;
+  }
+  int port = 0;
+  const auto r = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (r.ec != std::errc() || r.ptr != port_text.data() + port_text.size() || port < 0 || port > 65535) {
+    return std::nullopt;
+  }
+  return HostPort{std::string(host), port};
 }
 
 Config load_config(const std::string& path) {
@@ -634,6 +800,8 @@ std::string config_reference_markdown() {
       case Type::real: type = "float"; break;
       case Type::boolean: type = "bool"; break;
       case Type::choice: type = "`" + join_choices(f.choices, "` | `") + "`"; break;
+      case Type::string: type = "string"; break;
+      case Type::path: type = "path"; break;
       case Type::map: type = f.need == Need::optional ? "map, optional" : "map"; break;
       case Type::map_list: type = "list of maps, non-empty"; break;
     }
@@ -643,7 +811,11 @@ std::string config_reference_markdown() {
       case Need::required: def = "required"; break;
       case Need::computed:
       case Need::optional: def = std::string(f.def); break;
-      case Need::defaulted: def = f.type == Type::map ? "(defaults)" : "`" + std::string(f.def) + "`"; break;
+      case Need::defaulted:
+        if (f.type == Type::map) def = "(defaults)";
+        else if (f.def.empty()) def = "`\"\"`";
+        else def = "`" + std::string(f.def) + "`";
+        break;
     }
     std::string help(f.help);
     if (!f.when.empty()) {

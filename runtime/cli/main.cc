@@ -15,83 +15,16 @@
 #include "switchyard/core/error.h"
 #include "switchyard/core/io.h"
 #include "switchyard/kernels/backend.h"
+#include "switchyard/runtime/cluster_client.h"
 #include "switchyard/runtime/layer_engine.h"
 #include "switchyard/runtime/layer_weights.h"
 #include "switchyard/runtime/toy_task.h"
 #include "bench_exchange.h"
+#include "cluster_commands.h"
+#include "flags.h"
 
 namespace sy {
 namespace {
-
-constexpr int kUsageExit = 2;
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// --flag value pairs and bare --switches, validated against the command's flag list.
-class Flags {
- public:
-  Flags(const std::vector<std::string>& args, const std::string& command, const std::set<std::string>& allowed,
-        const std::set<std::string>& switches = {})
-      : command_(command) {
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      if (a.rfind("--", 0) != 0) throw UsageError(command + ": unexpected argument '" + a + "'");
-      std::string key = a.substr(2), value;
-      const size_t eq = key.find('=');
-      if (eq != std::string::npos) {
-        value = key.substr(eq + 1);
-        key = key.substr(0, eq);
-      } else if (switches.count(key)) {
-        value = "true";
-      } else {
-        if (i + 1 >= args.size()) throw UsageError(command + ": --" + key + " needs a value");
-        value = args[++i];
-      }
-      if (!allowed.count(key) && !switches.count(key))
-        throw UsageError(command + ": unknown flag --" + key);
-      values_[key] = value;
-    }
-  }
-  bool has(const std::string& k) const { return values_.count(k) != 0; }
-  std::string get(const std::string& k) const {
-    auto it = values_.find(k);
-    if (it == values_.end()) throw UsageError(command_ + ": --" + k + " is required");
-    return it->second;
-  }
-  std::string get_or(const std::string& k, const std::string& def) const { return has(k) ? get(k) : def; }
-  int64_t get_int(const std::string& k, int64_t def) const {
-    if (!has(k)) return def;
-    const std::string v = get(k);
-    size_t pos = 0;
-    int64_t out = 0;
-    try {
-      out = std::stoll(v, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos != v.size() || v.empty()) throw UsageError(command_ + ": --" + k + " expects an integer, got '" + v + "'");
-    return out;
-  }
-  double get_double(const std::string& k, double def) const {
-    if (!has(k)) return def;
-    const std::string v = get(k);
-    size_t pos = 0;
-    double out = 0;
-    try {
-      out = std::stod(v, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos != v.size() || v.empty()) throw UsageError(command_ + ": --" + k + " expects a number, got '" + v + "'");
-    return out;
-  }
-
- private:
-  std::string command_;
-  std::map<std::string, std::string> values_;
-};
 
 void print_stage_stats(const ModelConfig& model, const LayerEngine& layer, std::ostream& out) {
   for (size_t s = 0; s < layer.stats().size(); ++s) {
@@ -163,12 +96,18 @@ int cmd_layer(const std::vector<std::string>& args) {
     return 0;
   }
   if (sub == "forward") {
-    Flags flags(rest, "layer forward", {"config", "weights", "input", "output", "attention", "importance"});
+    Flags flags(rest, "layer forward", {"config", "weights", "input", "output", "attention", "importance", "cluster"});
     const Config cfg = load_config(flags.get("config"));
     const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
     const LayerInputs in = read_layer_inputs(flags);
-    LocalExperts experts(cfg.model, w, nullptr);
-    LayerEngine layer(cfg.model, w, experts);
+    LocalExperts local(cfg.model, w, nullptr);
+    std::unique_ptr<ClusterClient> client;
+    if (flags.has("cluster")) {
+      client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard layer forward");
+      client->load_model(cfg, w);
+      client->set_training(false);
+    }
+    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local));
     const Tensor y = layer.forward(in.x, in.view());
     write_npy(flags.get("output"), y);
     print_stage_stats(cfg.model, layer, std::cout);
@@ -178,16 +117,25 @@ int cmd_layer(const std::vector<std::string>& args) {
   }
   if (sub == "backward") {
     Flags flags(rest, "layer backward",
-                {"config", "weights", "input", "grad-output", "out-dir", "attention", "importance"});
+                {"config", "weights", "input", "grad-output", "out-dir", "attention", "importance", "cluster"});
     const Config cfg = load_config(flags.get("config"));
     const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
     const LayerInputs in = read_layer_inputs(flags);
     const Tensor g = read_npy(flags.get("grad-output"));
     TensorMap grads = zeros_like(w);
-    LocalExperts experts(cfg.model, w, &grads);
-    LayerEngine layer(cfg.model, w, experts);
+    LocalExperts local(cfg.model, w, &grads);
+    std::unique_ptr<ClusterClient> client;
+    if (flags.has("cluster")) {
+      client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard layer backward");
+      client->load_model(cfg, w);
+    }
+    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local));
     const Tensor y = layer.forward(in.x, in.view());
     const Tensor dx = layer.backward(g, grads);
+    if (client) {  // expert gradients live on the workers: fetch them (summed over replicas)
+      for (auto& [name, t] : client->fetch_expert_grads()) grads.at(name) = std::move(t);
+      client->zero_expert_grads();
+    }
     const std::filesystem::path dir = flags.get("out-dir");
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
@@ -206,7 +154,7 @@ int cmd_layer(const std::vector<std::string>& args) {
 }
 
 int cmd_train_toy(const std::vector<std::string>& args) {
-  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len"}, {"no-progress"});
+  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster"}, {"no-progress"});
   const Config cfg = load_config(flags.get("config"));
   ToyTaskOptions opt;
   opt.steps = static_cast<int>(flags.get_int("steps", opt.steps));
@@ -219,7 +167,9 @@ int cmd_train_toy(const std::vector<std::string>& args) {
   opt.data_seed += seed * 3;
   opt.progress = !flags.has("no-progress");
   if (opt.steps < 1 || opt.sequences < 1 || opt.seq_len < 1) throw UsageError("train-toy: sizes must be >= 1");
-  run_toy_task(cfg.model, opt, std::cout);
+  std::unique_ptr<ClusterClient> client;
+  if (flags.has("cluster")) client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard train-toy");
+  run_toy_task(cfg, opt, std::cout, client.get());
   return 0;
 }
 
@@ -274,6 +224,17 @@ usage:
   switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--no-progress]
   switchyard demo [--config C] [--steps N] [--tokens T]
   switchyard backends                         compiled and usable compute backends
+
+cluster:
+  switchyard up --config configs/local.yaml   coordinator + N local workers; Ctrl-C stops all
+  switchyard coordinator [--config C] [--listen HOST:PORT]
+  switchyard worker --coordinator HOST:PORT [--id N]   (id/address also from torchrun/mpirun/srun env)
+  switchyard status --cluster HOST:PORT
+  switchyard layer forward|backward ... --cluster HOST:PORT
+  switchyard train-toy --config C --cluster HOST:PORT
+  switchyard checkpoint save|restore --cluster HOST:PORT --config C --dir D
+  switchyard bench serve --cluster HOST:PORT --config C [--clients N] [--requests R] [--tokens T]
+  switchyard shutdown --cluster HOST:PORT
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
 )";
 }
@@ -290,7 +251,14 @@ int run(int argc, char** argv) {
   if (cmd == "layer") return cmd_layer(rest);
   if (cmd == "train-toy") return cmd_train_toy(rest);
   if (cmd == "demo") return cmd_demo(rest);
+  if (cmd == "bench" && !rest.empty() && rest[0] == "serve") return cli_bench_serve({rest.begin() + 1, rest.end()});
   if (cmd == "bench") return cli_bench_exchange(rest);
+  if (cmd == "up") return cli_up(rest);
+  if (cmd == "coordinator") return cli_coordinator(rest);
+  if (cmd == "worker") return cli_worker(rest);
+  if (cmd == "status") return cli_status(rest);
+  if (cmd == "checkpoint") return cli_checkpoint(rest);
+  if (cmd == "shutdown") return cli_shutdown(rest);
   if (cmd == "backends") {
     std::cout << "compiled:";
     for (const std::string& n : compiled_backends()) std::cout << " " << n;

@@ -1,6 +1,7 @@
 #include "switchyard/runtime/optimizer.h"
 
 #include <cmath>
+#include <utility>
 
 #include "switchyard/core/error.h"
 
@@ -22,6 +23,8 @@ void AdamW::step(TensorMap& params, const TensorMap& grads) {
     if (p.shape() != g.shape()) throw_runtime_error("AdamW: gradient shape mismatch for '" + name + "'");
     Tensor& m = state_.try_emplace(name + ".exp_avg", p.shape()).first->second;
     Tensor& v = state_.try_emplace(name + ".exp_avg_sq", p.shape()).first->second;
+    if (m.shape() != p.shape() || v.shape() != p.shape())
+      throw_runtime_error("AdamW: restored moment shape mismatch for '" + name + "'");
     float* pd = p.data();
     float* md = m.data();
     float* vd = v.data();
@@ -35,6 +38,12 @@ void AdamW::step(TensorMap& params, const TensorMap& grads) {
       pd[i] -= step_size * md[i] / (std::sqrt(vd[i]) * inv_sqrt_bc2 + eps);
     }
   }
+}
+
+void AdamW::restore_state(int64_t steps, TensorMap state) {
+  if (steps < 0) throw_runtime_error("AdamW: negative step count " + std::to_string(steps));
+  steps_ = steps;
+  state_ = std::move(state);
 }
 
 }  // namespace sy

@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <ostream>
 
+#include "switchyard/runtime/cluster_client.h"
 #include "switchyard/runtime/layer_engine.h"
 #include "switchyard/runtime/optimizer.h"
 
@@ -56,7 +57,8 @@ double mse_and_grad(const Tensor& y, const Tensor& target, Tensor* grad) {
 
 }  // namespace
 
-ToyTaskResult run_toy_task(const ModelConfig& model, const ToyTaskOptions& opt, std::ostream& out) {
+ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std::ostream& out, ClusterClient* cluster) {
+  const ModelConfig& model = config.require_model();
   const int64_t d = model.hidden_size, T = opt.sequences * opt.seq_len;
   TensorMap teacher = init_layer_weights(model, opt.teacher_seed);
   for (auto& [name, t] : teacher) {
@@ -67,11 +69,17 @@ ToyTaskResult run_toy_task(const ModelConfig& model, const ToyTaskOptions& opt, 
     }
   }
   TensorMap student = init_layer_weights(model, opt.student_seed);
-  TensorMap grads = zeros_like(student);
   LocalExperts teacher_experts(model, teacher, nullptr);
   LayerEngine teacher_layer(model, teacher, teacher_experts);
+  if (cluster) {
+    // Experts go to the workers; the client keeps (and optimizes) only the dense parameters.
+    cluster->load_model(config, student);
+    for (const ParamSpec& spec : layer_param_specs(model))
+      if (spec.owner == ParamOwner::expert) student.erase(spec.name);
+  }
+  TensorMap grads = zeros_like(student);
   LocalExperts student_experts(model, student, &grads);
-  LayerEngine student_layer(model, student, student_experts);
+  LayerEngine student_layer(model, student, cluster ? cluster->experts(0) : static_cast<ExpertCompute&>(student_experts));
   AdamW adam({.lr = opt.lr});
 
   RandomStream data(opt.data_seed, "toy-data");
@@ -85,7 +93,12 @@ ToyTaskResult run_toy_task(const ModelConfig& model, const ToyTaskOptions& opt, 
   batch(eval_rng, eval_x, eval_attention);
   const ImportanceInput eval_imp{dynamic ? &eval_attention : nullptr, nullptr};
   const Tensor eval_target = teacher_layer.forward(eval_x, eval_imp);
-  auto evaluate = [&] { return mse_and_grad(student_layer.forward(eval_x, eval_imp), eval_target, nullptr); };
+  auto evaluate = [&] {
+    if (cluster) cluster->set_training(false);
+    const double mse = mse_and_grad(student_layer.forward(eval_x, eval_imp), eval_target, nullptr);
+    if (cluster) cluster->set_training(true);
+    return mse;
+  };
 
   ToyTaskResult result;
   result.first_eval = evaluate();
@@ -106,11 +119,21 @@ ToyTaskResult run_toy_task(const ModelConfig& model, const ToyTaskOptions& opt, 
     student_layer.backward(g, grads);
     adam.set_lr(opt.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * (step - 1) / opt.steps)));  // cosine decay
     adam.step(student, grads);
+    if (cluster) cluster->step(adam.config(), 1, static_cast<uint64_t>(step));
     result.losses.push_back(loss);
     result.mse.push_back(mse);
     if (step % std::max(1, opt.steps / 10) == 0 || step == opt.steps)
       out << "step " << step << " mse " << std::setprecision(6) << mse << " aux " << student_layer.aux_loss() << "\n";
-    bar.update(step, "mse " + std::to_string(mse));
+    std::string status = "mse " + std::to_string(mse);
+    if (cluster) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      status += " | " + std::to_string(static_cast<int64_t>(static_cast<double>(T) * step / secs)) + " tok/s | load";
+      const std::vector<uint64_t> rows = cluster->rows_sent();
+      uint64_t total = 0;
+      for (uint64_t r : rows) total += r;
+      for (uint64_t r : rows) status += " " + std::to_string(total ? 100 * r / total : 0) + "%";
+    }
+    bar.update(step, status);
   }
   bar.finish();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -104,8 +105,23 @@ void expect_stage_eq(const StageConfig& a, const StageConfig& b) {
   EXPECT_EQ(a.aux_loss.z_loss, b.aux_loss.z_loss);
 }
 
+void expect_cluster_eq(const ClusterConfig& a, const ClusterConfig& b) {
+  EXPECT_EQ(a.workers, b.workers);
+  EXPECT_EQ(a.coordinator, b.coordinator);
+  EXPECT_EQ(a.ucx_tls, b.ucx_tls);
+  EXPECT_EQ(a.heartbeat_ms, b.heartbeat_ms);
+  EXPECT_EQ(a.dead_after_ms, b.dead_after_ms);
+  EXPECT_EQ(a.request_timeout_ms, b.request_timeout_ms);
+  EXPECT_EQ(a.worker_memory_mb, b.worker_memory_mb);
+  EXPECT_EQ(a.placement, b.placement);
+  EXPECT_EQ(a.replicas, b.replicas);
+}
+
 // Equal settings (the `source` field is not a setting).
 void expect_config_eq(const Config& a, const Config& b) {
+  EXPECT_EQ(a.has_model, b.has_model);
+  EXPECT_EQ(a.has_cluster, b.has_cluster);
+  expect_cluster_eq(a.cluster, b.cluster);
   EXPECT_EQ(a.model.hidden_size, b.model.hidden_size);
   EXPECT_EQ(a.model.layers, b.model.layers);
   EXPECT_EQ(a.model.layer.input_norm, b.model.layer.input_norm);
@@ -289,8 +305,8 @@ TEST(ConfigError, WrongTypes) {
 }
 
 TEST(ConfigError, MissingRequiredKeysReportTheParentMapLine) {
-  expect_config_error("", "cfg.yaml:1: model: ", "required setting is missing");
-  expect_config_error("# nothing but a comment\n", "cfg.yaml:1: model: ", "required setting is missing");
+  expect_config_error("", "cfg.yaml:1: (top level): ", "expected a `model:` section, a `cluster:` section or both");
+  expect_config_error("# nothing but a comment\n", "cfg.yaml:1: (top level): ", "found neither");
   expect_config_error("model:\n  layer:\n    stages: [{experts: 8, ffn_hidden_size: 96}]\n",
                       "cfg.yaml:2: model.hidden_size: ", "required setting is missing");
   expect_config_error("model:\n  hidden_size: 64\n", "cfg.yaml:2: model.layer: ", "required setting is missing");
@@ -466,6 +482,186 @@ TEST(ConfigYaml, DefaultsArePrintedAndRoundTrip) {
   expect_config_eq(load_config_string(resolved_yaml), resolved);
 }
 
+// ---- the cluster section ----
+
+const char* const kCluster = R"(cluster:
+  workers: 3
+  coordinator: "node1.example:29500"
+  ucx_tls: "tcp,self"
+  heartbeat_ms: 100
+  dead_after_ms: 1000
+  request_timeout_ms: 2000
+  worker_memory_mb: 64
+  placement: /etc/switchyard/placement.yaml
+  replicas: 2
+)";
+
+TEST(ConfigCluster, EverySetting) {
+  const Config c = load_config_string(kCluster, "cluster.yaml");
+  EXPECT_FALSE(c.has_model);
+  EXPECT_TRUE(c.has_cluster);
+  EXPECT_EQ(c.cluster.workers, 3);
+  EXPECT_EQ(c.cluster.coordinator, "node1.example:29500");
+  EXPECT_EQ(c.cluster.ucx_tls, "tcp,self");
+  EXPECT_EQ(c.cluster.heartbeat_ms, 100);
+  EXPECT_EQ(c.cluster.dead_after_ms, 1000);
+  EXPECT_EQ(c.cluster.request_timeout_ms, 2000);
+  EXPECT_EQ(c.cluster.worker_memory_mb, 64);
+  EXPECT_EQ(c.cluster.worker_memory_bytes(), int64_t{64} << 20);
+  EXPECT_EQ(c.cluster.placement, "/etc/switchyard/placement.yaml");
+  EXPECT_EQ(c.cluster.replicas, 2);
+}
+
+TEST(ConfigCluster, DefaultsMatchTheStructDefaults) {
+  const Config c = load_config_string("cluster:\n");
+  EXPECT_TRUE(c.has_cluster);
+  EXPECT_FALSE(c.has_model);
+  const ClusterConfig expected;
+  expect_cluster_eq(c.cluster, expected);
+  EXPECT_EQ(c.cluster.workers, 4);
+  EXPECT_EQ(c.cluster.coordinator, "127.0.0.1:0");
+  EXPECT_EQ(c.cluster.ucx_tls, "");
+  EXPECT_EQ(c.cluster.heartbeat_ms, 500);
+  EXPECT_EQ(c.cluster.dead_after_ms, 3000);
+  EXPECT_EQ(c.cluster.request_timeout_ms, 10000);
+  EXPECT_EQ(c.cluster.worker_memory_mb, 4096);
+  EXPECT_EQ(c.cluster.placement, "");
+  EXPECT_EQ(c.cluster.replicas, 1);
+
+  // A model-only file: no cluster section, the cluster struct holds the defaults.
+  const Config m = load_config_string(one_stage(""));
+  EXPECT_TRUE(m.has_model);
+  EXPECT_FALSE(m.has_cluster);
+  expect_cluster_eq(m.cluster, expected);
+}
+
+TEST(ConfigCluster, ModelAndClusterInOneFile) {
+  const Config c = load_config_string(one_stage("") + kCluster);
+  EXPECT_TRUE(c.has_model);
+  EXPECT_TRUE(c.has_cluster);
+  EXPECT_EQ(c.model.layer.stages.at(0).experts, 8);
+  EXPECT_EQ(c.cluster.workers, 3);
+  EXPECT_EQ(&c.require_model(), &c.model);
+}
+
+TEST(ConfigCluster, RequireModelNamesTheFile) {
+  const Config c = load_config_string(kCluster, "cluster.yaml");
+  try {
+    c.require_model();
+    ADD_FAILURE() << "returned a model";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::config);
+    EXPECT_EQ(std::string(e.what()).rfind("cluster.yaml: no `model:` section", 0), 0u) << e.what();
+  }
+}
+
+TEST(ConfigCluster, PlacementPathResolvesAgainstTheConfigDirectory) {
+  namespace fs = std::filesystem;
+  const Config rel = load_config_string("cluster: {placement: p.yaml}\n", "some/dir/cfg.yaml");
+  EXPECT_TRUE(fs::path(rel.cluster.placement).is_absolute()) << rel.cluster.placement;
+  EXPECT_EQ(rel.cluster.placement, (fs::current_path() / "some/dir/p.yaml").lexically_normal().string());
+  const Config up = load_config_string("cluster: {placement: ../p.yaml}\n", "some/dir/cfg.yaml");
+  EXPECT_EQ(up.cluster.placement, (fs::current_path() / "some/p.yaml").lexically_normal().string());
+  const Config abs = load_config_string("cluster: {placement: /a/b/../p.yaml}\n", "some/dir/cfg.yaml");
+  EXPECT_EQ(abs.cluster.placement, "/a/p.yaml");
+  const Config none = load_config_string("cluster: {placement: \"\"}\n", "some/dir/cfg.yaml");
+  EXPECT_EQ(none.cluster.placement, "");
+
+  // A real file: relative to its own directory, not to the current directory.
+  const fs::path dir = fs::path(testing::TempDir()) / "switchyard_cluster_cfg";
+  fs::create_directories(dir);
+  const fs::path file = dir / "local.yaml";
+  {
+    std::ofstream out(file);
+    out << "cluster:\n  placement: placement-x.yaml\n";
+  }
+  EXPECT_EQ(load_config(file.string()).cluster.placement, (dir / "placement-x.yaml").lexically_normal().string());
+  fs::remove_all(dir);
+}
+
+TEST(ConfigCluster, HostPort) {
+  auto hp = parse_host_port("127.0.0.1:0");
+  ASSERT_TRUE(hp);
+  EXPECT_EQ(hp->host, "127.0.0.1");
+  EXPECT_EQ(hp->port, 0);
+  hp = parse_host_port("[::1]:5000");
+  ASSERT_TRUE(hp);
+  EXPECT_EQ(hp->host, "::1");
+  EXPECT_EQ(hp->port, 5000);
+  hp = parse_host_port("node-7.cluster_a:65535");
+  ASSERT_TRUE(hp);
+  EXPECT_EQ(hp->host, "node-7.cluster_a");
+  for (const char* bad : {"", "localhost", ":80", "host:", "host:65536", "host:-1", "host:8x", "::1:80", "[::1]",
+                          "[]:80", "a b:80", "host:+80"}) {
+    EXPECT_FALSE(parse_host_port(bad)) << bad;
+  }
+}
+
+TEST(ConfigClusterError, EveryConstraintNamesFileLineAndKey) {
+  expect_config_error("cluster:\n  workers: 0\n", "cfg.yaml:2: cluster.workers: ", "must be >= 1, got 0");
+  expect_config_error("cluster:\n  workers: two\n", "cfg.yaml:2: cluster.workers: ", "expected an integer");
+  expect_config_error("cluster:\n  coordinator: localhost\n", "cfg.yaml:2: cluster.coordinator: ",
+                      "\"localhost\" is not host:port");
+  expect_config_error("cluster:\n  coordinator: \"h:99999\"\n", "cfg.yaml:2: cluster.coordinator: ",
+                      "port in 0..65535");
+  expect_config_error("cluster:\n  coordinator: [a, b]\n", "cfg.yaml:2: cluster.coordinator: ",
+                      "expected a string, got a list");
+  expect_config_error("cluster:\n  ucx_tls: sm, self\n", "cfg.yaml:2: cluster.ucx_tls: ", "unexpected character ' '");
+  expect_config_error("cluster:\n  ucx_tls: sm,,self\n", "cfg.yaml:2: cluster.ucx_tls: ", "empty transport name");
+  expect_config_error("cluster:\n  heartbeat_ms: 0\n", "cfg.yaml:2: cluster.heartbeat_ms: ", "must be > 0");
+  expect_config_error("cluster:\n  heartbeat_ms: 500\n  dead_after_ms: 500\n", "cfg.yaml:3: cluster.dead_after_ms: ",
+                      "500 must exceed heartbeat_ms (500)");
+  // The default dead_after_ms (3000) against a larger heartbeat: reported at the cluster map.
+  expect_config_error("cluster:\n  heartbeat_ms: 5000\n", "cfg.yaml:2: cluster.dead_after_ms: ",
+                      "3000 must exceed heartbeat_ms (5000)");
+  expect_config_error("cluster:\n  request_timeout_ms: -5\n", "cfg.yaml:2: cluster.request_timeout_ms: ",
+                      "must be > 0");
+  expect_config_error("cluster:\n  worker_memory_mb: 0\n", "cfg.yaml:2: cluster.worker_memory_mb: ", "must be > 0");
+  expect_config_error("cluster:\n  workers: 2\n  replicas: 3\n", "cfg.yaml:3: cluster.replicas: ",
+                      "3 exceeds workers (2)");
+  expect_config_error("cluster:\n  replicas: 0\n", "cfg.yaml:2: cluster.replicas: ", "must be >= 1");
+  expect_config_error("cluster:\n  placement: {file: x}\n", "cfg.yaml:2: cluster.placement: ",
+                      "expected a file path, got a map");
+  expect_config_error("cluster:\n  worker: 2\n", "cfg.yaml:2: cluster.worker: ",
+                      "unknown key; expected one of: workers, coordinator");
+  expect_config_error("cluster: [1]\n", "cfg.yaml:1: cluster: ", "expected a map, got a list");
+  expect_config_error("cluster:\n  workers: \"3\"\n", "cfg.yaml:2: cluster.workers: ", "quoted string");
+  expect_config_error("cluster:\n  ucx_tls:\n", "cfg.yaml:2: cluster.ucx_tls: ", "got null");
+}
+
+TEST(ConfigClusterYaml, RoundTrips) {
+  const std::string text = one_stage("") + kCluster;
+  const Config c = load_config_string(text);
+  const std::string yaml = config_to_yaml(c);
+  SCOPED_TRACE(yaml);
+  EXPECT_NE(yaml.find("\ncluster:"), std::string::npos);
+  EXPECT_NE(yaml.find("  coordinator: \"node1.example:29500\""), std::string::npos);
+  EXPECT_NE(yaml.find("  ucx_tls: \"tcp,self\""), std::string::npos);
+  EXPECT_NE(yaml.find("  replicas: 2"), std::string::npos);
+  EXPECT_NE(yaml.find("# Memory budget per worker"), std::string::npos);
+  const Config again = load_config_string(yaml);
+  expect_config_eq(again, c);
+  EXPECT_EQ(without_first_line(config_to_yaml(again)), without_first_line(yaml));
+
+  // Absent sections print as comments and stay absent.
+  const Config cluster_only = load_config_string("cluster: {ucx_tls: \"sm,self\"}\n");
+  const std::string cluster_yaml = config_to_yaml(cluster_only);
+  EXPECT_NE(cluster_yaml.find("# model: absent"), std::string::npos) << cluster_yaml;
+  EXPECT_NE(cluster_yaml.find("ucx_tls: \"sm,self\""), std::string::npos) << cluster_yaml;
+  expect_config_eq(load_config_string(cluster_yaml), cluster_only);
+  const std::string model_yaml = config_to_yaml(load_config_string(one_stage("")));
+  EXPECT_NE(model_yaml.find("# cluster: absent"), std::string::npos) << model_yaml;
+}
+
+TEST(ConfigCluster, ShippedClusterConfigsLoad) {
+  const std::string dir = std::string(SY_SOURCE_DIR) + "/configs/";
+  const Config local = load_config(dir + "local.yaml");
+  EXPECT_TRUE(local.has_cluster);
+  EXPECT_EQ(local.cluster.workers, 4);
+  EXPECT_FALSE(local.has_model);
+  EXPECT_EQ(local.cluster.placement, "");  // the round-robin default
+}
+
 TEST(ConfigReference, MarkdownMentionsEveryKey) {
   const std::string md = config_reference_markdown();
   EXPECT_EQ(md.rfind("| key | type | default | help |\n|---|---|---|---|\n", 0), 0u) << md;
@@ -500,11 +696,27 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          s + "capacity_factor",
                                          s + "aux_loss",
                                          s + "aux_loss.load_balance",
-                                         s + "aux_loss.z_loss"};
+                                         s + "aux_loss.z_loss",
+                                         "cluster",
+                                         "cluster.workers",
+                                         "cluster.coordinator",
+                                         "cluster.ucx_tls",
+                                         "cluster.heartbeat_ms",
+                                         "cluster.dead_after_ms",
+                                         "cluster.request_timeout_ms",
+                                         "cluster.worker_memory_mb",
+                                         "cluster.placement",
+                                         "cluster.replicas"};
   for (const std::string& key : keys) EXPECT_NE(md.find("| `" + key + "` |"), std::string::npos) << key;
   EXPECT_EQ(count(md, "\n| `"), keys.size()) << md;  // one row per setting, nothing else
   EXPECT_NE(md.find("| `model.hidden_size` | int > 0 | required |"), std::string::npos) << md;
   EXPECT_NE(md.find("Only with `routing.kind: dynamic`"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `model` | map, optional | absent |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `cluster` | map, optional | absent |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `cluster.workers` | int >= 1 | `4` |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `cluster.coordinator` | string | `127.0.0.1:0` |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `cluster.ucx_tls` | string | `\"\"` |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `cluster.placement` | path | `\"\"` |"), std::string::npos) << md;
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// The model configuration (docs: README "Config reference", METHODS.md §3.1).
+// The configuration (docs: README "Config reference", METHODS.md §3.1): the model and the cluster.
 //
 // Every setting is declared exactly once, in core/src/config_schema.cc, with its YAML key,
 // type, default, constraint and help text. `load_config` parses YAML with yaml-cpp, rejects
@@ -77,10 +77,40 @@ struct ModelConfig {
   LayerConfig layer;
 };
 
+// The cluster: how `switchyard up` starts it and how its processes talk and watch each other.
+// Member initializers equal the schema's defaults (a file without `cluster:` gets these).
+struct ClusterConfig {
+  int workers = 4;                          // worker processes `switchyard up` starts
+  std::string coordinator = "127.0.0.1:0";  // "host:port" (port 0: any free port)
+  std::string ucx_tls;                      // exported as UCX_TLS; "" = UCX's own choice
+  int heartbeat_ms = 500;
+  int dead_after_ms = 3000;                 // > heartbeat_ms
+  int request_timeout_ms = 10000;
+  int worker_memory_mb = 4096;              // per-worker budget for expert replicas
+  std::string placement;                    // placement YAML, absolute path; "" = round-robin default
+  int replicas = 1;                         // replicas per expert of the default placement, <= workers
+
+  int64_t worker_memory_bytes() const { return int64_t{worker_memory_mb} << 20; }
+};
+
 struct Config {
   std::string source;  // file path it was read from ("<string>" for load_config_string)
+  bool has_model = false;    // the file has a `model:` section
+  bool has_cluster = false;  // the file has a `cluster:` section (else `cluster` holds the defaults)
   ModelConfig model;
+  ClusterConfig cluster;
+
+  // The model, or a config error "<source>: no `model:` section ..." for commands that need one.
+  const ModelConfig& require_model() const;
 };
+
+// "host:port" with host a name, an IPv4 address or a bracketed IPv6 address ("[::1]:5000"),
+// and port 0..65535. Brackets are removed from `host`.
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+std::optional<HostPort> parse_host_port(std::string_view text);
 
 // Throws sy::Error(ErrorKind::config) on any problem; never returns a partial config.
 Config load_config(const std::string& path);

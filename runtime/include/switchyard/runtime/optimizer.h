@@ -26,6 +26,9 @@ class AdamW {
   const AdamWConfig& config() const { return config_; }
   // "{name}.exp_avg" and "{name}.exp_avg_sq" per tensor.
   const TensorMap& state() const { return state_; }
+  // Replaces the step count and the moments (names as in state()): checkpoint restore and
+  // replica migration. A moment whose shape differs from its parameter fails the next step.
+  void restore_state(int64_t steps, TensorMap state);
 
  private:
   AdamWConfig config_;

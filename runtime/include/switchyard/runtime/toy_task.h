@@ -8,9 +8,12 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/tensor.h"
+#include <string>
 #include "switchyard/runtime/layer_weights.h"
 
 namespace sy {
+
+class ClusterClient;
 
 // x ~ N(0, 1), shape [tokens, d].
 Tensor random_tokens(int64_t tokens, int64_t d, RandomStream& rng);
@@ -43,7 +46,11 @@ struct ToyTaskResult {
 // of the same config on random tokens; loss = mean((y_s − y_t)²) + aux losses. The teacher's
 // DAG `up` weights are drawn U(±1/√d_g) instead of zero so its structure is not trivial.
 // Prints the loss curve to `out`, ending with `loss_drop: <first_eval / last_eval>`.
-ToyTaskResult run_toy_task(const ModelConfig& model, const ToyTaskOptions& options, std::ostream& out);
+// With `cluster`, the student's routed experts live on the cluster's workers (loaded from the
+// student's initial weights, stepped there with the same AdamW settings); the progress bar then
+// also shows each worker's share of the rows.
+ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& options, std::ostream& out,
+                           ClusterClient* cluster = nullptr);
 
 // A terminal progress bar on stderr: redraws in place on a TTY, prints every 10% otherwise.
 class ProgressBar {

@@ -1,0 +1,262 @@
+// Placement YAML: reading (with errors naming file, line and entry) and writing.
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "switchyard/core/error.h"
+#include "switchyard/placement/placement.h"
+
+namespace sy {
+namespace {
+
+int line_of(const YAML::Node& node, int fallback) {
+  const YAML::Mark mark = node.Mark();
+  return mark.line >= 0 ? mark.line + 1 : fallback;
+}
+
+std::string describe(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "null (no value)";
+    case YAML::NodeType::Scalar: return "\"" + n.Scalar() + "\"";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Undefined: break;
+  }
+  return "nothing";
+}
+
+class PlacementReader {
+ public:
+  PlacementReader(std::string source, const ModelConfig& model, int workers)
+      : source_(std::move(source)), model_(model), workers_(workers) {}
+
+  [[noreturn]] void fail(int line, const std::string& where, const std::string& message) const {
+    throw_config_error(source_ + ":" + std::to_string(line) + ": " + where + ": " + message);
+  }
+
+  // Map keys as (key, key line, value), rejecting non-scalar, duplicate and unknown keys.
+  struct Entry {
+    std::string key;
+    int line;
+    YAML::Node value;
+  };
+  std::vector<Entry> entries(const YAML::Node& map, const std::string& where, int line,
+                             const std::vector<std::string_view>& known) const {
+    std::vector<Entry> out;
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      const int key_line = line_of(it->first, line);
+      if (!it->first.IsScalar()) fail(key_line, where, "keys must be plain names, got " + describe(it->first));
+      const std::string key = it->first.Scalar();
+      for (const Entry& e : out)
+        if (e.key == key) fail(key_line, where + "." + key, "duplicate key (first given on line " + std::to_string(e.line) + ")");
+      bool ok = false;
+      std::string expected;
+      for (std::string_view k : known) {
+        ok = ok || k == key;
+        expected += (expected.empty() ? "" : ", ") + std::string(k);
+      }
+      if (!ok) fail(key_line, where + "." + key, "unknown key; expected one of: " + expected);
+      out.push_back({key, key_line, it->second});
+    }
+    return out;
+  }
+
+  int integer(const YAML::Node& n, int line, const std::string& where) const {
+    if (!n.IsScalar() || n.Tag() == "!") fail(line, where, "expected an integer, got " + describe(n));
+    const std::string& t = n.Scalar();
+    int v = 0;
+    const auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+    if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty())
+      fail(line, where, "expected an integer, got " + describe(n));
+    return v;
+  }
+
+  Placement read(const YAML::Node& root) const {
+    if (!root.IsMap()) fail(root.IsNull() ? 1 : line_of(root, 1), "(top level)", "expected a map with a `placement:` key, got " + describe(root));
+    const std::vector<Entry> top = entries(root, "(top level)", 1, {"placement"});
+    if (top.empty()) fail(line_of(root, 1), "placement", "required setting is missing");
+    const Entry& pe = top[0];
+    if (!pe.value.IsMap()) fail(pe.line, "placement", "expected a map, got " + describe(pe.value));
+    const std::vector<Entry> body = entries(pe.value, "placement", pe.line, {"experts"});
+    if (body.empty()) fail(line_of(pe.value, pe.line), "placement.experts", "required setting is missing");
+    const Entry& list = body[0];
+    if (!list.value.IsSequence() || list.value.size() == 0) {
+      fail(list.line, "placement.experts",
+           "expected a non-empty list of entries, got " + (list.value.IsSequence() ? std::string("an empty list") : describe(list.value)));
+    }
+
+    Placement p;
+    std::map<ExpertKey, std::pair<std::string, int>> placed_by;  // key → (entry, line)
+    for (std::size_t i = 0; i < list.value.size(); ++i) {
+      const YAML::Node item = list.value[i];
+      const std::string where = "placement.experts[" + std::to_string(i) + "]";
+      const int line = line_of(item, list.line);
+      if (!item.IsMap()) fail(line, where, "expected a map {layer, stage, expert(s), workers}, got " + describe(item));
+      const std::vector<Entry> keys = entries(item, where, line, {"layer", "stage", "expert", "experts", "workers"});
+      const auto find = [&](std::string_view k) -> const Entry* {
+        for (const Entry& e : keys)
+          if (e.key == k) return &e;
+        return nullptr;
+      };
+      const Entry* layer_e = find("layer");
+      const Entry* stage_e = find("stage");
+      const Entry* expert_e = find("expert");
+      const Entry* experts_e = find("experts");
+      const Entry* workers_e = find("workers");
+      if (!layer_e) fail(line, where + ".layer", "required setting is missing");
+      if (!stage_e) fail(line, where + ".stage", "required setting is missing");
+      if (!workers_e) fail(line, where + ".workers", "required setting is missing");
+      if (!expert_e && !experts_e) fail(line, where, "needs `expert: i` or `experts: \"a-b\"`");
+      if (expert_e && experts_e) fail(experts_e->line, where + ".experts", "give either `expert` or `experts`, not both");
+
+      const int layer = integer(layer_e->value, layer_e->line, where + ".layer");
+      if (layer < 0 || layer >= model_.layers) {
+        fail(layer_e->line, where + ".layer",
+             std::to_string(layer) + " does not exist; the model has layers 0.." + std::to_string(model_.layers - 1));
+      }
+      const int stages = static_cast<int>(model_.layer.stages.size());
+      const int stage = integer(stage_e->value, stage_e->line, where + ".stage");
+      if (stage < 0 || stage >= stages) {
+        fail(stage_e->line, where + ".stage",
+             std::to_string(stage) + " does not exist; the model has stages 0.." + std::to_string(stages - 1));
+      }
+      const int experts = model_.layer.stages[static_cast<size_t>(stage)].experts;
+      const std::string range_text = "; stage " + std::to_string(stage) + " has experts 0.." + std::to_string(experts - 1);
+
+      int first = 0, last = 0;
+      if (expert_e) {
+        first = last = integer(expert_e->value, expert_e->line, where + ".expert");
+        if (first < 0 || first >= experts)
+          fail(expert_e->line, where + ".expert", std::to_string(first) + " does not exist" + range_text);
+      } else {
+        const YAML::Node& v = experts_e->value;
+        const std::string ewhere = where + ".experts";
+        if (!v.IsScalar()) fail(experts_e->line, ewhere, "expected an index, \"a-b\" or all, got " + describe(v));
+        const std::string& t = v.Scalar();
+        if (t == "all") {
+          first = 0;
+          last = experts - 1;
+        } else {
+          const auto dash = t.find('-', 1);
+          const auto parse = [&](std::string_view part) {
+            int x = 0;
+            const auto r = std::from_chars(part.data(), part.data() + part.size(), x);
+            if (r.ec != std::errc() || r.ptr != part.data() + part.size() || part.empty())
+              fail(experts_e->line, ewhere, "expected an index, \"a-b\" or all, got " + describe(v));
+            return x;
+          };
+          const std::string_view sv(t);
+          first = parse(sv.substr(0, dash));
+          last = dash == std::string::npos ? first : parse(sv.substr(dash + 1));
+          if (first > last) fail(experts_e->line, ewhere, "range \"" + t + "\" is empty (start after end)");
+          if (first < 0 || last >= experts)
+            fail(experts_e->line, ewhere, "range \"" + t + "\" goes past the model's experts" + range_text);
+        }
+      }
+
+      const YAML::Node& wv = workers_e->value;
+      const std::string wwhere = where + ".workers";
+      if (!wv.IsSequence() || wv.size() == 0) {
+        fail(workers_e->line, wwhere,
+             "expected a non-empty list of worker ids, got " + (wv.IsSequence() ? std::string("an empty list") : describe(wv)));
+      }
+      std::vector<int> ids;
+      for (std::size_t j = 0; j < wv.size(); ++j) {
+        const int id = integer(wv[j], line_of(wv[j], workers_e->line), wwhere);
+        if (id < 0 || id >= workers_) {
+          fail(line_of(wv[j], workers_e->line), wwhere,
+               "worker " + std::to_string(id) + " does not exist (workers 0.." + std::to_string(workers_ - 1) + ")");
+        }
+        for (int seen : ids)
+          if (seen == id) fail(line_of(wv[j], workers_e->line), wwhere, "worker " + std::to_string(id) + " listed twice");
+        ids.push_back(id);
+      }
+
+      for (int e = first; e <= last; ++e) {
+        const ExpertKey key{layer, stage, e};
+        const auto [it, fresh] = placed_by.try_emplace(key, where, line);
+        if (!fresh) {
+          fail(line, where,
+               key.to_string() + " is already placed by " + it->second.first + " (line " +
+                   std::to_string(it->second.second) + "); list each expert once, with all its workers");
+        }
+        p.replicas[key] = ids;
+      }
+    }
+
+    for (int l = 0; l < model_.layers; ++l)
+      for (int s = 0; s < static_cast<int>(model_.layer.stages.size()); ++s)
+        for (int e = 0; e < model_.layer.stages[static_cast<size_t>(s)].experts; ++e) {
+          const ExpertKey key{l, s, e};
+          if (!p.replicas.count(key)) {
+            fail(list.line, "placement.experts",
+                 "expert " + key.to_string() + " (layer " + std::to_string(l) + ", stage " + std::to_string(s) +
+                     ", expert " + std::to_string(e) + ") is not placed; every expert of the model needs a worker");
+          }
+        }
+    return p;
+  }
+
+ private:
+  std::string source_;
+  const ModelConfig& model_;
+  int workers_;
+};
+
+}  // namespace
+
+Placement parse_placement(const std::string& yaml_text, const std::string& source, const ModelConfig& model,
+                          int workers, int64_t worker_memory_bytes) {
+  if (workers < 1) throw_config_error(source + ": placement needs at least one worker, got " + std::to_string(workers));
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw_config_error(source + ":" + std::to_string(e.mark.line >= 0 ? e.mark.line + 1 : 1) +
+                       ": YAML syntax error: " + e.msg);
+  }
+  const PlacementReader reader(source, model, workers);
+  if (docs.size() > 1) reader.fail(line_of(docs[1], 1), "(top level)", "expected one YAML document, found " + std::to_string(docs.size()));
+  Placement p;
+  try {
+    p = reader.read(docs.empty() ? YAML::Node() : docs[0]);
+  } catch (const YAML::Exception& e) {  // not expected: only non-throwing accessors are used
+    throw_config_error(source + ":" + std::to_string(e.mark.line >= 0 ? e.mark.line + 1 : 1) + ": " + e.msg);
+  }
+  p.validate(model, workers);  // the invariants again, through the one shared check
+  check_worker_memory(p, model, workers, worker_memory_bytes, source);
+  return p;
+}
+
+Placement load_placement(const std::string& path, const ModelConfig& model, int workers, int64_t worker_memory_bytes) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) throw_config_error(path + ": cannot open placement file: " + std::strerror(errno));
+  std::string text;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, file)) > 0) text.append(buf, n);
+  const int read_errno = std::ferror(file) ? errno : 0;
+  std::fclose(file);
+  if (read_errno) throw_config_error(path + ": cannot read placement file: " + std::strerror(read_errno));
+  return parse_placement(text, path, model, workers, worker_memory_bytes);
+}
+
+std::string placement_to_yaml(const Placement& placement) {
+  std::string out = "# placement epoch " + std::to_string(placement.epoch) + "\nplacement:\n  experts:\n";
+  for (const auto& [key, list] : placement.replicas) {
+    out += "    - {layer: " + std::to_string(key.layer) + ", stage: " + std::to_string(key.stage) +
+           ", expert: " + std::to_string(key.expert) + ", workers: [";
+    for (std::size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + std::to_string(list[i]);
+    out += "]}\n";
+  }
+  return out;
+}
+
+}  // namespace sy

@@ -1,0 +1,234 @@
+#include "cluster_commands.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <thread>
+
+#include "flags.h"
+#include "switchyard/core/config.h"
+#include "switchyard/core/error.h"
+#include "switchyard/runtime/cluster_client.h"
+#include "switchyard/runtime/coordinator.h"
+#include "switchyard/runtime/launch_env.h"
+#include "switchyard/runtime/layer_engine.h"
+#include "switchyard/runtime/layer_weights.h"
+#include "switchyard/runtime/toy_task.h"
+#include "switchyard/runtime/worker.h"
+#include "switchyard/transport/local_launch.h"
+
+namespace sy {
+namespace {
+
+using namespace std::chrono_literals;
+std::atomic<bool> g_stop{false};
+
+void on_signal(int) { g_stop = true; }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+Config cluster_config(const Flags& flags) {
+  if (!flags.has("config")) {
+    Config c;
+    c.source = "(defaults)";
+    return c;
+  }
+  return load_config(flags.get("config"));
+}
+
+}  // namespace
+
+int cli_coordinator(const std::vector<std::string>& args) {
+  Flags flags(args, "coordinator", {"config", "listen"});
+  Config cfg = cluster_config(flags);
+  if (flags.has("listen")) cfg.cluster.coordinator = flags.get("listen");
+  else if (auto env = detect_launch_env(); env && !env->coordinator.empty()) cfg.cluster.coordinator = env->coordinator;
+  install_stop_handlers();
+  Coordinator coordinator(cfg.cluster);
+  std::cout << "coordinator listening on " << coordinator.endpoint() << std::endl;
+  while (!g_stop && !coordinator.shutdown_requested()) {
+    coordinator.check_liveness();
+    std::this_thread::sleep_for(100ms);
+  }
+  coordinator.stop();
+  std::cout << "coordinator stopped" << std::endl;
+  return 0;
+}
+
+int cli_worker(const std::vector<std::string>& args) {
+  Flags flags(args, "worker", {"coordinator", "id", "bind"});
+  WorkerOptions opt;
+  const auto env = detect_launch_env();
+  if (flags.has("coordinator")) opt.coordinator = flags.get("coordinator");
+  else if (env && !env->coordinator.empty()) opt.coordinator = env->coordinator;
+  else throw UsageError("worker: --coordinator HOST:PORT is required (or SWITCHYARD_COORDINATOR / MASTER_ADDR)");
+  opt.requested_id = static_cast<int>(flags.get_int("id", env ? env->rank : -1));
+  opt.bind_host = flags.get_or("bind", opt.bind_host);
+  install_stop_handlers();
+  return run_worker(opt, g_stop);
+}
+
+int cli_up(const std::vector<std::string>& args) {
+  Flags flags(args, "up", {"config"});
+  const Config cfg = load_config(flags.get("config"));
+  install_stop_handlers();
+  Coordinator coordinator(cfg.cluster);
+  const std::string endpoint = coordinator.endpoint();
+  std::cout << "coordinator listening on " << endpoint << std::endl;
+  std::vector<std::pair<std::string, std::string>> env;
+  if (!cfg.cluster.ucx_tls.empty()) env.emplace_back("UCX_TLS", cfg.cluster.ucx_tls);
+  std::vector<transport::LocalProcess> workers;
+  for (int i = 0; i < cfg.cluster.workers; ++i)
+    workers.push_back(transport::LocalProcess::spawn(
+        {transport::current_executable(), "worker", "--coordinator", endpoint, "--id", std::to_string(i)}, env));
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (coordinator.alive_workers() < cfg.cluster.workers) {
+    if (g_stop || std::chrono::steady_clock::now() > deadline) {
+      std::cerr << "switchyard up: only " << coordinator.alive_workers() << " of " << cfg.cluster.workers
+                << " workers registered" << (g_stop ? "" : " within 60 s") << "; stopping\n";
+      for (auto& w : workers) w.kill();
+      return 1;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  std::cout << "cluster ready: " << cfg.cluster.workers << " workers (pids";
+  for (auto& w : workers) std::cout << " " << w.pid();
+  std::cout << ")" << std::endl;
+  while (!g_stop && !coordinator.shutdown_requested()) {
+    coordinator.check_liveness();
+    std::this_thread::sleep_for(100ms);
+  }
+  std::cout << "stopping the cluster" << std::endl;
+  for (auto& w : workers)
+    if (w.running()) ::kill(w.pid(), SIGTERM);
+  int failures = 0;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    auto code = workers[i].wait(5000ms);
+    if (!code.is_ok() || *code != 0) {
+      ++failures;
+      std::cerr << "worker " << i << " (pid " << workers[i].pid() << ") "
+                << (code.is_ok() ? "exited with code " + std::to_string(*code) : code.status().to_string()) << "\n";
+    }
+  }
+  coordinator.stop();
+  std::cout << "cluster stopped" << std::endl;
+  return failures ? 1 : 0;
+}
+
+int cli_status(const std::vector<std::string>& args) {
+  Flags flags(args, "status", {"cluster"});
+  const ClusterStatus s = query_cluster_status(flags.get("cluster"));
+  std::cout << "placement epoch " << s.placement_epoch << (s.model_loaded ? " (model loaded)" : " (no model loaded)")
+            << ", workers " << s.workers.size() << "/" << s.workers_expected << "\n";
+  std::cout << std::left << std::setw(8) << "worker" << std::setw(8) << "pid" << std::setw(7) << "state" << std::setw(9)
+            << "experts" << std::setw(12) << "rows_fwd" << std::setw(12) << "rows_bwd" << std::setw(8) << "steps"
+            << std::setw(12) << "rows/s" << "endpoint\n";
+  for (const WorkerStatus& w : s.workers) {
+    std::cout << std::left << std::setw(8) << w.id << std::setw(8) << w.pid << std::setw(7) << (w.alive ? "alive" : "DEAD")
+              << std::setw(9) << w.experts << std::setw(12) << w.rows_forward << std::setw(12) << w.rows_backward
+              << std::setw(8) << w.steps << std::setw(12) << static_cast<int64_t>(w.rows_per_s) << w.control_endpoint;
+    if (!w.alive) std::cout << "  (no heartbeat for " << w.ms_since_heartbeat << " ms)";
+    std::cout << "\n";
+  }
+  if (!s.placement.replicas.empty()) {
+    std::map<int, std::vector<std::string>> by_worker;
+    for (const auto& [key, workers] : s.placement.replicas)
+      for (int w : workers)
+        by_worker[w].push_back("L" + std::to_string(key.layer) + "S" + std::to_string(key.stage) + "E" + std::to_string(key.expert));
+    for (const auto& [w, list] : by_worker) {
+      std::cout << "worker " << w << " experts:";
+      for (const std::string& e : list) std::cout << " " << e;
+      std::cout << "\n";
+    }
+  }
+  return 0;
+}
+
+int cli_checkpoint(const std::vector<std::string>& args) {
+  if (args.empty() || (args[0] != "save" && args[0] != "restore"))
+    throw UsageError("usage: switchyard checkpoint save|restore --cluster HOST:PORT --config C --dir D");
+  Flags flags({args.begin() + 1, args.end()}, "checkpoint", {"cluster", "config", "dir"});
+  const Config cfg = load_config(flags.get("config"));
+  ClusterClient client(flags.get("cluster"), "switchyard checkpoint");
+  client.use_loaded_model(cfg);
+  if (args[0] == "save") client.save_checkpoint(flags.get("dir"));
+  else client.restore_checkpoint(flags.get("dir"));
+  std::cout << (args[0] == "save" ? "saved" : "restored") << " every worker's experts "
+            << (args[0] == "save" ? "to " : "from ") << flags.get("dir") << "\n";
+  return 0;
+}
+
+int cli_shutdown(const std::vector<std::string>& args) {
+  Flags flags(args, "shutdown", {"cluster"});
+  request_cluster_shutdown(flags.get("cluster"));
+  std::cout << "shutdown requested\n";
+  return 0;
+}
+
+// Serving: `clients` threads, each its own ClusterClient, send forward-only requests.
+int cli_bench_serve(const std::vector<std::string>& args) {
+  Flags flags(args, "bench serve", {"cluster", "config", "clients", "requests", "tokens"});
+  const Config cfg = load_config(flags.get("config"));
+  const ModelConfig& model = cfg.require_model();
+  const int clients = static_cast<int>(flags.get_int("clients", 2));
+  const int requests = static_cast<int>(flags.get_int("requests", 50));
+  const int64_t tokens = flags.get_int("tokens", 256);
+  const std::string endpoint = flags.get("cluster");
+  const TensorMap w = init_layer_weights(model, 11);
+  {
+    ClusterClient loader(endpoint, "bench serve loader");
+    loader.load_model(cfg, w);
+  }
+  std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
+  std::vector<std::string> errors(static_cast<size_t>(clients));
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      try {
+        ClusterClient client(endpoint, "bench serve client " + std::to_string(c));
+        client.use_loaded_model(cfg);
+        client.set_training(false);
+        LayerEngine layer(model, w, client.experts(0));
+        RandomStream rng(static_cast<uint64_t>(c), "serve");
+        const Tensor x = random_tokens(tokens, model.hidden_size, rng);
+        Tensor attention;
+        if (needs_importance(model)) attention = random_attention(tokens / 64, 2, 64, 1.5f, rng);
+        for (int r = 0; r < requests; ++r) {
+          const auto t0 = std::chrono::steady_clock::now();
+          layer.forward(x, {attention.empty() ? nullptr : &attention, nullptr});
+          latencies[static_cast<size_t>(c)].push_back(
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(c)] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const std::string& e : errors)
+    if (!e.empty()) throw Error(ErrorKind::transport, "bench serve: " + e);
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  auto pct = [&](double q) { return all[std::min(all.size() - 1, static_cast<size_t>(q * static_cast<double>(all.size())))]; };
+  std::cout << "serve: " << clients << " clients x " << requests << " requests of " << tokens << " tokens\n";
+  std::cout << std::fixed << std::setprecision(2) << "serve_p50_ms: " << pct(0.50) << "\nserve_p99_ms: " << pct(0.99)
+            << "\nserve_tokens_per_s: " << std::setprecision(0)
+            << static_cast<double>(clients) * requests * static_cast<double>(tokens) / secs << "\n";
+  return 0;
+}
+
+}  // namespace sy

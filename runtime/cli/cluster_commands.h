@@ -1,0 +1,18 @@
+// CLI commands of the distributed runtime: up, coordinator, worker, status, checkpoint,
+// shutdown, bench serve.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sy {
+
+int cli_up(const std::vector<std::string>& args);
+int cli_coordinator(const std::vector<std::string>& args);
+int cli_worker(const std::vector<std::string>& args);
+int cli_status(const std::vector<std::string>& args);
+int cli_checkpoint(const std::vector<std::string>& args);
+int cli_shutdown(const std::vector<std::string>& args);
+int cli_bench_serve(const std::vector<std::string>& args);
+
+}  // namespace sy

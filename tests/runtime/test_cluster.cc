@@ -1,0 +1,273 @@
+// The distributed runtime end to end on loopback: a coordinator (in this process) and worker
+// processes (`switchyard worker`), clients in this process. Results through the cluster must
+// equal the single-process engine; a killed worker must fail its clients quickly, by name.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "switchyard/core/error.h"
+#include "switchyard/runtime/cluster_client.h"
+#include "switchyard/runtime/coordinator.h"
+#include "switchyard/runtime/layer_engine.h"
+#include "switchyard/runtime/layer_weights.h"
+#include "switchyard/runtime/toy_task.h"
+#include "switchyard/transport/local_launch.h"
+
+namespace sy {
+namespace {
+
+using namespace std::chrono_literals;
+const std::string kBinary = std::string(SY_BINARY_DIR) + "/switchyard";
+const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
+
+struct LocalCluster {
+  std::unique_ptr<Coordinator> coordinator;
+  std::vector<transport::LocalProcess> workers;
+  LocalCluster(int n, int replicas, int dead_after_ms = 3000) {
+    ClusterConfig c;
+    c.workers = n;
+    c.replicas = replicas;
+    c.heartbeat_ms = 200;
+    c.dead_after_ms = dead_after_ms;
+    c.request_timeout_ms = 20000;
+    coordinator = std::make_unique<Coordinator>(c);
+    for (int i = 0; i < n; ++i)
+      workers.push_back(transport::LocalProcess::spawn(
+          {kBinary, "worker", "--coordinator", coordinator->endpoint(), "--id", std::to_string(i)}));
+  }
+  ~LocalCluster() {
+    for (auto& w : workers)
+      if (w.running()) ::kill(w.pid(), SIGTERM);
+    for (auto& w : workers) (void)w.wait(5000ms);
+  }
+};
+
+double max_abs(const Tensor& t) {
+  double m = 0;
+  for (float v : t.values()) m = std::max(m, static_cast<double>(std::fabs(v)));
+  return m;
+}
+void expect_close(const Tensor& a, const Tensor& b, const std::string& what, double rel = 1e-5) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  const double scale = std::max(1e-6, max_abs(b));
+  double worst = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+  EXPECT_LE(worst, rel * scale) << what << ": max difference " << worst << " against scale " << scale;
+}
+
+struct Batch {
+  Tensor x, g, attention;
+  ImportanceInput imp() const { return {attention.empty() ? nullptr : &attention, nullptr}; }
+};
+Batch make_batch(const ModelConfig& m, uint64_t seed) {
+  RandomStream rng(seed, "cluster-test");
+  Batch b{random_tokens(64, m.hidden_size, rng), random_tokens(64, m.hidden_size, rng), {}};
+  if (needs_importance(m)) b.attention = random_attention(2, 2, 32, 1.5f, rng);
+  return b;
+}
+
+// Two clients, three workers, every expert on two workers: forward, backward and the
+// optimizer step through the cluster equal the single-process engine.
+class ClusterEquivalence : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ClusterEquivalence, TwoClientsThreeWorkersReplicatedExperts) {
+  const Config cfg = load_config(kModels + GetParam() + ".yaml");
+  const ModelConfig& model = cfg.model;
+  LocalCluster cluster(3, 2);
+  const TensorMap weights = init_layer_weights(model, 21);
+
+  ClusterClient a(cluster.coordinator->endpoint(), "client A");
+  a.load_model(cfg, weights);
+  ClusterClient b(cluster.coordinator->endpoint(), "client B");
+  b.use_loaded_model(cfg);
+  for (const auto& [key, workers] : a.placement().replicas) ASSERT_EQ(workers.size(), 2u) << key.to_string();
+
+  const Batch ba = make_batch(model, 1), bb = make_batch(model, 2);
+  // Local references, one engine per client batch.
+  TensorMap local_grads_a = zeros_like(weights), local_grads_b = zeros_like(weights);
+  LocalExperts la(model, weights, &local_grads_a), lb(model, weights, &local_grads_b);
+  LayerEngine ea(model, weights, la), eb(model, weights, lb);
+  const Tensor ya_ref = ea.forward(ba.x, ba.imp()), yb_ref = eb.forward(bb.x, bb.imp());
+  const Tensor dxa_ref = ea.backward(ba.g, local_grads_a), dxb_ref = eb.backward(bb.g, local_grads_b);
+
+  TensorMap grads_a = zeros_like(weights), grads_b = zeros_like(weights);
+  LayerEngine ca(model, weights, a.experts(0)), cb(model, weights, b.experts(0));
+  const Tensor ya = ca.forward(ba.x, ba.imp());
+  const Tensor yb = cb.forward(bb.x, bb.imp());
+  expect_close(ya, ya_ref, GetParam() + " client A forward");
+  expect_close(yb, yb_ref, GetParam() + " client B forward");
+  expect_close(ca.backward(ba.g, grads_a), dxa_ref, GetParam() + " client A grad_input");
+  expect_close(cb.backward(bb.g, grads_b), dxb_ref, GetParam() + " client B grad_input");
+
+  // Expert gradients on the workers: the sum of both clients' contributions.
+  const TensorMap expert_grads = a.fetch_expert_grads();
+  for (const ParamSpec& spec : layer_param_specs(model)) {
+    if (spec.owner != ParamOwner::expert) {
+      expect_close(grads_a.at(spec.name), local_grads_a.at(spec.name), spec.name + " (client A dense)");
+      continue;
+    }
+    Tensor sum = local_grads_a.at(spec.name);
+    for (int64_t i = 0; i < sum.numel(); ++i) sum[i] += local_grads_b.at(spec.name)[i];
+    expect_close(expert_grads.at(spec.name), sum, spec.name + " (experts, both clients)");
+  }
+
+  // One optimizer step with both clients as a data-parallel group of 2; replicas reduce first.
+  const AdamWConfig adam{.lr = 1e-2};
+  std::thread step_b([&] { b.step(adam, 2, 1); });
+  a.step(adam, 2, 1);
+  step_b.join();
+  TensorMap stepped = weights;
+  TensorMap expert_sum;
+  for (const ParamSpec& spec : layer_param_specs(model))
+    if (spec.owner == ParamOwner::expert) {
+      Tensor s = local_grads_a.at(spec.name);
+      for (int64_t i = 0; i < s.numel(); ++i) s[i] += local_grads_b.at(spec.name)[i];
+      expert_sum.emplace(spec.name, std::move(s));
+    }
+  AdamW local_adam(adam);
+  local_adam.step(stepped, expert_sum);
+  LocalExperts ls(model, stepped, nullptr);
+  LayerEngine es(model, stepped, ls);
+  a.set_training(false);
+  const Tensor ya2 = ca.forward(ba.x, ba.imp());
+  expect_close(ya2, es.forward(ba.x, ba.imp()), GetParam() + " forward after the cluster's AdamW step", 2e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ClusterEquivalence, ::testing::Values("topk", "dynamic", "dag", "cartesian", "combined"));
+
+TEST(ClusterFailure, KilledWorkerFailsClientNamingItAndIsMarkedDead) {
+  const Config cfg = load_config(kModels + "topk.yaml");
+  LocalCluster cluster(2, 1, /*dead_after_ms=*/1500);
+  const TensorMap weights = init_layer_weights(cfg.model, 3);
+  ClusterClient client(cluster.coordinator->endpoint(), "client");
+  client.load_model(cfg, weights);
+  LayerEngine layer(cfg.model, weights, client.experts(0));
+  const Batch batch = make_batch(cfg.model, 5);
+  layer.forward(batch.x, batch.imp());  // healthy
+  cluster.workers[1].kill();             // SIGKILL mid-training
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    layer.forward(batch.x, batch.imp());
+    FAIL() << "forward through a dead worker succeeded";
+  } catch (const Error& e) {
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_NE(std::string(e.what()).find("worker 1"), std::string::npos) << e.what();
+    EXPECT_LT(secs, 8.0) << "the client took " << secs << " s to notice";
+  }
+  // The coordinator marks it dead once its heartbeats stop for dead_after_ms (1.5 s here).
+  ClusterStatus status;
+  const auto deadline = std::chrono::steady_clock::now() + 6s;
+  do {
+    std::this_thread::sleep_for(100ms);
+    status = query_cluster_status(cluster.coordinator->endpoint());
+    ASSERT_EQ(status.workers.size(), 2u);
+  } while (status.workers[1].alive && std::chrono::steady_clock::now() < deadline);
+  EXPECT_TRUE(status.workers[0].alive);
+  EXPECT_FALSE(status.workers[1].alive) << "worker 1 still alive " << status.workers[1].ms_since_heartbeat << " ms after its last heartbeat";
+}
+
+TEST(ClusterCheckpoint, SaveRestoreRoundTrip) {
+  const Config cfg = load_config(kModels + "dag.yaml");
+  LocalCluster cluster(2, 1);
+  const TensorMap weights = init_layer_weights(cfg.model, 8);
+  ClusterClient client(cluster.coordinator->endpoint(), "client");
+  client.load_model(cfg, weights);
+  TensorMap grads = zeros_like(weights);
+  LayerEngine layer(cfg.model, weights, client.experts(0));
+  const Batch batch = make_batch(cfg.model, 9);
+  layer.forward(batch.x, batch.imp());
+  layer.backward(batch.g, grads);
+  client.step(AdamWConfig{.lr = 1e-2}, 1, 1);
+  const std::string dir = ::testing::TempDir() + "/sy_ckpt_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  client.save_checkpoint(dir);
+  client.set_training(false);
+  const Tensor y_saved = layer.forward(batch.x, batch.imp());
+  // Move the experts on with another step, then restore: outputs return to the saved ones.
+  client.set_training(true);
+  layer.forward(batch.x, batch.imp());
+  layer.backward(batch.g, grads);
+  client.step(AdamWConfig{.lr = 1e-2}, 1, 2);
+  client.set_training(false);
+  const Tensor y_moved = layer.forward(batch.x, batch.imp());
+  client.restore_checkpoint(dir);
+  const Tensor y_restored = layer.forward(batch.x, batch.imp());
+  EXPECT_NE(y_moved.values(), y_saved.values());
+  EXPECT_EQ(y_restored.values(), y_saved.values());
+  std::filesystem::remove_all(dir);
+}
+
+// `switchyard up` prints its endpoint and readiness, answers `status`, runs `layer forward
+// --cluster` equal to the local command, and stops cleanly on SIGINT.
+TEST(ClusterCli, UpStatusLayerForwardAndSigint) {
+  const std::string dir = ::testing::TempDir() + "/sy_up_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string cfg_path = dir + "/cluster.yaml";
+  std::ofstream(cfg_path) << "cluster:\n  workers: 3\n  replicas: 2\n";
+  int out_pipe[2];
+  ASSERT_EQ(pipe(out_pipe), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out_pipe[1], STDOUT_FILENO);
+    close(out_pipe[0]);
+    execl(kBinary.c_str(), kBinary.c_str(), "up", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  FILE* out = fdopen(out_pipe[0], "r");
+  std::string endpoint;
+  bool ready = false;
+  char line[512];
+  while (!ready && fgets(line, sizeof line, out)) {
+    const std::string l = line;
+    if (l.rfind("coordinator listening on ", 0) == 0) endpoint = l.substr(25, l.size() - 26);
+    if (l.rfind("cluster ready", 0) == 0) ready = true;
+  }
+  ASSERT_TRUE(ready) << "no 'cluster ready' line";
+  ASSERT_FALSE(endpoint.empty());
+  auto run = [](const std::string& args) {
+    const std::string cmd = kBinary + " " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+    const int st = pclose(p);
+    return std::pair<int, std::string>{WIFEXITED(st) ? WEXITSTATUS(st) : -1, text};
+  };
+  auto [code, status] = run("status --cluster " + endpoint);
+  EXPECT_EQ(code, 0) << status;
+  EXPECT_NE(status.find("workers 3/3"), std::string::npos) << status;
+  EXPECT_EQ(run("layer init --config " + kModels + "cartesian.yaml --out " + dir + "/w.safetensors").first, 0);
+  const Config cfg = load_config(kModels + "cartesian.yaml");
+  RandomStream rng(4, "x");
+  write_npy(dir + "/x.npy", random_tokens(48, cfg.model.hidden_size, rng));
+  const std::string common = "layer forward --config " + kModels + "cartesian.yaml --weights " + dir +
+                             "/w.safetensors --input " + dir + "/x.npy --output ";
+  auto local = run(common + dir + "/y_local.npy");
+  ASSERT_EQ(local.first, 0) << local.second;
+  auto remote = run(common + dir + "/y_cluster.npy --cluster " + endpoint);
+  ASSERT_EQ(remote.first, 0) << remote.second;
+  expect_close(read_npy(dir + "/y_cluster.npy"), read_npy(dir + "/y_local.npy"), "layer forward --cluster");
+  auto [code2, status2] = run("status --cluster " + endpoint);
+  EXPECT_NE(status2.find("model loaded"), std::string::npos) << status2;
+  kill(pid, SIGINT);
+  std::string rest;
+  while (fgets(line, sizeof line, out)) rest += line;
+  fclose(out);
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << rest;
+  EXPECT_NE(rest.find("cluster stopped"), std::string::npos) << rest;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sy
