@@ -31,7 +31,7 @@ test-sanitize: deps
 	  ctest --output-on-failure -j $(JOBS) -LE learning
 
 demo: build
-	$(BUILD)/switchyard demo --config configs/models/combined.yaml --steps 10 --tokens 4096
+	scripts/demo.sh $(BUILD)
 
 bench: build
 	scripts/run-bench.sh $(BUILD)

@@ -3,9 +3,25 @@
 set -euo pipefail
 build=${1:-build}
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-echo "== layer benchmarks ($(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+up_pid=""
+cleanup() {
+  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then kill -INT "$up_pid"; wait "$up_pid" || true; fi
+  rm -rf "$out"
+}
+trap cleanup EXIT
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "== layer benchmarks"
 "$build/bench/bench_layer" | tee "$out/layer.txt"
+echo "== cluster vs single process"
+"$build/bench/bench_cluster" | tee "$out/cluster.txt"
+echo "== serving through a local cluster"
+"$build/switchyard" up --config configs/local.yaml >"$out/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 1 600); do grep -q "cluster ready" "$out/up.log" && break; sleep 0.1; done
+endpoint=$(awk '/coordinator listening on/ {print $4}' "$out/up.log")
+"$build/switchyard" bench serve --cluster "$endpoint" --config configs/models/topk.yaml --clients 2 --requests 100 \
+  | tee "$out/serve.txt"
+kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
 if [ -x scripts/bench-exchange.sh ]; then
   echo "== exchange benchmark"
   scripts/bench-exchange.sh "$build" | tee "$out/exchange.txt"

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -88,6 +89,11 @@ int cli_up(const std::vector<std::string>& args) {
   std::cout << "coordinator listening on " << endpoint << std::endl;
   std::vector<std::pair<std::string, std::string>> env;
   if (!cfg.cluster.ucx_tls.empty()) env.emplace_back("UCX_TLS", cfg.cluster.ucx_tls);
+  // Share the cores among the local workers (unless the user chose): N workers on few cores
+  // with a full OpenMP pool each would oversubscribe.
+  if (!std::getenv("OMP_NUM_THREADS"))
+    env.emplace_back("OMP_NUM_THREADS",
+                     std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(cfg.cluster.workers))));
   std::vector<transport::LocalProcess> workers;
   for (int i = 0; i < cfg.cluster.workers; ++i)
     workers.push_back(transport::LocalProcess::spawn(

@@ -48,6 +48,13 @@ std::vector<const char*> projections(const StageConfig& st) {
   return {"up_proj.weight", "down_proj.weight"};
 }
 
+// Logs once where the failure is decided, then throws (a client is often torn down while the
+// exception unwinds, so the log line is what survives).
+[[noreturn]] void fail(ErrorKind kind, const std::string& message) {
+  SY_LOG(error, "runtime", message);
+  throw Error(kind, message);
+}
+
 }  // namespace
 
 ClusterStatus query_cluster_status(const std::string& coordinator) {
@@ -101,6 +108,7 @@ struct ClusterClient::Impl {
   uint64_t next_request = 1;
   int request_timeout_ms = 10000;
   std::vector<std::unique_ptr<ExpertCompute>> layer_experts;
+  double worker_compute_seconds = 0;  // Σ over round trips of the slowest worker's compute
 
   WorkerLink& link(int w) {
     auto it = links.find(w);
@@ -112,6 +120,7 @@ struct ClusterClient::Impl {
   // worker error, a transport failure, a worker the coordinator declares dead, or the timeout.
   void round_trip(std::vector<Call>& calls, const std::string& what, double* waited_seconds = nullptr) {
     const auto start = Clock::now();
+    double slowest_compute = 0;  // the workers compute in parallel: the slowest one bounds the wait
     for (Call& c : calls) {
       WorkerLink& l = link(c.worker);
       c.request.set_payload_bytes(c.payload_bytes);
@@ -131,7 +140,7 @@ struct ClusterClient::Impl {
         l.transport->progress();
         const transport::RequestId rid = c.stage == 0 ? c.header_request : c.payload_request;
         auto t = l.transport->test(rid);
-        if (!t.is_ok()) throw Error(ErrorKind::transport, what + ": " + l.label + " failed: " + t.status().to_string());
+        if (!t.is_ok()) fail(ErrorKind::transport, what + ": " + l.label + " failed: " + t.status().to_string());
         if (!t->done) {
           all_done = false;
           continue;
@@ -139,8 +148,12 @@ struct ClusterClient::Impl {
         if (c.stage == 0) {
           pb::WorkerReply rep;
           if (!rep.ParseFromArray(c.header.data(), static_cast<int>(t->bytes)))
-            throw Error(ErrorKind::transport, what + ": malformed reply from " + l.label);
-          if (!rep.error().empty()) throw Error(ErrorKind::runtime, what + " failed on " + rep.error());
+            fail(ErrorKind::transport, what + ": malformed reply from " + l.label);
+          if (!rep.error().empty()) fail(ErrorKind::runtime, what + " failed on " + rep.error());
+          if (rep.request_id() != c.request.request_id())
+            fail(ErrorKind::transport, what + ": " + l.label + " answered request " + std::to_string(rep.request_id()) +
+                                           " instead of " + std::to_string(c.request.request_id()));
+          slowest_compute = std::max(slowest_compute, rep.compute_seconds());
           c.reply.assign(rep.payload_bytes() / sizeof(float), 0.0f);
           if (rep.payload_bytes() > 0) {
             c.payload_request = cluster::post_recv(*l.transport, 1, cluster::kReplyPayloadTag, c.reply.data(),
@@ -162,13 +175,13 @@ struct ClusterClient::Impl {
         for (const pb::WorkerInfo& w : info.workers())
           for (const Call& c : calls)
             if (c.stage != 2 && c.worker == w.worker_id() && !w.alive())
-              throw Error(ErrorKind::transport, what + ": " + link(c.worker).label + " is dead (no heartbeat for " +
+              fail(ErrorKind::transport, what + ": " + link(c.worker).label + " is dead (no heartbeat for " +
                                                     std::to_string(w.ms_since_heartbeat()) + " ms, says the coordinator)");
       }
       if (now > deadline) {
         for (const Call& c : calls)
           if (c.stage != 2)
-            throw Error(ErrorKind::transport, what + ": " + link(c.worker).label + " did not answer within " +
+            fail(ErrorKind::transport, what + ": " + link(c.worker).label + " did not answer within " +
                                                   std::to_string(request_timeout_ms) + " ms");
       }
     }
@@ -177,7 +190,9 @@ struct ClusterClient::Impl {
       WorkerLink& l = link(c.worker);
       cluster::check(l.transport->wait_all(c.out.requests, std::chrono::milliseconds(request_timeout_ms)), what + " to " + l.label);
     }
-    if (waited_seconds) *waited_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+    const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+    if (waited_seconds) *waited_seconds += waited - std::min(waited, slowest_compute);
+    worker_compute_seconds += slowest_compute;
   }
 };
 
@@ -323,8 +338,17 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
     : impl_(std::make_unique<Impl>()) {
   impl_->coordinator_endpoint = coordinator;
   impl_->name = name;
-  impl_->coordinator = connect_coordinator(coordinator, name);
   const auto deadline = Clock::now() + std::chrono::milliseconds(ready_timeout_ms);
+  // Under a launcher the coordinator may still be starting: retry until the deadline.
+  for (;;) {
+    try {
+      impl_->coordinator = connect_coordinator(coordinator, name);
+      break;
+    } catch (const Error&) {
+      if (Clock::now() > deadline) throw;
+      std::this_thread::sleep_for(100ms);
+    }
+  }
   pb::ClusterInfoReply info;
   for (;;) {
     info = fetch_info(*impl_->coordinator, coordinator);
@@ -548,6 +572,8 @@ void ClusterClient::restore_checkpoint(const std::string& dir) {
   for (Call& c : calls) c.request.set_path(dir);
   impl_->round_trip(calls, "RESTORE " + dir);
 }
+
+double ClusterClient::worker_compute_seconds() const { return impl_->worker_compute_seconds; }
 
 std::vector<uint64_t> ClusterClient::rows_sent() const {
   std::vector<uint64_t> rows(static_cast<size_t>(workers()), 0);

@@ -132,9 +132,7 @@ struct Coordinator::Impl {
     std::lock_guard<std::mutex> lock(mu);
     try {
       const Config cfg = load_config_string(req.model_yaml(), "model from client");
-      const int64_t budget = static_cast<int64_t>(cluster.worker_memory_mb) << 20;
-      Placement p = cluster.placement.empty() ? default_placement(cfg.model, cluster.workers, cluster.replicas)
-                                              : load_placement(cluster.placement, cfg.model, cluster.workers, budget);
+      Placement p = cluster_placement(cfg.model, cluster);  // YAML file or round-robin; memory checked
       p.validate(cfg.model, cluster.workers);
       placement = std::move(p);
     } catch (const Error& e) {

@@ -62,7 +62,18 @@ class Worker {
     auto [host, port] = control::parse_endpoint(options_.coordinator);
     control::ControlClient::Options co;
     co.name = "worker pid " + std::to_string(::getpid());
-    coordinator_ = cluster::check(control::ControlClient::connect(host, port, co), "worker: coordinator " + options_.coordinator);
+    // Launchers start every rank at once: the coordinator may not listen yet. Retry for a minute.
+    const auto connect_deadline = std::chrono::steady_clock::now() + 60s;
+    for (;;) {
+      auto c = control::ControlClient::connect(host, port, co);
+      if (c.is_ok()) {
+        coordinator_ = std::move(c).value();
+        break;
+      }
+      if (std::chrono::steady_clock::now() > connect_deadline || stop_)
+        cluster::check(c.status(), "worker: coordinator " + options_.coordinator);
+      std::this_thread::sleep_for(200ms);
+    }
     pb::RegisterWorkerRequest reg;
     reg.set_requested_id(options_.requested_id);
     reg.set_pid(static_cast<uint32_t>(::getpid()));
@@ -187,8 +198,9 @@ class Worker {
     if (!done->done) return false;
     c.header_posted = false;
     pb::WorkerRequest req;
-    if (!req.ParseFromArray(c.header.data(), static_cast<int>(done->bytes)))
-      throw Error(ErrorKind::transport, "client '" + c.name + "' sent a malformed request header");
+    if (done->bytes == 0 || !req.ParseFromArray(c.header.data(), static_cast<int>(done->bytes)))
+      throw Error(ErrorKind::transport, "client '" + c.name + "' sent a malformed request header (" +
+                                            std::to_string(done->bytes) + " bytes)");
     handle(c, req);
     return true;
   }
@@ -201,8 +213,10 @@ class Worker {
     return payload;
   }
 
-  void reply(ClientConnection& c, uint64_t request_id, const std::string& error, const void* payload, size_t bytes) {
+  void reply(ClientConnection& c, uint64_t request_id, const std::string& error, const void* payload, size_t bytes,
+             double compute_seconds = 0) {
     pb::WorkerReply rep;
+    rep.set_compute_seconds(compute_seconds);
     rep.set_request_id(request_id);
     rep.set_error(error);
     rep.set_payload_bytes(error.empty() ? bytes : 0);
@@ -218,6 +232,7 @@ class Worker {
   void handle(ClientConnection& c, const pb::WorkerRequest& req) {
     std::vector<char> payload = receive_payload(c, req.payload_bytes());
     std::vector<float> out;
+    const auto compute_start = std::chrono::steady_clock::now();
     try {
       switch (req.op()) {
         case pb::WorkerRequest::LOAD_MODEL: load_model(req, payload); break;
@@ -241,7 +256,8 @@ class Worker {
       reply(c, req.request_id(), label_ + ": " + e.what(), nullptr, 0);
       return;
     }
-    reply(c, req.request_id(), "", out.data(), out.size() * sizeof(float));
+    reply(c, req.request_id(), "", out.data(), out.size() * sizeof(float),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count());
   }
 
   ExpertStore& require_store() {

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +20,7 @@
 #include "switchyard/runtime/coordinator.h"
 #include "switchyard/runtime/layer_engine.h"
 #include "switchyard/runtime/layer_weights.h"
+#include "switchyard/runtime/moe_model.h"
 #include "switchyard/runtime/toy_task.h"
 #include "switchyard/transport/local_launch.h"
 
@@ -141,6 +145,110 @@ TEST_P(ClusterEquivalence, TwoClientsThreeWorkersReplicatedExperts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ClusterEquivalence, ::testing::Values("topk", "dynamic", "dag", "cartesian", "combined"));
+
+// A two-layer model (client library): the residual composition of two layer engines, and the
+// same numbers through the cluster for forward, backward and three training steps.
+TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) {
+  Config cfg = load_config_string(
+      "model:\n  hidden_size: 16\n  layers: 2\n  layer:\n    input_norm: rmsnorm\n    stages:\n"
+      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 2}, aggregation: {kind: dag, levels: 1, dim: 4}}\n"
+      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 1}, shared_expert: {ffn_hidden_size: 8, mix: coefficient}}\n",
+      "two-layer");
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  ASSERT_TRUE(weights.count("layers.1.stages.1.router.weight"));
+  MoeModel local(cfg, weights);
+  LocalCluster cluster(2, 1);
+  ClusterClient client(cluster.coordinator->endpoint(), "model client");
+  MoeModel remote(cfg, weights, client);
+  const Batch batch = make_batch(cfg.model, 3);
+  // Composition by hand: h1 = x + layer0(x), h2 = h1 + layer1(h1).
+  {
+    TensorMap w = weights;
+    LocalExperts e0(cfg.model, w, nullptr, "layers.0."), e1(cfg.model, w, nullptr, "layers.1.");
+    LayerEngine l0(cfg.model, w, e0, "layers.0."), l1(cfg.model, w, e1, "layers.1.");
+    Tensor h = batch.x;
+    const Tensor y0 = l0.forward(h);
+    for (int64_t i = 0; i < h.numel(); ++i) h[i] += y0[i];
+    const Tensor y1 = l1.forward(h);
+    for (int64_t i = 0; i < h.numel(); ++i) h[i] += y1[i];
+    expect_close(local.forward(batch.x), h, "two-layer forward vs composition", 1e-6);
+  }
+  for (int step = 0; step < 3; ++step) {
+    const Tensor yl = local.forward(batch.x), yr = remote.forward(batch.x);
+    expect_close(yr, yl, "step " + std::to_string(step) + " forward", 2e-5);
+    expect_close(remote.backward(batch.g), local.backward(batch.g), "step " + std::to_string(step) + " grad_input", 2e-5);
+    local.step(AdamWConfig{.lr = 1e-2});
+    remote.step(AdamWConfig{.lr = 1e-2});
+  }
+}
+
+// Hosts stood in for by loopback addresses: the coordinator on 127.0.0.2, workers bound to
+// 127.0.0.3 and 127.0.0.4, UCX over TCP, each worker's rank and coordinator taken from the
+// environment of a different launcher (torchrun, Open MPI, Slurm).
+int free_port(const char* host) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  ::inet_pton(AF_INET, host, &a.sin_addr);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST(ClusterLaunchers, TorchrunMpirunSlurmEnvironmentsOnLoopbackHosts) {
+  const std::string dir = ::testing::TempDir() + "/sy_launch_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/cluster.yaml") << "cluster:\n  workers: 3\n  ucx_tls: tcp,self\n";
+  const int port = free_port("127.0.0.2");
+  const std::string coord = "127.0.0.2:" + std::to_string(port);
+  auto coordinator = transport::LocalProcess::spawn(
+      {kBinary, "coordinator", "--config", dir + "/cluster.yaml", "--listen", coord});
+  const std::vector<std::pair<std::string, std::string>> tcp = {{"UCX_TLS", "tcp,self"}};
+  auto with = [&](std::vector<std::pair<std::string, std::string>> env) {
+    env.insert(env.end(), tcp.begin(), tcp.end());
+    return env;
+  };
+  std::vector<transport::LocalProcess> workers;
+  // torchrun: RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; the coordinator listens on MASTER_PORT+1.
+  workers.push_back(transport::LocalProcess::spawn(
+      {kBinary, "worker", "--bind", "127.0.0.3"},
+      with({{"RANK", "0"}, {"WORLD_SIZE", "3"}, {"MASTER_ADDR", "127.0.0.2"}, {"MASTER_PORT", std::to_string(port - 1)}})));
+  // Open MPI: OMPI_COMM_WORLD_*; the coordinator from SWITCHYARD_COORDINATOR.
+  workers.push_back(transport::LocalProcess::spawn(
+      {kBinary, "worker", "--bind", "127.0.0.4"},
+      with({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "3"}, {"SWITCHYARD_COORDINATOR", coord}})));
+  // Slurm: SLURM_PROCID/SLURM_NTASKS.
+  workers.push_back(transport::LocalProcess::spawn(
+      {kBinary, "worker", "--bind", "127.0.0.3"},
+      with({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "3"}, {"SWITCHYARD_COORDINATOR", coord}})));
+  ::setenv("UCX_TLS", "tcp,self", 1);
+  {
+    const Config cfg = load_config(kModels + "dynamic.yaml");
+    const TensorMap weights = init_layer_weights(cfg.model, 2);
+    ClusterClient client(coord, "launcher client");
+    const ClusterStatus st = query_cluster_status(coord);
+    ASSERT_EQ(st.workers.size(), 3u);
+    EXPECT_NE(st.workers[0].control_endpoint.find("127.0.0.3:"), std::string::npos);
+    EXPECT_NE(st.workers[1].control_endpoint.find("127.0.0.4:"), std::string::npos);
+    client.load_model(cfg, weights);
+    client.set_training(false);
+    const Batch batch = make_batch(cfg.model, 4);
+    LocalExperts local(cfg.model, weights, nullptr);
+    LayerEngine le(cfg.model, weights, local), ce(cfg.model, weights, client.experts(0));
+    expect_close(ce.forward(batch.x, batch.imp()), le.forward(batch.x, batch.imp()), "forward over TCP between 'hosts'");
+    request_cluster_shutdown(coord);
+  }
+  ::unsetenv("UCX_TLS");
+  auto coordinator_exit = coordinator.wait(10000ms);
+  ASSERT_TRUE(coordinator_exit.is_ok()) << coordinator_exit.status().to_string();
+  EXPECT_EQ(coordinator_exit.value(), 0);
+  for (auto& w : workers)
+    if (w.running()) ::kill(w.pid(), SIGTERM);
+  for (auto& w : workers) (void)w.wait(5000ms);
+  std::filesystem::remove_all(dir);
+}
 
 TEST(ClusterFailure, KilledWorkerFailsClientNamingItAndIsMarkedDead) {
   const Config cfg = load_config(kModels + "topk.yaml");

@@ -200,6 +200,10 @@ class UcxTransport final : public Transport {
     ucp_tag_recv_info_t info{};
     p.op_attr_mask |= UCP_OP_ATTR_FIELD_RECV_INFO;
     p.recv_info.tag_info = &info;
+    // Always complete through a request: UCX 1.13 reported a length of 0 for some receives
+    // that completed inside ucp_tag_recv_nbx (message already in the unexpected queue), seen
+    // as empty request headers under load. The request path reports the length reliably.
+    p.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
     const ucp_tag_t wire_tag = (static_cast<uint64_t>(peer) << kTagRankShift) | tag;
     ucs_status_ptr_t r = ucp_tag_recv_nbx(worker_, data, capacity, wire_tag, ~ucp_tag_t{0}, &p);
     return add(Op{UCS_PTR_IS_PTR(r) ? r : nullptr, UCS_PTR_STATUS(r), info.length, peer, tag, capacity, false, false});

@@ -79,8 +79,10 @@ class ClusterClient {
 
   // Rows this client has sent to each worker (index = worker id), for load display.
   std::vector<uint64_t> rows_sent() const;
-  // Seconds spent waiting on the data plane (exchange) since construction.
+  // Seconds spent in exchange (waiting on the data plane, less the workers' compute) and in
+  // the workers' compute (the slowest worker of each round trip), since construction.
   double exchange_seconds() const { return exchange_seconds_; }
+  double worker_compute_seconds() const;
   const Placement& placement() const { return placement_; }
   int workers() const;
 
