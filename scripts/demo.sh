@@ -4,7 +4,7 @@
 set -euo pipefail
 build=${1:-build}
 model=${DEMO_MODEL:-configs/models/combined.yaml}
-steps=${DEMO_STEPS:-1500}
+steps=${DEMO_STEPS:-800}
 log=$(mktemp)
 "$build/switchyard" up --config configs/local.yaml >"$log" 2>&1 &
 up_pid=$!

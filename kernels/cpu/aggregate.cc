@@ -120,11 +120,21 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
         }
       }
     }
-    c.h[l + 1] = c.h[l];
-    linear_forward(agg, N, dg, w.up, d, c.h[l + 1].data(), /*accumulate=*/true);
+    if (l + 1 < L) {
+      c.h[l + 1] = c.h[l];
+      linear_forward(agg, N, dg, w.up, d, c.h[l + 1].data(), /*accumulate=*/true);
+    } else {
+      // Last level: only Σ_j h^L_j is needed, and Σ_j (h^{L-1}_j + agg_j W_upᵀ) =
+      // Σ_j h^{L-1}_j + (Σ_j agg_j) W_upᵀ — one GEMM over tokens instead of nodes.
+      c.agg_sum.assign(static_cast<size_t>(T * dg), 0.0f);
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = nodes.offsets[static_cast<size_t>(t)]; j < nodes.offsets[static_cast<size_t>(t + 1)]; ++j)
+          for (int64_t k = 0; k < dg; ++k) c.agg_sum[static_cast<size_t>(t * dg + k)] += agg[j * dg + k];
+    }
   }
 
-  const float* h_last = c.h[L].data();
+  const float* h_last = c.h[L == 0 ? 0 : L - 1].data();  // h^L itself is never formed (above)
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {
     float* mt = m + t * d;
@@ -132,6 +142,7 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
     for (int64_t j = nodes.offsets[static_cast<size_t>(t)]; j < nodes.offsets[static_cast<size_t>(t + 1)]; ++j)
       for (int64_t k = 0; k < d; ++k) mt[k] += h_last[j * d + k];
   }
+  if (L > 0) linear_forward(c.agg_sum.data(), T, dg, levels[L - 1].up, d, m, /*accumulate=*/true);
 }
 
 void dag_backward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
@@ -151,10 +162,20 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
   for (size_t li = L; li-- > 0;) {
     const DagLevelWeights& w = levels[li];
     const DagLevelGrads& gw = grads[li];
-    // h^{l+1} = h^l + agg W_upᵀ
+    // h^{l+1} = h^l + agg W_upᵀ; the last level went through per-token sums (see forward).
     dagg.assign(static_cast<size_t>(N * dg), 0.0f);
-    linear_backward_input(dh.data(), N, d, w.up, dg, dagg.data());
-    linear_backward_weight(dh.data(), N, d, cache.agg[li].data(), dg, gw.up);
+    if (li + 1 < L) {
+      linear_backward_input(dh.data(), N, d, w.up, dg, dagg.data());
+      linear_backward_weight(dh.data(), N, d, cache.agg[li].data(), dg, gw.up);
+    } else {
+      std::vector<float> dagg_token(static_cast<size_t>(T * dg), 0.0f);
+      linear_backward_input(dm, T, d, w.up, dg, dagg_token.data());
+      linear_backward_weight(dm, T, d, cache.agg_sum.data(), dg, gw.up);
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = nodes.offsets[static_cast<size_t>(t)]; j < nodes.offsets[static_cast<size_t>(t + 1)]; ++j)
+          std::memcpy(dagg.data() + j * dg, dagg_token.data() + t * dg, sizeof(float) * static_cast<size_t>(dg));
+    }
     // pairwise gates
     const float* pq = cache.pq[li].data();
     dpq.assign(static_cast<size_t>(N * 4 * dg), 0.0f);

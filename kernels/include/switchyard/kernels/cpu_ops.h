@@ -176,7 +176,8 @@ struct DagLevelGrads {
   float* up;
 };
 struct DagCache {
-  std::vector<std::vector<float>> h;  // levels+1 entries of [nodes, d]: h⁰..h^L
+  std::vector<std::vector<float>> h;  // h⁰..h^{L-1}, [nodes, d] each (h^L is never formed)
+  std::vector<float> agg_sum;         // [tokens, dg]: Σ_j agg_j of the last level
   std::vector<std::vector<float>> ln_mean, ln_rstd, ln_out, a, pq, agg;  // per level
 };
 // DAG-MoE structural aggregation (METHODS.md §2.2); m overwritten.
