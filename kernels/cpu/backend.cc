@@ -17,8 +17,12 @@ class CpuBackend final : public Backend {
     return p;
   }
   void release(void* ptr) override { std::free(ptr); }
-  void copy_from_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void copy_to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
   void synchronize() override {}
   void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) override {
     cpu::softmax_forward(z, n, e, p, lse);

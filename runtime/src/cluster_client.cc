@@ -84,6 +84,7 @@ struct WorkerLink {
   std::string label;  // "worker 2 (host:pid 123)"
   std::unique_ptr<transport::Transport> transport;
   uint64_t rows_sent = 0;
+  std::string broken;  // why the link was closed after a failed request; empty while healthy
 };
 
 // One request to one worker and its reply.
@@ -113,12 +114,35 @@ struct ClusterClient::Impl {
   WorkerLink& link(int w) {
     auto it = links.find(w);
     if (it == links.end()) throw Error(ErrorKind::transport, "placement names worker " + std::to_string(w) + " which is not attached");
+    if (!it->second.broken.empty())
+      throw Error(ErrorKind::transport, it->second.label + " is unusable after an earlier failure: " + it->second.broken);
     return it->second;
+  }
+
+  // After a failed round trip: close the links that still have requests in flight, while the
+  // calls' buffers are alive (closing cancels the requests), so nothing writes into them later
+  // and a late reply can never be taken for the answer to another request.
+  void abandon(std::vector<Call>& calls, const std::string& reason) {
+    for (Call& c : calls) {
+      auto it = links.find(c.worker);
+      if (it == links.end() || !it->second.transport) continue;
+      it->second.transport.reset();
+      if (it->second.broken.empty()) it->second.broken = reason;
+    }
   }
 
   // Sends every call, then progresses until all replies arrived. Fails naming the worker on a
   // worker error, a transport failure, a worker the coordinator declares dead, or the timeout.
   void round_trip(std::vector<Call>& calls, const std::string& what, double* waited_seconds = nullptr) {
+    try {
+      round_trip_unguarded(calls, what, waited_seconds);
+    } catch (const std::exception& e) {
+      abandon(calls, e.what());
+      throw;
+    }
+  }
+
+  void round_trip_unguarded(std::vector<Call>& calls, const std::string& what, double* waited_seconds) {
     const auto start = Clock::now();
     double slowest_compute = 0;  // the workers compute in parallel: the slowest one bounds the wait
     for (Call& c : calls) {
@@ -388,6 +412,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
 ClusterClient::~ClusterClient() {
   // Tell every worker we are leaving so it drops our endpoint at once (best effort).
   for (auto& [id, l] : impl_->links) {
+    if (!l.broken.empty() || !l.transport) continue;
     try {
       pb::WorkerRequest req;
       req.set_op(pb::WorkerRequest::DETACH);

@@ -32,8 +32,8 @@ using cluster::OutgoingMessage;
 struct ClientConnection {
   uint32_t id = 0;
   std::string name;
+  std::vector<char> header;  // declared before the transport: it outlives the receive posted into it
   std::unique_ptr<transport::Transport> transport;
-  std::vector<char> header;
   transport::RequestId header_request{};
   bool header_posted = false;
   bool dead = false;
