@@ -230,7 +230,6 @@ class RemoteExperts final : public ExpertCompute {
 
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) override {
     ClusterClient::Impl& im = *client_.impl_;
-    const int64_t d = im.config->model.hidden_size;
     Handle& h = handles_[stage];
     h = Handle{};
     h.request_id = im.next_request++;
@@ -249,91 +248,15 @@ class RemoteExperts final : public ExpertCompute {
         p.segments.push_back({static_cast<int>(i), begin + off, n});
       }
     }
-    std::vector<Call> calls;
-    calls.reserve(parts.size());
-    for (auto& [w, p] : parts) {
-      int64_t total = 0;
-      for (const auto& s : p.segments) total += s.rows;
-      p.buffer.resize(static_cast<size_t>(total * d));
-      int64_t row = 0;
-      Call c;
-      c.worker = w;
-      c.request.set_op(pb::WorkerRequest::FORWARD);
-      c.request.set_request_id(h.request_id);
-      c.request.set_keep_for_backward(client_.training_);
-      for (const auto& s : p.segments) {
-        std::memcpy(p.buffer.data() + row * d, input.data() + s.first_row * d, sizeof(float) * static_cast<size_t>(s.rows * d));
-        row += s.rows;
-        pb::Segment* seg = c.request.add_segments();
-        seg->set_layer(layer_);
-        seg->set_stage(stage);
-        seg->set_expert(s.expert);
-        seg->set_rows(s.rows);
-      }
-      c.payload = p.buffer.data();
-      c.payload_bytes = p.buffer.size() * sizeof(float);
-      im.link(w).rows_sent += static_cast<uint64_t>(total);
-      calls.push_back(std::move(c));
-    }
-    im.round_trip(calls, "FORWARD layer " + std::to_string(layer_) + " stage " + std::to_string(stage),
-                  &client_.exchange_seconds_);
-    output = Tensor({layout.rows(), d});
-    size_t ci = 0;
-    for (auto& [w, p] : parts) {
-      const std::vector<float>& r = calls[ci++].reply;
-      int64_t row = 0;
-      for (const auto& s : p.segments) {
-        std::memcpy(output.data() + s.first_row * d, r.data() + row * d, sizeof(float) * static_cast<size_t>(s.rows * d));
-        row += s.rows;
-      }
-      p.buffer.clear();
-      p.buffer.shrink_to_fit();
-    }
+    exchange_parts(pb::WorkerRequest::FORWARD, stage, h.request_id, parts, input, output, layout.rows());
     h.parts = std::move(parts);
   }
 
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
-    ClusterClient::Impl& im = *client_.impl_;
-    const int64_t d = im.config->model.hidden_size;
     auto hit = handles_.find(stage);
     if (hit == handles_.end()) throw Error(ErrorKind::runtime, "backward of stage " + std::to_string(stage) + " without forward");
     Handle& h = hit->second;
-    std::vector<Call> calls;
-    for (auto& [w, p] : h.parts) {
-      int64_t total = 0;
-      for (const auto& s : p.segments) total += s.rows;
-      p.buffer.resize(static_cast<size_t>(total * d));
-      Call c;
-      c.worker = w;
-      c.request.set_op(pb::WorkerRequest::BACKWARD);
-      c.request.set_request_id(h.request_id);
-      int64_t row = 0;
-      for (const auto& s : p.segments) {
-        std::memcpy(p.buffer.data() + row * d, grad_output.data() + s.first_row * d,
-                    sizeof(float) * static_cast<size_t>(s.rows * d));
-        row += s.rows;
-        pb::Segment* seg = c.request.add_segments();
-        seg->set_layer(layer_);
-        seg->set_stage(stage);
-        seg->set_expert(s.expert);
-        seg->set_rows(s.rows);
-      }
-      c.payload = p.buffer.data();
-      c.payload_bytes = p.buffer.size() * sizeof(float);
-      calls.push_back(std::move(c));
-    }
-    im.round_trip(calls, "BACKWARD layer " + std::to_string(layer_) + " stage " + std::to_string(stage),
-                  &client_.exchange_seconds_);
-    grad_input = Tensor({layout.rows(), d});
-    size_t ci = 0;
-    for (auto& [w, p] : h.parts) {
-      const std::vector<float>& r = calls[ci++].reply;
-      int64_t row = 0;
-      for (const auto& s : p.segments) {
-        std::memcpy(grad_input.data() + s.first_row * d, r.data() + row * d, sizeof(float) * static_cast<size_t>(s.rows * d));
-        row += s.rows;
-      }
-    }
+    exchange_parts(pb::WorkerRequest::BACKWARD, stage, h.request_id, h.parts, grad_output, grad_input, layout.rows());
     handles_.erase(hit);
   }
 
@@ -347,6 +270,57 @@ class RemoteExperts final : public ExpertCompute {
     std::vector<SegmentRef> segments;
     std::vector<float> buffer;
   };
+
+  // Sends each worker its segments' rows of `src` (packed layout) and writes the replies into
+  // `dst` ([rows, d], same layout). Forward and backward move the same segments.
+  void exchange_parts(pb::WorkerRequest::Op op, int stage, uint64_t request_id, std::map<int, Part>& parts,
+                      const Tensor& src, Tensor& dst, int64_t rows) {
+    ClusterClient::Impl& im = *client_.impl_;
+    const int64_t d = im.config->model.hidden_size;
+    const std::string what = std::string(pb::WorkerRequest::Op_Name(op)) + " layer " + std::to_string(layer_) +
+                             " stage " + std::to_string(stage);
+    std::vector<Call> calls;
+    calls.reserve(parts.size());
+    for (auto& [w, p] : parts) {
+      Call c;
+      c.worker = w;
+      c.request.set_op(op);
+      c.request.set_request_id(request_id);
+      c.request.set_keep_for_backward(client_.training_);
+      int64_t total = 0;
+      for (const auto& seg : p.segments) total += seg.rows;
+      p.buffer.resize(static_cast<size_t>(total * d));
+      int64_t row = 0;
+      for (const auto& seg : p.segments) {
+        std::memcpy(p.buffer.data() + row * d, src.data() + seg.first_row * d, sizeof(float) * static_cast<size_t>(seg.rows * d));
+        row += seg.rows;
+        pb::Segment* out = c.request.add_segments();
+        out->set_layer(layer_);
+        out->set_stage(stage);
+        out->set_expert(seg.expert);
+        out->set_rows(seg.rows);
+      }
+      c.payload = p.buffer.data();
+      c.payload_bytes = p.buffer.size() * sizeof(float);
+      if (op == pb::WorkerRequest::FORWARD) im.link(w).rows_sent += static_cast<uint64_t>(total);
+      calls.push_back(std::move(c));
+    }
+    im.round_trip(calls, what, &client_.exchange_seconds_);
+    dst = Tensor({rows, d});
+    size_t ci = 0;
+    for (auto& [w, p] : parts) {
+      const std::vector<float>& r = calls[ci++].reply;
+      if (r.size() != p.buffer.size())
+        fail(ErrorKind::transport, what + ": worker " + std::to_string(w) + " returned " + std::to_string(r.size()) +
+                                       " values for " + std::to_string(p.buffer.size()));
+      int64_t row = 0;
+      for (const auto& seg : p.segments) {
+        std::memcpy(dst.data() + seg.first_row * d, r.data() + row * d, sizeof(float) * static_cast<size_t>(seg.rows * d));
+        row += seg.rows;
+      }
+      p.buffer = {};
+    }
+  }
   struct Handle {
     uint64_t request_id = 0;
     std::map<int, Part> parts;
