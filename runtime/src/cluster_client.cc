@@ -1,5 +1,8 @@
 #include "switchyard/runtime/cluster_client.h"
 
+#include "switchyard/runtime/expert_store.h"
+#include "switchyard/runtime/moe_model.h"
+
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -38,14 +41,10 @@ Placement placement_from(const google::protobuf::RepeatedPtrField<pb::ExpertPlac
   return p;
 }
 
-std::string expert_name(const ModelConfig& model, const ExpertKey& k, const char* proj) {
-  const std::string prefix = model.layers > 1 ? "layers." + std::to_string(k.layer) + "." : "";
-  return prefix + "stages." + std::to_string(k.stage) + ".experts." + std::to_string(k.expert) + "." + proj;
-}
-
-std::vector<const char*> projections(const StageConfig& st) {
-  if (st.activation == Activation::swiglu) return {"gate_proj.weight", "up_proj.weight", "down_proj.weight"};
-  return {"up_proj.weight", "down_proj.weight"};
+// A routed expert's tensor in the model's weight map (METHODS.md §5 names, layer prefix).
+std::string expert_name(const ModelConfig& model, const ExpertKey& k, const std::string& tensor) {
+  return layer_prefix(model, k.layer) + "stages." + std::to_string(k.stage) + ".experts." + std::to_string(k.expert) +
+         "." + tensor;
 }
 
 // Logs once where the failure is decided, then throws (a client is often torn down while the
@@ -438,7 +437,7 @@ void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
       s->set_expert(key.expert);
       s->set_rows(1);
       std::vector<float>& buf = payloads[w];
-      for (const char* proj : projections(st)) {
+      for (const std::string& proj : expert_tensor_names(st.activation)) {
         const std::string name = expert_name(model, key, proj);
         auto it = weights.find(name);
         if (it == weights.end()) throw Error(ErrorKind::input, "weights have no tensor '" + name + "'");
@@ -541,9 +540,9 @@ TensorMap ClusterClient::fetch_expert_grads() {
     for (const ExpertKey& k : list) {
       const StageConfig& st = model.layer.stages.at(static_cast<size_t>(k.stage));
       const int64_t d = model.hidden_size, f = st.ffn_hidden_size;
-      for (const char* proj : projections(st)) {  // the worker sends its TensorMap in name order
+      for (const std::string& proj : expert_tensor_names(st.activation)) {  // the worker's order
         const std::string name = expert_name(model, k, proj);
-        const Shape shape = std::string(proj) == "down_proj.weight" ? Shape{d, f} : Shape{f, d};
+        const Shape shape = proj == "down_proj.weight" ? Shape{d, f} : Shape{f, d};
         auto [it, fresh] = grads.try_emplace(name, shape);
         if (off + static_cast<size_t>(it->second.numel()) > r.size())
           throw Error(ErrorKind::transport, "FETCH_GRADS reply from worker " + std::to_string(w) + " is too short");

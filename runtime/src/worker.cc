@@ -279,16 +279,13 @@ class Worker {
       const StageConfig& st = m.layer.stages.at(static_cast<size_t>(s.stage()));
       const int64_t d = m.hidden_size, f = st.ffn_hidden_size;
       TensorMap w;
-      auto take = [&](const char* name, Shape shape) {
-        Tensor t(shape);
+      for (const std::string& name : expert_tensor_names(st.activation)) {
+        Tensor t(name == "down_proj.weight" ? Shape{d, f} : Shape{f, d});
         if (p + t.numel() > end) throw Error(ErrorKind::input, "LOAD_MODEL payload too short");
         std::memcpy(t.data(), p, sizeof(float) * static_cast<size_t>(t.numel()));
         p += t.numel();
         w.emplace(name, std::move(t));
-      };
-      if (st.activation == Activation::swiglu) take("gate_proj.weight", {f, d});
-      take("up_proj.weight", {f, d});
-      take("down_proj.weight", {d, f});
+      }
       store->add(key_of(s), std::move(w));
     }
     if (p != end) throw Error(ErrorKind::input, "LOAD_MODEL payload has trailing bytes");
@@ -355,9 +352,10 @@ class Worker {
     std::vector<float> out;
     for (const pb::Segment& s : req.segments()) {
       const TensorMap& g = store.grads(key_of(s));
-      for (const char* name : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
-        auto it = g.find(name);
-        if (it != g.end()) out.insert(out.end(), it->second.values().begin(), it->second.values().end());
+      const Activation act = config_->model.layer.stages.at(static_cast<size_t>(s.stage())).activation;
+      for (const std::string& name : expert_tensor_names(act)) {
+        const Tensor& t = g.at(name);
+        out.insert(out.end(), t.values().begin(), t.values().end());
       }
     }
     return out;
