@@ -510,17 +510,17 @@ void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step
   impl_->round_trip(calls, "STEP " + std::to_string(step_number), &exchange_seconds_);
 }
 
-TensorMap ClusterClient::fetch_expert_grads() {
-  Impl& im = *impl_;
+namespace {
+// Asks each worker in `keys` for the listed experts' tensors (gradients or weights) and adds
+// them into one map under the model's weight names.
+TensorMap fetch_expert_tensors(ClusterClient::Impl& im, const std::map<int, std::vector<ExpertKey>>& keys,
+                               pb::WorkerRequest::Op op) {
   const ModelConfig& model = im.config->model;
   std::vector<Call> calls;
-  std::map<int, std::vector<ExpertKey>> keys;
-  for (const auto& [key, workers] : placement_.replicas)
-    for (int w : workers) keys[w].push_back(key);
-  for (auto& [w, list] : keys) {
+  for (const auto& [w, list] : keys) {
     Call c;
     c.worker = w;
-    c.request.set_op(pb::WorkerRequest::FETCH_GRADS);
+    c.request.set_op(op);
     c.request.set_request_id(im.next_request++);
     for (const ExpertKey& k : list) {
       pb::Segment* s = c.request.add_segments();
@@ -531,10 +531,10 @@ TensorMap ClusterClient::fetch_expert_grads() {
     }
     calls.push_back(std::move(c));
   }
-  im.round_trip(calls, "FETCH_GRADS");
-  TensorMap grads;
+  im.round_trip(calls, pb::WorkerRequest::Op_Name(op));
+  TensorMap out;
   size_t ci = 0;
-  for (auto& [w, list] : keys) {
+  for (const auto& [w, list] : keys) {
     const std::vector<float>& r = calls[ci++].reply;
     size_t off = 0;
     for (const ExpertKey& k : list) {
@@ -543,15 +543,31 @@ TensorMap ClusterClient::fetch_expert_grads() {
       for (const std::string& proj : expert_tensor_names(st.activation)) {  // the worker's order
         const std::string name = expert_name(model, k, proj);
         const Shape shape = proj == "down_proj.weight" ? Shape{d, f} : Shape{f, d};
-        auto [it, fresh] = grads.try_emplace(name, shape);
+        auto [it, fresh] = out.try_emplace(name, shape);
         if (off + static_cast<size_t>(it->second.numel()) > r.size())
-          throw Error(ErrorKind::transport, "FETCH_GRADS reply from worker " + std::to_string(w) + " is too short");
+          fail(ErrorKind::transport, pb::WorkerRequest::Op_Name(op) + " reply from worker " + std::to_string(w) + " is too short");
         for (int64_t i = 0; i < it->second.numel(); ++i) it->second[i] += r[off + static_cast<size_t>(i)];
         off += static_cast<size_t>(it->second.numel());
       }
     }
   }
-  return grads;
+  return out;
+}
+}  // namespace
+
+TensorMap ClusterClient::fetch_expert_grads() {
+  std::map<int, std::vector<ExpertKey>> keys;
+  for (const auto& [key, workers] : placement_.replicas)
+    for (int w : workers) keys[w].push_back(key);
+  return fetch_expert_tensors(*impl_, keys, pb::WorkerRequest::FETCH_GRADS);
+}
+
+TensorMap ClusterClient::fetch_replica_weights(int worker) {
+  std::map<int, std::vector<ExpertKey>> keys;
+  for (const auto& [key, workers] : placement_.replicas)
+    if (std::find(workers.begin(), workers.end(), worker) != workers.end()) keys[worker].push_back(key);
+  if (keys.empty()) return {};
+  return fetch_expert_tensors(*impl_, keys, pb::WorkerRequest::FETCH_WEIGHTS);
 }
 
 void ClusterClient::zero_expert_grads() {

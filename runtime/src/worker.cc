@@ -242,7 +242,8 @@ class Worker {
           pending_steps_[req.step()].push_back({&c, req.request_id()});
           if (pending_steps_[req.step()].size() >= std::max<uint32_t>(1, req.group_size())) step(req);
           return;  // replies go out in step()
-        case pb::WorkerRequest::FETCH_GRADS: out = fetch_grads(req); break;
+        case pb::WorkerRequest::FETCH_GRADS: out = fetch_tensors(req, /*grads=*/true); break;
+        case pb::WorkerRequest::FETCH_WEIGHTS: out = fetch_tensors(req, /*grads=*/false); break;
         case pb::WorkerRequest::ZERO_GRADS: require_store().zero_grads(); break;
         case pb::WorkerRequest::SAVE: require_store().save(checkpoint_path(req.path())); break;
         case pb::WorkerRequest::RESTORE: require_store().load(checkpoint_path(req.path())); break;
@@ -347,11 +348,12 @@ class Worker {
     return out;
   }
 
-  std::vector<float> fetch_grads(const pb::WorkerRequest& req) {
+  // The gradients or weights of the listed experts, concatenated in expert_tensor_names order.
+  std::vector<float> fetch_tensors(const pb::WorkerRequest& req, bool grads) {
     ExpertStore& store = require_store();
     std::vector<float> out;
     for (const pb::Segment& s : req.segments()) {
-      const TensorMap& g = store.grads(key_of(s));
+      const TensorMap& g = grads ? store.grads(key_of(s)) : store.weights(key_of(s));
       const Activation act = config_->model.layer.stages.at(static_cast<size_t>(s.stage())).activation;
       for (const std::string& name : expert_tensor_names(act)) {
         const Tensor& t = g.at(name);

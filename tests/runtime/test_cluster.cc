@@ -139,6 +139,22 @@ TEST_P(ClusterEquivalence, TwoClientsThreeWorkersReplicatedExperts) {
   local_adam.step(stepped, expert_sum);
   LocalExperts ls(model, stepped, nullptr);
   LayerEngine es(model, stepped, ls);
+  // Replicas of every expert are bit-identical after the step.
+  std::vector<TensorMap> held;
+  for (int w = 0; w < 3; ++w) held.push_back(a.fetch_replica_weights(w));
+  for (const auto& [key, workers] : a.placement().replicas) {
+    const std::string name = layer_prefix(model, key.layer) + "stages." + std::to_string(key.stage) + ".experts." +
+                             std::to_string(key.expert) + ".up_proj.weight";
+    EXPECT_EQ(held[static_cast<size_t>(workers[0])].at(name).values(), held[static_cast<size_t>(workers[1])].at(name).values())
+        << name << " differs between workers " << workers[0] << " and " << workers[1];
+    // Against the local step: Adam's first update is ±lr wherever |g| ≫ eps, so an element whose
+    // gradient sums differently by rounding can move by a few 1e-5 of lr; a replica stepped with
+    // only its own share of the gradient would be off by O(lr). Tolerance: lr / 100.
+    const Tensor& mine = held[static_cast<size_t>(workers[0])].at(name);
+    double worst = 0;
+    for (int64_t i = 0; i < mine.numel(); ++i) worst = std::max(worst, std::fabs(double(mine[i]) - stepped.at(name)[i]));
+    EXPECT_LE(worst, adam.lr / 100) << name << " after the step";
+  }
   a.set_training(false);
   const Tensor ya2 = ca.forward(ba.x, ba.imp());
   expect_close(ya2, es.forward(ba.x, ba.imp()), GetParam() + " forward after the cluster's AdamW step", 2e-5);

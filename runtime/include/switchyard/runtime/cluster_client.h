@@ -72,6 +72,9 @@ class ClusterClient {
   void step(const AdamWConfig& adamw, int group_size, uint64_t step);
   // Expert weight gradients, summed over replicas (names as in the weights file).
   TensorMap fetch_expert_grads();
+  // The weights of the expert replicas `worker` holds (model weight names), e.g. to check that
+  // replicas are bit-identical or to export trained experts.
+  TensorMap fetch_replica_weights(int worker);
   void zero_expert_grads();
   // Checkpoint every worker's replicas (weights + AdamW state) to `dir` / restore from it.
   void save_checkpoint(const std::string& dir);
