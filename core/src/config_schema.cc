@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "switchyard/core/config.h"
+#include "switchyard/core/yaml_text.h"
 #include "switchyard/core/error.h"
 
 namespace sy {
@@ -487,18 +488,9 @@ std::string value_text(const Field& f, const Scope& s) {
 
 // ---- Reading YAML against the schema ----
 
-int line_of(const YAML::Mark& mark, int fallback) { return mark.line >= 0 ? mark.line + 1 : fallback; }
+int line_of(const YAML::Mark& mark, int fallback) { return yaml_line(mark, fallback); }
 
-std::string describe(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null: return "null (no value)";
-    case YAML::NodeType::Scalar: return "\"" + n.Scalar() + "\"";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a map";
-    case YAML::NodeType::Undefined: break;
-  }
-  return "nothing";
-}
+std::string describe(const YAML::Node& n) { return describe_yaml_value(n); }
 
 std::string join_path(const std::string& prefix, std::string_view key) {
   return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
@@ -835,5 +827,18 @@ const char* to_string(AggregationKind v) { return spelling(v, kAggregationKindNa
 const char* to_string(DagEdges v) { return spelling(v, kDagEdgesNames); }
 const char* to_string(SharedMix v) { return spelling(v, kSharedMixNames); }
 const char* to_string(InputNorm v) { return spelling(v, kInputNormNames); }
+
+int yaml_line(const YAML::Mark& mark, int fallback) { return mark.line >= 0 ? mark.line + 1 : fallback; }
+
+std::string describe_yaml_value(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "null (no value)";
+    case YAML::NodeType::Scalar: return "\"" + n.Scalar() + "\"";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Undefined: break;
+  }
+  return "nothing";
+}
 
 }  // namespace sy

@@ -12,25 +12,14 @@
 
 #include "switchyard/core/error.h"
 #include "switchyard/placement/placement.h"
+#include "switchyard/core/yaml_text.h"
 
 namespace sy {
 namespace {
 
-int line_of(const YAML::Node& node, int fallback) {
-  const YAML::Mark mark = node.Mark();
-  return mark.line >= 0 ? mark.line + 1 : fallback;
-}
+int line_of(const YAML::Node& node, int fallback) { return yaml_line(node.Mark(), fallback); }
 
-std::string describe(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null: return "null (no value)";
-    case YAML::NodeType::Scalar: return "\"" + n.Scalar() + "\"";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a map";
-    case YAML::NodeType::Undefined: break;
-  }
-  return "nothing";
-}
+std::string describe(const YAML::Node& n) { return describe_yaml_value(n); }
 
 class PlacementReader {
  public:
