@@ -83,6 +83,20 @@ void BM_LayerCartesian(benchmark::State& s) {
   run_layer(s, model_yaml(kD, st + st, "rmsnorm"), kTokens);
 }
 
+// The DAG's cost is a share d_g/f of the experts' per level, so it also depends on the FFN
+// width: the same comparison at f = 4d (GPT-style width), T = 2048.
+constexpr int kFWide = 4 * kD;
+constexpr int64_t kTokensWide = 2048;
+void BM_LayerTop2Ffn4d(benchmark::State& s) {
+  run_layer(s, model_yaml(kD, stage_yaml(kE, kFWide, "{k: 2}", "{kind: weighted_sum}")), kTokensWide);
+}
+void BM_LayerDagL1Ffn4d(benchmark::State& s) {
+  run_layer(s, model_yaml(kD, stage_yaml(kE, kFWide, "{k: 2}", "{kind: dag, levels: 1, dim: 256}")), kTokensWide);
+}
+void BM_LayerDagL2Ffn4d(benchmark::State& s) {
+  run_layer(s, model_yaml(kD, stage_yaml(kE, kFWide, "{k: 2}", "{kind: dag, levels: 2, dim: 256}")), kTokensWide);
+}
+
 // Expert FFN forward + backward over the routed rows of the large shape (T·k rows spread
 // evenly over E experts): 9 GEMMs of rows×d×f per expert.
 void BM_ExpertFfn(benchmark::State& state) {
@@ -133,6 +147,9 @@ SY_BENCH(BM_LayerDagL1);
 SY_BENCH(BM_LayerDagL2);
 SY_BENCH(BM_LayerDynamic);
 SY_BENCH(BM_LayerCartesian);
+SY_BENCH(BM_LayerTop2Ffn4d);
+SY_BENCH(BM_LayerDagL1Ffn4d);
+SY_BENCH(BM_LayerDagL2Ffn4d);
 BENCHMARK(BM_LayerTop2Small)->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(kReps)->UseRealTime();
 
 // Keeps the median of every benchmark (time and counters) for the headline lines.
@@ -180,6 +197,10 @@ int main(int argc, char** argv) {
     std::printf("dag_l2_overhead: %.3f\n", ratio("BM_LayerDagL2", "BM_LayerTop2Large"));
     std::printf("dynamic_overhead: %.3f\n", ratio("BM_LayerDynamic", "BM_LayerTop2Large"));
     std::printf("cartesian_overhead: %.3f\n", ratio("BM_LayerCartesian", "BM_LayerTop2Large"));
+  }
+  if (m.count("BM_LayerTop2Ffn4d")) {
+    std::printf("dag_l1_overhead_ffn4d: %.3f\n", ratio("BM_LayerDagL1Ffn4d", "BM_LayerTop2Ffn4d"));
+    std::printf("dag_l2_overhead_ffn4d: %.3f\n", ratio("BM_LayerDagL2Ffn4d", "BM_LayerTop2Ffn4d"));
   }
   benchmark::Shutdown();
   return 0;

@@ -30,11 +30,19 @@ class LogCapture {
     });
   }
   ~LogCapture() { sy::set_log_sink(nullptr); }
+  // The server logs on its own I/O thread, possibly just after the client saw the effect:
+  // wait up to 5 s for the line to appear.
   bool contains(const std::string& text) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& l : lines_)
-      if (l.find(text) != std::string::npos) return true;
-    return false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (const auto& l : lines_)
+          if (l.find(text) != std::string::npos) return true;
+      }
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
   std::string all() const {
     std::lock_guard<std::mutex> lock(mutex_);
