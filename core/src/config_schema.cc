@@ -762,17 +762,19 @@ std::optional<HostPort> parse_host_port(std::string_view text) {
   return HostPort{std::string(host), port};
 }
 
-Config load_config(const std::string& path) {
+Config load_config(const std::string& path) { return load_config_string(read_yaml_file(path, "config file"), path); }
+
+std::string read_yaml_file(const std::string& path, const std::string& what) {
   std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (!file) throw_config_error(path + ": cannot open config file: " + std::strerror(errno));
+  if (!file) throw_config_error(path + ": cannot open " + what + ": " + std::strerror(errno));
   std::string text;
   char buf[4096];
   std::size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, file)) > 0) text.append(buf, n);
   const int read_errno = std::ferror(file) ? errno : 0;
   std::fclose(file);
-  if (read_errno) throw_config_error(path + ": cannot read config file: " + std::strerror(read_errno));
-  return load_config_string(text, path);
+  if (read_errno) throw_config_error(path + ": cannot read " + what + ": " + std::strerror(read_errno));
+  return text;
 }
 
 std::string config_to_yaml(const Config& config) {

@@ -225,16 +225,7 @@ Placement parse_placement(const std::string& yaml_text, const std::string& sourc
 }
 
 Placement load_placement(const std::string& path, const ModelConfig& model, int workers, int64_t worker_memory_bytes) {
-  std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (!file) throw_config_error(path + ": cannot open placement file: " + std::strerror(errno));
-  std::string text;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, file)) > 0) text.append(buf, n);
-  const int read_errno = std::ferror(file) ? errno : 0;
-  std::fclose(file);
-  if (read_errno) throw_config_error(path + ": cannot read placement file: " + std::strerror(read_errno));
-  return parse_placement(text, path, model, workers, worker_memory_bytes);
+  return parse_placement(read_yaml_file(path, "placement file"), path, model, workers, worker_memory_bytes);
 }
 
 std::string placement_to_yaml(const Placement& placement) {

@@ -128,7 +128,7 @@ Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) 
     throw_input_error("layer input has shape " + shape_to_string(x.shape()) + ", expected [T, " +
                       std::to_string(d) + "] (hidden_size " + std::to_string(d) + ")");
   const int64_t T = x.dim(0);
-  x_ = x;
+  input_shape_ = x.shape();
   Tensor y({T, d});
   Tensor residual = x;  // r_{s-1}
   for (size_t si = 0; si < model_.layer.stages.size(); ++si) {
@@ -270,10 +270,10 @@ Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput&
 
 Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
   const int64_t d = model_.hidden_size;
-  if (grad_y.shape() != x_.shape())
+  if (grad_y.shape() != input_shape_)
     throw_input_error("grad_output has shape " + shape_to_string(grad_y.shape()) + ", the layer output has " +
-                      shape_to_string(x_.shape()));
-  const int64_t T = x_.dim(0);
+                      shape_to_string(input_shape_));
+  const int64_t T = input_shape_.at(0);
   Tensor dr_next({T, d});  // dL/dr_s from later stages
   Tensor dx;
   for (size_t si = model_.layer.stages.size(); si-- > 0;) {

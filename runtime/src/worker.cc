@@ -175,7 +175,7 @@ class Worker {
       for (auto& [step, waiting] : pending_steps_)  // a departed client's step requests go with it
         std::erase_if(waiting, [](const PendingStep& p) { return p.client->dead; });
       std::erase_if(clients_, [](const std::unique_ptr<ClientConnection>& c) { return c->dead; });
-      peers_->progress();
+      if (peers_) peers_->progress();
       // Busy-poll while there is traffic; back off when idle so several workers share few cores.
       const auto now = std::chrono::steady_clock::now();
       if (busy) idle_since = now;
@@ -209,7 +209,13 @@ class Worker {
     std::vector<char> payload(bytes);
     if (bytes == 0) return payload;
     auto rid = cluster::post_recv(*c.transport, 0, cluster::kRequestPayloadTag, payload.data(), bytes, label_);
-    cluster::check(c.transport->wait(rid, std::chrono::milliseconds(60000)), label_ + ": payload from client '" + c.name + "'");
+    transport::Status st = c.transport->wait(rid, std::chrono::milliseconds(60000));
+    if (!st.is_ok()) {
+      // Close the endpoint while `payload` is alive: the receive may still be posted into it.
+      c.transport.reset();
+      c.dead = true;
+      cluster::check(st, label_ + ": payload from client '" + c.name + "'");
+    }
     return payload;
   }
 
@@ -313,10 +319,13 @@ class Worker {
     std::vector<uint64_t> ids;
     int64_t row = 0;
     for (const pb::Segment& s : req.segments()) {
-      const uint64_t id = next_store_request_++;
-      store.forward(key_of(s), id, x + row * d, s.rows(), out.data() + row * d);
-      if (req.keep_for_backward()) ids.push_back(id);
-      else store.drop_request(id);
+      if (req.keep_for_backward()) {
+        const uint64_t id = next_store_request_++;
+        store.forward(key_of(s), id, x + row * d, s.rows(), out.data() + row * d);
+        ids.push_back(id);
+      } else {
+        store.infer(key_of(s), x + row * d, s.rows(), out.data() + row * d);  // serving: keep nothing
+      }
       row += s.rows();
     }
     if (req.keep_for_backward()) forward_cache_[{c.id, req.request_id()}] = std::move(ids);
@@ -370,6 +379,7 @@ class Worker {
     for (const auto& [key, workers] : placement_) {
       ++index;
       if (workers.size() < 2 || !store_->holds(key)) continue;
+      if (!peers_) throw Error(ErrorKind::transport, "the workers' data-plane world was closed after an earlier failure");
       TensorMap& g = store_->grads(key);
       std::vector<float> mine;
       for (const auto& [name, t] : g) mine.insert(mine.end(), t.values().begin(), t.values().end());
@@ -383,8 +393,13 @@ class Worker {
         reqs.push_back(cluster::post_recv(*peers_, w, cluster::kReplicaReduceTagBase + static_cast<uint64_t>(index),
                                           all[w].data(), mine.size() * sizeof(float), label_));
       }
-      cluster::check(peers_->wait_all(reqs, std::chrono::milliseconds(60000)),
-                     label_ + ": reducing gradients of " + key.to_string() + " among its replicas");
+      transport::Status st = peers_->wait_all(reqs, std::chrono::milliseconds(60000));
+      if (!st.is_ok()) {
+        // Close the workers' world while the buffers of the posted receives are alive; later
+        // reductions then fail at once instead of racing stale messages.
+        peers_.reset();
+        cluster::check(st, label_ + ": reducing gradients of " + key.to_string() + " among its replicas");
+      }
       all[id_] = std::move(mine);
       std::vector<float> sum(all.begin()->second.size(), 0.0f);
       for (const auto& [w, v] : all)  // ascending worker id on every replica

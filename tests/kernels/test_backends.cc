@@ -5,18 +5,13 @@
 #include <cmath>
 #include <random>
 
+#include "../support/random.h"
 #include "switchyard/kernels/backend.h"
 
 namespace sy {
 namespace {
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
+using testing::randn;
 
 // Host vector → backend buffer, released at scope exit.
 struct DeviceBuffer {

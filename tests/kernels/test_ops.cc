@@ -6,6 +6,7 @@
 #include <random>
 
 #include "../support/fd.h"
+#include "../support/random.h"
 #include "../support/reference.h"
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
@@ -16,13 +17,7 @@ namespace {
 using testing::central_difference;
 using testing::expect_gradients_close;
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
+using testing::randn;
 std::vector<double> to_d(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
 // Loss Σ out ⊙ G evaluated on the reference; FD over each input buffer.

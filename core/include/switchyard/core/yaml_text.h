@@ -12,5 +12,7 @@ namespace sy {
 int yaml_line(const YAML::Mark& mark, int fallback);
 // How an error message shows a value: "\"8\"", "a list", "a map", "null (no value)".
 std::string describe_yaml_value(const YAML::Node& node);
+// The whole text of a YAML file; a config error "<path>: cannot open|read <what>: <errno text>".
+std::string read_yaml_file(const std::string& path, const std::string& what);
 
 }  // namespace sy

@@ -97,7 +97,7 @@ class LayerEngine {
   std::string prefix_;
   std::vector<std::unique_ptr<StageState>> states_;
   std::vector<StageStats> stats_;
-  Tensor x_;  // layer input kept for input_norm backward
+  Shape input_shape_;  // of the last forward's input, checked against grad_y
 };
 
 }  // namespace sy
