@@ -2,16 +2,24 @@
 //
 // For each UCX transport (shm: UCX_TLS=sm,self; tcp: UCX_TLS=tcp,self) it starts two rank
 // processes of this executable on loopback, bootstraps them over the control channel and times
-// `exchange` (counts, then rows) with `size` bytes from each rank to the other. The figure is
-// per-direction bandwidth: size / median exchange time, in MiB/s. Then, in the same run, it runs
-// `ucx_perftest -t tag_bw` (server + client, same UCX_TLS, same size) `repeats` times and takes
-// the median of its "overall" bandwidth (MiB/s). Ratio = exchange / perftest; the last lines are
-// `exchange_vs_ucx_shm: r` and `exchange_vs_ucx_tcp: r` at 8 MiB.
+// `exchange` (counts, then rows) with `size` bytes from each rank to the other: the traffic is
+// `size` in each direction at once. The figure is per-direction bandwidth: size / median
+// exchange time, in MiB/s.
 //
-// Note on loopback: the exchange moves `size` bytes in both directions at once while
-// ucx_perftest tag_bw moves one direction; on one machine both directions share the same cores
-// and memory bandwidth, so the per-direction ratio is conservative. The `both_dirs_ratio`
-// column (bytes moved in both directions / perftest bandwidth) shows the other bound.
+// The peer, measured in the same run, is `ucx_perftest -t tag_bw` carrying the same traffic:
+// two tag_bw streams of `size`-byte messages, one in each direction, at once, with the same
+// UCX_TLS and the same endpoint error-handling mode as the exchange's endpoints (`-e` for
+// UCP_ERR_HANDLING_MODE_PEER). Its per-direction bandwidth is the mean of the two streams'
+// "overall" bandwidths (an upper bound when one stream finishes first, so the ratio errs low).
+// Four perftest processes share the machine's cores, so each pair runs in both of perftest's
+// wait modes (poll, sleep) and the better is the peer. Ratio = exchange / peer, median of
+// `repeats` peer runs. A one-direction tag_bw stream is printed too, for reference.
+//
+// Endpoint modes: the runtime asks UCX for UCP_ERR_HANDLING_MODE_PEER so that a dead peer fails
+// requests at once. UCX 1.13 grants it over TCP (at a bandwidth cost this benchmark shows: the
+// `none` rows) and refuses it for shared memory, where endpoints fall back to MODE_NONE; so the
+// shm rows are `none` and the tcp rows are measured in both modes. The last lines are
+// `exchange_vs_ucx_shm: r` and `exchange_vs_ucx_tcp: r` at 8 MiB in the runtime's mode.
 #include "bench_exchange.h"
 
 #include <netinet/in.h>
@@ -48,6 +56,7 @@ struct BenchFlags {
   int rank = -1;
   std::string coordinator;
   std::string tls_name;
+  std::string error_mode = "peer";  // peer | none (rank mode)
 };
 
 std::vector<int64_t> parse_sizes(const std::string& text) {
@@ -83,6 +92,7 @@ BenchFlags parse_flags(const std::vector<std::string>& args) {
     else if (a == "--rank") f.rank = std::stoi(value());
     else if (a == "--coordinator") f.coordinator = value();
     else if (a == "--tls-name") f.tls_name = value();
+    else if (a == "--error-mode") f.error_mode = value();
     else throw_config_error("bench exchange: unknown flag '" + a + "' (--tls, --sizes, --repeats, --perftest)");
   }
   if (f.tls != "shm" && f.tls != "tcp" && f.tls != "both") throw_config_error("bench exchange: --tls is shm, tcp or both");
@@ -109,7 +119,9 @@ int run_rank(const BenchFlags& f) {
   transport::TransportOptions topt;
   topt.rank = f.rank;
   topt.world_size = 2;
-  std::unique_ptr<transport::Transport> t = transport::make_ucx_transport(topt);
+  transport::UcxOptions uopt;
+  uopt.peer_error_handling = f.error_mode == "peer";
+  std::unique_ptr<transport::Transport> t = transport::make_ucx_transport(topt, uopt);
   transport::bootstrap_transport(*t, **client, "addresses", 30000ms).throw_if_error();
   const transport::Rank peer = 1 - f.rank;
   constexpr size_t kRowBytes = 4096;
@@ -163,7 +175,8 @@ uint16_t free_port() {
 }
 
 // Median seconds per exchange for each size (MiB), from rank 0 and rank 1 (max of the two).
-std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::string& tls_name) {
+std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::string& tls_name,
+                                           const std::string& error_mode) {
   control::ControlServer::Options sopt;
   sopt.name = "bench exchange";
   control::ControlServer server(sopt);
@@ -178,7 +191,7 @@ std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::strin
   for (int r = 0; r < 2; ++r)
     ranks.push_back(transport::LocalProcess::spawn(
         {transport::current_executable(), "bench", "exchange", "--rank", std::to_string(r), "--coordinator",
-         server.endpoint(), "--sizes", sizes, "--tls-name", tls_name},
+         server.endpoint(), "--sizes", sizes, "--tls-name", tls_name, "--error-mode", error_mode},
         {{"UCX_TLS", ucx_tls_for(tls_name)}}));
   for (int r = 0; r < 2; ++r) {
     auto code = ranks[static_cast<size_t>(r)].wait(300000ms);
@@ -200,45 +213,92 @@ std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::strin
   return out;
 }
 
-// ucx_perftest -t tag_bw "overall" bandwidth in MiB/s (its MB is 2^20 bytes); 0 on failure.
-double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_t mib) {
-  const uint16_t port = free_port();
-  const std::string common = " -p " + std::to_string(port) + " -t tag_bw -s " + std::to_string(mib << 20) + " -n " +
-                             std::to_string(iterations_for(mib) * 2) + " -w " + std::to_string(5);
-  const std::string env = "UCX_TLS=" + ucx_tls_for(tls_name) + " ";
-  transport::LocalProcess server = transport::LocalProcess::spawn(
-      {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common + " >/dev/null 2>&1"},
-      {{"UCX_TLS", ucx_tls_for(tls_name)}});
-  std::this_thread::sleep_for(300ms);
-  const std::string cmd = env + "timeout 120 " + f.perftest + " 127.0.0.1" + common + " 2>&1";
+// Runs `command` and returns ucx_perftest's "overall" bandwidth in MiB/s (its MB is 2^20
+// bytes) from the "Final:" line; 0 when there is none. `output` gets everything printed.
+double perftest_bandwidth(FILE* pipe, std::string& output) {
   double bandwidth = 0;
-  for (int attempt = 0; attempt < 20 && bandwidth == 0; ++attempt) {
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (!pipe) break;
-    char line[1024];
+  char line[1024];
+  while (fgets(line, sizeof(line), pipe)) {
+    output += line;
+    std::istringstream ls(line);
+    std::string word;
+    ls >> word;
+    if (word != "Final:") continue;
+    double cols[7] = {};
+    for (double& c : cols) ls >> c;
+    bandwidth = cols[5];  // iterations, lat 50%, lat avg, lat overall, bw avg, bw overall, ...
+  }
+  return bandwidth;
+}
+
+// `streams` concurrent ucx_perftest -t tag_bw pairs (1: one direction; 2: one each way, the
+// exchange's traffic). Returns the mean per-stream bandwidth in MiB/s; 0 on failure.
+double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_t mib, int streams,
+                        const std::string& extra) {
+  const std::string tls = ucx_tls_for(tls_name);
+  std::vector<uint16_t> ports;
+  std::vector<transport::LocalProcess> servers;
+  auto common = [&](uint16_t port) {
+    return " -p " + std::to_string(port) + " -t tag_bw -s " + std::to_string(mib << 20) + " -n " +
+           std::to_string(iterations_for(mib) * 2) + " -w 5" + extra;
+  };
+  for (int s = 0; s < streams; ++s) {
+    ports.push_back(free_port());
+    servers.push_back(transport::LocalProcess::spawn(
+        {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(ports.back()) + " >/dev/null 2>&1"},
+        {{"UCX_TLS", tls}}));
+  }
+  std::this_thread::sleep_for(300ms);
+  double total = 0;
+  bool ok = true;
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    std::vector<FILE*> pipes;
+    for (uint16_t port : ports)
+      pipes.push_back(popen(("UCX_TLS=" + tls + " timeout 120 " + f.perftest + " 127.0.0.1" + common(port) + " 2>&1").c_str(), "r"));
+    total = 0;
+    ok = true;
+    bool refused = false;
     std::string all;
-    while (fgets(line, sizeof(line), pipe)) {
-      all += line;
-      std::istringstream ls(line);
-      std::string word;
-      ls >> word;
-      if (word != "Final:") continue;
-      double cols[7] = {};
-      for (double& c : cols) ls >> c;
-      bandwidth = cols[5];  // iterations, lat 50%, lat avg, lat overall, bw avg, bw overall, ...
+    for (FILE* pipe : pipes) {
+      if (!pipe) {
+        ok = false;
+        continue;
+      }
+      std::string output;
+      const double bw = perftest_bandwidth(pipe, output);
+      pclose(pipe);
+      all += output;
+      if (bw == 0) ok = false;
+      if (output.find("Connection refused") != std::string::npos) refused = true;
+      total += bw;
     }
-    pclose(pipe);
-    if (bandwidth == 0 && all.find("Connection refused") != std::string::npos) {
-      std::this_thread::sleep_for(200ms);  // server not listening yet
+    if (ok) break;
+    if (refused && attempt + 1 < 20) {
+      // A server was not listening yet; the others already ran their test and exited.
+      for (auto& server : servers) (void)server.wait(30000ms);
+      servers.clear();
+      for (uint16_t port : ports)
+        servers.push_back(transport::LocalProcess::spawn(
+            {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(port) + " >/dev/null 2>&1"}, {{"UCX_TLS", tls}}));
+      std::this_thread::sleep_for(300ms);
       continue;
     }
-    if (bandwidth == 0) {
-      std::cerr << "bench exchange: ucx_perftest gave no result:\n" << all;
-      break;
-    }
+    std::cerr << "bench exchange: ucx_perftest gave no result:\n" << all;
+    break;
   }
-  (void)server.wait(30000ms);
-  return bandwidth;
+  for (auto& server : servers) (void)server.wait(30000ms);
+  return ok ? total / streams : 0.0;
+}
+
+// The peer for an exchange: both directions at once, the better of perftest's wait modes,
+// median over `repeats` runs.
+double measure_perftest_both_ways(const BenchFlags& f, const std::string& tls_name, int64_t mib,
+                                  const std::string& error_mode) {
+  const std::string e = error_mode == "peer" ? " -e" : "";
+  std::vector<double> runs;
+  for (int i = 0; i < f.repeats; ++i)
+    runs.push_back(std::max(measure_perftest(f, tls_name, mib, 2, e), measure_perftest(f, tls_name, mib, 2, e + " -E sleep")));
+  return median(runs);
 }
 
 }  // namespace
@@ -253,24 +313,31 @@ int cli_bench_exchange(const std::vector<std::string>& args) {
   if (f.tls == "both" || f.tls == "shm") tls_list.push_back("shm");
   if (f.tls == "both" || f.tls == "tcp") tls_list.push_back("tcp");
   std::map<std::string, double> headline;
-  std::cout << "bench exchange: 2 processes on loopback, per-direction bandwidth in MiB/s "
-               "(exchange: median of timed exchanges; ucx_perftest tag_bw: median of "
-            << f.repeats << " runs, overall bandwidth)\n";
-  std::cout << std::left << std::setw(6) << "tls" << std::right << std::setw(10) << "size" << std::setw(14)
-            << "exchange" << std::setw(14) << "ucx_perftest" << std::setw(9) << "ratio" << std::setw(16)
-            << "both_dirs_ratio" << "\n";
+  std::cout << "bench exchange: 2 processes on loopback, each sending `size` to the other; per-direction "
+               "bandwidth in MiB/s.\n  exchange: median of timed exchanges. perftest both ways: two "
+               "`ucx_perftest -t tag_bw` streams, one each way at once, same UCX_TLS and endpoint mode "
+               "(better of poll/sleep wait modes, median of "
+            << f.repeats << " runs). ratio = exchange / perftest both ways. one way: a single stream, for reference.\n";
+  std::cout << std::left << std::setw(6) << "tls" << std::setw(7) << "mode" << std::right << std::setw(10) << "size"
+            << std::setw(12) << "exchange" << std::setw(16) << "perftest_both" << std::setw(9) << "ratio" << std::setw(15)
+            << "perftest_one" << "\n";
   for (const std::string& tls : tls_list) {
-    const std::map<int64_t, double> seconds = measure_exchange(f, tls);
-    for (int64_t mib : f.sizes_mib) {
-      std::vector<double> perf;
-      for (int i = 0; i < f.repeats; ++i) perf.push_back(measure_perftest(f, tls, mib));
-      const double perftest = median(perf);
-      const double exchange = seconds.count(mib) && seconds.at(mib) > 0 ? double(mib) / seconds.at(mib) : 0.0;
-      const double ratio = perftest > 0 ? exchange / perftest : 0.0;
-      std::cout << std::left << std::setw(6) << tls << std::right << std::setw(6) << mib << " MiB" << std::fixed
-                << std::setprecision(0) << std::setw(14) << exchange << std::setw(14) << perftest
-                << std::setprecision(2) << std::setw(9) << ratio << std::setw(16) << 2 * ratio << "\n";
-      if (mib == 8) headline[tls] = ratio;
+    // The runtime's endpoints ask for peer error handling; UCX 1.13 refuses it for shared memory.
+    const std::vector<std::string> modes = tls == "shm" ? std::vector<std::string>{"none"}
+                                                        : std::vector<std::string>{"peer", "none"};
+    for (const std::string& mode : modes) {
+      const std::map<int64_t, double> seconds = measure_exchange(f, tls, mode);
+      for (int64_t mib : f.sizes_mib) {
+        const double both = measure_perftest_both_ways(f, tls, mib, mode);
+        const double one = measure_perftest(f, tls, mib, 1, mode == "peer" ? " -e" : "");
+        const double exchange = seconds.count(mib) && seconds.at(mib) > 0 ? double(mib) / seconds.at(mib) : 0.0;
+        const double ratio = both > 0 ? exchange / both : 0.0;
+        std::cout << std::left << std::setw(6) << tls << std::setw(7) << mode << std::right << std::setw(6) << mib
+                  << " MiB" << std::fixed << std::setprecision(0) << std::setw(12) << exchange << std::setw(16) << both
+                  << std::setprecision(2) << std::setw(9) << ratio << std::setprecision(0) << std::setw(15) << one
+                  << "\n";
+        if (mib == 8 && mode == modes.front()) headline[tls] = ratio;
+      }
     }
   }
   for (const std::string& tls : tls_list)
