@@ -12,8 +12,8 @@ namespace {
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 // [dg, 2dg] edge and node matrices → one [4dg, dg] matrix: edge_left, edge_right, node_left, node_right.
-std::vector<float> pack_pair_weights(const DagLevelWeights& w, int64_t dg) {
-  std::vector<float> w4(static_cast<size_t>(4 * dg * dg));
+void pack_pair_weights(const DagLevelWeights& w, int64_t dg, std::vector<float>& w4) {
+  w4.resize(static_cast<size_t>(4 * dg * dg));
   for (int64_t r = 0; r < dg; ++r) {
     for (int64_t c = 0; c < dg; ++c) {
       w4[static_cast<size_t>((0 * dg + r) * dg + c)] = w.edge[r * 2 * dg + c];
@@ -22,7 +22,6 @@ std::vector<float> pack_pair_weights(const DagLevelWeights& w, int64_t dg) {
       w4[static_cast<size_t>((3 * dg + r) * dg + c)] = w.node[r * 2 * dg + dg + c];
     }
   }
-  return w4;
 }
 
 }  // namespace
@@ -68,13 +67,14 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
   const size_t L = levels.size();
   DagCache local;
   DagCache& c = cache ? *cache : local;
-  c.h.assign(L + 1, {});
-  c.ln_mean.assign(L, {});
-  c.ln_rstd.assign(L, {});
-  c.ln_out.assign(L, {});
-  c.a.assign(L, {});
-  c.pq.assign(L, {});
-  c.agg.assign(L, {});
+  // resize, not assign: the buffers of the previous step are reused.
+  c.h.resize(L + 1);
+  c.ln_mean.resize(L);
+  c.ln_rstd.resize(L);
+  c.ln_out.resize(L);
+  c.a.resize(L);
+  c.pq.resize(L);
+  c.agg.resize(L);
 
   // h⁰_j = g_j o_j + u_t / K_t
   c.h[0].resize(static_cast<size_t>(N * d));
@@ -100,15 +100,17 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
                       c.ln_rstd[l].data());
     c.a[l].resize(static_cast<size_t>(N * dg));
     linear_forward(c.ln_out[l].data(), N, d, w.down, dg, c.a[l].data());
-    const std::vector<float> w4 = pack_pair_weights(w, dg);
+    pack_pair_weights(w, dg, c.w4);
     c.pq[l].resize(static_cast<size_t>(N * 4 * dg));
-    linear_forward(c.a[l].data(), N, dg, w4.data(), 4 * dg, c.pq[l].data());
-    c.agg[l].assign(static_cast<size_t>(N * dg), 0.0f);
+    linear_forward(c.a[l].data(), N, dg, c.w4.data(), 4 * dg, c.pq[l].data());
+    c.agg[l].resize(static_cast<size_t>(N * dg));
     const float* pq = c.pq[l].data();
     float* agg = c.agg[l].data();
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
       const int64_t b = nodes.offsets[static_cast<size_t>(t)], e = nodes.offsets[static_cast<size_t>(t + 1)];
+      // Pairs stay inside a token: zero its rows here, while they are in cache.
+      std::memset(agg + b * dg, 0, sizeof(float) * static_cast<size_t>((e - b) * dg));
       for (int64_t j = b; j < e; ++j) {
         const float* pj = pq + j * 4 * dg;
         float* aj = agg + j * dg;
@@ -126,11 +128,14 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
     } else {
       // Last level: only Σ_j h^L_j is needed, and Σ_j (h^{L-1}_j + agg_j W_upᵀ) =
       // Σ_j h^{L-1}_j + (Σ_j agg_j) W_upᵀ — one GEMM over tokens instead of nodes.
-      c.agg_sum.assign(static_cast<size_t>(T * dg), 0.0f);
+      c.agg_sum.resize(static_cast<size_t>(T * dg));
 #pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < T; ++t)
+      for (int64_t t = 0; t < T; ++t) {
+        float* sum = c.agg_sum.data() + t * dg;
+        std::memset(sum, 0, sizeof(float) * static_cast<size_t>(dg));
         for (int64_t j = nodes.offsets[static_cast<size_t>(t)]; j < nodes.offsets[static_cast<size_t>(t + 1)]; ++j)
-          for (int64_t k = 0; k < dg; ++k) c.agg_sum[static_cast<size_t>(t * dg + k)] += agg[j * dg + k];
+          for (int64_t k = 0; k < dg; ++k) sum[k] += agg[j * dg + k];
+      }
     }
   }
 
@@ -151,25 +156,28 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
   const int64_t T = nodes.tokens(), N = nodes.nodes();
   const size_t L = levels.size();
   SY_REQUIRE(grads.size() == L && cache.h.size() == L + 1, "DAG backward needs the forward cache of every level");
+  DagCache::Scratch& sc = cache.scratch;  // buffers reused from step to step
   // dh^L_j = dm_t
-  std::vector<float> dh(static_cast<size_t>(N * d));
+  std::vector<float>& dh = sc.dh;
+  dh.resize(static_cast<size_t>(N * d));
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = nodes.offsets[static_cast<size_t>(t)]; j < nodes.offsets[static_cast<size_t>(t + 1)]; ++j)
       std::memcpy(dh.data() + j * d, dm + t * d, sizeof(float) * static_cast<size_t>(d));
 
-  std::vector<float> dagg, dpq, da, dln;
+  std::vector<float>&dagg = sc.dagg, &dpq = sc.dpq, &da = sc.da, &dln = sc.dln;
   for (size_t li = L; li-- > 0;) {
     const DagLevelWeights& w = levels[li];
     const DagLevelGrads& gw = grads[li];
     // h^{l+1} = h^l + agg W_upᵀ; the last level went through per-token sums (see forward).
-    dagg.assign(static_cast<size_t>(N * dg), 0.0f);
+    dagg.resize(static_cast<size_t>(N * dg));
     if (li + 1 < L) {
-      linear_backward_input(dh.data(), N, d, w.up, dg, dagg.data());
+      linear_backward_input(dh.data(), N, d, w.up, dg, dagg.data(), /*accumulate=*/false);
       linear_backward_weight(dh.data(), N, d, cache.agg[li].data(), dg, gw.up);
     } else {
-      std::vector<float> dagg_token(static_cast<size_t>(T * dg), 0.0f);
-      linear_backward_input(dm, T, d, w.up, dg, dagg_token.data());
+      std::vector<float>& dagg_token = sc.dagg_token;
+      dagg_token.resize(static_cast<size_t>(T * dg));
+      linear_backward_input(dm, T, d, w.up, dg, dagg_token.data(), /*accumulate=*/false);
       linear_backward_weight(dm, T, d, cache.agg_sum.data(), dg, gw.up);
 #pragma omp parallel for schedule(static)
       for (int64_t t = 0; t < T; ++t)
@@ -178,12 +186,13 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
     }
     // pairwise gates
     const float* pq = cache.pq[li].data();
-    dpq.assign(static_cast<size_t>(N * 4 * dg), 0.0f);
+    dpq.resize(static_cast<size_t>(N * 4 * dg));
     float* dpqp = dpq.data();
     const float* dap = dagg.data();
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
       const int64_t b = nodes.offsets[static_cast<size_t>(t)], e = nodes.offsets[static_cast<size_t>(t + 1)];
+      std::memset(dpqp + b * 4 * dg, 0, sizeof(float) * static_cast<size_t>((e - b) * 4 * dg));  // this token's rows
       for (int64_t j = b; j < e; ++j) {
         const float* pj = pq + j * 4 * dg;
         const float* gj = dap + j * dg;
@@ -205,8 +214,11 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
         }
       }
     }
-    const std::vector<float> w4 = pack_pair_weights(w, dg);
-    std::vector<float> dw4(static_cast<size_t>(4 * dg * dg), 0.0f);
+    pack_pair_weights(w, dg, sc.w4);
+    da.resize(static_cast<size_t>(N * dg));
+    linear_backward_input(dpq.data(), N, 4 * dg, sc.w4.data(), dg, da.data(), /*accumulate=*/false);
+    std::vector<float>& dw4 = sc.dw4;
+    dw4.assign(static_cast<size_t>(4 * dg * dg), 0.0f);
     linear_backward_weight(dpq.data(), N, 4 * dg, cache.a[li].data(), dg, dw4.data());
     for (int64_t r = 0; r < dg; ++r) {
       for (int64_t c = 0; c < dg; ++c) {
@@ -216,11 +228,9 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
         gw.node[r * 2 * dg + dg + c] += dw4[static_cast<size_t>((3 * dg + r) * dg + c)];
       }
     }
-    da.assign(static_cast<size_t>(N * dg), 0.0f);
-    linear_backward_input(dpq.data(), N, 4 * dg, w4.data(), dg, da.data());
     linear_backward_weight(da.data(), N, dg, cache.ln_out[li].data(), d, gw.down);
-    dln.assign(static_cast<size_t>(N * d), 0.0f);
-    linear_backward_input(da.data(), N, dg, w.down, d, dln.data());
+    dln.resize(static_cast<size_t>(N * d));
+    linear_backward_input(da.data(), N, dg, w.down, d, dln.data(), /*accumulate=*/false);
     // dh^l = dh^{l+1} (residual) + LN backward
     layernorm_backward(dln.data(), cache.h[li].data(), N, d, w.norm_weight, cache.ln_mean[li].data(),
                        cache.ln_rstd[li].data(), dh.data(), gw.norm_weight, gw.norm_bias);

@@ -38,12 +38,17 @@ void linear_forward(const float* x, int64_t n, int64_t in, const float* w, int64
               y, static_cast<int>(out));
 }
 
-void linear_backward_input(const float* dy, int64_t n, int64_t out, const float* w, int64_t in, float* dx) {
-  if (n == 0 || in == 0 || out == 0) return;
+void linear_backward_input(const float* dy, int64_t n, int64_t out, const float* w, int64_t in, float* dx,
+                           bool accumulate) {
+  if (n == 0 || in == 0) return;
+  if (out == 0) {
+    if (!accumulate) std::memset(dx, 0, sizeof(float) * static_cast<size_t>(n * in));
+    return;
+  }
   select_blas_threads(n, in, out);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), static_cast<int>(in),
-              static_cast<int>(out), 1.0f, dy, static_cast<int>(out), w, static_cast<int>(in), 1.0f, dx,
-              static_cast<int>(in));
+              static_cast<int>(out), 1.0f, dy, static_cast<int>(out), w, static_cast<int>(in), accumulate ? 1.0f : 0.0f,
+              dx, static_cast<int>(in));
 }
 
 void linear_backward_weight(const float* dy, int64_t n, int64_t out, const float* x, int64_t in, float* dw) {

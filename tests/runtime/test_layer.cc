@@ -197,6 +197,31 @@ TEST(LayerProperties, ZeroSecondStageEqualsStageOneAlone) {
   for (int64_t i = 0; i < x.numel(); ++i) EXPECT_NEAR(y2[i], y1[i], 1e-6);
 }
 
+// The engine keeps its buffers from step to step (DAG caches and scratch included): a second
+// batch of another size through the same engine must give exactly what a fresh engine gives.
+TEST(LayerProperties, ReusedEngineEqualsFreshEngineOnTheNextBatch) {
+  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/combined.yaml");
+  const Case big = make_case(cfg, 21, 3, 8), next = make_case(cfg, 22, 2, 5);
+  auto step = [&](LayerEngine& layer, const Case& c, TensorMap& grads) {
+    const Tensor y = layer.forward(c.x, {&c.attention, nullptr});
+    return std::pair<Tensor, Tensor>(y, layer.backward(c.grad_y, grads));
+  };
+  TensorMap grads_reused = zeros_like(next.weights), grads_fresh = zeros_like(next.weights);
+  LocalExperts experts_reused(cfg.model, next.weights, &grads_reused);
+  LayerEngine reused(cfg.model, next.weights, experts_reused);
+  (void)step(reused, big, grads_reused);
+  for (auto& [name, t] : grads_reused) t.fill(0.0f);
+  const auto [y_reused, dx_reused] = step(reused, next, grads_reused);
+  LocalExperts experts_fresh(cfg.model, next.weights, &grads_fresh);
+  LayerEngine fresh(cfg.model, next.weights, experts_fresh);
+  const auto [y_fresh, dx_fresh] = step(fresh, next, grads_fresh);
+  ASSERT_EQ(y_reused.numel(), y_fresh.numel());
+  for (int64_t i = 0; i < y_fresh.numel(); ++i) ASSERT_EQ(y_reused[i], y_fresh[i]) << "output " << i;
+  for (int64_t i = 0; i < dx_fresh.numel(); ++i) ASSERT_EQ(dx_reused[i], dx_fresh[i]) << "grad_input " << i;
+  for (const auto& [name, g] : grads_fresh)
+    for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(grads_reused.at(name)[i], g[i]) << name << " " << i;
+}
+
 TEST(LayerProperties, DynamicStatsReportExactBudget) {
   const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/dynamic.yaml");
   Case c = make_case(cfg, 3, 4, 16);

@@ -20,8 +20,9 @@ namespace sy::cpu {
 // y = x Wᵀ (+ y if accumulate). x: [n, in], W: [out, in], y: [n, out].
 void linear_forward(const float* x, int64_t n, int64_t in, const float* w, int64_t out, float* y,
                     bool accumulate = false);
-// dx += dy W. dy: [n, out], dx: [n, in].
-void linear_backward_input(const float* dy, int64_t n, int64_t out, const float* w, int64_t in, float* dx);
+// dx += dy W (dx = dy W when accumulate is false). dy: [n, out], dx: [n, in].
+void linear_backward_input(const float* dy, int64_t n, int64_t out, const float* w, int64_t in, float* dx,
+                           bool accumulate = true);
 // dW += dyᵀ x. dW: [out, in].
 void linear_backward_weight(const float* dy, int64_t n, int64_t out, const float* x, int64_t in, float* dw);
 
@@ -175,10 +176,17 @@ struct DagLevelGrads {
   float* node;
   float* up;
 };
+// Kept by the caller from step to step: the buffers keep their capacity, so a training loop
+// does not fault in fresh pages for every step.
 struct DagCache {
   std::vector<std::vector<float>> h;  // h⁰..h^{L-1}, [nodes, d] each (h^L is never formed)
   std::vector<float> agg_sum;         // [tokens, dg]: Σ_j agg_j of the last level
   std::vector<std::vector<float>> ln_mean, ln_rstd, ln_out, a, pq, agg;  // per level
+  std::vector<float> w4;              // one level's edge and node matrices split in halves, [4dg, dg]
+  struct Scratch {                    // backward's temporaries
+    std::vector<float> dh, dagg, dagg_token, dpq, da, dln, w4, dw4;
+  };
+  mutable Scratch scratch;
 };
 // DAG-MoE structural aggregation (METHODS.md §2.2); m overwritten.
 void dag_forward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
