@@ -277,6 +277,12 @@ const Field kSchema[] = {
            "empty = UCX's own choice.",
    .slot = SY_CLUSTER(ucx_tls),
    .check = [](const Scope& s) { return check_ucx_tls(s.config->cluster.ucx_tls); }},
+  {.path = "cluster.ucx_peer_failure", .type = Type::boolean, .def = "true",
+   .help = "Data-plane endpoints ask UCX to fail requests to a dead peer at once (UCP_ERR_HANDLING_MODE_PEER; "
+           "UCX 1.13's shared-memory transports refuse it and fall back). Over TCP it costs bandwidth: "
+           "`switchyard bench exchange` shows both modes. false: UCX promises no error for a dead peer; the "
+           "coordinator's heartbeats (dead_after_ms) are then what fails requests to a dead worker.",
+   .slot = SY_CLUSTER(ucx_peer_failure)},
   {.path = "cluster.heartbeat_ms", .def = "500", .bound = Bound::gt,
    .help = "Interval of worker and client heartbeats to the coordinator.", .slot = SY_CLUSTER(heartbeat_ms)},
   {.path = "cluster.dead_after_ms", .def = "3000", .bound = Bound::gt,

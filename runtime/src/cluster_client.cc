@@ -367,7 +367,9 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
     to.rank = 0;
     to.world_size = 2;
     to.label = name;
-    link.transport = transport::make_ucx_transport(to);
+    transport::UcxOptions ucx;
+    ucx.peer_error_handling = info.ucx_peer_failure();
+    link.transport = transport::make_ucx_transport(to, ucx);
     auto [host, port] = control::parse_endpoint(w.control_endpoint());
     control::ControlClient::Options co;
     co.name = name;

@@ -79,6 +79,7 @@ struct Coordinator::Impl {
     reply.set_worker_id(id);
     reply.set_workers_expected(cluster.workers);
     reply.set_heartbeat_ms(static_cast<uint32_t>(cluster.heartbeat_ms));
+    reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
     return reply;
   }
 
@@ -125,6 +126,7 @@ struct Coordinator::Impl {
     fill_placement(reply.mutable_placement());
     reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
     reply.set_ucx_tls(cluster.ucx_tls);
+    reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
     return reply;
   }
 

@@ -84,14 +84,16 @@ class Worker {
     id_ = r.worker_id();
     label_ = "worker " + std::to_string(id_) + " (" + transport::default_process_label() + ")";
     heartbeat_ms_ = r.heartbeat_ms();
-    SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator);
+    ucx_.peer_error_handling = r.ucx_peer_failure();
+    SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator << " (UCX peer failure detection "
+                                   << (ucx_.peer_error_handling ? "requested" : "off") << ")");
 
     // 3. The workers' world, for reducing gradients among replicas.
     transport::TransportOptions to;
     to.rank = id_;
     to.world_size = r.workers_expected();
     to.label = label_;
-    peers_ = transport::make_ucx_transport(to);
+    peers_ = transport::make_ucx_transport(to, ucx_);
     cluster::check(transport::bootstrap_transport(*peers_, *coordinator_, "workers-ucx", 120s),
                    label_ + ": joining the workers' data-plane world");
 
@@ -111,7 +113,7 @@ class Worker {
     to.rank = 1;
     to.world_size = 2;
     to.label = label_;
-    conn->transport = transport::make_ucx_transport(to);
+    conn->transport = transport::make_ucx_transport(to, ucx_);
     const std::string own = conn->transport->local_address();
     transport::Status st = conn->transport->connect({req.client_address(), own});
     if (!st.is_ok()) return st;
@@ -440,6 +442,7 @@ class Worker {
   int id_ = -1;
   std::string label_ = "worker";
   uint32_t heartbeat_ms_ = 500;
+  transport::UcxOptions ucx_;  // endpoint error mode, from the coordinator (cluster.ucx_peer_failure)
   std::atomic<bool> heartbeat_stop_{false}, coordinator_lost_{false};
   std::mutex attach_mu_;
   std::vector<std::unique_ptr<ClientConnection>> attached_;  // handed from the control thread

@@ -34,17 +34,19 @@ const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
 struct LocalCluster {
   std::unique_ptr<Coordinator> coordinator;
   std::vector<transport::LocalProcess> workers;
-  LocalCluster(int n, int replicas, int dead_after_ms = 3000) {
+  LocalCluster(int n, int replicas, int dead_after_ms = 3000, bool ucx_peer_failure = true,
+               const std::vector<std::pair<std::string, std::string>>& worker_env = {}) {
     ClusterConfig c;
     c.workers = n;
     c.replicas = replicas;
     c.heartbeat_ms = 200;
     c.dead_after_ms = dead_after_ms;
     c.request_timeout_ms = 20000;
+    c.ucx_peer_failure = ucx_peer_failure;
     coordinator = std::make_unique<Coordinator>(c);
     for (int i = 0; i < n; ++i)
       workers.push_back(transport::LocalProcess::spawn(
-          {kBinary, "worker", "--coordinator", coordinator->endpoint(), "--id", std::to_string(i)}));
+          {kBinary, "worker", "--coordinator", coordinator->endpoint(), "--id", std::to_string(i)}, worker_env));
   }
   ~LocalCluster() {
     for (auto& w : workers)
@@ -266,9 +268,17 @@ TEST(ClusterLaunchers, TorchrunMpirunSlurmEnvironmentsOnLoopbackHosts) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(ClusterFailure, KilledWorkerFailsClientNamingItAndIsMarkedDead) {
+// Over TCP, where UCX grants peer failure detection, with it on (the default: UCX fails the
+// requests) and off (cluster.ucx_peer_failure: false: UCX promises nothing, the coordinator's
+// heartbeats are the backstop; over TCP UCX 1.13 still reports the reset connection).
+class ClusterFailure : public ::testing::TestWithParam<bool> {};
+TEST_P(ClusterFailure, KilledWorkerFailsClientNamingItAndIsMarkedDead) {
   const Config cfg = load_config(kModels + "topk.yaml");
-  LocalCluster cluster(2, 1, /*dead_after_ms=*/1500);
+  ::setenv("UCX_TLS", "tcp,self", 1);  // this process's client endpoints
+  struct RestoreEnv {
+    ~RestoreEnv() { ::unsetenv("UCX_TLS"); }
+  } restore;
+  LocalCluster cluster(2, 1, /*dead_after_ms=*/1500, /*ucx_peer_failure=*/GetParam(), {{"UCX_TLS", "tcp,self"}});
   const TensorMap weights = init_layer_weights(cfg.model, 3);
   ClusterClient client(cluster.coordinator->endpoint(), "client");
   client.load_model(cfg, weights);
@@ -299,6 +309,8 @@ TEST(ClusterFailure, KilledWorkerFailsClientNamingItAndIsMarkedDead) {
   EXPECT_TRUE(status.workers[0].alive);
   EXPECT_FALSE(status.workers[1].alive) << "worker 1 still alive " << status.workers[1].ms_since_heartbeat << " ms after its last heartbeat";
 }
+INSTANTIATE_TEST_SUITE_P(UcxPeerFailure, ClusterFailure, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "on" : "off"; });
 
 TEST(ClusterCheckpoint, SaveRestoreRoundTrip) {
   const Config cfg = load_config(kModels + "dag.yaml");

@@ -83,6 +83,7 @@ struct ClusterConfig {
   int workers = 4;                          // worker processes `switchyard up` starts
   std::string coordinator = "127.0.0.1:0";  // "host:port" (port 0: any free port)
   std::string ucx_tls;                      // exported as UCX_TLS; "" = UCX's own choice
+  bool ucx_peer_failure = true;             // UCP_ERR_HANDLING_MODE_PEER on data-plane endpoints
   int heartbeat_ms = 500;
   int dead_after_ms = 3000;                 // > heartbeat_ms
   int request_timeout_ms = 10000;
