@@ -701,6 +701,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.workers",
                                          "cluster.coordinator",
                                          "cluster.ucx_tls",
+                                         "cluster.ucx_peer_failure",
                                          "cluster.heartbeat_ms",
                                          "cluster.dead_after_ms",
                                          "cluster.request_timeout_ms",
