@@ -12,8 +12,9 @@
 // UCP_ERR_HANDLING_MODE_PEER). Its per-direction bandwidth is the mean of the two streams'
 // "overall" bandwidths (an upper bound when one stream finishes first, so the ratio errs low).
 // Four perftest processes share the machine's cores, so each pair runs in both of perftest's
-// wait modes (poll, sleep) and the better is the peer. Ratio = exchange / peer, median of
-// `repeats` peer runs. A one-direction tag_bw stream is printed too, for reference.
+// wait modes (poll, sleep) and the better is the peer. Exchange runs (fresh processes) and peer
+// runs alternate `repeats` times; ratio = median exchange / median peer. A one-direction tag_bw
+// stream is printed too, for reference.
 //
 // Endpoint modes: the runtime asks UCX for UCP_ERR_HANDLING_MODE_PEER so that a dead peer fails
 // requests at once. UCX 1.13 grants it over TCP (at a bandwidth cost this benchmark shows: the
@@ -290,15 +291,12 @@ double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_
   return ok ? total / streams : 0.0;
 }
 
-// The peer for an exchange: both directions at once, the better of perftest's wait modes,
-// median over `repeats` runs.
+// One sample of the peer for an exchange: both directions at once, the better of perftest's
+// wait modes.
 double measure_perftest_both_ways(const BenchFlags& f, const std::string& tls_name, int64_t mib,
                                   const std::string& error_mode) {
   const std::string e = error_mode == "peer" ? " -e" : "";
-  std::vector<double> runs;
-  for (int i = 0; i < f.repeats; ++i)
-    runs.push_back(std::max(measure_perftest(f, tls_name, mib, 2, e), measure_perftest(f, tls_name, mib, 2, e + " -E sleep")));
-  return median(runs);
+  return std::max(measure_perftest(f, tls_name, mib, 2, e), measure_perftest(f, tls_name, mib, 2, e + " -E sleep"));
 }
 
 }  // namespace
@@ -314,10 +312,10 @@ int cli_bench_exchange(const std::vector<std::string>& args) {
   if (f.tls == "both" || f.tls == "tcp") tls_list.push_back("tcp");
   std::map<std::string, double> headline;
   std::cout << "bench exchange: 2 processes on loopback, each sending `size` to the other; per-direction "
-               "bandwidth in MiB/s.\n  exchange: median of timed exchanges. perftest both ways: two "
+               "bandwidth in MiB/s.\n  exchange: median exchange time of a run. perftest both ways: two "
                "`ucx_perftest -t tag_bw` streams, one each way at once, same UCX_TLS and endpoint mode "
-               "(better of poll/sleep wait modes, median of "
-            << f.repeats << " runs). ratio = exchange / perftest both ways. one way: a single stream, for reference.\n";
+               "(better of poll/sleep wait modes); exchange and perftest runs alternate, medians of "
+            << f.repeats << " each. ratio = exchange / perftest both ways. one way: a single stream, for reference.\n";
   std::cout << std::left << std::setw(6) << "tls" << std::setw(7) << "mode" << std::right << std::setw(10) << "size"
             << std::setw(12) << "exchange" << std::setw(16) << "perftest_both" << std::setw(9) << "ratio" << std::setw(15)
             << "perftest_one" << "\n";
@@ -326,11 +324,20 @@ int cli_bench_exchange(const std::vector<std::string>& args) {
     const std::vector<std::string> modes = tls == "shm" ? std::vector<std::string>{"none"}
                                                         : std::vector<std::string>{"peer", "none"};
     for (const std::string& mode : modes) {
-      const std::map<int64_t, double> seconds = measure_exchange(f, tls, mode);
+      // Exchange runs and peer runs alternate, so that a burst of load on this shared machine
+      // hits both sides alike; each side's figure is the median of its `repeats` runs.
+      std::map<int64_t, std::vector<double>> exchange_runs, peer_runs;
+      for (int rep = 0; rep < f.repeats; ++rep) {
+        const std::map<int64_t, double> seconds = measure_exchange(f, tls, mode);
+        for (int64_t mib : f.sizes_mib) {
+          exchange_runs[mib].push_back(seconds.count(mib) && seconds.at(mib) > 0 ? double(mib) / seconds.at(mib) : 0.0);
+          peer_runs[mib].push_back(measure_perftest_both_ways(f, tls, mib, mode));
+        }
+      }
       for (int64_t mib : f.sizes_mib) {
-        const double both = measure_perftest_both_ways(f, tls, mib, mode);
+        const double both = median(peer_runs[mib]);
         const double one = measure_perftest(f, tls, mib, 1, mode == "peer" ? " -e" : "");
-        const double exchange = seconds.count(mib) && seconds.at(mib) > 0 ? double(mib) / seconds.at(mib) : 0.0;
+        const double exchange = median(exchange_runs[mib]);
         const double ratio = both > 0 ? exchange / both : 0.0;
         std::cout << std::left << std::setw(6) << tls << std::setw(7) << mode << std::right << std::setw(6) << mib
                   << " MiB" << std::fixed << std::setprecision(0) << std::setw(12) << exchange << std::setw(16) << both
