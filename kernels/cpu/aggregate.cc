@@ -75,6 +75,7 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
   c.a.resize(L);
   c.pq.resize(L);
   c.agg.resize(L);
+  c.w4.resize(L);
 
   // h⁰_j = g_j o_j + u_t / K_t
   c.h[0].resize(static_cast<size_t>(N * d));
@@ -100,9 +101,9 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
                       c.ln_rstd[l].data());
     c.a[l].resize(static_cast<size_t>(N * dg));
     linear_forward(c.ln_out[l].data(), N, d, w.down, dg, c.a[l].data());
-    pack_pair_weights(w, dg, c.w4);
+    pack_pair_weights(w, dg, c.w4[l]);
     c.pq[l].resize(static_cast<size_t>(N * 4 * dg));
-    linear_forward(c.a[l].data(), N, dg, c.w4.data(), 4 * dg, c.pq[l].data());
+    linear_forward(c.a[l].data(), N, dg, c.w4[l].data(), 4 * dg, c.pq[l].data());
     c.agg[l].resize(static_cast<size_t>(N * dg));
     const float* pq = c.pq[l].data();
     float* agg = c.agg[l].data();
@@ -155,7 +156,8 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
                   float* d_expert_out, float* dgate, float* du, std::span<const DagLevelGrads> grads) {
   const int64_t T = nodes.tokens(), N = nodes.nodes();
   const size_t L = levels.size();
-  SY_REQUIRE(grads.size() == L && cache.h.size() == L + 1, "DAG backward needs the forward cache of every level");
+  SY_REQUIRE(grads.size() == L && cache.h.size() == L + 1 && cache.w4.size() == L,
+             "DAG backward needs the forward cache of every level");
   DagCache::Scratch& sc = cache.scratch;  // buffers reused from step to step
   // dh^L_j = dm_t
   std::vector<float>& dh = sc.dh;
@@ -214,9 +216,8 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
         }
       }
     }
-    pack_pair_weights(w, dg, sc.w4);
-    da.resize(static_cast<size_t>(N * dg));
-    linear_backward_input(dpq.data(), N, 4 * dg, sc.w4.data(), dg, da.data(), /*accumulate=*/false);
+    da.resize(static_cast<size_t>(N * dg));  // packed by forward, same weights
+    linear_backward_input(dpq.data(), N, 4 * dg, cache.w4[li].data(), dg, da.data(), /*accumulate=*/false);
     std::vector<float>& dw4 = sc.dw4;
     dw4.assign(static_cast<size_t>(4 * dg * dg), 0.0f);
     linear_backward_weight(dpq.data(), N, 4 * dg, cache.a[li].data(), dg, dw4.data());

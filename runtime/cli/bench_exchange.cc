@@ -243,13 +243,14 @@ double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_
     return " -p " + std::to_string(port) + " -t tag_bw -s " + std::to_string(mib << 20) + " -n " +
            std::to_string(iterations_for(mib) * 2) + " -w 5" + extra;
   };
-  for (int s = 0; s < streams; ++s) {
-    ports.push_back(free_port());
-    servers.push_back(transport::LocalProcess::spawn(
-        {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(ports.back()) + " >/dev/null 2>&1"},
-        {{"UCX_TLS", tls}}));
-  }
-  std::this_thread::sleep_for(300ms);
+  auto start_servers = [&] {
+    for (uint16_t port : ports)
+      servers.push_back(transport::LocalProcess::spawn(
+          {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(port) + " >/dev/null 2>&1"}, {{"UCX_TLS", tls}}));
+    std::this_thread::sleep_for(300ms);
+  };
+  for (int s = 0; s < streams; ++s) ports.push_back(free_port());
+  start_servers();
   double total = 0;
   bool ok = true;
   for (int attempt = 0; attempt < 20; ++attempt) {
@@ -278,10 +279,7 @@ double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_
       // A server was not listening yet; the others already ran their test and exited.
       for (auto& server : servers) (void)server.wait(30000ms);
       servers.clear();
-      for (uint16_t port : ports)
-        servers.push_back(transport::LocalProcess::spawn(
-            {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(port) + " >/dev/null 2>&1"}, {{"UCX_TLS", tls}}));
-      std::this_thread::sleep_for(300ms);
+      start_servers();
       continue;
     }
     std::cerr << "bench exchange: ucx_perftest gave no result:\n" << all;

@@ -182,9 +182,9 @@ struct DagCache {
   std::vector<std::vector<float>> h;  // h⁰..h^{L-1}, [nodes, d] each (h^L is never formed)
   std::vector<float> agg_sum;         // [tokens, dg]: Σ_j agg_j of the last level
   std::vector<std::vector<float>> ln_mean, ln_rstd, ln_out, a, pq, agg;  // per level
-  std::vector<float> w4;              // one level's edge and node matrices split in halves, [4dg, dg]
-  struct Scratch {                    // backward's temporaries
-    std::vector<float> dh, dagg, dagg_token, dpq, da, dln, w4, dw4;
+  std::vector<std::vector<float>> w4;  // per level: edge and node matrices split in halves, [4dg, dg]
+  struct Scratch {                     // backward's temporaries
+    std::vector<float> dh, dagg, dagg_token, dpq, da, dln, dw4;
   };
   mutable Scratch scratch;
 };
