@@ -9,11 +9,11 @@
 #include <cstdio>
 #include <thread>
 
-#include "switchyard/runtime/cluster_client.h"
-#include "switchyard/runtime/coordinator.h"
-#include "switchyard/runtime/moe_model.h"
-#include "switchyard/runtime/toy_task.h"
-#include "switchyard/transport/local_launch.h"
+#include "switchyard/client/cluster_client.h"
+#include "switchyard/coordinator/coordinator.h"
+#include "switchyard/engine/moe_model.h"
+#include "switchyard/cli/toy_task.h"
+#include "switchyard/launch/local_launch.h"
 
 namespace sy {
 namespace {
@@ -58,16 +58,17 @@ int main() {
   ClusterConfig cc;
   cc.workers = workers;
   Coordinator coordinator(cc);
-  std::vector<transport::LocalProcess> procs;
+  std::vector<launch::LocalProcess> procs;
   const unsigned threads = std::max(1u, std::thread::hardware_concurrency() / workers);
   for (int i = 0; i < workers; ++i)
-    procs.push_back(transport::LocalProcess::spawn(
+    procs.push_back(launch::LocalProcess::spawn(
         {std::string(SY_BINARY_DIR) + "/switchyard", "worker", "--coordinator", coordinator.endpoint(), "--id",
          std::to_string(i)},
         {{"OMP_NUM_THREADS", std::to_string(threads)}}));
   double cluster_s = 0, exchange_share = 0, worker_share = 0;
   {
     ClusterClient client(coordinator.endpoint(), "bench cluster");
+    client.load_model(cfg, weights);
     MoeModel remote(cfg, weights, client);
     remote.forward(x);  // warm-up round trips
     remote.backward(g);

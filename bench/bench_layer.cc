@@ -10,9 +10,9 @@
 #include <string>
 
 #include "switchyard/core/config.h"
-#include "switchyard/runtime/layer_engine.h"
-#include "switchyard/runtime/layer_weights.h"
-#include "switchyard/runtime/toy_task.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/cli/toy_task.h"
 
 namespace sy {
 namespace {

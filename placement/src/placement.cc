@@ -8,10 +8,6 @@
 
 namespace sy {
 
-std::string ExpertKey::to_string() const {
-  return "layers." + std::to_string(layer) + ".stages." + std::to_string(stage) + ".experts." + std::to_string(expert);
-}
-
 Placement Placement::round_robin(const ModelConfig& model, int workers) { return default_placement(model, workers, 1); }
 
 Placement default_placement(const ModelConfig& model, int workers, int replicas) {

@@ -37,7 +37,7 @@
 #include <thread>
 
 #include "switchyard/core/error.h"
-#include "switchyard/transport/local_launch.h"
+#include "switchyard/launch/local_launch.h"
 #include "switchyard/transport/rendezvous.h"
 #include "switchyard/transport/ucx.h"
 
@@ -188,10 +188,10 @@ std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::strin
     if (!sizes.empty()) sizes += ',';
     sizes += std::to_string(s);
   }
-  std::vector<transport::LocalProcess> ranks;
+  std::vector<launch::LocalProcess> ranks;
   for (int r = 0; r < 2; ++r)
-    ranks.push_back(transport::LocalProcess::spawn(
-        {transport::current_executable(), "bench", "exchange", "--rank", std::to_string(r), "--coordinator",
+    ranks.push_back(launch::LocalProcess::spawn(
+        {launch::current_executable(), "bench", "exchange", "--rank", std::to_string(r), "--coordinator",
          server.endpoint(), "--sizes", sizes, "--tls-name", tls_name, "--error-mode", error_mode},
         {{"UCX_TLS", ucx_tls_for(tls_name)}}));
   for (int r = 0; r < 2; ++r) {
@@ -238,14 +238,14 @@ double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_
                         const std::string& extra) {
   const std::string tls = ucx_tls_for(tls_name);
   std::vector<uint16_t> ports;
-  std::vector<transport::LocalProcess> servers;
+  std::vector<launch::LocalProcess> servers;
   auto common = [&](uint16_t port) {
     return " -p " + std::to_string(port) + " -t tag_bw -s " + std::to_string(mib << 20) + " -n " +
            std::to_string(iterations_for(mib) * 2) + " -w 5" + extra;
   };
   auto start_servers = [&] {
     for (uint16_t port : ports)
-      servers.push_back(transport::LocalProcess::spawn(
+      servers.push_back(launch::LocalProcess::spawn(
           {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(port) + " >/dev/null 2>&1"}, {{"UCX_TLS", tls}}));
     std::this_thread::sleep_for(300ms);
   };

@@ -14,14 +14,14 @@
 #include "flags.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/error.h"
-#include "switchyard/runtime/cluster_client.h"
-#include "switchyard/runtime/coordinator.h"
-#include "switchyard/runtime/launch_env.h"
-#include "switchyard/runtime/layer_engine.h"
-#include "switchyard/runtime/layer_weights.h"
-#include "switchyard/runtime/toy_task.h"
-#include "switchyard/runtime/worker.h"
-#include "switchyard/transport/local_launch.h"
+#include "switchyard/client/cluster_client.h"
+#include "switchyard/coordinator/coordinator.h"
+#include "switchyard/launch/launch_env.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/cli/toy_task.h"
+#include "switchyard/worker/worker.h"
+#include "switchyard/launch/local_launch.h"
 
 namespace sy {
 namespace {
@@ -94,10 +94,10 @@ int cli_up(const std::vector<std::string>& args) {
   if (!std::getenv("OMP_NUM_THREADS"))
     env.emplace_back("OMP_NUM_THREADS",
                      std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(cfg.cluster.workers))));
-  std::vector<transport::LocalProcess> workers;
+  std::vector<launch::LocalProcess> workers;
   for (int i = 0; i < cfg.cluster.workers; ++i)
-    workers.push_back(transport::LocalProcess::spawn(
-        {transport::current_executable(), "worker", "--coordinator", endpoint, "--id", std::to_string(i)}, env));
+    workers.push_back(launch::LocalProcess::spawn(
+        {launch::current_executable(), "worker", "--coordinator", endpoint, "--id", std::to_string(i)}, env));
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   while (coordinator.alive_workers() < cfg.cluster.workers) {
     if (g_stop || std::chrono::steady_clock::now() > deadline) {

@@ -9,9 +9,9 @@
 #include <fstream>
 
 #include "switchyard/core/io.h"
-#include "switchyard/runtime/layer_engine.h"
-#include "switchyard/runtime/layer_weights.h"
-#include "switchyard/runtime/toy_task.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/cli/toy_task.h"
 
 namespace sy {
 namespace {

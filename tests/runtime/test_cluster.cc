@@ -16,13 +16,13 @@
 #include <thread>
 
 #include "switchyard/core/error.h"
-#include "switchyard/runtime/cluster_client.h"
-#include "switchyard/runtime/coordinator.h"
-#include "switchyard/runtime/layer_engine.h"
-#include "switchyard/runtime/layer_weights.h"
-#include "switchyard/runtime/moe_model.h"
-#include "switchyard/runtime/toy_task.h"
-#include "switchyard/transport/local_launch.h"
+#include "switchyard/client/cluster_client.h"
+#include "switchyard/coordinator/coordinator.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/engine/moe_model.h"
+#include "switchyard/cli/toy_task.h"
+#include "switchyard/launch/local_launch.h"
 
 namespace sy {
 namespace {
@@ -33,7 +33,7 @@ const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
 
 struct LocalCluster {
   std::unique_ptr<Coordinator> coordinator;
-  std::vector<transport::LocalProcess> workers;
+  std::vector<launch::LocalProcess> workers;
   LocalCluster(int n, int replicas, int dead_after_ms = 3000, bool ucx_peer_failure = true,
                const std::vector<std::pair<std::string, std::string>>& worker_env = {}) {
     ClusterConfig c;
@@ -45,7 +45,7 @@ struct LocalCluster {
     c.ucx_peer_failure = ucx_peer_failure;
     coordinator = std::make_unique<Coordinator>(c);
     for (int i = 0; i < n; ++i)
-      workers.push_back(transport::LocalProcess::spawn(
+      workers.push_back(launch::LocalProcess::spawn(
           {kBinary, "worker", "--coordinator", coordinator->endpoint(), "--id", std::to_string(i)}, worker_env));
   }
   ~LocalCluster() {
@@ -177,6 +177,7 @@ TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) {
   MoeModel local(cfg, weights);
   LocalCluster cluster(2, 1);
   ClusterClient client(cluster.coordinator->endpoint(), "model client");
+  client.load_model(cfg, weights);
   MoeModel remote(cfg, weights, client);
   const Batch batch = make_batch(cfg.model, 3);
   // Composition by hand: h1 = x + layer0(x), h2 = h1 + layer1(h1).
@@ -221,24 +222,24 @@ TEST(ClusterLaunchers, TorchrunMpirunSlurmEnvironmentsOnLoopbackHosts) {
   std::ofstream(dir + "/cluster.yaml") << "cluster:\n  workers: 3\n  ucx_tls: tcp,self\n";
   const int port = free_port("127.0.0.2");
   const std::string coord = "127.0.0.2:" + std::to_string(port);
-  auto coordinator = transport::LocalProcess::spawn(
+  auto coordinator = launch::LocalProcess::spawn(
       {kBinary, "coordinator", "--config", dir + "/cluster.yaml", "--listen", coord});
   const std::vector<std::pair<std::string, std::string>> tcp = {{"UCX_TLS", "tcp,self"}};
   auto with = [&](std::vector<std::pair<std::string, std::string>> env) {
     env.insert(env.end(), tcp.begin(), tcp.end());
     return env;
   };
-  std::vector<transport::LocalProcess> workers;
+  std::vector<launch::LocalProcess> workers;
   // torchrun: RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; the coordinator listens on MASTER_PORT+1.
-  workers.push_back(transport::LocalProcess::spawn(
+  workers.push_back(launch::LocalProcess::spawn(
       {kBinary, "worker", "--bind", "127.0.0.3"},
       with({{"RANK", "0"}, {"WORLD_SIZE", "3"}, {"MASTER_ADDR", "127.0.0.2"}, {"MASTER_PORT", std::to_string(port - 1)}})));
   // Open MPI: OMPI_COMM_WORLD_*; the coordinator from SWITCHYARD_COORDINATOR.
-  workers.push_back(transport::LocalProcess::spawn(
+  workers.push_back(launch::LocalProcess::spawn(
       {kBinary, "worker", "--bind", "127.0.0.4"},
       with({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "3"}, {"SWITCHYARD_COORDINATOR", coord}})));
   // Slurm: SLURM_PROCID/SLURM_NTASKS.
-  workers.push_back(transport::LocalProcess::spawn(
+  workers.push_back(launch::LocalProcess::spawn(
       {kBinary, "worker", "--bind", "127.0.0.3"},
       with({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "3"}, {"SWITCHYARD_COORDINATOR", coord}})));
   ::setenv("UCX_TLS", "tcp,self", 1);

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "switchyard/core/error.h"
-#include "switchyard/runtime/expert_store.h"
-#include "switchyard/runtime/layer_weights.h"
+#include "switchyard/worker/expert_store.h"
+#include "switchyard/engine/layer_weights.h"
 
 namespace sy {
 namespace {
@@ -30,7 +30,7 @@ ModelConfig model(int f0 = 8) {
 
 // Expert weights as init_layer_weights gives them (layer `key.layer` seeded differently).
 TensorMap weights_for(const ModelConfig& m, const ExpertKey& key, uint64_t seed = 5) {
-  return extract_expert_weights(m, init_layer_weights(m, seed + static_cast<uint64_t>(key.layer)), key);
+  return extract_expert_weights(m, init_layer_weights(m, seed + static_cast<uint64_t>(key.layer), layer_prefix(m, key.layer)), key);
 }
 
 std::vector<float> random_rows(int64_t rows, int64_t d, uint32_t seed) {
@@ -451,14 +451,71 @@ TEST(ExpertStore, ConcurrentRequestsOnSeveralThreads) {
 }
 
 TEST(ExpertStore, ExtractExpertWeightsFromALayerFile) {
-  const ModelConfig m = model();
-  const TensorMap layer = init_layer_weights(m, 3, "layers.1.");
-  const TensorMap w = extract_expert_weights(m, layer, {1, 0, 2}, "layers.1.");
+  const ModelConfig m = model();  // two layers: names carry "layers.{l}."
+  const TensorMap layer = init_layer_weights(m, 3, layer_prefix(m, 1));
+  const TensorMap w = extract_expert_weights(m, layer, {1, 0, 2});
   ASSERT_EQ(w.size(), 3u);
   EXPECT_TRUE(bit_equal(w.at("up_proj.weight"), layer.at("layers.1.stages.0.experts.2.up_proj.weight")));
-  EXPECT_EQ(extract_expert_weights(m, layer, {1, 1, 0}, "layers.1.").size(), 2u);
-  expect_input_error([&] { extract_expert_weights(m, layer, {1, 0, 2}); }, {"'stages.0.experts.2.gate_proj.weight'"});
-  EXPECT_EQ(expert_tensor_name({1, 0, 2}, "up_proj.weight"), "layers.1.stages.0.experts.2.up_proj.weight");
+  EXPECT_EQ(extract_expert_weights(m, layer, {1, 1, 0}).size(), 2u);
+  expect_input_error([&] { extract_expert_weights(m, layer, {0, 0, 2}); }, {"'layers.0.stages.0.experts.2.gate_proj.weight'"});
+  EXPECT_EQ(expert_param_name(m, {1, 0, 2}, "up_proj.weight"), "layers.1.stages.0.experts.2.up_proj.weight");
+  ModelConfig one = m;
+  one.layers = 1;
+  EXPECT_EQ(expert_param_name(one, {0, 0, 2}, "up_proj.weight"), "stages.0.experts.2.up_proj.weight");
+  ExpertKey key;
+  std::string tensor;
+  ASSERT_TRUE(parse_expert_param_name(m, "layers.1.stages.0.experts.2.up_proj.weight.exp_avg", key, tensor));
+  EXPECT_EQ(key, (ExpertKey{1, 0, 2}));
+  EXPECT_EQ(tensor, "up_proj.weight.exp_avg");
+  EXPECT_FALSE(parse_expert_param_name(m, "stages.0.experts.2.up_proj.weight", key, tensor));
+  EXPECT_FALSE(parse_expert_param_name(m, "layers.01.stages.0.experts.2.up_proj.weight", key, tensor));
+}
+
+TEST(ExpertTensors, CodecRoundTripsWeightsAndMoments) {
+  const ModelConfig m = model();
+  for (int stage : {0, 1}) {  // swiglu and gelu
+    const ExpertGeometry g = ExpertGeometry::of(m, stage);
+    ExpertTensors t = ExpertTensors::fresh(g, weights_for(m, {0, stage, 1}));
+    t.step = 7;
+    float v = 0.5f;
+    for (auto& [name, moment] : t.moments)
+      for (int64_t i = 0; i < moment.numel(); ++i) moment[i] = v += 0.25f;
+    for (bool with_moments : {false, true}) {
+      std::vector<float> flat = {42.0f};  // encode appends
+      encode_expert(g, t, with_moments, flat);
+      ASSERT_EQ(static_cast<int64_t>(flat.size()), 1 + encoded_expert_floats(g, with_moments));
+      const ExpertTensors back = decode_expert(g, std::span(flat).subspan(1), with_moments, "test");
+      for (const auto& [name, w] : t.weights) EXPECT_TRUE(bit_equal(back.weights.at(name), w)) << name;
+      EXPECT_EQ(back.moments.size(), with_moments ? t.moments.size() : 0u);
+      for (const auto& [name, mt] : back.moments) EXPECT_TRUE(bit_equal(mt, t.moments.at(name))) << name;
+      flat.pop_back();
+      expect_input_error([&] { decode_expert(g, std::span(flat).subspan(1), with_moments, "worker 3"); }, {"worker 3"});
+    }
+  }
+}
+
+TEST(ExpertStoreCheckpoint, OneLayerModelsUseTheWeightFileNames) {
+  ModelConfig m = model();
+  m.layers = 1;
+  ExpertStore a(m);
+  a.add({0, 0, 1}, weights_for(m, {0, 0, 1}));
+  const std::string path = temp_path("one_layer.safetensors");
+  a.save(path);
+  const TensorMap saved = read_safetensors(path);
+  EXPECT_TRUE(saved.count("stages.0.experts.1.up_proj.weight"));
+  ExpertStore b(m);
+  b.load(path);
+  EXPECT_TRUE(bit_equal(b.weights({0, 0, 1}).at("up_proj.weight"), a.weights({0, 0, 1}).at("up_proj.weight")));
+  // Version 1 spelled every name with "layers.{l}.": still read.
+  TensorMap v1;
+  for (const auto& [name, t] : saved) v1.emplace("layers.0." + name, t);
+  auto meta = read_safetensors_metadata(path);
+  meta["version"] = "1";
+  write_safetensors(path, v1, meta);
+  ExpertStore c(m);
+  c.load(path);
+  EXPECT_TRUE(bit_equal(c.weights({0, 0, 1}).at("up_proj.weight"), a.weights({0, 0, 1}).at("up_proj.weight")));
+  std::remove(path.c_str());
 }
 
 }  // namespace

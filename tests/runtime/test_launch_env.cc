@@ -5,7 +5,7 @@
 #include <string>
 
 #include "switchyard/core/error.h"
-#include "switchyard/runtime/launch_env.h"
+#include "switchyard/launch/launch_env.h"
 
 namespace sy {
 namespace {

@@ -8,9 +8,9 @@
 #include "../support/fd.h"
 #include "../support/reference.h"
 #include "switchyard/core/error.h"
-#include "switchyard/runtime/layer_engine.h"
-#include "switchyard/runtime/layer_weights.h"
-#include "switchyard/runtime/toy_task.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/cli/toy_task.h"
 
 namespace sy {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "exchange_scenario.h"
 #include "switchyard/transport/inprocess.h"
-#include "switchyard/transport/local_launch.h"
+#include "switchyard/launch/local_launch.h"
 #include "switchyard/transport/nccl.h"
 #include "switchyard/transport/rendezvous.h"
 #include "switchyard/transport/ucx.h"
@@ -15,6 +15,7 @@
 namespace {
 
 using namespace sy::transport;
+using sy::launch::LocalProcess;
 using namespace std::chrono_literals;
 
 constexpr Timeout kCollectiveTimeout = 60000ms;

@@ -27,16 +27,9 @@
 #include <vector>
 
 #include "switchyard/core/config.h"
+#include "switchyard/core/expert.h"
 
 namespace sy {
-
-struct ExpertKey {
-  int layer = 0;
-  int stage = 0;
-  int expert = 0;
-  auto operator<=>(const ExpertKey&) const = default;
-  std::string to_string() const;  // "layers.0.stages.1.experts.5"
-};
 
 class Placement {
  public:

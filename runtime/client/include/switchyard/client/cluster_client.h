@@ -1,0 +1,103 @@
+// The client side of the cluster: a library object inside a trainer rank or a serving front
+// end. It learns membership and placement from the coordinator, attaches to every worker
+// (one UCX endpoint pair each), loads expert weights per placement, and gives the layer
+// engine a `RemoteExperts` per layer: route → schedule replicas → pack per worker → exchange
+// over UCX → unpack. Every wait is bounded; a dead or silent worker fails the call with an
+// error naming it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/io.h"
+#include "switchyard/placement/placement.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/moe_model.h"
+#include "switchyard/engine/optimizer.h"
+
+namespace sy {
+
+struct WorkerStatus {
+  int id = 0;
+  uint32_t pid = 0;
+  std::string host, control_endpoint;
+  bool alive = false;
+  uint64_t rows_forward = 0, rows_backward = 0, steps = 0;
+  uint32_t experts = 0;
+  uint64_t expert_bytes = 0;
+  double rows_per_s = 0;
+  uint64_t ms_since_heartbeat = 0;
+};
+
+struct ClusterStatus {
+  uint64_t placement_epoch = 0;
+  int workers_expected = 0;
+  std::vector<WorkerStatus> workers;
+  bool model_loaded = false;
+  Placement placement;
+};
+
+// Reads the coordinator's view without attaching (for `switchyard status`).
+ClusterStatus query_cluster_status(const std::string& coordinator);
+// Asks the coordinator to shut the cluster down (`switchyard up` stops its workers).
+void request_cluster_shutdown(const std::string& coordinator);
+
+class ClusterClient final : public ExpertProvider {
+ public:
+  // Connects to the coordinator, waits (up to `ready_timeout_ms`) until every expected
+  // worker is alive, and attaches to each.
+  ClusterClient(const std::string& coordinator, const std::string& name, int ready_timeout_ms = 30000);
+  ~ClusterClient();
+  ClusterClient(const ClusterClient&) = delete;
+  ClusterClient& operator=(const ClusterClient&) = delete;
+
+  // Places the model (new placement epoch), loads every expert's weights from `weights`
+  // (names of METHODS.md §5, with "layers.{n}." when model.layers > 1) onto its replicas.
+  void load_model(const Config& config, const TensorMap& weights);
+  // Uses the model another client loaded (waits until it is committed).
+  void use_loaded_model(const Config& config);
+
+  // The routed experts of layer `layer`, for a LayerEngine. `training` keeps the workers'
+  // activations for backward; serving requests do not.
+  ExpertCompute& experts(int layer) override;
+  void set_training(bool training) { training_ = training; }
+
+  // Optimizer step of the expert replicas: every worker applies AdamW once `group_size`
+  // clients (data-parallel ranks) asked for step number `step`; replicas' gradients are
+  // reduced first so they stay bit-identical.
+  void step(const AdamWConfig& adamw, int group_size, uint64_t step) override;
+  // Expert weight gradients, summed over replicas (names as in the weights file).
+  TensorMap fetch_expert_grads();
+  // The weights of the expert replicas `worker` holds (model weight names), e.g. to check that
+  // replicas are bit-identical or to export trained experts.
+  TensorMap fetch_replica_weights(int worker);
+  void zero_expert_grads();
+  // Checkpoint every worker's replicas (weights + AdamW state) to `dir` / restore from it.
+  void save_checkpoint(const std::string& dir);
+  void restore_checkpoint(const std::string& dir);
+
+  // Rows this client has sent to each worker (index = worker id), for load display.
+  std::vector<uint64_t> rows_sent() const;
+  // Seconds spent in exchange (waiting on the data plane, less the workers' compute) and in
+  // the workers' compute (the slowest worker of each round trip), since construction.
+  double exchange_seconds() const { return exchange_seconds_; }
+  double worker_compute_seconds() const;
+  const Placement& placement() const { return placement_; }
+  int workers() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  Placement placement_;
+  bool training_ = true;
+  double exchange_seconds_ = 0;
+  friend class RemoteExperts;
+};
+
+}  // namespace sy

@@ -1,0 +1,66 @@
+// The client library's model: `model.layers` MoE layers on a residual stream,
+// h_{n+1} = h_n + layer_n(h_n), trained with forward / backward / step. Routed experts live
+// either in this process (LocalExperts) or wherever an `ExpertProvider` keeps them (a
+// cluster's workers, through runtime/client's ClusterClient); every
+// dense parameter (routers, norms, DAG, shared experts, coefficients) lives here. This is the
+// object a trainer rank or a serving front end embeds.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/expert.h"
+#include "switchyard/core/io.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/optimizer.h"
+
+namespace sy {
+
+// Where a model's routed experts live when they are not in this process: the ExpertCompute of
+// each layer, and their optimizer step.
+class ExpertProvider {
+ public:
+  virtual ~ExpertProvider() = default;
+  virtual ExpertCompute& experts(int layer) = 0;
+  // AdamW on the experts, once `group_size` data-parallel ranks asked for step `step`.
+  virtual void step(const AdamWConfig& adamw, int group_size, uint64_t step) = 0;
+};
+
+// Every layer's parameters (METHODS.md §5 names with layer prefixes), initialised as
+// init_layer_weights does.
+TensorMap init_model_weights(const ModelConfig& model, uint64_t seed);
+
+class MoeModel {
+ public:
+  // Everything local.
+  MoeModel(const Config& config, TensorMap weights);
+  // Routed experts from `experts` (already loaded there, e.g. ClusterClient::load_model);
+  // expert tensors in `weights` are dropped, the dense ones kept here.
+  MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts);
+  ~MoeModel();
+
+  // Residual-stream output h_L for input h_0 = x [T, d]; keeps what backward needs.
+  Tensor forward(const Tensor& x, const ImportanceInput& importance = {});
+  // dL/dx for L = Σ h_L ⊙ grad_out + aux_loss(); accumulates gradients.
+  Tensor backward(const Tensor& grad_out);
+  // AdamW on every parameter (dense here, experts where they live), then zeroes gradients.
+  // `group_size` data-parallel ranks must all call step for the experts to move.
+  void step(const AdamWConfig& adamw, int group_size = 1);
+  double aux_loss() const;
+  const TensorMap& weights() const { return weights_; }  // dense only when on a cluster
+  const TensorMap& grads() const { return grads_; }
+  const std::vector<std::unique_ptr<LayerEngine>>& layers() const { return layers_; }
+
+ private:
+  void build();
+  Config config_;
+  TensorMap weights_, grads_;
+  ExpertProvider* remote_ = nullptr;
+  std::vector<std::unique_ptr<ExpertCompute>> local_experts_;
+  std::vector<std::unique_ptr<LayerEngine>> layers_;
+  std::unique_ptr<AdamW> adam_;
+  uint64_t steps_ = 0;
+};
+
+}  // namespace sy

@@ -1,0 +1,369 @@
+#include "switchyard/engine/layer_engine.h"
+
+#include <cstring>
+
+#include "switchyard/core/error.h"
+#include "switchyard/core/expert.h"
+#include "switchyard/engine/layer_weights.h"
+
+namespace sy {
+namespace {
+
+
+void add_into(Tensor& dst, const Tensor& src) {
+  float* a = dst.data();
+  const float* b = src.data();
+  const int64_t n = dst.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+}
+
+}  // namespace
+
+// ---------------- LocalExperts ----------------
+
+LocalExperts::LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix)
+    : model_(model), weights_(weights), grads_(grads), prefix_(std::move(prefix)) {
+  caches_.resize(model.layer.stages.size());
+  inputs_.resize(model.layer.stages.size());
+  for (size_t s = 0; s < model.layer.stages.size(); ++s)
+    caches_[s].resize(static_cast<size_t>(model.layer.stages[s].experts));
+}
+
+void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) {
+  const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
+  const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
+  output = Tensor({layout.rows(), d});
+  for (int64_t i = 0; i < st.experts; ++i) {
+    const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
+    const std::string ep = expert_param_prefix(prefix_, stage, i);
+    cpu::ExpertWeights w;
+    if (st.activation == Activation::swiglu) w.gate = weights_.at(ep + "gate_proj.weight").data();
+    w.up = weights_.at(ep + "up_proj.weight").data();
+    w.down = weights_.at(ep + "down_proj.weight").data();
+    cpu::ffn_forward(input.data() + begin * d, rows, d, f, st.activation, w, output.data() + begin * d,
+                     &caches_[static_cast<size_t>(stage)][static_cast<size_t>(i)]);
+  }
+  inputs_[static_cast<size_t>(stage)] = input;
+}
+
+void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
+                            Tensor& grad_input) {
+  if (!grads_) throw_runtime_error("LocalExperts::backward without a gradient map");
+  const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
+  const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
+  const Tensor& input = inputs_[static_cast<size_t>(stage)];
+  grad_input = Tensor({layout.rows(), d});
+  for (int64_t i = 0; i < st.experts; ++i) {
+    const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
+    if (rows == 0) continue;
+    const std::string ep = expert_param_prefix(prefix_, stage, i);
+    cpu::ExpertWeights w;
+    cpu::ExpertGrads g;
+    if (st.activation == Activation::swiglu) {
+      w.gate = weights_.at(ep + "gate_proj.weight").data();
+      g.gate = grads_->at(ep + "gate_proj.weight").data();
+    }
+    w.up = weights_.at(ep + "up_proj.weight").data();
+    w.down = weights_.at(ep + "down_proj.weight").data();
+    g.up = grads_->at(ep + "up_proj.weight").data();
+    g.down = grads_->at(ep + "down_proj.weight").data();
+    cpu::ffn_backward(grad_output.data() + begin * d, input.data() + begin * d, rows, d, f, st.activation, w,
+                      caches_[static_cast<size_t>(stage)][static_cast<size_t>(i)], grad_input.data() + begin * d, g);
+  }
+}
+
+// ---------------- LayerEngine ----------------
+
+struct LayerEngine::StageState {
+  Tensor norm_input;            // what this stage's norm saw (r_{s-1}, or x for input_norm)
+  std::vector<float> norm_rstd;
+  bool normed = false;
+  Tensor u;                     // stage input
+  std::vector<float> p, lse;    // router probabilities and logsumexp
+  cpu::Selection selection;
+  cpu::DispatchLayout layout;
+  cpu::NodeList nodes;
+  Tensor expert_out;            // packed expert outputs
+  Tensor aggregated;            // m before the shared-expert mix
+  cpu::DagCache dag;
+  cpu::FfnCache shared_cache;
+  Tensor shared_out;
+  std::vector<float> coef;
+};
+
+LayerEngine::LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts,
+                         std::string prefix)
+    : model_(model), weights_(weights), experts_(experts), prefix_(std::move(prefix)) {
+  for (size_t s = 0; s < model.layer.stages.size(); ++s) states_.push_back(std::make_unique<StageState>());
+  stats_.resize(model.layer.stages.size());
+}
+
+LayerEngine::~LayerEngine() = default;
+
+const Tensor& LayerEngine::param(const std::string& name) const {
+  auto it = weights_.find(prefix_ + name);
+  if (it == weights_.end()) throw_input_error("missing tensor '" + prefix_ + name + "'");
+  return it->second;
+}
+
+float* LayerEngine::grad(TensorMap& grads, const std::string& name) const {
+  auto it = grads.find(prefix_ + name);
+  if (it == grads.end()) throw_runtime_error("gradient map has no entry '" + prefix_ + name + "'");
+  return it->second.data();
+}
+
+double LayerEngine::aux_loss() const {
+  double total = 0.0;
+  for (const StageStats& s : stats_) total += s.load_balance_loss + s.z_loss;
+  return total;
+}
+
+Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) {
+  const int64_t d = model_.hidden_size;
+  if (x.rank() != 2 || x.dim(1) != d)
+    throw_input_error("layer input has shape " + shape_to_string(x.shape()) + ", expected [T, " +
+                      std::to_string(d) + "] (hidden_size " + std::to_string(d) + ")");
+  const int64_t T = x.dim(0);
+  input_shape_ = x.shape();
+  Tensor y({T, d});
+  Tensor residual = x;  // r_{s-1}
+  for (size_t si = 0; si < model_.layer.stages.size(); ++si) {
+    const int s = static_cast<int>(si);
+    StageState& st = *states_[si];
+    Tensor u;
+    const bool norm = s >= 1 || model_.layer.input_norm == InputNorm::rmsnorm;
+    st.normed = norm;
+    if (norm) {
+      const Tensor& w = s == 0 ? param("input_norm.weight") : param("stages." + std::to_string(s) + ".norm.weight");
+      st.norm_input = residual;
+      st.norm_rstd.resize(static_cast<size_t>(T));
+      u = Tensor({T, d});
+      cpu::rmsnorm_forward(residual.data(), T, d, w.data(), u.data(), st.norm_rstd.data());
+    } else {
+      u = residual;
+    }
+    Tensor m = stage_forward(s, u, importance);
+    add_into(y, m);
+    if (si + 1 < model_.layer.stages.size()) add_into(residual, m);
+  }
+  return y;
+}
+
+Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput& importance) {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  StageState& st = *states_[static_cast<size_t>(s)];
+  StageStats& stats = stats_[static_cast<size_t>(s)];
+  const std::string sp = "stages." + std::to_string(s) + ".";
+  const int64_t T = u.dim(0), d = model_.hidden_size, E = cfg.experts;
+  st.u = u;
+
+  // Router.
+  std::vector<float> logits(static_cast<size_t>(T * E));
+  cpu::linear_forward(u.data(), T, d, param(sp + "router.weight").data(), E, logits.data());
+  st.p.resize(static_cast<size_t>(T * E));
+  st.lse.resize(static_cast<size_t>(T));
+  cpu::softmax_forward(logits.data(), T, E, st.p.data(), st.lse.data());
+
+  // Experts per token.
+  std::vector<int32_t> k;
+  if (cfg.routing.kind == RoutingKind::topk) {
+    k.assign(static_cast<size_t>(T), cfg.routing.k);
+  } else {
+    std::vector<float> imp;
+    int64_t sequences = 1, length = T;
+    if (importance.attention) {
+      const Tensor& a = *importance.attention;
+      if (a.rank() != 4 || a.dim(2) != a.dim(3))
+        throw_input_error("attention has shape " + shape_to_string(a.shape()) + ", expected [B, H, L, L]");
+      if (a.dim(0) * a.dim(2) != T)
+        throw_input_error("attention has shape " + shape_to_string(a.shape()) + ": B·L = " +
+                          std::to_string(a.dim(0) * a.dim(2)) + " but the input has " + std::to_string(T) +
+                          " tokens");
+      sequences = a.dim(0);
+      length = a.dim(2);
+      imp = cpu::importance_from_attention(a.data(), a.dim(0), a.dim(1), a.dim(2), cfg.routing.causal_correction);
+    } else if (importance.importance) {
+      const Tensor& i = *importance.importance;
+      if (!(i.rank() == 1 && i.dim(0) == T) && !(i.rank() == 2 && i.dim(0) * i.dim(1) == T))
+        throw_input_error("importance has shape " + shape_to_string(i.shape()) + ", expected [" + std::to_string(T) +
+                          "] or [B, L] with B·L = " + std::to_string(T));
+      if (i.rank() == 2) {
+        sequences = i.dim(0);
+        length = i.dim(1);
+      }
+      imp = i.values();
+    } else {
+      throw_input_error("stage " + std::to_string(s) +
+                        " uses routing.kind: dynamic and needs token importance (--attention or --importance)");
+    }
+    k = cpu::allocate_experts(imp, sequences, length,
+                              {cfg.routing.k_avg, cfg.routing.k_min, cfg.routing.k_max, cfg.routing.budget});
+  }
+  st.selection = cpu::select_experts(st.p.data(), T, E, k);
+  cpu::compute_gates(st.p.data(), cfg.routing.normalize, st.selection);
+  cpu::apply_capacity(cfg.capacity_factor, st.selection);
+  st.layout = cpu::build_dispatch_layout(st.selection);
+  st.nodes = cpu::build_node_list(st.selection, st.layout);
+
+  // Dispatch to the experts and back.
+  Tensor packed({st.layout.rows(), d});
+  cpu::gather_rows(u.data(), d, st.layout.token, packed.data());
+  experts_.forward(s, st.layout, packed, st.expert_out);
+  if (st.expert_out.numel() != st.layout.rows() * d)
+    throw_runtime_error("expert compute returned " + shape_to_string(st.expert_out.shape()) + " for " +
+                        std::to_string(st.layout.rows()) + " rows");
+
+  // Aggregate.
+  st.aggregated = Tensor({T, d});
+  if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
+    cpu::weighted_sum_forward(st.nodes, st.expert_out.data(), d, st.aggregated.data());
+  } else {
+    std::vector<cpu::DagLevelWeights> levels;
+    for (int l = 0; l < cfg.aggregation.levels; ++l) {
+      const std::string dp = sp + "dag." + std::to_string(l) + ".";
+      levels.push_back({param(dp + "norm.weight").data(), param(dp + "norm.bias").data(), param(dp + "down.weight").data(),
+                        param(dp + "edge.weight").data(), param(dp + "node.weight").data(), param(dp + "up.weight").data()});
+    }
+    cpu::dag_forward(st.nodes, st.expert_out.data(), u.data(), d, cfg.aggregation.dim, cfg.aggregation.edges, levels,
+                     st.aggregated.data(), &st.dag);
+  }
+
+  // Shared expert.
+  Tensor m;
+  if (cfg.shared_expert.enabled) {
+    const int64_t fs = cfg.shared_expert.ffn_hidden_size;
+    cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
+                         param(sp + "shared.down_proj.weight").data()};
+    st.shared_out = Tensor({T, d});
+    cpu::ffn_forward(u.data(), T, d, fs, Activation::swiglu, w, st.shared_out.data(), &st.shared_cache);
+    if (cfg.shared_expert.mix == SharedMix::add) {
+      m = st.aggregated;
+      add_into(m, st.shared_out);
+    } else {
+      m = Tensor({T, d});
+      st.coef.resize(static_cast<size_t>(2 * T));
+      cpu::coefficient_mix_forward(u.data(), T, d, param(sp + "shared_coef.weight").data(),
+                                   param(sp + "shared_coef.bias").data(), st.aggregated.data(), st.shared_out.data(),
+                                   m.data(), st.coef.data());
+    }
+  } else {
+    m = st.aggregated;
+  }
+
+  // Statistics and auxiliary losses.
+  stats.tokens = T;
+  stats.assignments = st.selection.slots();
+  stats.dropped = st.selection.dropped;
+  stats.k_histogram.assign(static_cast<size_t>(E + 1), 0);
+  for (int32_t kt : k) ++stats.k_histogram[static_cast<size_t>(kt)];
+  stats.mean_k = T ? static_cast<double>(stats.assignments) / static_cast<double>(T) : 0.0;
+  stats.expert_rows.resize(static_cast<size_t>(E));
+  for (int64_t i = 0; i < E; ++i) stats.expert_rows[static_cast<size_t>(i)] = st.layout.expert_rows(i);
+  stats.load_balance_loss = cpu::load_balance_loss(st.p.data(), st.selection, cfg.aux_loss.load_balance, nullptr);
+  stats.z_loss = cpu::z_loss(st.p.data(), st.lse.data(), T, E, cfg.aux_loss.z_loss, nullptr);
+  return m;
+}
+
+Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
+  const int64_t d = model_.hidden_size;
+  if (grad_y.shape() != input_shape_)
+    throw_input_error("grad_output has shape " + shape_to_string(grad_y.shape()) + ", the layer output has " +
+                      shape_to_string(input_shape_));
+  const int64_t T = input_shape_.at(0);
+  Tensor dr_next({T, d});  // dL/dr_s from later stages
+  Tensor dx;
+  for (size_t si = model_.layer.stages.size(); si-- > 0;) {
+    const int s = static_cast<int>(si);
+    StageState& st = *states_[si];
+    Tensor dm = grad_y;
+    add_into(dm, dr_next);
+    Tensor du = stage_backward(s, dm, grads);
+    Tensor dr_prev = dr_next;  // r_s = r_{s-1} + m_s
+    if (st.normed) {
+      const std::string wname = s == 0 ? "input_norm.weight" : "stages." + std::to_string(s) + ".norm.weight";
+      cpu::rmsnorm_backward(du.data(), st.norm_input.data(), T, d, param(wname).data(), st.norm_rstd.data(),
+                            dr_prev.data(), grad(grads, wname));
+    } else {
+      add_into(dr_prev, du);
+    }
+    dr_next = std::move(dr_prev);
+  }
+  dx = std::move(dr_next);
+  return dx;
+}
+
+Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  StageState& st = *states_[static_cast<size_t>(s)];
+  const std::string sp = "stages." + std::to_string(s) + ".";
+  const int64_t T = st.u.dim(0), d = model_.hidden_size, E = cfg.experts;
+  const float* u = st.u.data();
+  Tensor du({T, d});
+
+  // Shared expert and mix.
+  Tensor d_agg;
+  if (cfg.shared_expert.enabled) {
+    Tensor d_shared({T, d});
+    if (cfg.shared_expert.mix == SharedMix::add) {
+      d_agg = dm;
+      d_shared = dm;
+    } else {
+      d_agg = Tensor({T, d});
+      cpu::coefficient_mix_backward(dm.data(), u, T, d, param(sp + "shared_coef.weight").data(), st.aggregated.data(),
+                                    st.shared_out.data(), st.coef.data(), d_agg.data(), d_shared.data(), du.data(),
+                                    grad(grads, sp + "shared_coef.weight"), grad(grads, sp + "shared_coef.bias"));
+    }
+    cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
+                         param(sp + "shared.down_proj.weight").data()};
+    cpu::ExpertGrads g{grad(grads, sp + "shared.gate_proj.weight"), grad(grads, sp + "shared.up_proj.weight"),
+                       grad(grads, sp + "shared.down_proj.weight")};
+    cpu::ffn_backward(d_shared.data(), u, T, d, cfg.shared_expert.ffn_hidden_size, Activation::swiglu, w,
+                      st.shared_cache, du.data(), g);
+  } else {
+    d_agg = dm;
+  }
+
+  // Aggregation.
+  std::vector<float> dgate(static_cast<size_t>(st.selection.slots()), 0.0f);
+  Tensor d_expert_out({st.layout.rows(), d});
+  if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
+    cpu::weighted_sum_backward(st.nodes, st.expert_out.data(), d, d_agg.data(), d_expert_out.data(), dgate.data());
+  } else {
+    std::vector<cpu::DagLevelWeights> levels;
+    std::vector<cpu::DagLevelGrads> level_grads;
+    for (int l = 0; l < cfg.aggregation.levels; ++l) {
+      const std::string dp = sp + "dag." + std::to_string(l) + ".";
+      levels.push_back({param(dp + "norm.weight").data(), param(dp + "norm.bias").data(), param(dp + "down.weight").data(),
+                        param(dp + "edge.weight").data(), param(dp + "node.weight").data(), param(dp + "up.weight").data()});
+      level_grads.push_back({grad(grads, dp + "norm.weight"), grad(grads, dp + "norm.bias"),
+                             grad(grads, dp + "down.weight"), grad(grads, dp + "edge.weight"),
+                             grad(grads, dp + "node.weight"), grad(grads, dp + "up.weight")});
+    }
+    cpu::dag_backward(st.nodes, st.expert_out.data(), u, d, cfg.aggregation.dim, cfg.aggregation.edges, levels, st.dag,
+                      d_agg.data(), d_expert_out.data(), dgate.data(), du.data(), level_grads);
+  }
+
+  // Experts, then unpack their input gradients per expert (tokens are distinct within one expert).
+  Tensor d_packed;
+  experts_.backward(s, st.layout, d_expert_out, d_packed);
+  for (int64_t i = 0; i < E; ++i) {
+    const int64_t begin = st.layout.expert_offsets[static_cast<size_t>(i)], rows = st.layout.expert_rows(i);
+    cpu::scatter_add_rows(d_packed.data() + begin * d, d,
+                          std::span<const int64_t>(st.layout.token).subspan(static_cast<size_t>(begin),
+                                                                            static_cast<size_t>(rows)),
+                          du.data());
+  }
+
+  // Router: gates, load-balance loss → dp → softmax → dz (+ z-loss) → W_r and u.
+  std::vector<float> dp(static_cast<size_t>(T * E), 0.0f), dz(static_cast<size_t>(T * E), 0.0f);
+  cpu::gates_backward(st.p.data(), st.selection, cfg.routing.normalize, dgate.data(), dp.data());
+  cpu::load_balance_loss(st.p.data(), st.selection, cfg.aux_loss.load_balance, dp.data());
+  cpu::softmax_backward(dp.data(), st.p.data(), T, E, dz.data());
+  cpu::z_loss(st.p.data(), st.lse.data(), T, E, cfg.aux_loss.z_loss, dz.data());
+  cpu::linear_backward_weight(dz.data(), T, E, u, d, grad(grads, sp + "router.weight"));
+  cpu::linear_backward_input(dz.data(), T, E, param(sp + "router.weight").data(), d, du.data());
+  return du;
+}
+
+}  // namespace sy

@@ -1,0 +1,82 @@
+#include "switchyard/engine/moe_model.h"
+
+#include "switchyard/core/error.h"
+#include "switchyard/engine/layer_weights.h"
+
+namespace sy {
+
+TensorMap init_model_weights(const ModelConfig& model, uint64_t seed) {
+  TensorMap all;
+  for (int n = 0; n < model.layers; ++n) all.merge(init_layer_weights(model, seed, layer_prefix(model, n)));
+  return all;
+}
+
+MoeModel::MoeModel(const Config& config, TensorMap weights) : config_(config), weights_(std::move(weights)) {
+  for (int n = 0; n < config_.model.layers; ++n)
+    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n));
+  grads_ = zeros_like(weights_);
+  build();
+}
+
+MoeModel::MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts)
+    : config_(config), weights_(std::move(weights)), remote_(&experts) {
+  for (int n = 0; n < config_.model.layers; ++n)  // the experts live with the provider
+    for (const ParamSpec& spec : layer_param_specs(config_.model, layer_prefix(config_.model, n)))
+      if (spec.owner == ParamOwner::expert) weights_.erase(spec.name);
+  for (int n = 0; n < config_.model.layers; ++n)
+    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n), true);
+  grads_ = zeros_like(weights_);
+  build();
+}
+
+MoeModel::~MoeModel() = default;
+
+void MoeModel::build() {
+  const ModelConfig& m = config_.model;
+  for (int n = 0; n < m.layers; ++n) {
+    const std::string prefix = layer_prefix(m, n);
+    ExpertCompute* experts;
+    if (remote_) {
+      experts = &remote_->experts(n);
+    } else {
+      local_experts_.push_back(std::make_unique<LocalExperts>(m, weights_, &grads_, prefix));
+      experts = local_experts_.back().get();
+    }
+    layers_.push_back(std::make_unique<LayerEngine>(m, weights_, *experts, prefix));
+  }
+}
+
+Tensor MoeModel::forward(const Tensor& x, const ImportanceInput& importance) {
+  Tensor h = x;
+  for (auto& layer : layers_) {
+    const Tensor y = layer->forward(h, importance);
+    for (int64_t i = 0; i < h.numel(); ++i) h[i] += y[i];
+  }
+  return h;
+}
+
+Tensor MoeModel::backward(const Tensor& grad_out) {
+  Tensor dh = grad_out;  // h_{n+1} = h_n + y_n: dh_n = dh_{n+1} + dL/dh_n through the layer
+  for (size_t n = layers_.size(); n-- > 0;) {
+    const Tensor dx = layers_[n]->backward(dh, grads_);
+    for (int64_t i = 0; i < dh.numel(); ++i) dh[i] += dx[i];
+  }
+  return dh;
+}
+
+void MoeModel::step(const AdamWConfig& adamw, int group_size) {
+  ++steps_;
+  if (!adam_) adam_ = std::make_unique<AdamW>(adamw);
+  adam_->set_lr(adamw.lr);  // schedules change lr between steps; the moments carry over
+  adam_->step(weights_, grads_);
+  if (remote_) remote_->step(adamw, group_size, steps_);
+  for (auto& [name, g] : grads_) g.fill(0.0f);
+}
+
+double MoeModel::aux_loss() const {
+  double total = 0;
+  for (const auto& layer : layers_) total += layer->aux_loss();
+  return total;
+}
+
+}  // namespace sy

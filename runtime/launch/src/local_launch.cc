@@ -1,0 +1,101 @@
+#include "switchyard/launch/local_launch.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+extern char** environ;
+
+namespace sy::launch {
+
+LocalProcess LocalProcess::spawn(const std::vector<std::string>& argv,
+                                 const std::vector<std::pair<std::string, std::string>>& extra_env) {
+  if (argv.empty()) throw Error(ErrorKind::transport, "spawn: empty command line");
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string kv = *e;
+    const size_t eq = kv.find('=');
+    if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (const auto& [k, v] : extra_env) env[k] = v;
+  std::vector<std::string> env_strings;
+  for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  std::vector<char*> envp, args;
+  for (std::string& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_copy = argv;
+  for (std::string& s : argv_copy) args.push_back(s.data());
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), envp.data());
+  if (rc != 0) throw Error(ErrorKind::transport, "spawn of " + argv[0] + " failed: " + std::strerror(rc));
+  LocalProcess p;
+  p.pid_ = pid;
+  p.name_ = argv[0] + " (pid " + std::to_string(pid) + ")";
+  return p;
+}
+
+LocalProcess::LocalProcess(LocalProcess&& other) noexcept : pid_(other.pid_), name_(std::move(other.name_)) {
+  other.pid_ = -1;
+}
+
+LocalProcess& LocalProcess::operator=(LocalProcess&& other) noexcept {
+  if (this != &other) {
+    kill();
+    pid_ = other.pid_;
+    name_ = std::move(other.name_);
+    other.pid_ = -1;
+  }
+  return *this;
+}
+
+LocalProcess::~LocalProcess() { kill(); }
+
+void LocalProcess::kill() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+}
+
+Result<int> LocalProcess::wait(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return Status(StatusCode::invalid_argument, "wait: no child process");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto pause = std::chrono::microseconds(500);
+  while (true) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+      return 255;
+    }
+    if (r < 0 && errno != EINTR) {
+      pid_ = -1;
+      return Status(StatusCode::internal, "waitpid for " + name_ + ": " + std::strerror(errno));
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      const std::string name = name_;
+      kill();
+      return Status(StatusCode::timeout, name + " still running after " + std::to_string(timeout.count()) +
+                                             " ms; killed");
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(20000));
+  }
+}
+
+std::string current_executable() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
+
+}  // namespace sy::launch

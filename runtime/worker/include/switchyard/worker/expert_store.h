@@ -1,0 +1,127 @@
+// The worker-side holder of expert replicas: weights, gradients and AdamW state per
+// (layer, stage, expert), the expert FFN forward/backward on rows a client sent, the optimizer
+// step, and checkpoints.
+//
+// Requests. A client's forward for one (layer, stage) carries a caller-chosen `request_id`
+// (e.g. a hash of client, step, layer, stage); the store keeps the activations backward needs
+// under (request_id, expert) until backward() or drop_request() releases them. Forward-only
+// (serving) traffic uses infer(), which keeps nothing.
+//
+// Threads. forward, infer and backward may run concurrently from several threads, for any mix
+// of experts and request ids (backward of one expert serializes its gradient accumulation,
+// so the sum order of concurrent backward calls on one expert follows their timing).
+// add, remove, step, zero_grads and load take the store exclusively and wait for running
+// computations; call them at step boundaries. grads() hands out a reference for the
+// cross-replica reduction: use it while no backward is in flight.
+//
+// Replicas of one expert stay bit-identical when they start equal and, before every step(),
+// their gradients are made equal (the reduction writes the same sum into each replica's grads).
+//
+// Checkpoint: one safetensors file per worker, the model weight file's names
+// (expert_param_name: "layers.{l}." only when the model has several layers), AdamW moments next
+// to each weight ("….up_proj.weight.exp_avg", "….exp_avg_sq"), and metadata: "format" =
+// "switchyard.expert_store", "version" = "2" (version 1, where every name carried "layers.{l}.",
+// is still read), "hidden_size", and per replica
+// "adam_steps.layers.{l}.stages.{s}.experts.{i}" = its AdamW step count. Gradients are not
+// saved (a checkpoint is taken between steps).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "switchyard/core/config.h"
+#include "switchyard/core/expert.h"
+#include "switchyard/core/io.h"
+#include "switchyard/kernels/cpu_ops.h"
+#include "switchyard/placement/placement.h"
+#include "switchyard/engine/optimizer.h"
+
+namespace sy {
+
+class ExpertStore {
+ public:
+  explicit ExpertStore(const ModelConfig& model);  // keeps a copy of the model config
+  ExpertStore(const ExpertStore&) = delete;
+  ExpertStore& operator=(const ExpertStore&) = delete;
+
+  // Adds a replica with its weights (short names, ExpertGeometry::tensor_names; shapes [f, d] for
+  // gate/up, [d, f] for down; finite), zeroed gradients and fresh AdamW state (step 0, zero
+  // moments). Throws an input error naming the tensor or the key (already held, not in the model).
+  void add(const ExpertKey& key, TensorMap weights);
+  // Adds a replica with its whole state (weights, moments, step): checkpoint restore and migration.
+  void add(const ExpertKey& key, ExpertTensors tensors);
+  // A copy of the replica's state (weights, AdamW moments and step): fetch, checkpoint, migration.
+  ExpertTensors tensors_of(const ExpertKey& key) const;
+  // Drops a replica and any activations kept for it (after a migration moved it away).
+  void remove(const ExpertKey& key);
+  bool holds(const ExpertKey& key) const;
+  std::vector<ExpertKey> keys() const;  // sorted
+
+  // out[rows, d] = E(x[rows, d]) (overwritten); keeps x and the FFN activations under
+  // (request_id, key) for backward. A second forward for the same (request_id, key) before its
+  // backward is an error.
+  void forward(const ExpertKey& key, uint64_t request_id, const float* x, int64_t rows, float* out);
+  // out = E(x) keeping nothing: forward-only (serving) requests.
+  void infer(const ExpertKey& key, const float* x, int64_t rows, float* out) const;
+  // grad_in[rows, d] (overwritten) from grad_out[rows, d] for the rows of forward(key,
+  // request_id); accumulates the weight gradients; releases that forward's activations.
+  // `rows` must equal the forward's.
+  void backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows, float* grad_in);
+  // Releases every activation kept under request_id (a forward that will see no backward).
+  void drop_request(uint64_t request_id);
+  // Requests with activations still kept (for leak checks and status).
+  int64_t pending_activations() const;
+
+  // The replica's gradients (short names), for the cross-replica reduction before step().
+  TensorMap& grads(const ExpertKey& key);
+  const TensorMap& weights(const ExpertKey& key) const;
+  // The replica's AdamW state: step count and moments ("{name}.exp_avg", "{name}.exp_avg_sq").
+  const AdamW& optimizer(const ExpertKey& key) const;
+
+  // AdamW with `config` on every replica (each with its own step counter; replicas that saw
+  // no tokens still step, so all replicas of an expert advance together), then zero grads.
+  void step(const AdamWConfig& config);
+  void zero_grads();
+
+  // Checkpoint (format above). save() writes path.tmp and renames it. load() replaces the
+  // store's contents with the file's replicas after validating every tensor (name, shape,
+  // finite, nothing missing or extra) and the metadata; on error the store is unchanged and
+  // the input error names the file and the tensor. Kept activations are released.
+  void save(const std::string& path) const;
+  void load(const std::string& path);
+
+  // Replica memory: Σ over replicas of 4 × expert weight bytes (weights, gradients, two
+  // moments) — the quantity placement's memory check budgets.
+  int64_t bytes() const;
+
+  const ModelConfig& model() const { return model_; }
+
+ private:
+  struct Replica {
+    explicit Replica(ExpertTensors t);
+    TensorMap weights;  // short names
+    TensorMap grads;
+    AdamW optimizer;
+    std::mutex grad_mutex;  // serializes gradient accumulation of concurrent backward calls
+  };
+  struct Activations {  // what backward needs from one forward
+    int64_t rows = 0;
+    std::vector<float> x;
+    cpu::FfnCache ffn;
+  };
+  Replica& replica(const ExpertKey& key) const;  // caller holds mutex_
+
+  ModelConfig model_;
+  mutable std::shared_mutex mutex_;  // replicas_: shared for compute, exclusive for changes
+  std::map<ExpertKey, std::unique_ptr<Replica>> replicas_;
+  mutable std::mutex cache_mutex_;  // cache_
+  std::map<std::pair<uint64_t, ExpertKey>, Activations> cache_;
+};
+
+}  // namespace sy

@@ -1,0 +1,340 @@
+#include "switchyard/worker/expert_store.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <set>
+#include <string_view>
+
+#include "switchyard/core/error.h"
+#include "switchyard/engine/layer_weights.h"
+
+namespace sy {
+namespace {
+
+constexpr const char* kFormat = "switchyard.expert_store";
+constexpr const char* kVersion = "2";  // 2: names as in the model weight file
+
+using CheckpointFail = std::function<void(const std::string&)>;  // throws
+constexpr const char* kStepsPrefix = "adam_steps.";
+
+cpu::ExpertWeights weights_of(const TensorMap& w, Activation activation) {
+  cpu::ExpertWeights out;
+  if (activation == Activation::swiglu) out.gate = w.at("gate_proj.weight").data();
+  out.up = w.at("up_proj.weight").data();
+  out.down = w.at("down_proj.weight").data();
+  return out;
+}
+
+cpu::ExpertGrads grads_of(TensorMap& g, Activation activation) {
+  cpu::ExpertGrads out;
+  if (activation == Activation::swiglu) out.gate = g.at("gate_proj.weight").data();
+  out.up = g.at("up_proj.weight").data();
+  out.down = g.at("down_proj.weight").data();
+  return out;
+}
+
+bool same_except_lr(const AdamWConfig& a, const AdamWConfig& b) {
+  return a.beta1 == b.beta1 && a.beta2 == b.beta2 && a.eps == b.eps && a.weight_decay == b.weight_decay;
+}
+
+}  // namespace
+
+ExpertStore::Replica::Replica(ExpertTensors t)
+    : weights(std::move(t.weights)), grads(zeros_like(weights)), optimizer(AdamWConfig{}) {
+  optimizer.restore_state(t.step, std::move(t.moments));
+}
+
+ExpertStore::ExpertStore(const ModelConfig& model) : model_(model) {}
+
+ExpertStore::Replica& ExpertStore::replica(const ExpertKey& key) const {
+  auto it = replicas_.find(key);
+  if (it == replicas_.end()) throw_runtime_error("expert store holds no replica of " + key.to_string());
+  return *it->second;
+}
+
+void ExpertStore::add(const ExpertKey& key, TensorMap weights) {
+  if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
+  add(key, ExpertTensors::fresh(ExpertGeometry::of(model_, key.stage), std::move(weights)));
+}
+
+void ExpertStore::add(const ExpertKey& key, ExpertTensors tensors) {
+  if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
+  tensors.validate(ExpertGeometry::of(model_, key.stage), "expert " + key.to_string());
+  auto r = std::make_unique<Replica>(std::move(tensors));
+  std::unique_lock lock(mutex_);
+  if (!replicas_.emplace(key, std::move(r)).second)
+    throw_input_error("expert store already holds a replica of " + key.to_string());
+}
+
+ExpertTensors ExpertStore::tensors_of(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  const Replica& r = replica(key);
+  return {r.weights, r.optimizer.state(), r.optimizer.steps()};
+}
+
+void ExpertStore::remove(const ExpertKey& key) {
+  std::unique_lock lock(mutex_);
+  if (replicas_.erase(key) == 0) throw_runtime_error("expert store holds no replica of " + key.to_string());
+  std::lock_guard cache_lock(cache_mutex_);
+  std::erase_if(cache_, [&](const auto& entry) { return entry.first.second == key; });
+}
+
+bool ExpertStore::holds(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  return replicas_.count(key) != 0;
+}
+
+std::vector<ExpertKey> ExpertStore::keys() const {
+  std::shared_lock lock(mutex_);
+  std::vector<ExpertKey> out;
+  out.reserve(replicas_.size());
+  for (const auto& entry : replicas_) out.push_back(entry.first);
+  return out;
+}
+
+void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float* x, int64_t rows, float* out) {
+  if (rows < 0) throw_runtime_error("expert store: negative row count for " + key.to_string());
+  std::shared_lock lock(mutex_);
+  const Replica& r = replica(key);
+  const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
+  const auto cache_key = std::make_pair(request_id, key);
+  {
+    std::lock_guard cache_lock(cache_mutex_);
+    if (cache_.count(cache_key)) {
+      throw_runtime_error("expert store: request " + std::to_string(request_id) + " already ran forward on " +
+                          key.to_string() + " (backward or drop_request releases it)");
+    }
+  }
+  Activations act;
+  act.rows = rows;
+  act.x.assign(x, x + rows * g.d);
+  if (rows > 0) cpu::ffn_forward(x, rows, g.d, g.f, g.activation, weights_of(r.weights, g.activation), out, &act.ffn);
+  std::lock_guard cache_lock(cache_mutex_);
+  if (!cache_.emplace(cache_key, std::move(act)).second) {
+    throw_runtime_error("expert store: request " + std::to_string(request_id) + " ran forward on " + key.to_string() +
+                        " twice at once");
+  }
+}
+
+void ExpertStore::infer(const ExpertKey& key, const float* x, int64_t rows, float* out) const {
+  if (rows < 0) throw_runtime_error("expert store: negative row count for " + key.to_string());
+  std::shared_lock lock(mutex_);
+  const Replica& r = replica(key);
+  const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
+  if (rows > 0) cpu::ffn_forward(x, rows, g.d, g.f, g.activation, weights_of(r.weights, g.activation), out, nullptr);
+}
+
+void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows,
+                           float* grad_in) {
+  std::shared_lock lock(mutex_);
+  Replica& r = replica(key);
+  const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
+  Activations act;
+  {
+    std::lock_guard cache_lock(cache_mutex_);
+    auto it = cache_.find(std::make_pair(request_id, key));
+    if (it == cache_.end()) {
+      throw_runtime_error("expert store: no forward activations of request " + std::to_string(request_id) + " on " +
+                          key.to_string() + " (forward not run, or already released)");
+    }
+    if (it->second.rows != rows) {
+      throw_runtime_error("expert store: backward of request " + std::to_string(request_id) + " on " +
+                          key.to_string() + " has " + std::to_string(rows) + " rows, its forward had " +
+                          std::to_string(it->second.rows));
+    }
+    act = std::move(it->second);
+    cache_.erase(it);
+  }
+  if (rows == 0) return;
+  std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
+  std::lock_guard grad_lock(r.grad_mutex);
+  cpu::ffn_backward(grad_out, act.x.data(), rows, g.d, g.f, g.activation, weights_of(r.weights, g.activation), act.ffn,
+                    grad_in, grads_of(r.grads, g.activation));
+}
+
+void ExpertStore::drop_request(uint64_t request_id) {
+  constexpr int kMin = std::numeric_limits<int>::min();
+  std::lock_guard cache_lock(cache_mutex_);
+  auto first = cache_.lower_bound(std::make_pair(request_id, ExpertKey{kMin, kMin, kMin}));
+  auto last = first;
+  while (last != cache_.end() && last->first.first == request_id) ++last;
+  cache_.erase(first, last);
+}
+
+int64_t ExpertStore::pending_activations() const {
+  std::lock_guard cache_lock(cache_mutex_);
+  return static_cast<int64_t>(cache_.size());
+}
+
+TensorMap& ExpertStore::grads(const ExpertKey& key) {
+  std::shared_lock lock(mutex_);
+  return replica(key).grads;
+}
+
+const TensorMap& ExpertStore::weights(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  return replica(key).weights;
+}
+
+const AdamW& ExpertStore::optimizer(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  return replica(key).optimizer;
+}
+
+void ExpertStore::step(const AdamWConfig& config) {
+  std::unique_lock lock(mutex_);
+  for (auto& [key, r] : replicas_) {
+    AdamW& opt = r->optimizer;
+    if (!same_except_lr(opt.config(), config)) {
+      AdamW next(config);
+      next.restore_state(opt.steps(), opt.state());
+      opt = std::move(next);
+    } else {
+      opt.set_lr(config.lr);
+    }
+    opt.step(r->weights, r->grads);
+    for (auto& [name, g] : r->grads) g.fill(0.0f);
+  }
+}
+
+void ExpertStore::zero_grads() {
+  std::unique_lock lock(mutex_);
+  for (auto& [key, r] : replicas_)
+    for (auto& [name, g] : r->grads) g.fill(0.0f);
+}
+
+int64_t ExpertStore::bytes() const {
+  std::shared_lock lock(mutex_);
+  int64_t total = 0;
+  for (const auto& entry : replicas_) total += expert_replica_bytes(model_, entry.first.stage);
+  return total;
+}
+
+void ExpertStore::save(const std::string& path) const {
+  TensorMap tensors;
+  std::map<std::string, std::string> metadata{
+      {"format", kFormat}, {"version", kVersion}, {"hidden_size", std::to_string(model_.hidden_size)}};
+  for (const ExpertKey& key : keys()) {
+    ExpertTensors t = tensors_of(key);
+    for (TensorMap* part : {&t.weights, &t.moments})
+      for (auto& [name, tensor] : *part) tensors.emplace(expert_param_name(model_, key, name), std::move(tensor));
+    metadata.emplace(kStepsPrefix + key.to_string(), std::to_string(t.step));
+  }
+  const std::string tmp = path + ".tmp";
+  write_safetensors(tmp, tensors, metadata);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw_input_error("expert checkpoint '" + path + "': cannot rename " + tmp + ": " + ec.message());
+}
+
+namespace {
+
+using Metadata = std::map<std::string, std::string>;
+
+// Checks format, version and hidden size; returns the version (1: every name carries
+// "layers.{l}.", 2: names as in the model's weight file).
+int checkpoint_version(const Metadata& metadata, const ModelConfig& model, const CheckpointFail& fail) {
+  auto meta = [&](const std::string& k) -> const std::string* {
+    auto it = metadata.find(k);
+    return it == metadata.end() ? nullptr : &it->second;
+  };
+  if (const std::string* f = meta("format"); !f || *f != kFormat)
+    fail("not an expert-store checkpoint (metadata \"format\" is not \"" + std::string(kFormat) + "\")");
+  const std::string* v = meta("version");
+  if (!v || (*v != "1" && *v != kVersion))
+    fail("unsupported version \"" + (v ? *v : std::string()) + "\" (this build reads 1 and " + kVersion + ")");
+  if (const std::string* h = meta("hidden_size"); !h || *h != std::to_string(model.hidden_size))
+    fail("saved for hidden_size " + (h ? *h : std::string("?")) + ", the model has " + std::to_string(model.hidden_size));
+  return *v == "1" ? 1 : 2;
+}
+
+// Sorts a checkpoint's tensors into replicas; every name must be one of a model expert's
+// weights or moments, of the right shape, finite.
+std::map<ExpertKey, ExpertTensors> group_by_replica(TensorMap tensors, const ModelConfig& model, int version,
+                                                    const CheckpointFail& fail) {
+  std::map<ExpertKey, ExpertTensors> replicas;
+  for (auto& [full, t] : tensors) {
+    ExpertKey key;
+    std::string rest;
+    if (!parse_expert_param_name(model, full, key, rest, version == 1))
+      fail("tensor '" + full + "': unexpected tensor (not an expert's)");
+    if (!expert_exists(model, key)) fail("tensor '" + full + "': the model has no expert " + key.to_string());
+    const ExpertGeometry geometry = ExpertGeometry::of(model, key.stage);
+    std::string base = rest;
+    bool moment = false;
+    for (const char* suffix : {".exp_avg_sq", ".exp_avg"}) {
+      if (base.ends_with(suffix)) {
+        base.resize(base.size() - std::strlen(suffix));
+        moment = true;
+        break;
+      }
+    }
+    const std::vector<std::string>& names = geometry.tensor_names();
+    if (std::find(names.begin(), names.end(), base) == names.end())
+      fail("tensor '" + full + "': unexpected tensor for a " + to_string(geometry.activation) + " expert");
+    const Shape want = geometry.shape(base);
+    if (t.shape() != want)
+      fail("tensor '" + full + "': shape " + shape_to_string(t.shape()) + ", expected " + shape_to_string(want));
+    for (float v : t.values())
+      if (!std::isfinite(v)) fail("tensor '" + full + "': not finite");
+    if (rest.ends_with(".exp_avg_sq"))
+      for (float v : t.values())
+        if (v < 0) fail("tensor '" + full + "': negative second moment");
+    ExpertTensors& replica = replicas[key];
+    (moment ? replica.moments : replica.weights).emplace(rest, std::move(t));
+  }
+  return replicas;
+}
+
+// Every replica has all its tensors and its AdamW step count; no step count names a replica
+// without tensors.
+void complete_replicas(std::map<ExpertKey, ExpertTensors>& replicas, const Metadata& metadata,
+                       const ModelConfig& model, const CheckpointFail& fail) {
+  std::set<std::string> step_keys;
+  for (const auto& [k, v] : metadata)
+    if (k.starts_with(kStepsPrefix)) step_keys.insert(k);
+  for (auto& [key, t] : replicas) {
+    for (const std::string& name : ExpertGeometry::of(model, key.stage).tensor_names()) {
+      if (!t.weights.count(name)) fail("tensor '" + expert_param_name(model, key, name) + "' is missing");
+      for (const char* suffix : {".exp_avg", ".exp_avg_sq"})
+        if (!t.moments.count(name + suffix))
+          fail("tensor '" + expert_param_name(model, key, name + suffix) + "' is missing");
+    }
+    const std::string steps_key = kStepsPrefix + key.to_string();
+    auto it = metadata.find(steps_key);
+    if (it == metadata.end())
+      fail("metadata \"" + steps_key + "\" (the AdamW step count of " + key.to_string() + ") is missing");
+    const std::string& text = it->second;
+    const auto r = std::from_chars(text.data(), text.data() + text.size(), t.step);
+    if (r.ec != std::errc() || r.ptr != text.data() + text.size() || t.step < 0)
+      fail("metadata \"" + steps_key + "\" = \"" + text + "\" is not a step count");
+    step_keys.erase(steps_key);
+  }
+  if (!step_keys.empty()) fail("metadata \"" + *step_keys.begin() + "\" names a replica with no tensors");
+}
+
+}  // namespace
+
+void ExpertStore::load(const std::string& path) {
+  const CheckpointFail fail = [&](const std::string& message) {
+    throw_input_error("expert checkpoint '" + path + "': " + message);
+  };
+  const Metadata metadata = read_safetensors_metadata(path);
+  const int version = checkpoint_version(metadata, model_, fail);
+  std::map<ExpertKey, ExpertTensors> replicas = group_by_replica(read_safetensors(path), model_, version, fail);
+  complete_replicas(replicas, metadata, model_, fail);
+
+  std::map<ExpertKey, std::unique_ptr<Replica>> loaded;
+  for (auto& [key, t] : replicas) loaded.emplace(key, std::make_unique<Replica>(std::move(t)));
+  std::unique_lock lock(mutex_);
+  replicas_ = std::move(loaded);
+  std::lock_guard cache_lock(cache_mutex_);
+  cache_.clear();
+}
+
+}  // namespace sy
