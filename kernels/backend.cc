@@ -8,8 +8,7 @@
 namespace sy {
 
 void run_with_own_workspace(Backend& backend, const OpArgs& args) {
-  if (!backend.can_implement(args))
-    throw_runtime_error(backend.name() + " backend cannot implement " + op_name(args));
+  if (!backend.can_implement(args)) throw_runtime_error(backend.name() + " backend cannot implement " + op_name(args));
   const size_t bytes = backend.workspace_size(args);
   void* workspace = bytes ? backend.allocate(bytes) : nullptr;
   try {

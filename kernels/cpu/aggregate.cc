@@ -87,9 +87,7 @@ struct DagSavedLayout {
            padded(4 * dg * dg);
   }
   // L == 0 keeps h⁰ alone (m = Σ_j h⁰_j).
-  int64_t floats() const {
-    return L == 0 ? padded(N * d) : static_cast<int64_t>(L) * level_floats() + padded(T * dg);
-  }
+  int64_t floats() const { return L == 0 ? padded(N * d) : static_cast<int64_t>(L) * level_floats() + padded(T * dg); }
   DagLevelSaved level(float* saved, size_t l) const {
     float* p = saved + static_cast<int64_t>(l) * level_floats();
     auto take = [&p](int64_t n) {
@@ -179,8 +177,7 @@ void edge_messages(const NodeList& nodes, int64_t dg, DagEdges edges, const floa
 }
 
 // h^{l+1} = h^l + agg W_upᵀ.
-void node_update(const float* h_in, const float* agg, const float* up, int64_t N, int64_t d, int64_t dg,
-                 float* h_out) {
+void node_update(const float* h_in, const float* agg, const float* up, int64_t N, int64_t d, int64_t dg, float* h_out) {
   std::memcpy(h_out, h_in, sizeof(float) * static_cast<size_t>(N * d));
   linear_forward(agg, N, dg, up, d, h_out, /*accumulate=*/true);
 }
@@ -341,8 +338,7 @@ void dag_backward_buffers(const NodeList& nodes, const float* expert_out, const 
   broadcast_to_nodes(nodes, dm, d, sc.dh);  // dh^L_j = dm_t
   for (size_t li = L; li-- > 0;) {
     const DagLevelSaved s = layout.level(fwd, li);
-    up_projection_backward(nodes, levels[li], grads[li], li + 1 == L, sc.dh, dm, s.agg, layout.agg_sum(fwd), d, dg,
-                           sc);
+    up_projection_backward(nodes, levels[li], grads[li], li + 1 == L, sc.dh, dm, s.agg, layout.agg_sum(fwd), d, dg, sc);
     edge_messages_backward(nodes, dg, edges, s.pq, sc.dagg, sc.dpq);
     level_projections_backward(levels[li], grads[li], s, N, d, dg, sc);
     // dh^l = dh^{l+1} (residual) + LN backward
@@ -352,8 +348,8 @@ void dag_backward_buffers(const NodeList& nodes, const float* expert_out, const 
   node_inputs_backward(nodes, expert_out, d, sc.dh, d_expert_out, dgate, du);
 }
 
-void dag_forward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
-                 DagEdges edges, std::span<const DagLevelWeights> levels, float* m, DagCache* cache) {
+void dag_forward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg, DagEdges edges,
+                 std::span<const DagLevelWeights> levels, float* m, DagCache* cache) {
   DagCache local;
   DagCache& c = cache ? *cache : local;
   // resize, not assign: the buffer of the previous step is reused.
@@ -361,9 +357,9 @@ void dag_forward(const NodeList& nodes, const float* expert_out, const float* u,
   dag_forward_buffers(nodes, expert_out, u, d, dg, edges, levels, m, c.saved.data());
 }
 
-void dag_backward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
-                  DagEdges edges, std::span<const DagLevelWeights> levels, const DagCache& cache, const float* dm,
-                  float* d_expert_out, float* dgate, float* du, std::span<const DagLevelGrads> grads) {
+void dag_backward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg, DagEdges edges,
+                  std::span<const DagLevelWeights> levels, const DagCache& cache, const float* dm, float* d_expert_out,
+                  float* dgate, float* du, std::span<const DagLevelGrads> grads) {
   const int64_t T = nodes.tokens(), N = nodes.nodes();
   SY_REQUIRE(static_cast<int64_t>(cache.saved.size()) == dag_saved_floats(T, N, d, dg, levels.size()),
              "DAG backward needs the forward cache of every level");
@@ -378,8 +374,8 @@ void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* 
   coefficient_mix_forward(u, n, d, wc, bc, m, s, m_out, coef, logits.data());
 }
 
-void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
-                             const float* m, const float* s, float* m_out, float* coef, float* scratch) {
+void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc, const float* m,
+                             const float* s, float* m_out, float* coef, float* scratch) {
   float* logits = scratch;
   linear_forward(u, n, d, wc, 2, logits);
 #pragma omp parallel for schedule(static)

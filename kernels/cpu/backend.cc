@@ -28,9 +28,9 @@ size_t workspace(const FfnBackwardArgs& a) {
   return bytes_of<float>(cpu::ffn_backward_scratch_floats(a.rows, a.f, a.activation));
 }
 size_t workspace(const DagForwardArgs& a) {
-  return a.saved ? 0
-                 : bytes_of<float>(cpu::dag_saved_floats(a.nodes->tokens(), a.nodes->nodes(), a.d, a.dg,
-                                                         a.levels.size()));
+  return a.saved
+             ? 0
+             : bytes_of<float>(cpu::dag_saved_floats(a.nodes->tokens(), a.nodes->nodes(), a.d, a.dg, a.levels.size()));
 }
 size_t workspace(const DagBackwardArgs& a) {
   return bytes_of<float>(cpu::dag_backward_scratch_floats(a.nodes->tokens(), a.nodes->nodes(), a.d, a.dg));
@@ -96,9 +96,7 @@ void exec(const CoefficientMixBackwardArgs& a, void* ws) {
                                 floats(ws));
 }
 void exec(const RmsNormForwardArgs& a, void*) { cpu::rmsnorm_forward(a.x, a.n, a.d, a.w, a.y, a.rstd); }
-void exec(const RmsNormBackwardArgs& a, void*) {
-  cpu::rmsnorm_backward(a.dy, a.x, a.n, a.d, a.w, a.rstd, a.dx, a.dw);
-}
+void exec(const RmsNormBackwardArgs& a, void*) { cpu::rmsnorm_backward(a.dy, a.x, a.n, a.d, a.w, a.rstd, a.dx, a.dw); }
 void exec(const LayerNormForwardArgs& a, void*) {
   cpu::layernorm_forward(a.x, a.n, a.d, a.gamma, a.beta, a.y, a.mean, a.rstd);
 }

@@ -95,8 +95,8 @@ void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, in
   if (rows == 0) return;
   std::vector<float> scratch(static_cast<size_t>(ffn_backward_scratch_floats(rows, f, activation)));
   const size_t nf = static_cast<size_t>(rows * f);
-  backward_into(dout, x, rows, d, f, activation, w, cache.h_gate.data(), cache.h_up.data(), cache.act.data(), dx,
-                grads, scratch.data(), activation == Activation::swiglu ? scratch.data() + nf : nullptr);
+  backward_into(dout, x, rows, d, f, activation, w, cache.h_gate.data(), cache.h_up.data(), cache.act.data(), dx, grads,
+                scratch.data(), activation == Activation::swiglu ? scratch.data() + nf : nullptr);
 }
 
 void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
@@ -106,9 +106,9 @@ void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Act
                saved + nf);
 }
 
-void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f,
-                          Activation activation, const ExpertWeights& w, const float* saved, float* dx,
-                          const ExpertGrads& grads, float* scratch) {
+void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                          const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
+                          float* scratch) {
   const int64_t nf = rows * f;
   const bool swiglu = activation == Activation::swiglu;
   backward_into(dout, x, rows, d, f, activation, w, swiglu ? saved + 2 * nf : nullptr, saved, saved + nf, dx, grads,

@@ -161,9 +161,9 @@ inline int64_t ffn_backward_scratch_floats(int64_t rows, int64_t f, Activation a
 // ffn_forward / ffn_backward on caller buffers (bit-identical to the FfnCache forms).
 void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                          const ExpertWeights& w, float* out, float* saved);
-void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f,
-                          Activation activation, const ExpertWeights& w, const float* saved, float* dx,
-                          const ExpertGrads& grads, float* scratch);
+void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                          const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
+                          float* scratch);
 
 // ---------- aggregation ----------
 
@@ -230,8 +230,8 @@ void dag_backward_buffers(const NodeList& nodes, const float* expert_out, const 
 void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
                              const float* m, const float* s, float* m_out, float* coef);
 // Same, with caller scratch of 2n floats (the logits).
-void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
-                             const float* m, const float* s, float* m_out, float* coef, float* scratch);
+void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc, const float* m,
+                             const float* s, float* m_out, float* coef, float* scratch);
 // dm_out → dm, ds (overwritten), du, dwc, dbc (accumulated).
 void coefficient_mix_backward(const float* dm_out, const float* u, int64_t n, int64_t d, const float* wc,
                               const float* m, const float* s, const float* coef, float* dm, float* ds, float* du,

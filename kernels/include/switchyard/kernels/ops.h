@@ -45,8 +45,8 @@ struct SelectExpertsArgs {  // host op: cpu::select_experts into *selection
   static constexpr const char* kName = "select_experts";
   const float* p = nullptr;  // host [n, e]
   int64_t n = 0, e = 0;
-  std::span<const int32_t> k_per_token;    // host [n]
-  cpu::Selection* selection = nullptr;     // host, replaced
+  std::span<const int32_t> k_per_token;  // host [n]
+  cpu::Selection* selection = nullptr;   // host, replaced
 };
 struct ComputeGatesArgs {  // host op: cpu::compute_gates
   static constexpr const char* kName = "compute_gates";
@@ -274,11 +274,10 @@ struct AdamWArgs {  // cpu::adamw_step: param, exp_avg, exp_avg_sq updated in pl
 // Any op; a backend dispatches on the alternative.
 using OpArgs =
     std::variant<SoftmaxForwardArgs, SoftmaxBackwardArgs, SelectExpertsArgs, ComputeGatesArgs, ApplyCapacityArgs,
-                 GatesBackwardArgs, LoadBalanceLossArgs, ZLossArgs, ImportanceArgs, AllocateExpertsArgs,
-                 GatherRowsArgs, ScatterAddRowsArgs, FfnForwardArgs, FfnBackwardArgs, WeightedSumForwardArgs,
-                 WeightedSumBackwardArgs, DagForwardArgs, DagBackwardArgs, CoefficientMixForwardArgs,
-                 CoefficientMixBackwardArgs, RmsNormForwardArgs, RmsNormBackwardArgs, LayerNormForwardArgs,
-                 LayerNormBackwardArgs, AdamWArgs>;
+                 GatesBackwardArgs, LoadBalanceLossArgs, ZLossArgs, ImportanceArgs, AllocateExpertsArgs, GatherRowsArgs,
+                 ScatterAddRowsArgs, FfnForwardArgs, FfnBackwardArgs, WeightedSumForwardArgs, WeightedSumBackwardArgs,
+                 DagForwardArgs, DagBackwardArgs, CoefficientMixForwardArgs, CoefficientMixBackwardArgs,
+                 RmsNormForwardArgs, RmsNormBackwardArgs, LayerNormForwardArgs, LayerNormBackwardArgs, AdamWArgs>;
 
 inline const char* op_name(const OpArgs& args) {
   return std::visit([](const auto& a) { return std::decay_t<decltype(a)>::kName; }, args);
