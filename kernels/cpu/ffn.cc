@@ -1,5 +1,6 @@
 // Expert FFN (swiglu, gelu) forward and backward: three GEMMs through OpenBLAS plus an
 // element-wise activation.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -12,46 +13,39 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
-}  // namespace
-
-void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation, const ExpertWeights& w,
-                 float* out, FfnCache* cache) {
-  FfnCache local;
-  FfnCache& c = cache ? *cache : local;
-  const size_t nf = static_cast<size_t>(rows * f);
-  c.h_up.resize(nf);
-  c.act.resize(nf);
+// h_gate is null for gelu. Every buffer is the caller's; nothing is allocated here.
+void forward_into(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation, const ExpertWeights& w,
+                  float* out, float* h_gate, float* h_up, float* act) {
   if (rows == 0) return;
-  linear_forward(x, rows, d, w.up, f, c.h_up.data());
-  float* act = c.act.data();
-  const float* hu = c.h_up.data();
+  const size_t nf = static_cast<size_t>(rows * f);
+  linear_forward(x, rows, d, w.up, f, h_up);
+  const float* hu = h_up;
   if (activation == Activation::swiglu) {
-    c.h_gate.resize(nf);
-    linear_forward(x, rows, d, w.gate, f, c.h_gate.data());
-    const float* hg = c.h_gate.data();
+    linear_forward(x, rows, d, w.gate, f, h_gate);
+    const float* hg = h_gate;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) act[i] = hg[i] * sigmoid(hg[i]) * hu[i];
   } else {
-    c.h_gate.clear();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) act[i] = 0.5f * hu[i] * (1.0f + std::erf(hu[i] * kInvSqrt2));
   }
   linear_forward(act, rows, f, w.down, d, out);
 }
 
-void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
-                  const ExpertWeights& w, const FfnCache& cache, float* dx, const ExpertGrads& grads) {
+// dact: [rows, f] scratch (zeroed here); dhg: [rows, f] scratch for swiglu, unused for gelu.
+void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                   const ExpertWeights& w, const float* h_gate, const float* h_up, const float* act, float* dx,
+                   const ExpertGrads& grads, float* dact, float* dhg) {
   if (rows == 0) return;
   const size_t nf = static_cast<size_t>(rows * f);
-  linear_backward_weight(dout, rows, d, cache.act.data(), f, grads.down);
-  std::vector<float> dact(nf, 0.0f);
-  linear_backward_input(dout, rows, d, w.down, f, dact.data());
-  const float* hu = cache.h_up.data();
+  linear_backward_weight(dout, rows, d, act, f, grads.down);
+  std::fill(dact, dact + nf, 0.0f);
+  linear_backward_input(dout, rows, d, w.down, f, dact);
+  const float* hu = h_up;
   if (activation == Activation::swiglu) {
-    std::vector<float> dhg(nf);
-    const float* hg = cache.h_gate.data();
-    float* da = dact.data();
-    float* dg = dhg.data();
+    const float* hg = h_gate;
+    float* da = dact;
+    float* dg = dhg;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) {
       const float s = sigmoid(hg[i]);
@@ -66,7 +60,7 @@ void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, in
       linear_backward_input(da, rows, f, w.up, d, dx);
     }
   } else {
-    float* da = dact.data();
+    float* da = dact;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) {
       const float h = hu[i];
@@ -77,6 +71,48 @@ void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, in
     linear_backward_weight(da, rows, f, x, d, grads.up);
     if (dx) linear_backward_input(da, rows, f, w.up, d, dx);
   }
+}
+
+}  // namespace
+
+void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation, const ExpertWeights& w,
+                 float* out, FfnCache* cache) {
+  FfnCache local;
+  FfnCache& c = cache ? *cache : local;
+  const size_t nf = static_cast<size_t>(rows * f);
+  c.h_up.resize(nf);
+  c.act.resize(nf);
+  if (rows == 0) return;
+  if (activation == Activation::swiglu)
+    c.h_gate.resize(nf);
+  else
+    c.h_gate.clear();
+  forward_into(x, rows, d, f, activation, w, out, c.h_gate.data(), c.h_up.data(), c.act.data());
+}
+
+void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                  const ExpertWeights& w, const FfnCache& cache, float* dx, const ExpertGrads& grads) {
+  if (rows == 0) return;
+  std::vector<float> scratch(static_cast<size_t>(ffn_backward_scratch_floats(rows, f, activation)));
+  const size_t nf = static_cast<size_t>(rows * f);
+  backward_into(dout, x, rows, d, f, activation, w, cache.h_gate.data(), cache.h_up.data(), cache.act.data(), dx, grads,
+                scratch.data(), activation == Activation::swiglu ? scratch.data() + nf : nullptr);
+}
+
+void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                         const ExpertWeights& w, float* out, float* saved) {
+  const int64_t nf = rows * f;
+  forward_into(x, rows, d, f, activation, w, out, activation == Activation::swiglu ? saved + 2 * nf : nullptr, saved,
+               saved + nf);
+}
+
+void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                          const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
+                          float* scratch) {
+  const int64_t nf = rows * f;
+  const bool swiglu = activation == Activation::swiglu;
+  backward_into(dout, x, rows, d, f, activation, w, swiglu ? saved + 2 * nf : nullptr, saved, saved + nf, dx, grads,
+                scratch, swiglu ? scratch + nf : nullptr);
 }
 
 }  // namespace sy::cpu

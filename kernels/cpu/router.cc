@@ -143,8 +143,16 @@ void gates_backward(const float* p, const Selection& sel, bool normalize, const 
 
 double load_balance_loss(const float* p, const Selection& sel, double alpha, float* dp) {
   if (alpha == 0.0 || sel.tokens == 0) return 0.0;
+  std::vector<double> scratch(static_cast<size_t>(2 * sel.experts));
+  return load_balance_loss(p, sel, alpha, dp, scratch.data());
+}
+
+double load_balance_loss(const float* p, const Selection& sel, double alpha, float* dp, double* scratch) {
+  if (alpha == 0.0 || sel.tokens == 0) return 0.0;
   const int64_t e = sel.experts, n = sel.tokens;
-  std::vector<double> f(static_cast<size_t>(e), 0.0), mean_p(static_cast<size_t>(e), 0.0);
+  std::span<double> f(scratch, static_cast<size_t>(e)), mean_p(scratch + e, static_cast<size_t>(e));
+  std::fill(f.begin(), f.end(), 0.0);
+  std::fill(mean_p.begin(), mean_p.end(), 0.0);
   for (int32_t i : sel.expert) f[static_cast<size_t>(i)] += 1.0;
   const double n_assign = static_cast<double>(sel.slots());
   if (n_assign > 0)
@@ -178,7 +186,16 @@ double z_loss(const float* p, const float* lse, int64_t n, int64_t e, double bet
 
 std::vector<float> importance_from_attention(const float* attention, int64_t b, int64_t h, int64_t l,
                                              bool causal_correction) {
-  std::vector<double> acc(static_cast<size_t>(b * l), 0.0);
+  std::vector<double> acc(static_cast<size_t>(b * l));
+  std::vector<float> s(static_cast<size_t>(b * l));
+  importance_from_attention(attention, b, h, l, causal_correction, s.data(), acc.data());
+  return s;
+}
+
+void importance_from_attention(const float* attention, int64_t b, int64_t h, int64_t l, bool causal_correction,
+                               float* s, double* scratch) {
+  double* acc = scratch;
+  std::fill(acc, acc + b * l, 0.0);
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t hi = 0; hi < h; ++hi) {
       for (int64_t q = 0; q < l; ++q) {
@@ -189,7 +206,7 @@ std::vector<float> importance_from_attention(const float* attention, int64_t b, 
             throw_input_error("attention[" + std::to_string(bi) + "," + std::to_string(hi) + "," +
                               std::to_string(q) + "," + std::to_string(t) + "] is not a probability");
           sum += row[t];
-          acc[static_cast<size_t>(bi * l + t)] += row[t];
+          acc[bi * l + t] += row[t];
         }
         if (std::fabs(sum - 1.0) > 1e-3)
           throw_input_error("attention row [" + std::to_string(bi) + "," + std::to_string(hi) + "," +
@@ -197,22 +214,20 @@ std::vector<float> importance_from_attention(const float* attention, int64_t b, 
       }
     }
   }
-  std::vector<float> s(static_cast<size_t>(b * l));
   for (int64_t bi = 0; bi < b; ++bi) {
     double mean = 0.0;
     for (int64_t t = 0; t < l; ++t) {
-      double v = acc[static_cast<size_t>(bi * l + t)] / static_cast<double>(h);
+      double v = acc[bi * l + t] / static_cast<double>(h);
       if (causal_correction) v /= static_cast<double>(l - t);
-      acc[static_cast<size_t>(bi * l + t)] = v;
+      acc[bi * l + t] = v;
       mean += v;
     }
     mean /= static_cast<double>(l);
     for (int64_t t = 0; t < l; ++t) {
-      const double v = acc[static_cast<size_t>(bi * l + t)];
-      s[static_cast<size_t>(bi * l + t)] = static_cast<float>(causal_correction && mean > 0 ? v / mean : v);
+      const double v = acc[bi * l + t];
+      s[bi * l + t] = static_cast<float>(causal_correction && mean > 0 ? v / mean : v);
     }
   }
-  return s;
 }
 
 namespace {

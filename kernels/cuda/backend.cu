@@ -6,6 +6,7 @@
 
 #include <mutex>
 #include <string>
+#include <variant>
 
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/backend.h"
@@ -78,35 +79,52 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override { check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
-  void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) override {
-    if (n == 0) return;
-    softmax_rows_kernel<<<blocks_for(n, 128), 128>>>(z, n, e, p, lse);
-    check_cuda(cudaGetLastError(), "softmax kernel launch");
+  // Softmax forward and the expert FFN forward; every other op answers false.
+  bool can_implement(const OpArgs& args) const override {
+    return std::holds_alternative<SoftmaxForwardArgs>(args) || std::holds_alternative<FfnForwardArgs>(args);
   }
-
-  void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
-                   const cpu::ExpertWeights& w, float* out) override {
-    if (rows == 0) return;
-    const size_t nf = static_cast<size_t>(rows * f);
-    float* hu = static_cast<float*>(allocate(nf * sizeof(float)));
-    float* act = static_cast<float*>(allocate(nf * sizeof(float)));
-    float* hg = activation == Activation::swiglu ? static_cast<float*>(allocate(nf * sizeof(float))) : nullptr;
-    linear(x, rows, d, w.up, f, hu);
-    if (hg) {
-      linear(x, rows, d, w.gate, f, hg);
-      swiglu_kernel<<<blocks_for(static_cast<int64_t>(nf), 256), 256>>>(hg, hu, act, static_cast<int64_t>(nf));
-    } else {
-      gelu_kernel<<<blocks_for(static_cast<int64_t>(nf), 256), 256>>>(hu, act, static_cast<int64_t>(nf));
+  size_t workspace_size(const OpArgs& args) const override {
+    const auto* ffn = std::get_if<FfnForwardArgs>(&args);
+    if (!ffn || ffn->saved) return 0;
+    return static_cast<size_t>(cpu::ffn_saved_floats(ffn->rows, ffn->f, ffn->activation)) * sizeof(float);
+  }
+  void run(const OpArgs& args, void* workspace) override {
+    if (const auto* a = std::get_if<SoftmaxForwardArgs>(&args)) {
+      softmax(*a);
+      return;
     }
-    check_cuda(cudaGetLastError(), "activation kernel launch");
-    linear(act, rows, f, w.down, d, out);
-    synchronize();
-    release(hu);
-    release(act);
-    if (hg) release(hg);
+    if (const auto* a = std::get_if<FfnForwardArgs>(&args)) {
+      ffn(*a, static_cast<float*>(workspace));
+      return;
+    }
+    throw_runtime_error(std::string("cuda backend does not implement ") + op_name(args));
   }
 
  private:
+  void softmax(const SoftmaxForwardArgs& a) {
+    if (a.n == 0) return;
+    softmax_rows_kernel<<<blocks_for(a.n, 128), 128>>>(a.z, a.n, a.e, a.p, a.lse);
+    check_cuda(cudaGetLastError(), "softmax kernel launch");
+  }
+
+  // Activations in a.saved (same layout as cpu::ffn_forward_buffers) or in the workspace.
+  void ffn(const FfnForwardArgs& a, float* workspace) {
+    if (a.rows == 0) return;
+    const int64_t nf = a.rows * a.f;
+    float* hu = a.saved ? a.saved : workspace;
+    float* act = hu + nf;
+    float* hg = a.activation == Activation::swiglu ? hu + 2 * nf : nullptr;
+    linear(a.x, a.rows, a.d, a.w.up, a.f, hu);
+    if (hg) {
+      linear(a.x, a.rows, a.d, a.w.gate, a.f, hg);
+      swiglu_kernel<<<blocks_for(nf, 256), 256>>>(hg, hu, act, nf);
+    } else {
+      gelu_kernel<<<blocks_for(nf, 256), 256>>>(hu, act, nf);
+    }
+    check_cuda(cudaGetLastError(), "activation kernel launch");
+    linear(act, a.rows, a.f, a.w.down, a.d, a.out);
+  }
+
   // Row-major y[n, out] = x[n, in] W[out, in]ᵀ, i.e. column-major yᵀ = W xᵀ.
   void linear(const float* x, int64_t n, int64_t in, const float* wt, int64_t out, float* y) {
     const float one = 1.0f, zero = 0.0f;

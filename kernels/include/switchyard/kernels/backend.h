@@ -16,6 +16,7 @@
 #include "switchyard/core/config.h"
 #include "switchyard/core/tensor.h"
 #include "switchyard/kernels/cpu_ops.h"
+#include "switchyard/kernels/ops.h"
 
 namespace sy {
 
@@ -32,11 +33,25 @@ class Backend {
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
 
-  // Operators on device-resident data (pointers from allocate()). Same math as sy::cpu.
-  virtual void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) = 0;
-  virtual void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
-                           const cpu::ExpertWeights& w, float* out) = 0;
+  // Operators (ops.h), CUTLASS style. can_implement: whether this backend runs the op with
+  // these arguments; false for ops it lacks, never throws. workspace_size: bytes of scratch
+  // run() needs, to be allocated by the caller with allocate() (0: workspace may be null).
+  // run: executes the op on this backend's device (asynchronously: synchronize() before
+  // reading results on the host); allocates nothing; throws Error if !can_implement(args).
+  virtual bool can_implement(const OpArgs& args) const = 0;
+  virtual size_t workspace_size(const OpArgs& args) const = 0;
+  virtual void run(const OpArgs& args, void* workspace) = 0;
+
+  // The two entry points from before the op table, on device-resident data.
+  void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse);
+  // Allocates and releases the activations (workspace) itself.
+  void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                   const cpu::ExpertWeights& w, float* out);
 };
+
+// can_implement → workspace_size → allocate → run → synchronize → release. Throws if the backend
+// cannot implement the op. For tests and one-off calls; a hot loop keeps its workspace.
+void run_with_own_workspace(Backend& backend, const OpArgs& args);
 
 // Every backend usable in this process, most capable first; the CPU backend is always last.
 const std::vector<Backend*>& backends();

@@ -3,8 +3,14 @@
 // Conventions: row-major float32; a linear weight W is [out, in] (PyTorch layout) so
 // linear(x) = x Wᵀ. Gradient outputs named `d*` are *accumulated* into (+=) unless the
 // function says otherwise, so one buffer can collect contributions from several paths.
-// GEMMs go through OpenBLAS (its own threads); element-wise loops use OpenMP. Kernels
-// never allocate hidden workspace beyond the caches they return to the caller.
+// GEMMs go through OpenBLAS (its own threads); element-wise loops use OpenMP.
+//
+// Allocation: the numeric kernels have a form that takes every buffer from the caller
+// (`*_buffers` functions, or a trailing `scratch` argument) and allocates nothing; the
+// older forms (FfnCache, DagCache, returned vectors) size std::vectors and call those.
+// The host index structures (Selection, DispatchLayout, NodeList, allocate_experts' K)
+// are built on the host with std::vector; those functions allocate host memory.
+// The Backend op table (ops.h) calls the allocation-free forms.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +82,8 @@ void gates_backward(const float* p, const Selection& sel, bool normalize, const 
 // Switch load-balance loss α·E·Σ f_i P_i (f from the pre-drop selection); adds its gradient to dp.
 // dp may be null to skip the gradient.
 double load_balance_loss(const float* p, const Selection& sel, double alpha, float* dp);
+// Same, with caller scratch of 2·experts doubles.
+double load_balance_loss(const float* p, const Selection& sel, double alpha, float* dp, double* scratch);
 // z-loss β·mean_t lse_t²; adds its gradient to dz (null to skip).
 double z_loss(const float* p, const float* lse, int64_t n, int64_t e, double beta, float* dz);
 
@@ -106,6 +114,9 @@ void scatter_add_rows(const float* src, int64_t d, std::span<const int64_t> inde
 // mean 1 per sequence. Validates that every attention row sums to 1 within 1e-3.
 std::vector<float> importance_from_attention(const float* attention, int64_t b, int64_t h, int64_t l,
                                              bool causal_correction);
+// Same into s [b, l], with caller scratch of b·l doubles.
+void importance_from_attention(const float* attention, int64_t b, int64_t h, int64_t l, bool causal_correction,
+                               float* s, double* scratch);
 struct AllocationParams {
   double k_avg = 2.0;
   int k_min = 1;
@@ -138,6 +149,21 @@ void ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation 
 // dx += ∂/∂x (dx may be null), grads += ∂/∂W.
 void ffn_backward(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                   const ExpertWeights& w, const FfnCache& cache, float* dx, const ExpertGrads& grads);
+
+// The same activations in one caller buffer: h_up, act, then h_gate (swiglu only), [rows, f] each.
+inline int64_t ffn_saved_floats(int64_t rows, int64_t f, Activation activation) {
+  return rows * f * (activation == Activation::swiglu ? 3 : 2);
+}
+// Backward's temporaries: ∂/∂act, then ∂/∂h_gate (swiglu only), [rows, f] each.
+inline int64_t ffn_backward_scratch_floats(int64_t rows, int64_t f, Activation activation) {
+  return rows * f * (activation == Activation::swiglu ? 2 : 1);
+}
+// ffn_forward / ffn_backward on caller buffers (bit-identical to the FfnCache forms).
+void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                         const ExpertWeights& w, float* out, float* saved);
+void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                          const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
+                          float* scratch);
 
 // ---------- aggregation ----------
 
@@ -179,28 +205,50 @@ struct DagLevelGrads {
 // Kept by the caller from step to step: the buffers keep their capacity, so a training loop
 // does not fault in fresh pages for every step.
 struct DagCache {
-  std::vector<std::vector<float>> h;  // h⁰..h^{L-1}, [nodes, d] each (h^L is never formed)
-  std::vector<float> agg_sum;         // [tokens, dg]: Σ_j agg_j of the last level
-  std::vector<std::vector<float>> ln_mean, ln_rstd, ln_out, a, pq, agg;  // per level
-  std::vector<std::vector<float>> w4;  // per level: edge and node matrices split in halves, [4dg, dg]
-  struct Scratch {                     // backward's temporaries
-    std::vector<float> dh, dagg, dagg_token, dpq, da, dln, dw4;
-  };
-  mutable Scratch scratch;
+  std::vector<float> saved;            // dag_saved_floats(): the forward activations (layout in aggregate.cc)
+  mutable std::vector<float> scratch;  // dag_backward_scratch_floats(): backward's temporaries
 };
+// Forward activations of every level: per level h^l, LN mean/rstd/output, a, pq, agg and the
+// pair weights split in halves ([4dg, dg]); then Σ_j agg_j of the last level. h^L is never formed.
+int64_t dag_saved_floats(int64_t tokens, int64_t nodes, int64_t d, int64_t dg, size_t levels);
+int64_t dag_backward_scratch_floats(int64_t tokens, int64_t nodes, int64_t d, int64_t dg);
 // DAG-MoE structural aggregation (METHODS.md §2.2); m overwritten.
 void dag_forward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
                  DagEdges edges, std::span<const DagLevelWeights> levels, float* m, DagCache* cache);
 void dag_backward(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
                   DagEdges edges, std::span<const DagLevelWeights> levels, const DagCache& cache, const float* dm,
                   float* d_expert_out, float* dgate, float* du, std::span<const DagLevelGrads> grads);
+// dag_forward / dag_backward on caller buffers of dag_saved_floats() and dag_backward_scratch_floats().
+void dag_forward_buffers(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
+                         DagEdges edges, std::span<const DagLevelWeights> levels, float* m, float* saved);
+void dag_backward_buffers(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, int64_t dg,
+                          DagEdges edges, std::span<const DagLevelWeights> levels, const float* saved, const float* dm,
+                          float* d_expert_out, float* dgate, float* du, std::span<const DagLevelGrads> grads,
+                          float* scratch);
 
 // mix: coefficient — c = softmax(u W_cᵀ + b_c); m_out = c0·m + c1·s. coef: [n, 2] stored.
 void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
                              const float* m, const float* s, float* m_out, float* coef);
+// Same, with caller scratch of 2n floats (the logits).
+void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc, const float* m,
+                             const float* s, float* m_out, float* coef, float* scratch);
 // dm_out → dm, ds (overwritten), du, dwc, dbc (accumulated).
 void coefficient_mix_backward(const float* dm_out, const float* u, int64_t n, int64_t d, const float* wc,
                               const float* m, const float* s, const float* coef, float* dm, float* ds, float* du,
                               float* dwc, float* dbc);
+// Same, with caller scratch of 2n floats.
+void coefficient_mix_backward(const float* dm_out, const float* u, int64_t n, int64_t d, const float* wc,
+                              const float* m, const float* s, const float* coef, float* dm, float* ds, float* du,
+                              float* dwc, float* dbc, float* scratch);
+
+// ---------- optimizer ----------
+
+struct AdamWHyper {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+};
+// One decoupled-weight-decay Adam update of n parameters; `step` is the 1-based number of this
+// update (bias corrections 1 − βᵗ). Same float arithmetic as runtime's AdamW::step.
+void adamw_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n, int64_t step,
+                const AdamWHyper& hyper);
 
 }  // namespace sy::cpu

@@ -1,0 +1,34 @@
+// Backend members shared by every backend: the entry points from before the op table.
+#include "switchyard/kernels/backend.h"
+
+#include <string>
+
+#include "switchyard/core/error.h"
+
+namespace sy {
+
+void run_with_own_workspace(Backend& backend, const OpArgs& args) {
+  if (!backend.can_implement(args)) throw_runtime_error(backend.name() + " backend cannot implement " + op_name(args));
+  const size_t bytes = backend.workspace_size(args);
+  void* workspace = bytes ? backend.allocate(bytes) : nullptr;
+  try {
+    backend.run(args, workspace);
+    backend.synchronize();
+  } catch (...) {
+    if (workspace) backend.release(workspace);
+    throw;
+  }
+  if (workspace) backend.release(workspace);
+}
+
+void Backend::softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) {
+  run(SoftmaxForwardArgs{.z = z, .n = n, .e = e, .p = p, .lse = lse}, nullptr);
+}
+
+void Backend::ffn_forward(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
+                          const cpu::ExpertWeights& w, float* out) {
+  run_with_own_workspace(
+      *this, FfnForwardArgs{.x = x, .rows = rows, .d = d, .f = f, .activation = activation, .w = w, .out = out});
+}
+
+}  // namespace sy
