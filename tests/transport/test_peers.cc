@@ -227,6 +227,31 @@ TEST_P(PeersSuite, ReceivesMatchOnlyTheirSender) {
   ASSERT_TRUE(drive(all, *a, *rb, 10000ms));
   ASSERT_TRUE(drive(all, *b, *sb, 10000ms));
   EXPECT_EQ(from_b, b_value);
+
+  // The other order: C's message is already waiting when A posts its receive from B.
+  const uint64_t c_value2 = 0xCCC2, b_value2 = 0xBBB2;
+  Result<RequestId> sc2 = c->post_send(0, 6, &c_value2, sizeof(c_value2));
+  ASSERT_TRUE(sc2);
+  pump(all, 50ms);
+  uint64_t from_b2 = 0, from_c2 = 0;
+  Result<RequestId> rb2 = a->post_recv(1, 6, &from_b2, sizeof(from_b2));
+  ASSERT_TRUE(rb2);
+  pump(all, 20ms);
+  Result<Completion> early2 = a->test(*rb2);
+  ASSERT_TRUE(early2) << early2.status().to_string();
+  EXPECT_FALSE(early2->done) << "A's receive from B took C's waiting message (value " << std::hex << from_b2 << ")";
+  if (early2->done) return;
+  Result<RequestId> rc2 = a->post_recv(kClientBase + 5, 6, &from_c2, sizeof(from_c2));
+  ASSERT_TRUE(rc2);
+  ASSERT_TRUE(drive(all, *a, *rc2, 10000ms));
+  ASSERT_TRUE(drive(all, *c, *sc2, 10000ms));
+  EXPECT_EQ(from_c2, c_value2);
+  Result<RequestId> sb2 = b->post_send(0, 6, &b_value2, sizeof(b_value2));
+  ASSERT_TRUE(sb2);
+  ASSERT_TRUE(drive(all, *a, *rb2, 10000ms));
+  ASSERT_TRUE(drive(all, *b, *sb2, 10000ms));
+  EXPECT_EQ(from_b2, b_value2);
+  for (Transport* t : all) EXPECT_EQ(t->outstanding_requests(), 0u);
 }
 
 TEST_P(PeersSuite, MessageFromAnUnconnectedSenderWaitsAndHarmsNothing) {
