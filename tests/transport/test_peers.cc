@@ -19,9 +19,9 @@ using namespace sy::transport;
 using namespace std::chrono_literals;
 
 struct PeerBackend {
-  std::string name;     // test-name suffix
-  std::string kind;     // make_transport kind
-  std::string ucx_tls;  // UCX_TLS while the test runs ("" leaves it alone)
+  std::string name;         // test-name suffix
+  std::string kind;         // make_transport kind
+  std::string ucx_tls;      // UCX_TLS while the test runs ("" leaves it alone)
   bool detects_dead_peers;  // a destroyed peer fails requests (else: they time out)
 };
 
@@ -59,8 +59,10 @@ class PeersSuite : public ::testing::TestWithParam<PeerBackend> {
 
   void TearDown() override {
     if (GetParam().ucx_tls.empty()) return;
-    if (had_tls_) setenv("UCX_TLS", saved_tls_.c_str(), 1);
-    else unsetenv("UCX_TLS");
+    if (had_tls_)
+      setenv("UCX_TLS", saved_tls_.c_str(), 1);
+    else
+      unsetenv("UCX_TLS");
   }
 
   std::unique_ptr<Transport> make(Rank id, const std::string& label, int world_size = 0) {
@@ -441,9 +443,8 @@ TEST_P(PeersSuite, OneTransportServesAFixedWorldAndDynamicPeers) {
 }
 
 std::vector<PeerBackend> peer_backends() {
-  std::vector<PeerBackend> out = {{"inprocess", "inprocess", "", true},
-                                  {"ucx_shm", "ucx", "sm,self", false},
-                                  {"ucx_tcp", "ucx", "tcp,self", true}};
+  std::vector<PeerBackend> out = {
+      {"inprocess", "inprocess", "", true}, {"ucx_shm", "ucx", "sm,self", false}, {"ucx_tcp", "ucx", "tcp,self", true}};
   if (nccl_transport_compiled()) out.push_back({"nccl", "nccl", "", true});
   return out;
 }

@@ -29,7 +29,8 @@ int run_hub(sy::control::ControlClient& client, int rank, int world, sy::transpo
   options.rank = hub_id(rank);
   options.world_size = 0;
   std::unique_ptr<Transport> t = make_ucx_transport(options);
-  Result<std::vector<std::string>> addresses = rendezvous_allgather(client, "hub-addresses", rank, world, t->local_address(), timeout);
+  Result<std::vector<std::string>> addresses =
+      rendezvous_allgather(client, "hub-addresses", rank, world, t->local_address(), timeout);
   if (!addresses) {
     std::cerr << "rank " << rank << ": " << addresses.status().to_string() << "\n";
     return 3;
@@ -50,7 +51,9 @@ int run_hub(sy::control::ControlClient& client, int rank, int world, sy::transpo
     const std::string& address = (*addresses)[static_cast<size_t>(r)];
     Result<Rank> id = address_rank(address);
     if (!id) return fail("address of rank " + std::to_string(r), id.status());
-    if (*id != hub_id(r)) return fail("address of rank " + std::to_string(r), Status(StatusCode::protocol, "carries id " + std::to_string(*id)));
+    if (*id != hub_id(r))
+      return fail("address of rank " + std::to_string(r),
+                  Status(StatusCode::protocol, "carries id " + std::to_string(*id)));
     if (Status s = t->connect_peer(*id, address); !s) return fail("connect_peer", s);
     others.push_back(*id);
   }
@@ -70,7 +73,8 @@ int run_hub(sy::control::ControlClient& client, int rank, int world, sy::transpo
   for (size_t i = 0; i < others.size(); ++i) {
     const int64_t want = rank == 0 ? others[i] : t->rank() + 1;
     if (in[i] != want) {
-      std::cerr << "rank " << rank << ": got " << in[i] << " from " << t->describe_peer(others[i]) << ", expected " << want << "\n";
+      std::cerr << "rank " << rank << ": got " << in[i] << " from " << t->describe_peer(others[i]) << ", expected "
+                << want << "\n";
       return 1;
     }
   }

@@ -166,8 +166,10 @@ class InProcessFabric {
     mailboxes_.erase(own);
     for (auto& [id, box] : mailboxes_) {
       for (auto it = box.sends.begin(); it != box.sends.end();) {
-        if (it->source == e) it = box.sends.erase(it);  // the sender's buffer is gone
-        else ++it;
+        if (it->source == e)
+          it = box.sends.erase(it);  // the sender's buffer is gone
+        else
+          ++it;
       }
       for (auto it = box.recvs.begin(); it != box.recvs.end();) {
         if (it->source == e) {
@@ -260,8 +262,8 @@ class InProcessTransport final : public Transport {
     Rank owner = -1;
     Status out;
     if (body.rfind(prefix, 0) != 0) {
-      out = Status(StatusCode::unreachable, "connect_peer: " + describe_peer(peer) +
-                                                " has an address outside this process's in-process fabric");
+      out = Status(StatusCode::unreachable,
+                   "connect_peer: " + describe_peer(peer) + " has an address outside this process's in-process fabric");
     } else {
       try {
         e = std::stoull(body.substr(prefix.size()));
@@ -269,7 +271,8 @@ class InProcessTransport final : public Transport {
         e = 0;
       }
       if (e == 0) {
-        out = Status(StatusCode::invalid_argument, "connect_peer: malformed in-process address for " + describe_peer(peer));
+        out = Status(StatusCode::invalid_argument,
+                     "connect_peer: malformed in-process address for " + describe_peer(peer));
       } else if (!fabric_->lookup(e, owner)) {
         out = Status(StatusCode::unreachable, "connect_peer: " + describe_peer(peer) + " has closed its transport");
       } else if (owner != peer) {

@@ -26,6 +26,11 @@
 // complete, and a send to a dead peer without error handling (shared memory) stays pending
 // until the transport is destroyed. The endpoint's bookkeeping lives until UCX finishes the
 // close; nothing the caller freed is touched.
+//
+// Destruction cancels what is in flight and closes every endpoint (flushed; forced for failed
+// peers with error handling), progressing its own worker for at most 2 s: over TCP a flush
+// needs the peer to progress, which other processes do; several transports on one thread
+// should be destroyed while the others progress (tests/transport/test_peers.cc does this).
 #pragma once
 
 #include <memory>
