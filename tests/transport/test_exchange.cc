@@ -224,6 +224,11 @@ std::vector<SuiteCase> suite_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Transports, ExchangeSuite, ::testing::ValuesIn(suite_cases()), case_name);
 
+// ---- dynamic peers between processes: a hub that spokes join and leave --------------------------
+
+TEST(UcxHub, SpokesJoinTalkAndLeaveOverShm) { run_in_processes({{"ucx_shm", "ucx", "sm,self"}, 4}, "hub"); }
+TEST(UcxHub, SpokesJoinTalkAndLeaveOverTcp) { run_in_processes({{"ucx_tcp", "ucx", "tcp,self"}, 4}, "hub"); }
+
 // ---- a dead peer is an error naming it, never a hang -----------------------------------------
 
 TEST(UcxDeadPeer, TcpPeerExitIsReportedNamingIt) {

@@ -1,7 +1,9 @@
 // One rank of a multi-process transport test or of `bench exchange`-style runs, started by
 // tests/transport (LocalProcess). Configuration comes from the environment:
 //   SY_RANK, SY_WORLD, SY_COORDINATOR=host:port, SY_TRANSPORT=ucx|nccl, SY_SEED,
-//   SY_SCENARIO=exchange|die-after-connect|expect-dead-peer
+//   SY_SCENARIO=exchange|die-after-connect|expect-dead-peer|hub
+// `hub`: dynamic transports (world size 0) under ids far apart; rank 0 is a hub that every
+// other rank joins with connect_peer, talks to both ways, and leaves with disconnect_peer.
 // Exit code 0 on success; the failure, naming the peer, goes to stderr.
 #include <cstdlib>
 #include <iostream>
@@ -16,6 +18,75 @@ namespace {
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v ? std::string(v) : fallback;
+}
+
+// Process ids of the hub scenario: the hub is 0, the others sit in a "client" range.
+sy::transport::Rank hub_id(int rank) { return rank == 0 ? 0 : (1 << 19) + 1000 * rank; }
+
+int run_hub(sy::control::ControlClient& client, int rank, int world, sy::transport::Timeout timeout) {
+  using namespace sy::transport;
+  TransportOptions options;
+  options.rank = hub_id(rank);
+  options.world_size = 0;
+  std::unique_ptr<Transport> t = make_ucx_transport(options);
+  Result<std::vector<std::string>> addresses =
+      rendezvous_allgather(client, "hub-addresses", rank, world, t->local_address(), timeout);
+  if (!addresses) {
+    std::cerr << "rank " << rank << ": " << addresses.status().to_string() << "\n";
+    return 3;
+  }
+  auto fail = [&](const std::string& what, const Status& s) {
+    std::cerr << "rank " << rank << ": " << what << ": " << s.to_string() << "\n";
+    return 1;
+  };
+  // The hub talks to every spoke, a spoke to the hub (indices into `addresses` = process ranks).
+  std::vector<int> other_ranks;
+  if (rank == 0) {
+    for (int r = 1; r < world; ++r) other_ranks.push_back(r);
+  } else {
+    other_ranks.push_back(0);
+  }
+  std::vector<Rank> others;
+  for (int r : other_ranks) {
+    const std::string& address = (*addresses)[static_cast<size_t>(r)];
+    Result<Rank> id = address_rank(address);
+    if (!id) return fail("address of rank " + std::to_string(r), id.status());
+    if (*id != hub_id(r))
+      return fail("address of rank " + std::to_string(r),
+                  Status(StatusCode::protocol, "carries id " + std::to_string(*id)));
+    if (Status s = t->connect_peer(*id, address); !s) return fail("connect_peer", s);
+    others.push_back(*id);
+  }
+  // Every spoke sends its id (tag 1); the hub answers each with id + 1 (tag 2).
+  std::vector<int64_t> in(others.size(), -1), out(others.size());
+  std::vector<RequestId> requests;
+  for (size_t i = 0; i < others.size(); ++i) {
+    Result<RequestId> r = t->post_recv(others[i], rank == 0 ? 1 : 2, &in[i], sizeof(int64_t));
+    if (!r) return fail("post_recv", r.status());
+    requests.push_back(*r);
+    out[i] = rank == 0 ? others[i] + 1 : t->rank();
+    Result<RequestId> s = t->post_send(others[i], rank == 0 ? 2 : 1, &out[i], sizeof(int64_t));
+    if (!s) return fail("post_send", s.status());
+    requests.push_back(*s);
+  }
+  if (Status s = t->wait_all(requests, timeout); !s) return fail("hub messages", s);
+  for (size_t i = 0; i < others.size(); ++i) {
+    const int64_t want = rank == 0 ? others[i] : t->rank() + 1;
+    if (in[i] != want) {
+      std::cerr << "rank " << rank << ": got " << in[i] << " from " << t->describe_peer(others[i]) << ", expected "
+                << want << "\n";
+      return 1;
+    }
+  }
+  if (Status s = rendezvous_barrier(client, "hub-talked", rank, world, timeout); !s) return fail("barrier", s);
+  for (Rank peer : others)
+    if (Status s = t->disconnect_peer(peer); !s) return fail("disconnect_peer", s);
+  if (!t->peers().empty() || t->outstanding_requests() != 0) {
+    std::cerr << "rank " << rank << ": peers or requests left after disconnecting\n";
+    return 1;
+  }
+  if (Status s = rendezvous_barrier(client, "hub-done", rank, world, timeout); !s) return fail("final barrier", s);
+  return 0;
 }
 
 int run() {
@@ -35,6 +106,7 @@ int run() {
     std::cerr << "rank " << rank << ": " << client.status().to_string() << "\n";
     return 2;
   }
+  if (scenario == "hub") return run_hub(**client, rank, world, timeout);
   TransportOptions options;
   options.rank = rank;
   options.world_size = world;

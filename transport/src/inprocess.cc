@@ -1,8 +1,11 @@
 #include "switchyard/transport/inprocess.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -20,8 +23,11 @@ struct OpState {
   std::string error;
 };
 
+// Endpoints are numbered by the fabric, never reused: a transport is one endpoint.
+using EndpointId = uint64_t;
+
 struct PostedSend {
-  Rank source;
+  EndpointId source;
   Tag tag;
   const void* data;
   size_t bytes;
@@ -29,7 +35,7 @@ struct PostedSend {
 };
 
 struct PostedRecv {
-  Rank source;
+  EndpointId source;
   Tag tag;
   void* data;
   size_t capacity;
@@ -38,40 +44,63 @@ struct PostedRecv {
 
 }  // namespace
 
+// The registry of one process's in-process endpoints, by endpoint id (what addresses carry),
+// with the unmatched sends and receives of each.
 class InProcessFabric {
  public:
-  explicit InProcessFabric(int world_size)
-      : world_size_(world_size), id_(next_id_++), mailboxes_(static_cast<size_t>(world_size)) {}
+  explicit InProcessFabric(int world_size) : world_size_(world_size), id_(next_id_++) {}
 
   int world_size() const { return world_size_; }
   uint64_t id() const { return id_; }
 
-  // Returns the state of the new send (possibly already done).
-  std::shared_ptr<OpState> send(Rank source, Rank dest, Tag tag, const void* data, size_t bytes,
+  EndpointId open(Rank rank) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const EndpointId e = ++next_endpoint_;
+    mailboxes_[e].rank = rank;
+    return e;
+  }
+
+  // The rank of open endpoint `e`; false when it is closed or never existed.
+  bool lookup(EndpointId e, Rank& rank) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = mailboxes_.find(e);
+    if (it == mailboxes_.end()) return false;
+    rank = it->second.rank;
+    return true;
+  }
+
+  bool is_open(EndpointId e) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return mailboxes_.count(e) != 0;
+  }
+
+  // Returns the state of the new send (possibly already done or failed).
+  std::shared_ptr<OpState> send(EndpointId source, EndpointId dest, Tag tag, const void* data, size_t bytes,
                                 const std::string& dest_name) {
     auto state = std::make_shared<OpState>();
     std::lock_guard<std::mutex> lock(mutex_);
-    Mailbox& box = mailboxes_[static_cast<size_t>(dest)];
-    if (box.closed) {
+    auto box = mailboxes_.find(dest);
+    if (box == mailboxes_.end()) {
       fail(*state, StatusCode::peer_failed, dest_name + " has closed its transport");
       return state;
     }
-    for (auto it = box.recvs.begin(); it != box.recvs.end(); ++it) {
+    auto& recvs = box->second.recvs;
+    for (auto it = recvs.begin(); it != recvs.end(); ++it) {
       if (it->source == source && it->tag == tag) {
         deliver(data, bytes, *it, *state);
-        box.recvs.erase(it);
+        recvs.erase(it);
         return state;
       }
     }
-    box.sends.push_back(PostedSend{source, tag, data, bytes, state});
+    box->second.sends.push_back(PostedSend{source, tag, data, bytes, state});
     return state;
   }
 
-  std::shared_ptr<OpState> recv(Rank self, Rank source, Tag tag, void* data, size_t capacity,
+  std::shared_ptr<OpState> recv(EndpointId self, EndpointId source, Tag tag, void* data, size_t capacity,
                                 const std::string& source_name) {
     auto state = std::make_shared<OpState>();
     std::lock_guard<std::mutex> lock(mutex_);
-    Mailbox& box = mailboxes_[static_cast<size_t>(self)];
+    Mailbox& box = mailboxes_.at(self);
     for (auto it = box.sends.begin(); it != box.sends.end(); ++it) {
       if (it->source == source && it->tag == tag) {
         PostedRecv r{source, tag, data, capacity, state};
@@ -80,7 +109,7 @@ class InProcessFabric {
         return state;
       }
     }
-    if (mailboxes_[static_cast<size_t>(source)].closed) {
+    if (mailboxes_.count(source) == 0) {
       fail(*state, StatusCode::peer_failed, source_name + " has closed its transport");
       return state;
     }
@@ -94,22 +123,56 @@ class InProcessFabric {
     return state;
   }
 
-  // Rank `rank` is gone: its queued operations vanish, operations of others that involve it fail.
-  void close(Rank rank, const std::string& name) {
+  // `self` stops talking to `peer`: its unmatched receives from and sends to `peer` fail with
+  // `why`; what `peer` sent it and it did not receive is dropped, failing on `peer`'s side with
+  // `why_peer`.
+  void disconnect(EndpointId self, EndpointId peer, const std::string& why, const std::string& why_peer) {
     std::lock_guard<std::mutex> lock(mutex_);
-    Mailbox& own = mailboxes_[static_cast<size_t>(rank)];
-    own.closed = true;
-    for (PostedSend& s : own.sends) fail(*s.state, StatusCode::peer_failed, name + " closed before receiving");
-    own.sends.clear();
-    own.recvs.clear();
-    for (size_t r = 0; r < mailboxes_.size(); ++r) {
-      Mailbox& box = mailboxes_[r];
+    Mailbox& own = mailboxes_.at(self);
+    for (auto it = own.recvs.begin(); it != own.recvs.end();) {
+      if (it->source != peer) {
+        ++it;
+        continue;
+      }
+      fail(*it->state, StatusCode::peer_failed, why);
+      it = own.recvs.erase(it);
+    }
+    for (auto it = own.sends.begin(); it != own.sends.end();) {
+      if (it->source != peer) {
+        ++it;
+        continue;
+      }
+      fail(*it->state, StatusCode::peer_failed, why_peer);
+      it = own.sends.erase(it);
+    }
+    auto other = mailboxes_.find(peer);
+    if (other == mailboxes_.end()) return;
+    for (auto it = other->second.sends.begin(); it != other->second.sends.end();) {
+      if (it->source != self) {
+        ++it;
+        continue;
+      }
+      fail(*it->state, StatusCode::peer_failed, why);
+      it = other->second.sends.erase(it);
+    }
+  }
+
+  // Endpoint `e` is gone: its queued operations vanish, operations of others that involve it fail.
+  void close(EndpointId e, const std::string& name) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto own = mailboxes_.find(e);
+    if (own == mailboxes_.end()) return;
+    for (PostedSend& s : own->second.sends) fail(*s.state, StatusCode::peer_failed, name + " closed before receiving");
+    mailboxes_.erase(own);
+    for (auto& [id, box] : mailboxes_) {
       for (auto it = box.sends.begin(); it != box.sends.end();) {
-        if (it->source == rank) it = box.sends.erase(it);  // the sender's buffer is gone
-        else ++it;
+        if (it->source == e)
+          it = box.sends.erase(it);  // the sender's buffer is gone
+        else
+          ++it;
       }
       for (auto it = box.recvs.begin(); it != box.recvs.end();) {
-        if (it->source == rank) {
+        if (it->source == e) {
           fail(*it->state, StatusCode::peer_failed, name + " closed its transport before sending");
           it = box.recvs.erase(it);
         } else {
@@ -119,11 +182,16 @@ class InProcessFabric {
     }
   }
 
+  size_t open_endpoints() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return mailboxes_.size();
+  }
+
  private:
   struct Mailbox {
-    std::deque<PostedSend> sends;  // unmatched sends addressed to this rank
-    std::deque<PostedRecv> recvs;  // unmatched receives posted by this rank
-    bool closed = false;
+    Rank rank = -1;
+    std::deque<PostedSend> sends;  // unmatched sends addressed to this endpoint
+    std::deque<PostedRecv> recvs;  // unmatched receives posted by this endpoint
   };
 
   static void fail(OpState& s, StatusCode code, std::string message) {
@@ -149,13 +217,21 @@ class InProcessFabric {
   int world_size_;
   uint64_t id_;
   std::mutex mutex_;
-  std::vector<Mailbox> mailboxes_;
+  EndpointId next_endpoint_ = 0;
+  std::unordered_map<EndpointId, Mailbox> mailboxes_;
 };
 
 std::shared_ptr<InProcessFabric> make_inprocess_fabric(int world_size) {
-  if (world_size < 1) throw Error(ErrorKind::transport, "in-process fabric: world size must be >= 1");
+  if (world_size < 0) throw Error(ErrorKind::transport, "in-process fabric: world size must be >= 0");
   return std::make_shared<InProcessFabric>(world_size);
 }
+
+std::shared_ptr<InProcessFabric> default_inprocess_fabric() {
+  static const std::shared_ptr<InProcessFabric> fabric = make_inprocess_fabric(0);
+  return fabric;
+}
+
+size_t inprocess_fabric_endpoints(InProcessFabric& fabric) { return fabric.open_endpoints(); }
 
 namespace {
 
@@ -164,38 +240,76 @@ class InProcessTransport final : public Transport {
   InProcessTransport(std::shared_ptr<InProcessFabric> fabric, const TransportOptions& options)
       : Transport(options), fabric_(std::move(fabric)) {
     if (!fabric_) throw Error(ErrorKind::transport, "in-process transport: no fabric");
-    if (fabric_->world_size() != options.world_size)
+    if (fabric_->world_size() != 0 && fabric_->world_size() != options.world_size)
       throw Error(ErrorKind::transport, "in-process transport: world size " + std::to_string(options.world_size) +
                                             " differs from the fabric's " + std::to_string(fabric_->world_size()));
-    connected_.assign(static_cast<size_t>(world_size()), false);
+    endpoint_ = fabric_->open(rank());
   }
-  ~InProcessTransport() override { fabric_->close(rank(), describe_peer(rank())); }
+  ~InProcessTransport() override { fabric_->close(endpoint_, describe_peer(rank())); }
 
   std::string_view name() const override { return "inprocess"; }
   bool supports(MemoryKind kind) const override { return kind == MemoryKind::host; }
 
   std::string local_address() const override {
-    return pack_address(own_label(), std::to_string(fabric_->id()) + "/" + std::to_string(rank()));
+    return pack_address(rank(), own_label(), fabric_prefix() + std::to_string(endpoint_));
   }
 
-  Status connect(const std::vector<std::string>& addresses) override {
-    if (static_cast<int>(addresses.size()) != world_size())
-      return Status(StatusCode::invalid_argument, "connect: " + std::to_string(addresses.size()) +
-                                                      " addresses for a world of " + std::to_string(world_size()));
-    for (int r = 0; r < world_size(); ++r) {
-      std::string label, body;
-      if (!unpack_address(addresses[static_cast<size_t>(r)], label, body) ||
-          body != std::to_string(fabric_->id()) + "/" + std::to_string(r))
-        return Status(StatusCode::unreachable,
-                      "connect: " + describe_peer(r) + " has an address outside this process's fabric");
-      set_peer_label(r, label);
-      connected_[static_cast<size_t>(r)] = true;
+  Status connect_peer(Rank peer, std::string_view address) override {
+    std::string body;
+    if (Status s = accept_peer_address(peer, address, peers_.count(peer) != 0, body); !s) return s;
+    const std::string prefix = fabric_prefix();
+    EndpointId e = 0;
+    Rank owner = -1;
+    Status out;
+    if (body.rfind(prefix, 0) != 0) {
+      out = Status(StatusCode::unreachable,
+                   "connect_peer: " + describe_peer(peer) + " has an address outside this process's in-process fabric");
+    } else {
+      try {
+        e = std::stoull(body.substr(prefix.size()));
+      } catch (const std::exception&) {
+        e = 0;
+      }
+      if (e == 0) {
+        out = Status(StatusCode::invalid_argument,
+                     "connect_peer: malformed in-process address for " + describe_peer(peer));
+      } else if (!fabric_->lookup(e, owner)) {
+        out = Status(StatusCode::unreachable, "connect_peer: " + describe_peer(peer) + " has closed its transport");
+      } else if (owner != peer) {
+        out = Status(StatusCode::invalid_argument, "connect_peer: the endpoint given for rank " + std::to_string(peer) +
+                                                       " belongs to rank " + std::to_string(owner));
+      }
     }
+    if (!out) {
+      forget_peer_label(peer);
+      return out;
+    }
+    peers_.emplace(peer, e);
+    return Status::ok();
+  }
+
+  Status disconnect_peer(Rank peer) override {
+    auto it = peers_.find(peer);
+    if (it == peers_.end())
+      return Status(StatusCode::unreachable, "disconnect_peer: " + describe_peer(peer) + " is not connected");
+    const std::string why = describe_peer(peer) + " was disconnected";
+    const std::string why_peer = describe_peer(rank()) + " disconnected from it before receiving";
+    fabric_->disconnect(endpoint_, it->second, why, why_peer);
+    peers_.erase(it);
+    forget_peer_label(peer);
     return Status::ok();
   }
 
   bool can_reach(Rank peer) const override {
-    return peer >= 0 && peer < world_size() && connected_[static_cast<size_t>(peer)];
+    auto it = peers_.find(peer);
+    return it != peers_.end() && fabric_->is_open(it->second);
+  }
+
+  std::vector<Rank> peers() const override {
+    std::vector<Rank> out;
+    out.reserve(peers_.size());
+    for (const auto& [r, e] : peers_) out.push_back(r);
+    return out;
   }
 
   Result<MemoryRegion> register_memory(void* data, size_t bytes, MemoryKind kind) override {
@@ -208,14 +322,16 @@ class InProcessTransport final : public Transport {
   }
 
   Result<RequestId> post_send(Rank peer, Tag tag, const void* data, size_t bytes, const MemoryRegion*) override {
-    if (Status s = check_post(peer, tag); !s) return s;
-    auto state = fabric_->send(rank(), peer, tag, data, bytes, describe_peer(peer));
+    Result<EndpointId> e = check_post(peer);
+    if (!e) return e.status();
+    auto state = fabric_->send(endpoint_, *e, tag, data, bytes, describe_peer(peer));
     return add(Op{std::move(state), peer, tag, bytes, true});
   }
 
   Result<RequestId> post_recv(Rank peer, Tag tag, void* data, size_t capacity, const MemoryRegion*) override {
-    if (Status s = check_post(peer, tag); !s) return s;
-    auto state = fabric_->recv(rank(), peer, tag, data, capacity, describe_peer(peer));
+    Result<EndpointId> e = check_post(peer);
+    if (!e) return e.status();
+    auto state = fabric_->recv(endpoint_, *e, tag, data, capacity, describe_peer(peer));
     return add(Op{std::move(state), peer, tag, capacity, false});
   }
 
@@ -249,18 +365,23 @@ class InProcessTransport final : public Transport {
     bool is_send;
   };
 
+  // "inprocess:<pid>/<fabric>/": addresses only mean something inside one process's fabric.
+  std::string fabric_prefix() const {
+    return "inprocess:" + std::to_string(getpid()) + "/" + std::to_string(fabric_->id()) + "/";
+  }
+
   std::string describe(const Op& op) const {
     return std::string(op.is_send ? "send of " : "receive of up to ") + std::to_string(op.bytes) + " bytes " +
            (op.is_send ? "to " : "from ") + describe_peer(op.peer) + ", tag " + std::to_string(op.tag);
   }
 
-  Status check_post(Rank peer, Tag tag) const {
+  Result<EndpointId> check_post(Rank peer) const {
     if (Status s = check_peer(peer); !s) return s;
-    if (!can_reach(peer)) return Status(StatusCode::unreachable, describe_peer(peer) + " is not connected");
+    auto it = peers_.find(peer);
+    if (it == peers_.end()) return Status(StatusCode::unreachable, describe_peer(peer) + " is not connected");
     if (ops_.size() >= options().max_outstanding_requests)
       return Status(StatusCode::no_resource, std::to_string(ops_.size()) + " requests in flight; progress and retry");
-    (void)tag;
-    return Status::ok();
+    return it->second;
   }
 
   RequestId add(Op op) {
@@ -270,7 +391,8 @@ class InProcessTransport final : public Transport {
   }
 
   std::shared_ptr<InProcessFabric> fabric_;
-  std::vector<bool> connected_;
+  EndpointId endpoint_ = 0;
+  std::map<Rank, EndpointId> peers_;  // ordered: peers() ascending
   std::unordered_map<uint64_t, Op> ops_;
   uint64_t next_request_ = 0;
   uint64_t next_region_ = 0;

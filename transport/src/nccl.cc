@@ -49,6 +49,8 @@ using Clock = std::chrono::steady_clock;
 class NcclTransport final : public Transport {
  public:
   NcclTransport(const TransportOptions& options, const NcclOptions& nccl) : Transport(options), nccl_(nccl) {
+    if (world_size() < 1)
+      throw Error(ErrorKind::transport, "nccl transport: needs a fixed world (world_size >= 1); NCCL has no dynamic peers");
     const int devices = cuda_device_count();
     if (devices == 0) throw Error(ErrorKind::transport, "nccl transport: no CUDA device is usable on this machine");
     device_ = nccl.device >= 0 ? nccl.device : rank() % devices;
@@ -78,7 +80,7 @@ class NcclTransport final : public Transport {
   std::string_view name() const override { return "nccl"; }
   bool supports(MemoryKind kind) const override { return kind == MemoryKind::cuda; }
 
-  std::string local_address() const override { return pack_address(own_label(), unique_id_); }
+  std::string local_address() const override { return pack_address(rank(), own_label(), unique_id_); }
 
   Status connect(const std::vector<std::string>& addresses) override {
     if (static_cast<int>(addresses.size()) != world_size())
@@ -88,8 +90,12 @@ class NcclTransport final : public Transport {
     std::string id_bytes;
     for (int r = 0; r < world_size(); ++r) {
       std::string label, body;
-      if (!unpack_address(addresses[static_cast<size_t>(r)], label, body))
+      Rank id = 0;
+      if (!unpack_address(addresses[static_cast<size_t>(r)], id, label, body))
         return Status(StatusCode::invalid_argument, "connect: malformed address for " + describe_peer(r));
+      if (id != r)
+        return Status(StatusCode::invalid_argument, "connect: the address given for rank " + std::to_string(r) +
+                                                        " is that of rank " + std::to_string(id));
       set_peer_label(r, label);
       if (r == 0) id_bytes = body;
     }
@@ -110,7 +116,21 @@ class NcclTransport final : public Transport {
     return Status::ok();
   }
 
+  Status connect_peer(Rank, std::string_view) override {
+    return Status(StatusCode::unsupported, "nccl transport: a fixed world only; connect every rank with connect()");
+  }
+  Status disconnect_peer(Rank) override {
+    return Status(StatusCode::unsupported, "nccl transport: a fixed world only; peers cannot be disconnected");
+  }
+
   bool can_reach(Rank peer) const override { return comm_ && !failed_ && peer >= 0 && peer < world_size(); }
+
+  std::vector<Rank> peers() const override {
+    std::vector<Rank> out;
+    if (comm_)
+      for (Rank r = 0; r < world_size(); ++r) out.push_back(r);
+    return out;
+  }
 
   Result<MemoryRegion> register_memory(void* data, size_t bytes, MemoryKind kind) override {
     if (kind != MemoryKind::cuda) return Status(StatusCode::unsupported, "nccl transport: CUDA memory only");
@@ -309,7 +329,7 @@ class NcclTransport final : public Transport {
   }
 
   Result<RequestId> post(Rank peer, Tag tag, void* data, size_t bytes, bool is_send) {
-    if (Status s = check_peer(peer); !s) return s;
+    if (Status s = check_world_rank(peer); !s) return s;
     if (Status s = ready(); !s) return s;
     if (ops_.size() >= options().max_outstanding_requests)
       return Status(StatusCode::no_resource, std::to_string(ops_.size()) + " requests in flight; progress and retry");

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -24,52 +25,122 @@ std::string default_process_label() {
   return std::string(host) + ":pid " + std::to_string(getpid());
 }
 
-std::string pack_address(std::string_view label, std::string_view backend_bytes) {
-  std::string out(4, '\0');
-  const auto n = static_cast<uint32_t>(label.size());
-  for (int i = 0; i < 4; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+namespace {
+
+void put_u32(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint32_t get_u32(std::string_view in, size_t at) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<unsigned char>(in[at + static_cast<size_t>(i)])) << (8 * i);
+  return v;
+}
+
+}  // namespace
+
+std::string pack_address(Rank id, std::string_view label, std::string_view backend_bytes) {
+  std::string out;
+  out.reserve(8 + label.size() + backend_bytes.size());
+  put_u32(out, static_cast<uint32_t>(id));
+  put_u32(out, static_cast<uint32_t>(label.size()));
   out.append(label);
   out.append(backend_bytes);
   return out;
 }
 
-bool unpack_address(std::string_view address, std::string& label, std::string& backend_bytes) {
-  if (address.size() < 4) return false;
-  uint32_t n = 0;
-  for (int i = 0; i < 4; ++i) n |= static_cast<uint32_t>(static_cast<unsigned char>(address[static_cast<size_t>(i)])) << (8 * i);
-  if (n > address.size() - 4) return false;
-  label.assign(address.substr(4, n));
-  backend_bytes.assign(address.substr(4 + n));
+bool unpack_address(std::string_view address, Rank& id, std::string& label, std::string& backend_bytes) {
+  if (address.size() < 8) return false;
+  const uint32_t raw_id = get_u32(address, 0);
+  const uint32_t n = get_u32(address, 4);
+  if (raw_id > static_cast<uint32_t>(kMaxRank) || n > address.size() - 8) return false;
+  id = static_cast<Rank>(raw_id);
+  label.assign(address.substr(8, n));
+  backend_bytes.assign(address.substr(8 + n));
   return true;
+}
+
+Result<Rank> address_rank(std::string_view address) {
+  Rank id = 0;
+  std::string label, body;
+  if (!unpack_address(address, id, label, body))
+    return Status(StatusCode::invalid_argument, "malformed transport address (" + std::to_string(address.size()) + " bytes)");
+  return id;
 }
 
 Transport::Transport(const TransportOptions& options)
     : options_(options), rank_(options.rank), world_size_(options.world_size) {
-  if (world_size_ < 1 || rank_ < 0 || rank_ >= world_size_)
+  if (rank_ < 0 || rank_ > kMaxRank)
+    throw Error(ErrorKind::transport, "transport: id " + std::to_string(rank_) + " is outside 0.." + std::to_string(kMaxRank));
+  if (world_size_ < 0 || (world_size_ > 0 && rank_ >= world_size_))
     throw Error(ErrorKind::transport, "transport: rank " + std::to_string(rank_) + " is outside a world of " +
                                           std::to_string(world_size_));
   own_label_ = options.label.empty() ? default_process_label() : options.label;
-  peer_labels_.assign(static_cast<size_t>(world_size_), std::string());
-  peer_labels_[static_cast<size_t>(rank_)] = own_label_;
 }
 
 Transport::~Transport() = default;
 
 std::string Transport::describe_peer(Rank peer) const {
   std::string out = "rank " + std::to_string(peer);
-  if (peer >= 0 && peer < world_size_ && !peer_labels_[static_cast<size_t>(peer)].empty())
-    out += " (" + peer_labels_[static_cast<size_t>(peer)] + ")";
+  const std::string* label = nullptr;
+  if (peer == rank_) {
+    label = &own_label_;
+  } else if (auto it = peer_labels_.find(peer); it != peer_labels_.end()) {
+    label = &it->second;
+  }
+  if (label && !label->empty()) out += " (" + *label + ")";
   return out;
 }
 
 void Transport::set_peer_label(Rank peer, std::string label) {
-  if (peer >= 0 && peer < world_size_) peer_labels_[static_cast<size_t>(peer)] = std::move(label);
+  if (peer != rank_) peer_labels_[peer] = std::move(label);
 }
 
+void Transport::forget_peer_label(Rank peer) { peer_labels_.erase(peer); }
+
 Status Transport::check_peer(Rank peer) const {
+  if (peer < 0 || peer > kMaxRank)
+    return Status(StatusCode::invalid_argument,
+                  "rank " + std::to_string(peer) + " is outside the ids 0.." + std::to_string(kMaxRank));
+  return Status::ok();
+}
+
+Status Transport::check_world_rank(Rank peer) const {
   if (peer < 0 || peer >= world_size_)
     return Status(StatusCode::invalid_argument,
                   "rank " + std::to_string(peer) + " is outside a world of " + std::to_string(world_size_));
+  return Status::ok();
+}
+
+Status Transport::accept_peer_address(Rank peer, std::string_view address, bool connected, std::string& backend_bytes) {
+  if (Status s = check_peer(peer); !s) return Status(s.code(), "connect_peer: " + s.message());
+  if (connected) return Status(StatusCode::invalid_argument, "connect_peer: " + describe_peer(peer) + " is already connected");
+  Rank id = 0;
+  std::string label;
+  if (!unpack_address(address, id, label, backend_bytes))
+    return Status(StatusCode::invalid_argument, "connect_peer: malformed address for " + describe_peer(peer));
+  if (id != peer)
+    return Status(StatusCode::invalid_argument, "connect_peer: the address given for rank " + std::to_string(peer) +
+                                                    " is that of rank " + std::to_string(id) + " (" + label + ")");
+  set_peer_label(peer, std::move(label));
+  return Status::ok();
+}
+
+Status Transport::connect(const std::vector<std::string>& addresses) {
+  if (world_size_ == 0)
+    return Status(StatusCode::invalid_argument, "connect: this transport has no fixed world (world_size 0); use connect_peer");
+  if (static_cast<int>(addresses.size()) != world_size_)
+    return Status(StatusCode::invalid_argument, "connect: " + std::to_string(addresses.size()) +
+                                                    " addresses for a world of " + std::to_string(world_size_));
+  const std::vector<Rank> have = peers();
+  for (Rank r = 0; r < world_size_; ++r) {
+    if (std::binary_search(have.begin(), have.end(), r)) continue;
+    if (Status s = connect_peer(r, addresses[static_cast<size_t>(r)]); !s) {
+      std::string m = s.message();
+      if (m.rfind("connect_peer: ", 0) == 0) m = m.substr(14);
+      return Status(s.code(), "connect: " + m);
+    }
+  }
   return Status::ok();
 }
 
@@ -128,6 +199,8 @@ Status Transport::wait_all(std::span<const RequestId> requests, Timeout timeout,
 }
 
 Result<ExchangeLayout> Transport::exchange_counts(std::span<const int64_t> send_rows, Timeout timeout) {
+  if (world_size_ == 0)
+    return Status(StatusCode::invalid_argument, "exchange_counts: this transport has no fixed world (world_size 0)");
   if (static_cast<int>(send_rows.size()) != world_size_)
     return Status(StatusCode::invalid_argument, "exchange_counts: " + std::to_string(send_rows.size()) +
                                                     " counts for a world of " + std::to_string(world_size_));
@@ -161,6 +234,8 @@ Result<ExchangeLayout> Transport::exchange_counts(std::span<const int64_t> send_
 }
 
 Status Transport::exchange_rows(const ExchangeLayout& layout, const ExchangeBuffers& buffers, Timeout timeout) {
+  if (world_size_ == 0)
+    return Status(StatusCode::invalid_argument, "exchange_rows: this transport has no fixed world (world_size 0)");
   if (layout.world_size() != world_size_)
     return Status(StatusCode::invalid_argument, "exchange_rows: layout is for a world of " +
                                                     std::to_string(layout.world_size()) + ", not " +

@@ -4,6 +4,7 @@
 #include <ucs/config/global_opts.h>
 
 #include <chrono>
+#include <map>
 #include <unordered_map>
 
 #include "switchyard/core/log.h"
@@ -14,6 +15,9 @@ namespace {
 
 constexpr int kTagRankShift = 44;
 constexpr uint64_t kTagMask = (uint64_t{1} << kTagRankShift) - 1;
+// Receives compare every bit: the sender's id (top 20 bits) and the tag.
+constexpr uint64_t kRecvTagMask = ~uint64_t{0};
+static_assert((uint64_t{kMaxRank} << kTagRankShift) >> kTagRankShift == uint64_t{kMaxRank}, "ids fit the tag");
 
 std::string ucx_error(const char* call, ucs_status_t status) {
   return std::string(call) + " failed: " + ucs_status_string(status);
@@ -27,21 +31,24 @@ struct PeerEndpoint {
   ucp_ep_h ep = nullptr;
   bool peer_failure_detection = false;  // endpoint created with UCP_ERR_HANDLING_MODE_PEER
   bool failed = false;
+  bool closing = false;  // disconnect_peer closed it; the error callback ignores it from then on
   std::string failure;
 };
 
 class UcxTransport final : public Transport {
  public:
   UcxTransport(const TransportOptions& options, const UcxOptions& ucx) : Transport(options), ucx_(ucx) {
-    if (options.world_size > (1 << 20)) throw Error(ErrorKind::transport, "ucx transport: world size above 2^20");
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) throw Error(ErrorKind::transport, "ucx transport: " + ucx_error("ucp_config_read", st));
     ucp_params_t params{};
-    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS | UCP_PARAM_FIELD_NAME;
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
     params.features = UCP_FEATURE_TAG;
-    params.estimated_num_eps = static_cast<size_t>(options.world_size);
     params.name = "switchyard";
+    if (options.world_size > 0) {
+      params.field_mask |= UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
+      params.estimated_num_eps = static_cast<size_t>(options.world_size);
+    }
     st = ucp_init(&params, config, &context_);
     ucp_config_release(config);
     if (st != UCS_OK) throw Error(ErrorKind::transport, "ucx transport: " + ucx_error("ucp_init", st));
@@ -63,12 +70,6 @@ class UcxTransport final : public Transport {
     }
     worker_address_.assign(reinterpret_cast<const char*>(address), length);
     ucp_worker_release_address(worker_, address);
-    peers_.resize(static_cast<size_t>(world_size()));
-    for (int r = 0; r < world_size(); ++r) {
-      peers_[static_cast<size_t>(r)] = std::make_unique<PeerEndpoint>();
-      peers_[static_cast<size_t>(r)]->owner = this;
-      peers_[static_cast<size_t>(r)]->rank = r;
-    }
   }
 
   ~UcxTransport() override {
@@ -79,24 +80,21 @@ class UcxTransport final : public Transport {
       ucp_request_free(op.request);
     }
     ops_.clear();
-    std::vector<void*> closing;
-    for (auto& peer : peers_) {
-      if (!peer->ep) continue;
-      ucp_request_param_t p{};
-      p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-      p.flags = (peer->failed && peer->peer_failure_detection) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-      ucs_status_ptr_t r = ucp_ep_close_nbx(peer->ep, &p);
-      if (UCS_PTR_IS_PTR(r)) closing.push_back(r);
-      peer->ep = nullptr;
+    for (auto& [r, peer] : peers_) {
+      const bool force = peer->failed && peer->peer_failure_detection;
+      start_close(std::move(peer), force);
     }
+    peers_.clear();
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    for (void* r : closing) {
-      while (ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < deadline)
-        ucp_worker_progress(worker_);
-      if (ucp_request_check_status(r) == UCS_INPROGRESS)
-        SY_LOG(warn, "transport", "ucx: closing an endpoint did not finish within 2 s; destroying the worker anyway");
-      ucp_request_free(r);
+    while (!closing_.empty() && std::chrono::steady_clock::now() < deadline) {
+      ucp_worker_progress(worker_);
+      reap_closed();
     }
+    if (!closing_.empty())
+      SY_LOG(warn, "transport", "ucx: closing " << closing_.size()
+                                                << " endpoint(s) did not finish within 2 s; destroying the worker anyway");
+    for (Closing& c : closing_) ucp_request_free(c.request);
+    closing_.clear();
     for (auto& [id, memh] : regions_) ucp_mem_unmap(context_, memh);
     ucp_worker_destroy(worker_);
     ucp_cleanup(context_);
@@ -105,58 +103,92 @@ class UcxTransport final : public Transport {
   std::string_view name() const override { return "ucx"; }
   bool supports(MemoryKind kind) const override { return kind == MemoryKind::host; }
 
-  std::string local_address() const override { return pack_address(own_label(), worker_address_); }
+  std::string local_address() const override { return pack_address(rank(), own_label(), worker_address_); }
 
-  Status connect(const std::vector<std::string>& addresses) override {
-    if (static_cast<int>(addresses.size()) != world_size())
-      return Status(StatusCode::invalid_argument, "connect: " + std::to_string(addresses.size()) +
-                                                      " addresses for a world of " + std::to_string(world_size()));
-    for (int r = 0; r < world_size(); ++r) {
-      PeerEndpoint& peer = *peers_[static_cast<size_t>(r)];
-      if (peer.ep) continue;
-      std::string label, worker_bytes;
-      if (!unpack_address(addresses[static_cast<size_t>(r)], label, worker_bytes) || worker_bytes.empty())
-        return Status(StatusCode::invalid_argument, "connect: malformed address for " + describe_peer(r));
-      set_peer_label(r, label);
-      ucp_ep_params_t ep{};
-      ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-      ep.address = reinterpret_cast<const ucp_address_t*>(worker_bytes.data());
+  Status connect_peer(Rank r, std::string_view address) override {
+    std::string worker_bytes;
+    if (Status s = accept_peer_address(r, address, peers_.count(r) != 0, worker_bytes); !s) return s;
+    if (worker_bytes.empty()) {
+      forget_peer_label(r);
+      return Status(StatusCode::invalid_argument, "connect_peer: address of " + describe_peer(r) + " has no UCX worker address");
+    }
+    auto peer = std::make_unique<PeerEndpoint>();
+    peer->owner = this;
+    peer->rank = r;
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep.address = reinterpret_cast<const ucp_address_t*>(worker_bytes.data());
+    ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    ucs_status_t st = UCS_ERR_UNREACHABLE;
+    if (ucx_.peer_error_handling) {
+      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      ep.err_handler.cb = &UcxTransport::on_endpoint_error;
+      ep.err_handler.arg = peer.get();
+      // A refusal here is expected for shared memory (see ucx.h); keep UCX from logging it
+      // as an ERROR, we log the fallback ourselves.
+      const ucs_log_level_t saved = ucs_global_opts.log_component.log_level;
+      if (saved < UCS_LOG_LEVEL_DEBUG) ucs_global_opts.log_component.log_level = UCS_LOG_LEVEL_FATAL;
+      st = ucp_ep_create(worker_, &ep, &peer->ep);
+      ucs_global_opts.log_component.log_level = saved;
+      peer->peer_failure_detection = st == UCS_OK;
+      if (st != UCS_OK)
+        SY_LOG(info, "transport", "ucx: no transport to " << describe_peer(r)
+                                                          << " detects peer failure; timeouts will catch a dead peer");
+    }
+    if (st != UCS_OK) {
+      ep.field_mask &= ~static_cast<uint64_t>(UCP_EP_PARAM_FIELD_ERR_HANDLER);
       ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-      ucs_status_t st = UCS_ERR_UNREACHABLE;
-      if (ucx_.peer_error_handling) {
-        ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
-        ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-        ep.err_handler.cb = &UcxTransport::on_endpoint_error;
-        ep.err_handler.arg = &peer;
-        // A refusal here is expected for shared memory (see ucx.h); keep UCX from logging it
-        // as an ERROR, we log the fallback ourselves.
-        const ucs_log_level_t saved = ucs_global_opts.log_component.log_level;
-        if (saved < UCS_LOG_LEVEL_DEBUG) ucs_global_opts.log_component.log_level = UCS_LOG_LEVEL_FATAL;
-        st = ucp_ep_create(worker_, &ep, &peer.ep);
-        ucs_global_opts.log_component.log_level = saved;
-        peer.peer_failure_detection = st == UCS_OK;
-        if (st != UCS_OK)
-          SY_LOG(info, "transport", "ucx: no transport to " << describe_peer(r)
-                                                            << " detects peer failure; timeouts will catch a dead peer");
-      }
-      if (st != UCS_OK) {
-        ep.field_mask &= ~static_cast<uint64_t>(UCP_EP_PARAM_FIELD_ERR_HANDLER);
-        ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-        st = ucp_ep_create(worker_, &ep, &peer.ep);
-      }
-      if (st != UCS_OK) {
-        peer.ep = nullptr;
-        return Status(StatusCode::unreachable, "connect: no UCX transport reaches " + describe_peer(r) + ": " +
-                                                   ucx_error("ucp_ep_create", st) + " (UCX_TLS decides which are tried)");
+      st = ucp_ep_create(worker_, &ep, &peer->ep);
+    }
+    if (st != UCS_OK) {
+      Status out(StatusCode::unreachable, "connect_peer: no UCX transport reaches " + describe_peer(r) + ": " +
+                                              ucx_error("ucp_ep_create", st) + " (UCX_TLS decides which are tried)");
+      forget_peer_label(r);
+      return out;
+    }
+    peers_.emplace(r, std::move(peer));
+    return Status::ok();
+  }
+
+  Status disconnect_peer(Rank r) override {
+    auto it = peers_.find(r);
+    if (it == peers_.end()) return Status(StatusCode::unreachable, "disconnect_peer: " + describe_peer(r) + " is not connected");
+    PeerEndpoint& peer = *it->second;
+    const std::string why = describe_peer(r) + (peer.failed ? " failed (" + peer.failure + ")" : " was disconnected");
+    // Its requests fail from now on; receives are cancelled (a receive is not tied to the
+    // endpoint), sends end when the endpoint's close releases them.
+    bool sends_in_flight = false;
+    for (auto& [id, op] : ops_) {
+      if (op.peer != r || op.orphaned) continue;
+      op.orphaned = true;
+      if (op.request && op.is_send) sends_in_flight = true;
+      op.failure = describe(op) + ": " + why;
+      if (op.request && !op.is_send && !op.cancelled) {
+        ucp_request_cancel(worker_, op.request);
+        op.cancelled = true;
       }
     }
+    std::unique_ptr<PeerEndpoint> owned = std::move(it->second);
+    peers_.erase(it);
+    // Forced when something must be cut (a failed peer, sends to cancel), which UCX allows only
+    // with peer error handling; otherwise flushed, as in the destructor.
+    const bool force = owned->peer_failure_detection && (owned->failed || sends_in_flight);
+    start_close(std::move(owned), force);
+    forget_peer_label(r);
     return Status::ok();
   }
 
   bool can_reach(Rank peer) const override {
-    if (peer < 0 || peer >= world_size()) return false;
-    const PeerEndpoint& p = *peers_[static_cast<size_t>(peer)];
-    return p.ep != nullptr && !p.failed;
+    auto it = peers_.find(peer);
+    return it != peers_.end() && !it->second->failed;
+  }
+
+  std::vector<Rank> peers() const override {
+    std::vector<Rank> out;
+    out.reserve(peers_.size());
+    for (const auto& [r, p] : peers_) out.push_back(r);
+    return out;
   }
 
   Result<MemoryRegion> register_memory(void* data, size_t bytes, MemoryKind kind) override {
@@ -185,33 +217,38 @@ class UcxTransport final : public Transport {
   }
 
   Result<RequestId> post_send(Rank peer, Tag tag, const void* data, size_t bytes, const MemoryRegion* region) override {
-    if (Status s = check_post(peer, tag); !s) return s;
-    ucp_request_param_t p{};
-    set_memh(p, region, data, bytes);
+    Result<PeerEndpoint*> p = check_post(peer, tag);
+    if (!p) return p.status();
+    ucp_request_param_t params{};
+    set_memh(params, region, data, bytes);
     const ucp_tag_t wire_tag = (static_cast<uint64_t>(rank()) << kTagRankShift) | tag;
-    ucs_status_ptr_t r = ucp_tag_send_nbx(peers_[static_cast<size_t>(peer)]->ep, data, bytes, wire_tag, &p);
-    return add(Op{UCS_PTR_IS_PTR(r) ? r : nullptr, UCS_PTR_STATUS(r), 0, peer, tag, bytes, true, false});
+    ucs_status_ptr_t r = ucp_tag_send_nbx((*p)->ep, data, bytes, wire_tag, &params);
+    return add(Op{UCS_PTR_IS_PTR(r) ? r : nullptr, UCS_PTR_STATUS(r), 0, peer, tag, bytes, true, false, false, {}});
   }
 
   Result<RequestId> post_recv(Rank peer, Tag tag, void* data, size_t capacity, const MemoryRegion* region) override {
-    if (Status s = check_post(peer, tag); !s) return s;
-    ucp_request_param_t p{};
-    set_memh(p, region, data, capacity);
+    Result<PeerEndpoint*> p = check_post(peer, tag);
+    if (!p) return p.status();
+    ucp_request_param_t params{};
+    set_memh(params, region, data, capacity);
     ucp_tag_recv_info_t info{};
-    p.op_attr_mask |= UCP_OP_ATTR_FIELD_RECV_INFO;
-    p.recv_info.tag_info = &info;
+    params.op_attr_mask |= UCP_OP_ATTR_FIELD_RECV_INFO;
+    params.recv_info.tag_info = &info;
     // Always complete through a request: UCX 1.13 reported a length of 0 for some receives
     // that completed inside ucp_tag_recv_nbx (message already in the unexpected queue), seen
     // as empty request headers under load. The request path reports the length reliably.
-    p.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    params.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    // The full mask: the sender's id bits select this peer's messages only.
     const ucp_tag_t wire_tag = (static_cast<uint64_t>(peer) << kTagRankShift) | tag;
-    ucs_status_ptr_t r = ucp_tag_recv_nbx(worker_, data, capacity, wire_tag, ~ucp_tag_t{0}, &p);
-    return add(Op{UCS_PTR_IS_PTR(r) ? r : nullptr, UCS_PTR_STATUS(r), info.length, peer, tag, capacity, false, false});
+    ucs_status_ptr_t r = ucp_tag_recv_nbx(worker_, data, capacity, wire_tag, kRecvTagMask, &params);
+    return add(Op{UCS_PTR_IS_PTR(r) ? r : nullptr, UCS_PTR_STATUS(r), info.length, peer, tag, capacity, false, false,
+                  false, {}});
   }
 
   void progress() override {
     while (ucp_worker_progress(worker_) != 0) {
     }
+    if (!closing_.empty()) reap_closed();
   }
 
   Result<Completion> test(RequestId request) override {
@@ -221,6 +258,7 @@ class UcxTransport final : public Transport {
     Op& op = it->second;
     ucs_status_t st = op.status;
     size_t length = op.length;
+    const PeerEndpoint* peer = op.orphaned ? nullptr : find_peer(op.peer);
     if (op.request) {
       if (op.is_send) {
         st = ucp_request_check_status(op.request);
@@ -230,8 +268,7 @@ class UcxTransport final : public Transport {
         length = info.length;
       }
       if (st == UCS_INPROGRESS) {
-        const PeerEndpoint& peer = *peers_[static_cast<size_t>(op.peer)];
-        if (peer.failed && !op.is_send && !op.cancelled) {
+        if (peer && peer->failed && !op.is_send && !op.cancelled) {
           ucp_request_cancel(worker_, op.request);  // completes with UCS_ERR_CANCELED on progress
           op.cancelled = true;
         }
@@ -240,18 +277,18 @@ class UcxTransport final : public Transport {
       ucp_request_free(op.request);
       op.request = nullptr;
     }
-    const std::string what = describe(op);
-    const Rank peer_rank = op.peer;
+    const Op done = std::move(op);
     ops_.erase(it);
     if (st == UCS_OK) return Completion{true, length};
-    const PeerEndpoint& peer = *peers_[static_cast<size_t>(peer_rank)];
     if (st == UCS_ERR_MESSAGE_TRUNCATED)
-      return Status(StatusCode::truncated, what + ": the message was longer than the receive buffer");
-    if (peer.failed || st == UCS_ERR_CANCELED || st == UCS_ERR_CONNECTION_RESET || st == UCS_ERR_ENDPOINT_TIMEOUT ||
+      return Status(StatusCode::truncated, describe(done) + ": the message was longer than the receive buffer");
+    if (done.orphaned) return Status(StatusCode::peer_failed, done.failure + " (" + ucs_status_string(st) + ")");
+    const bool failed = peer && peer->failed;
+    if (failed || st == UCS_ERR_CANCELED || st == UCS_ERR_CONNECTION_RESET || st == UCS_ERR_ENDPOINT_TIMEOUT ||
         st == UCS_ERR_UNREACHABLE)
-      return Status(StatusCode::peer_failed, what + ": " + describe_peer(peer_rank) + " failed (" +
-                                                 (peer.failed ? peer.failure : ucs_status_string(st)) + ")");
-    return Status(StatusCode::internal, what + ": " + ucs_status_string(st));
+      return Status(StatusCode::peer_failed, describe(done) + ": " + describe_peer(done.peer) + " failed (" +
+                                                 (failed ? peer->failure : ucs_status_string(st)) + ")");
+    return Status(StatusCode::internal, describe(done) + ": " + ucs_status_string(st));
   }
 
   size_t outstanding_requests() const override { return ops_.size(); }
@@ -271,14 +308,53 @@ class UcxTransport final : public Transport {
     size_t bytes;
     bool is_send;
     bool cancelled;
+    bool orphaned;         // its peer was disconnected: it ends as peer_failed with `failure`
+    std::string failure;
+  };
+
+  // An endpoint being closed: kept (with its PeerEndpoint, the error callback's argument) until
+  // UCX completes the close.
+  struct Closing {
+    std::unique_ptr<PeerEndpoint> peer;
+    void* request;
   };
 
   static void on_endpoint_error(void* arg, ucp_ep_h, ucs_status_t status) {
     auto* peer = static_cast<PeerEndpoint*>(arg);
-    if (peer->failed) return;
+    if (peer->failed || peer->closing) return;
     peer->failed = true;
     peer->failure = ucs_status_string(status);
     SY_LOG(warn, "transport", "ucx: " << peer->owner->describe_peer(peer->rank) << " failed: " << peer->failure);
+  }
+
+  // Starts closing `peer`'s endpoint: forced (its sends complete as cancelled, no word from the
+  // peer awaited) or flushed (sends in flight complete first).
+  void start_close(std::unique_ptr<PeerEndpoint> peer, bool force) {
+    if (!peer->ep) return;
+    peer->closing = true;
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    ucs_status_ptr_t r = ucp_ep_close_nbx(peer->ep, &p);
+    peer->ep = nullptr;
+    if (UCS_PTR_IS_PTR(r)) closing_.push_back(Closing{std::move(peer), r});
+  }
+
+  void reap_closed() {
+    for (size_t i = 0; i < closing_.size();) {
+      if (ucp_request_check_status(closing_[i].request) == UCS_INPROGRESS) {
+        ++i;
+        continue;
+      }
+      ucp_request_free(closing_[i].request);
+      closing_[i] = std::move(closing_.back());
+      closing_.pop_back();
+    }
+  }
+
+  const PeerEndpoint* find_peer(Rank r) const {
+    auto it = peers_.find(r);
+    return it == peers_.end() ? nullptr : it->second.get();
   }
 
   std::string describe(const Op& op) const {
@@ -294,15 +370,16 @@ class UcxTransport final : public Transport {
     p.memh = it->second;
   }
 
-  Status check_post(Rank peer, Tag tag) const {
+  Result<PeerEndpoint*> check_post(Rank peer, Tag tag) const {
     if (Status s = check_peer(peer); !s) return s;
     if (tag > kTagMask) return Status(StatusCode::invalid_argument, "tag " + std::to_string(tag) + " is above 2^44");
-    const PeerEndpoint& p = *peers_[static_cast<size_t>(peer)];
-    if (!p.ep) return Status(StatusCode::unreachable, describe_peer(peer) + " is not connected");
-    if (p.failed) return Status(StatusCode::peer_failed, describe_peer(peer) + " failed earlier: " + p.failure);
+    auto it = peers_.find(peer);
+    if (it == peers_.end()) return Status(StatusCode::unreachable, describe_peer(peer) + " is not connected");
+    PeerEndpoint* p = it->second.get();
+    if (p->failed) return Status(StatusCode::peer_failed, describe_peer(peer) + " failed earlier: " + p->failure);
     if (ops_.size() >= options().max_outstanding_requests)
       return Status(StatusCode::no_resource, std::to_string(ops_.size()) + " requests in flight; progress and retry");
-    return Status::ok();
+    return p;
   }
 
   Result<RequestId> add(Op op) {
@@ -313,7 +390,7 @@ class UcxTransport final : public Transport {
                     what + ": " + ucs_status_string(op.status));
     }
     const uint64_t id = ++next_request_;
-    ops_.emplace(id, op);
+    ops_.emplace(id, std::move(op));
     return RequestId{id};
   }
 
@@ -321,7 +398,8 @@ class UcxTransport final : public Transport {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::string worker_address_;
-  std::vector<std::unique_ptr<PeerEndpoint>> peers_;
+  std::map<Rank, std::unique_ptr<PeerEndpoint>> peers_;  // ordered: peers() ascending
+  std::vector<Closing> closing_;
   std::unordered_map<uint64_t, Op> ops_;
   std::unordered_map<uint64_t, ucp_mem_h> regions_;
   uint64_t next_request_ = 0;

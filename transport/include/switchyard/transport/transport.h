@@ -1,12 +1,20 @@
 // The data-plane transport: one interface, three implementations (UCX, NCCL, in-process).
 //
-// A `Transport` is one rank's endpoint in a fixed world of `world_size` ranks. Its life:
+// A `Transport` is one process's endpoint on the data plane: one per process (UCX: one
+// ucp_context + one ucp_worker), named by a cluster-wide id (`TransportOptions::rank`), with
+// endpoints to other processes created and closed as they join and leave. Two ways to use it,
+// on the same object:
 //
-//   1. construct it (ucx.h, nccl.h, inprocess.h) with this rank and the world size;
-//   2. publish `local_address()` (opaque bytes) to every other rank over the control channel
-//      (rendezvous.h does this all-gather) and call `connect(all_addresses)`;
-//   3. move bytes: point to point with `post_send` / `post_recv` + `progress` + `test`/`wait`,
-//      or collectively with the two-phase all-to-all-v `exchange_counts` then `exchange_rows`.
+//   * a fixed world: `world_size` > 0 makes ranks 0..world_size-1 a group (workers, say).
+//     Publish `local_address()` to every member over the control channel (rendezvous.h does
+//     this all-gather) and call `connect(all_addresses)`; the collectives run over this group.
+//   * dynamic peers: `connect_peer(id, address)` when a process joins, `disconnect_peer(id)`
+//     when it leaves. Any id up to `kMaxRank`, inside or outside the fixed world
+//     (`world_size` 0: no fixed world, peers only this way; a client, say).
+//
+// Then move bytes: point to point with `post_send` / `post_recv` + `progress` + `test`/`wait`,
+// or collectively (fixed world only) with the two-phase all-to-all-v `exchange_counts` then
+// `exchange_rows`. make_transport (factory.h) builds any backend by name.
 //
 // Rules every implementation keeps:
 //   * Nothing blocks without a deadline. `post_*` never block; when too many requests are in
@@ -14,10 +22,17 @@
 //     (UCX's UCS_ERR_NO_RESOURCE discipline). `wait*` and the collectives take a timeout.
 //   * A dead peer or a timeout is an error that names the peer: "rank 1 (node7:pid 4242)".
 //   * Point-to-point messages between one (sender, receiver, tag) triple match in posting order.
+//     A receive from peer P matches only P's sends. A message from a process this transport has
+//     no endpoint to (not yet connected, or disconnected) matches nothing and harms nothing; it
+//     waits, and is received if that sender is connected later under the same id.
 //     User tags are below `kMaxUserTag`; tags above it are reserved for the collectives.
-//   * Collectives are called by every rank in the same order (as in MPI and NCCL).
-//   * A Transport is used by one thread at a time; different ranks' transports may live on
-//     different threads of one process (the in-process backend and the UCX tests do that).
+//   * Ids are unique in the cluster and never reused for another process while transports that
+//     knew the old holder live: a late message of the old holder would match the new one.
+//   * Collectives are called by every rank of the fixed world in the same order (as in MPI and
+//     NCCL).
+//   * A Transport is used by one thread at a time; different processes' transports may live on
+//     different threads of one process (the in-process backend and the UCX tests do that), or
+//     one thread may drive several.
 //   * After an error from a collective the transport may still hold requests that reference
 //     the caller's buffers; destroy the transport (which cancels them) before freeing those.
 #pragma once
@@ -28,6 +43,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "switchyard/transport/status.h"
@@ -40,6 +56,8 @@ using Timeout = std::chrono::milliseconds;
 
 // Tags at or above this are reserved for collectives.
 inline constexpr Tag kMaxUserTag = (Tag{1} << 40) - 1;
+// Process ids are 0..kMaxRank (UCX carries the sender's id in the top 20 bits of its tags).
+inline constexpr Rank kMaxRank = (1 << 20) - 1;
 
 enum class MemoryKind : uint8_t { host, cuda };
 const char* memory_kind_name(MemoryKind kind);
@@ -73,7 +91,11 @@ struct Completion {
 };
 
 struct TransportOptions {
+  // This process's id, unique in the cluster: 0..kMaxRank. Inside the fixed world when there is
+  // one (rank < world_size).
   Rank rank = 0;
+  // Size of the fixed world (ranks 0..world_size-1: `connect(addresses)` and the collectives);
+  // 0 for a dynamic transport, which has only the peers `connect_peer` gives it.
   int world_size = 1;
   // How peers name this process in their errors; empty means "<hostname>:pid <pid>".
   std::string label;
@@ -132,15 +154,31 @@ class Transport {
   int world_size() const { return world_size_; }
   virtual bool supports(MemoryKind kind) const = 0;
 
-  // ---- bootstrap -------------------------------------------------------------------------
-  // This rank's address: opaque bytes to hand to every rank's `connect` (rendezvous.h).
+  // ---- bootstrap and peers ------------------------------------------------------------------
+  // This process's address: opaque bytes (carrying its id and label) for peers' `connect_peer`
+  // or `connect`.
   virtual std::string local_address() const = 0;
-  // Imports every rank's address (index = rank, this rank's own included) and creates the
-  // endpoints. Fails naming the peer whose address is malformed or unreachable.
-  virtual Status connect(const std::vector<std::string>& addresses) = 0;
-  // True once `connect` made an endpoint to `peer` and the peer has not failed since.
+  // Fixed world: imports every rank's address (index = rank, this rank's own included) and
+  // creates the endpoints it lacks (`connect_peer` for each). invalid_argument without a fixed
+  // world or with a wrong count; fails naming the peer whose address is malformed, of another
+  // id, or unreachable.
+  virtual Status connect(const std::vector<std::string>& addresses);
+  // Creates an endpoint to process `peer` from its `local_address()` (its own included: sends to
+  // self work). invalid_argument when `peer` is already connected (nothing changes), out of
+  // range, or the address is malformed or carries another id; unreachable when no transport
+  // reaches it. NCCL: unsupported (fixed world only).
+  virtual Status connect_peer(Rank peer, std::string_view address) = 0;
+  // Closes the endpoint to `peer`. Its requests still in flight fail with peer_failed naming it
+  // (receives are cancelled now; sends once the backend lets go of their buffers, see ucx.h);
+  // `test` them as usual to release them. Messages it sent that were not received are dropped
+  // or left unmatched. The id may be connected again (same process; see the rule on reuse).
+  // unreachable when `peer` is not connected. NCCL: unsupported.
+  virtual Status disconnect_peer(Rank peer) = 0;
+  // True while an endpoint to `peer` exists and the peer has not failed since.
   virtual bool can_reach(Rank peer) const = 0;
-  // "rank 1 (node7:pid 4242)": how errors name a peer.
+  // Ids with an endpoint now (connected and not disconnected, failed ones included), ascending.
+  virtual std::vector<Rank> peers() const = 0;
+  // "rank 1 (node7:pid 4242)": how errors name a peer (the label while it is connected).
   std::string describe_peer(Rank peer) const;
 
   // ---- memory ----------------------------------------------------------------------------
@@ -172,6 +210,7 @@ class Transport {
   Status wait_all(std::span<const RequestId> requests, Timeout timeout, std::vector<size_t>* bytes = nullptr);
 
   // ---- collectives: all-to-all-v in two phases ---------------------------------------------
+  // Over the fixed world only (invalid_argument without one).
   // Phase 1: every rank sends its per-destination row counts (`send_rows[r]` rows to rank r,
   // world_size entries, zeros allowed) and learns how many rows each rank will send it.
   virtual Result<ExchangeLayout> exchange_counts(std::span<const int64_t> send_rows, Timeout timeout);
@@ -182,11 +221,18 @@ class Transport {
                                   std::vector<std::byte>& recv, Timeout timeout);
 
  protected:
-  // Peer labels, learnt from addresses at `connect` (backends call this).
+  // Peer labels, learnt from addresses at `connect_peer`, forgotten at `disconnect_peer`
+  // (backends call these).
   void set_peer_label(Rank peer, std::string label);
+  void forget_peer_label(Rank peer);
   const std::string& own_label() const { return own_label_; }
   const TransportOptions& options() const { return options_; }
-  Status check_peer(Rank peer) const;  // invalid_argument naming the bad rank
+  Status check_peer(Rank peer) const;        // invalid_argument unless 0 <= peer <= kMaxRank
+  Status check_world_rank(Rank peer) const;  // invalid_argument unless inside the fixed world
+  // Unpacks `address` for `connect_peer(peer, ...)`: checks the range, that `peer` is not
+  // already connected (`connected`), the format, and that the address carries `peer`'s id;
+  // records the label. The backend bytes go to `backend_bytes`.
+  Status accept_peer_address(Rank peer, std::string_view address, bool connected, std::string& backend_bytes);
   // Tags for the next collective: every rank advances the same counter in the same order.
   Tag next_collective_tag();
 
@@ -195,7 +241,7 @@ class Transport {
   Rank rank_;
   int world_size_;
   std::string own_label_;
-  std::vector<std::string> peer_labels_;
+  std::unordered_map<Rank, std::string> peer_labels_;
   uint64_t collective_sequence_ = 0;
 };
 
@@ -203,11 +249,15 @@ class Transport {
 // and NCCL were found.
 std::vector<std::string> compiled_transports();
 
-// Small helpers for addresses: every backend's address starts with the process label so that
-// errors can name the peer. Layout: u32 label length, label, backend bytes.
-std::string pack_address(std::string_view label, std::string_view backend_bytes);
+// Small helpers for addresses: every backend's address starts with the process id and label so
+// that a peer can check who it connects to and errors can name it. Layout: u32 id, u32 label
+// length, label, backend bytes (integers little-endian).
+std::string pack_address(Rank id, std::string_view label, std::string_view backend_bytes);
 // False when `address` is malformed.
-bool unpack_address(std::string_view address, std::string& label, std::string& backend_bytes);
+bool unpack_address(std::string_view address, Rank& id, std::string& label, std::string& backend_bytes);
+// The id an address carries (a coordinator or worker learning who sent it); invalid_argument
+// when malformed.
+Result<Rank> address_rank(std::string_view address);
 
 // "<hostname>:pid <pid>"
 std::string default_process_label();
