@@ -295,6 +295,23 @@ const Field kSchema[] = {
   {.path = "cluster.request_timeout_ms", .def = "10000", .bound = Bound::gt,
    .help = "A request to a worker that has not answered after this long fails, naming the worker.",
    .slot = SY_CLUSTER(request_timeout_ms)},
+  {.path = "cluster.startup_timeout_ms", .def = "120000", .bound = Bound::gt,
+   .help = "How long processes wait at start: a worker or client for the coordinator, a client for every "
+           "expected worker and for a model another client loads, the workers for their data-plane world.",
+   .slot = SY_CLUSTER(startup_timeout_ms)},
+  {.path = "cluster.liveness_check_ms", .def = "500", .bound = Bound::gt,
+   .help = "While a client waits on workers it asks the coordinator this often which are alive, so a dead "
+           "worker fails the request within about dead_after_ms, not request_timeout_ms.",
+   .slot = SY_CLUSTER(liveness_check_ms)},
+  {.path = "cluster.transport", .type = Type::string, .def = "ucx",
+   .help = "Data plane between clients and workers: ucx (processes, any host), or inprocess (coordinator, "
+           "workers and clients as threads of one process: tests).",
+   .slot = SY_CLUSTER(transport),
+   .check = [](const Scope& s) -> std::string {
+     const std::string& t = s.config->cluster.transport;
+     if (t == "ucx" || t == "inprocess") return "";
+     return "\"" + t + "\" is not one of: ucx, inprocess";
+   }},
   {.path = "cluster.worker_memory_mb", .def = "4096", .bound = Bound::gt,
    .help = "Memory budget per worker for expert replicas, each 4x its weight bytes (weights, gradients, "
            "two AdamW moments).",

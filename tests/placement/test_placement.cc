@@ -2,7 +2,7 @@
 
 #include "switchyard/core/error.h"
 #include "switchyard/placement/placement.h"
-#include "switchyard/scheduler/replica_scheduler.h"
+#include "switchyard/scheduler/dispatch_plan.h"
 
 namespace sy {
 namespace {
@@ -49,17 +49,52 @@ TEST(Placement, ValidationNamesTheEntry) {
   expect_error(p, "no such expert");
 }
 
-TEST(ReplicaScheduler, PicksLeastLoadedReplica) {
-  ReplicaScheduler s(3);
-  EXPECT_EQ(s.pick({0, 1}, 10), 0);
-  EXPECT_EQ(s.pick({0, 1}, 4), 1);
-  EXPECT_EQ(s.pick({0, 1}, 4), 1);   // 1 has 4 < 10
-  EXPECT_EQ(s.pick({0, 1, 2}, 1), 2);
-  EXPECT_EQ(s.load(), (std::vector<int64_t>{10, 8, 1}));
-  s.reset();
-  EXPECT_EQ(s.pick({2, 0}, 1), 2);   // ties: first listed
-  EXPECT_THROW(s.pick({}, 1), Error);
-  EXPECT_THROW(s.pick({5}, 1), Error);
+TEST(DispatchPlan, SplitsEachExpertOverItsLiveReplicasLeastLoadedFirst) {
+  Placement p;
+  p.replicas[{0, 0, 0}] = {0, 1};
+  p.replicas[{0, 0, 1}] = {1};
+  p.replicas[{0, 0, 2}] = {2, 0};
+  const std::vector<int64_t> offsets = {0, 10, 14, 14};  // expert 2 has no rows
+  WorkerLoad load;
+  auto plan = plan_dispatch(offsets, 0, 0, p, {0, 1, 2}, load);
+  ASSERT_TRUE(plan.is_ok()) << plan.status().to_string();
+  ASSERT_EQ(plan->workers.size(), 2u);
+  EXPECT_EQ(plan->rows, 14);
+  EXPECT_EQ(plan->workers[0].worker, 0);  // expert 0: rows 0-4 to worker 0 (ties: first listed)
+  ASSERT_EQ(plan->workers[0].chunks.size(), 1u);
+  EXPECT_EQ(plan->workers[0].chunks[0].first_row, 0);
+  EXPECT_EQ(plan->workers[0].chunks[0].rows, 5);
+  EXPECT_EQ(plan->workers[1].worker, 1);  // rows 5-9 of expert 0, then expert 1's 4 rows
+  ASSERT_EQ(plan->workers[1].chunks.size(), 2u);
+  EXPECT_EQ(plan->workers[1].chunks[0].first_row, 5);
+  EXPECT_EQ(plan->workers[1].chunks[1].expert, 1);
+  EXPECT_EQ(plan->workers[1].rows, 9);
+  EXPECT_EQ(load, (WorkerLoad{5, 9}));  // workers of experts with rows
+  // Load carries over: both chunks of expert 0 (2 + 1 rows) go to the less loaded worker 0.
+  auto next = plan_dispatch(std::vector<int64_t>{0, 3, 3, 3}, 0, 0, p, {0, 1, 2}, load);
+  ASSERT_TRUE(next.is_ok());
+  ASSERT_EQ(next->workers.size(), 1u);
+  EXPECT_EQ(next->workers[0].chunks.size(), 2u);
+  EXPECT_EQ(load, (WorkerLoad{8, 9}));
+}
+
+TEST(DispatchPlan, ReplanWithoutADeadWorkerMovesItsRowsToSurvivors) {
+  Placement p;
+  p.replicas[{1, 0, 0}] = {0, 1};
+  p.replicas[{1, 0, 1}] = {1};
+  WorkerLoad load;
+  auto plan = plan_dispatch(std::vector<int64_t>{0, 6, 6}, 1, 0, p, {0}, load);
+  ASSERT_TRUE(plan.is_ok());
+  ASSERT_EQ(plan->workers.size(), 1u);
+  EXPECT_EQ(plan->workers[0].worker, 0);
+  EXPECT_EQ(plan->workers[0].rows, 6);
+  auto none = plan_dispatch(std::vector<int64_t>{0, 0, 2}, 1, 0, p, {0}, load);
+  ASSERT_FALSE(none.is_ok());
+  EXPECT_EQ(none.status().code(), StatusCode::unreachable);
+  EXPECT_NE(none.status().message().find("layers.1.stages.0.experts.1"), std::string::npos);
+  auto missing = plan_dispatch(std::vector<int64_t>{0, 0, 0, 1}, 1, 0, p, {0, 1}, load);
+  ASSERT_FALSE(missing.is_ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::invalid_argument);
 }
 
 }  // namespace

@@ -19,6 +19,40 @@ using boost::system::error_code;
 
 namespace {
 
+namespace cpb = switchyard::control;
+
+// StatusCode ⇄ the wire's enum, by name (never a C++ ordinal on the wire).
+cpb::StatusCode status_code_to_pb(StatusCode code) {
+  switch (code) {
+    case StatusCode::ok: return cpb::OK;
+    case StatusCode::no_resource: return cpb::NO_RESOURCE;
+    case StatusCode::timeout: return cpb::TIMEOUT;
+    case StatusCode::peer_failed: return cpb::PEER_FAILED;
+    case StatusCode::unreachable: return cpb::UNREACHABLE;
+    case StatusCode::invalid_argument: return cpb::INVALID_ARGUMENT;
+    case StatusCode::truncated: return cpb::TRUNCATED;
+    case StatusCode::protocol: return cpb::PROTOCOL;
+    case StatusCode::unsupported: return cpb::UNSUPPORTED;
+    case StatusCode::internal: return cpb::INTERNAL;
+  }
+  return cpb::INTERNAL;
+}
+
+// An error reply always fails: OK or a code this build does not know reads as internal.
+StatusCode status_code_from_pb(cpb::StatusCode code) {
+  switch (code) {
+    case cpb::NO_RESOURCE: return StatusCode::no_resource;
+    case cpb::TIMEOUT: return StatusCode::timeout;
+    case cpb::PEER_FAILED: return StatusCode::peer_failed;
+    case cpb::UNREACHABLE: return StatusCode::unreachable;
+    case cpb::INVALID_ARGUMENT: return StatusCode::invalid_argument;
+    case cpb::TRUNCATED: return StatusCode::truncated;
+    case cpb::PROTOCOL: return StatusCode::protocol;
+    case cpb::UNSUPPORTED: return StatusCode::unsupported;
+    default: return StatusCode::internal;
+  }
+}
+
 constexpr size_t kHeaderBytes = 4;
 
 std::string encode_frame(const switchyard::control::Frame& frame) {
@@ -211,7 +245,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
     auto it = server_.handlers.find(frame.type());
     if (it == server_.handlers.end()) {
       out.set_error("no handler for " + frame.type());
-      out.set_error_code(static_cast<uint32_t>(StatusCode::unsupported));
+      out.set_error_code(status_code_to_pb(StatusCode::unsupported));
     } else {
       Result<Payload> reply = Status(StatusCode::internal, "handler did not run");
       try {
@@ -224,7 +258,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
         out.set_body(std::move(reply->body));
       } else {
         out.set_error(reply.status().message());
-        out.set_error_code(static_cast<uint32_t>(reply.status().code()));
+        out.set_error_code(status_code_to_pb(reply.status().code()));
       }
     }
     ++server_.requests;
@@ -468,11 +502,7 @@ Result<Payload> ControlClient::call_raw(const Payload& request) {
   if (!reply->is_reply() || reply->request_id() != id)
     return impl_->fail(StatusCode::protocol, "reply does not match request " + std::to_string(id));
   if (!reply->error().empty()) {
-    const uint32_t code = reply->error_code();
-    const auto status_code = (code > 0 && code <= static_cast<uint32_t>(StatusCode::internal))
-                                 ? static_cast<StatusCode>(code)
-                                 : StatusCode::internal;
-    return Status(status_code, "control channel to " + impl_->endpoint + ": " + request.type + " failed: " + reply->error());
+    return Status(status_code_from_pb(reply->error_code()), "control channel to " + impl_->endpoint + ": " + request.type + " failed: " + reply->error());
   }
   return Payload{reply->type(), reply->body()};
 }

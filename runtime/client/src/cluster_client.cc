@@ -1,50 +1,51 @@
 #include "switchyard/client/cluster_client.h"
 
-#include "switchyard/core/expert.h"
-#include "switchyard/engine/moe_model.h"
-
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <set>
 #include <thread>
 
-#include "cluster.pb.h"
-#include "switchyard/wire/data_plane.h"
-#include "switchyard/wire/wire.h"
 #include "switchyard/core/error.h"
+#include "switchyard/core/expert.h"
 #include "switchyard/core/log.h"
-#include "switchyard/scheduler/replica_scheduler.h"
+#include "switchyard/scheduler/dispatch_plan.h"
 #include "switchyard/transport/control.h"
-#include "switchyard/transport/ucx.h"
+#include "switchyard/transport/factory.h"
+#include "switchyard/wire/wire.h"
 
 namespace sy {
 namespace {
-namespace pb = switchyard::cluster;
+namespace pb = wire::pb;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using Millis = std::chrono::milliseconds;
 
-std::unique_ptr<control::ControlClient> connect_coordinator(const std::string& endpoint, const std::string& name) {
+// A control call at start-up or from a public call: failures throw naming `what`.
+template <class Request, class Reply>
+Reply call_or_throw(control::ControlClient& c, const Request& request, const std::string& what) {
+  auto reply = c.call<Request, Reply>(request);
+  if (!reply) throw Error(ErrorKind::transport, what + ": " + reply.status().to_string());
+  return std::move(reply).value();
+}
+
+std::unique_ptr<control::ControlClient> connect_control(const std::string& endpoint, const std::string& name) {
   auto [host, port] = control::parse_endpoint(endpoint);
   control::ControlClient::Options o;
   o.name = name;
-  return cluster::check(control::ControlClient::connect(host, port, o), "coordinator " + endpoint);
+  auto c = control::ControlClient::connect(host, port, o);
+  if (!c) throw Error(ErrorKind::transport, "coordinator " + endpoint + ": " + c.status().to_string());
+  return std::move(c).value();
 }
 
 pb::ClusterInfoReply fetch_info(control::ControlClient& c, const std::string& endpoint) {
-  return cluster::check(c.call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{}),
-                        "coordinator " + endpoint);
-}
-
-// Logs once where the failure is decided, then throws (a client is often torn down while the
-// exception unwinds, so the log line is what survives).
-[[noreturn]] void fail(ErrorKind kind, const std::string& message) {
-  SY_LOG(error, "runtime", message);
-  throw Error(kind, message);
+  return call_or_throw<pb::ClusterInfoRequest, pb::ClusterInfoReply>(c, {}, "coordinator " + endpoint);
 }
 
 }  // namespace
 
 ClusterStatus query_cluster_status(const std::string& coordinator) {
-  auto c = connect_coordinator(coordinator, "switchyard status");
+  auto c = connect_control(coordinator, "switchyard status");
   const pb::ClusterInfoReply info = fetch_info(*c, coordinator);
   ClusterStatus s;
   s.placement_epoch = info.placement_epoch();
@@ -59,16 +60,14 @@ ClusterStatus query_cluster_status(const std::string& coordinator) {
 }
 
 void request_cluster_shutdown(const std::string& coordinator) {
-  auto c = connect_coordinator(coordinator, "switchyard shutdown");
-  cluster::check(c->call<pb::ShutdownRequest, pb::ShutdownReply>(pb::ShutdownRequest{}), "coordinator " + coordinator);
+  auto c = connect_control(coordinator, "switchyard shutdown");
+  call_or_throw<pb::ShutdownRequest, pb::ShutdownReply>(*c, {}, "coordinator " + coordinator);
 }
 
 // ---------------------------------------------------------------------------------------------
 
 struct WorkerLink {
-  int id = 0;
-  std::string label;  // "worker 2 (host:pid 123)"
-  std::unique_ptr<transport::Transport> transport;
+  std::string label;  // "worker 2 (host:pid 123, 127.0.0.1:4000)"
   uint64_t rows_sent = 0;
   std::string broken;  // why the link was closed after a failed request; empty while healthy
 };
@@ -80,237 +79,270 @@ struct Call {
   const void* payload = nullptr;
   size_t payload_bytes = 0;
   std::vector<float> reply;  // reply payload
-  // internal
-  cluster::OutgoingMessage out;
+  // in flight
+  wire::OutgoingMessage out;
   std::vector<char> header;
   transport::RequestId header_request{}, payload_request{};
-  int stage = 0;  // 0 header pending, 1 payload pending, 2 done
+  enum class Stage { header, payload, done } stage = Stage::header;
 };
 
 struct ClusterClient::Impl {
   std::string coordinator_endpoint, name;
   std::unique_ptr<control::ControlClient> coordinator;
+  std::unique_ptr<transport::Transport> transport;  // this process's one data-plane endpoint
   std::map<int, WorkerLink> links;
   std::unique_ptr<Config> config;
   uint64_t next_request = 1;
-  int request_timeout_ms = 10000;
+  Millis request_timeout{10000}, startup_timeout{120000}, liveness_check{500};
   std::vector<std::unique_ptr<ExpertCompute>> layer_experts;
   double worker_compute_seconds = 0;  // Σ over round trips of the slowest worker's compute
 
-  WorkerLink& link(int w) {
+  Status usable(int w) const {
     auto it = links.find(w);
-    if (it == links.end()) throw Error(ErrorKind::transport, "placement names worker " + std::to_string(w) + " which is not attached");
+    if (it == links.end())
+      return Status(StatusCode::invalid_argument, "placement names worker " + std::to_string(w) + " which is not attached");
     if (!it->second.broken.empty())
-      throw Error(ErrorKind::transport, it->second.label + " is unusable after an earlier failure: " + it->second.broken);
-    return it->second;
+      return Status(StatusCode::peer_failed, it->second.label + " is unusable after an earlier failure: " + it->second.broken);
+    return Status::ok();
+  }
+  const std::string& label(int w) const { return links.at(w).label; }
+
+  std::set<int> live_workers() const {
+    std::set<int> live;
+    for (const auto& [id, l] : links)
+      if (l.broken.empty()) live.insert(id);
+    return live;
   }
 
-  // After a failed round trip: close the links that still have requests in flight, while the
-  // calls' buffers are alive (closing cancels the requests), so nothing writes into them later
-  // and a late reply can never be taken for the answer to another request.
-  void abandon(std::vector<Call>& calls, const std::string& reason) {
-    for (Call& c : calls) {
-      auto it = links.find(c.worker);
-      if (it == links.end() || !it->second.transport) continue;
-      it->second.transport.reset();
-      if (it->second.broken.empty()) it->second.broken = reason;
-    }
+  // Public calls: a failed round trip throws at this edge.
+  void call(std::vector<Call>& calls, const std::string& what, double* waited_seconds = nullptr) {
+    if (Status s = round_trip(calls, what, waited_seconds); !s) wire::throw_error(s);
   }
 
   // Sends every call, then progresses until all replies arrived. Fails naming the worker on a
   // worker error, a transport failure, a worker the coordinator declares dead, or the timeout.
-  void round_trip(std::vector<Call>& calls, const std::string& what, double* waited_seconds = nullptr) {
-    try {
-      round_trip_unguarded(calls, what, waited_seconds);
-    } catch (const std::exception& e) {
-      abandon(calls, e.what());
-      throw;
-    }
-  }
-
-  void round_trip_unguarded(std::vector<Call>& calls, const std::string& what, double* waited_seconds) {
+  Status round_trip(std::vector<Call>& calls, const std::string& what, double* waited_seconds) {
     const auto start = Clock::now();
-    double slowest_compute = 0;  // the workers compute in parallel: the slowest one bounds the wait
-    for (Call& c : calls) {
-      WorkerLink& l = link(c.worker);
-      c.request.set_payload_bytes(c.payload_bytes);
-      c.out.post(*l.transport, 1, cluster::kRequestTag, cluster::kRequestPayloadTag, c.request, c.payload, c.payload_bytes,
-                 what + " to " + l.label);
-      c.header.resize(cluster::kMaxHeaderBytes);
-      c.header_request = cluster::post_recv(*l.transport, 1, cluster::kReplyTag, c.header.data(), c.header.size(), l.label);
-      c.stage = 0;
-    }
-    const auto deadline = start + std::chrono::milliseconds(request_timeout_ms);
-    auto next_liveness_check = start + 500ms;
-    for (;;) {
-      bool all_done = true;
-      for (Call& c : calls) {
-        if (c.stage == 2) continue;
-        WorkerLink& l = link(c.worker);
-        l.transport->progress();
-        const transport::RequestId rid = c.stage == 0 ? c.header_request : c.payload_request;
-        auto t = l.transport->test(rid);
-        if (!t.is_ok()) fail(ErrorKind::transport, what + ": " + l.label + " failed: " + t.status().to_string());
-        if (!t->done) {
-          all_done = false;
-          continue;
-        }
-        if (c.stage == 0) {
-          pb::WorkerReply rep;
-          if (!rep.ParseFromArray(c.header.data(), static_cast<int>(t->bytes)))
-            fail(ErrorKind::transport, what + ": malformed reply from " + l.label);
-          if (!rep.error().empty()) fail(ErrorKind::runtime, what + " failed on " + rep.error());
-          if (rep.request_id() != c.request.request_id())
-            fail(ErrorKind::transport, what + ": " + l.label + " answered request " + std::to_string(rep.request_id()) +
-                                           " instead of " + std::to_string(c.request.request_id()));
-          slowest_compute = std::max(slowest_compute, rep.compute_seconds());
-          c.reply.assign(rep.payload_bytes() / sizeof(float), 0.0f);
-          if (rep.payload_bytes() > 0) {
-            c.payload_request = cluster::post_recv(*l.transport, 1, cluster::kReplyPayloadTag, c.reply.data(),
-                                                   rep.payload_bytes(), l.label);
-            c.stage = 1;
-            all_done = false;
-          } else {
-            c.stage = 2;
-          }
-        } else {
-          c.stage = 2;
-        }
-      }
-      if (all_done) break;
-      const auto now = Clock::now();
-      if (now > next_liveness_check) {
-        next_liveness_check = now + 500ms;
-        const pb::ClusterInfoReply info = fetch_info(*coordinator, coordinator_endpoint);
-        for (const pb::WorkerInfo& w : info.workers())
-          for (const Call& c : calls)
-            if (c.stage != 2 && c.worker == w.worker_id() && !w.alive())
-              fail(ErrorKind::transport, what + ": " + link(c.worker).label + " is dead (no heartbeat for " +
-                                                    std::to_string(w.ms_since_heartbeat()) + " ms, says the coordinator)");
-      }
-      if (now > deadline) {
-        for (const Call& c : calls)
-          if (c.stage != 2)
-            fail(ErrorKind::transport, what + ": " + link(c.worker).label + " did not answer within " +
-                                                  std::to_string(request_timeout_ms) + " ms");
-      }
-    }
-    // Sends are complete once the replies are in, but release their requests.
-    for (Call& c : calls) {
-      WorkerLink& l = link(c.worker);
-      cluster::check(l.transport->wait_all(c.out.requests, std::chrono::milliseconds(request_timeout_ms)), what + " to " + l.label);
+    double slowest_compute = 0;  // the workers compute in parallel: the slowest bounds the wait
+    Status s = post_all(calls, what);
+    if (s) s = await_replies(calls, what, start, slowest_compute);
+    for (Call& c : calls)  // sends are complete once the replies are in; release them
+      if (s) s = transport->wait_all(c.out.requests, request_timeout);
+    if (!s) {
+      SY_LOG(error, "runtime", what << ": " << s.message());
+      abandon(calls, s.message());
+      return s;
     }
     const double waited = std::chrono::duration<double>(Clock::now() - start).count();
     if (waited_seconds) *waited_seconds += waited - std::min(waited, slowest_compute);
     worker_compute_seconds += slowest_compute;
+    return Status::ok();
+  }
+
+  Status post_all(std::vector<Call>& calls, const std::string& what) {
+    for (Call& c : calls) {
+      if (Status s = usable(c.worker); !s) return Status(s.code(), what + ": " + s.message());
+      c.request.set_payload_bytes(c.payload_bytes);
+      Status s = c.out.post(*transport, c.worker, wire::kRequestTag, wire::kRequestPayloadTag, c.request, c.payload,
+                            c.payload_bytes);
+      c.header.resize(wire::kMaxHeaderBytes);
+      auto r = s ? wire::post_recv(*transport, c.worker, wire::kReplyTag, c.header.data(), c.header.size())
+                 : Result<transport::RequestId>(s);
+      if (!r) return Status(r.status().code(), what + " to " + label(c.worker) + ": " + r.status().to_string());
+      c.header_request = *r;
+      c.stage = Call::Stage::header;
+    }
+    return Status::ok();
+  }
+
+  Status await_replies(std::vector<Call>& calls, const std::string& what, Clock::time_point start,
+                       double& slowest_compute) {
+    const auto deadline = start + request_timeout;
+    auto next_liveness_check = start + liveness_check;
+    for (;;) {
+      transport->progress();
+      bool all_done = true;
+      for (Call& c : calls) {
+        if (Status s = advance(c, what, slowest_compute); !s) return s;
+        all_done &= c.stage == Call::Stage::done;
+      }
+      if (all_done) return Status::ok();
+      const auto now = Clock::now();
+      if (now > next_liveness_check) {
+        next_liveness_check = now + liveness_check;
+        if (Status s = check_liveness(calls, what); !s) return s;
+      }
+      if (now > deadline)
+        for (const Call& c : calls)
+          if (c.stage != Call::Stage::done)
+            return Status(StatusCode::timeout, what + ": " + label(c.worker) + " did not answer within " +
+                                                   std::to_string(request_timeout.count()) + " ms");
+    }
+  }
+
+  // Moves one call on when its header or payload has arrived.
+  Status advance(Call& c, const std::string& what, double& slowest_compute) {
+    if (c.stage == Call::Stage::done) return Status::ok();
+    auto t = transport->test(c.stage == Call::Stage::header ? c.header_request : c.payload_request);
+    if (!t) return Status(StatusCode::peer_failed, what + ": " + label(c.worker) + " failed: " + t.status().to_string());
+    if (!t->done) return Status::ok();
+    if (c.stage == Call::Stage::payload) {
+      c.stage = Call::Stage::done;
+      return Status::ok();
+    }
+    pb::WorkerReply rep;
+    if (!rep.ParseFromArray(c.header.data(), static_cast<int>(t->bytes)))
+      return Status(StatusCode::protocol, what + ": malformed reply from " + label(c.worker));
+    if (rep.has_error()) {
+      const Status s = wire::status_from(rep.error());
+      return Status(s.code(), what + " failed on " + s.message());
+    }
+    if (rep.request_id() != c.request.request_id())
+      return Status(StatusCode::protocol, what + ": " + label(c.worker) + " answered request " +
+                                              std::to_string(rep.request_id()) + " instead of " +
+                                              std::to_string(c.request.request_id()));
+    slowest_compute = std::max(slowest_compute, rep.compute_seconds());
+    c.reply.assign(rep.payload_bytes() / sizeof(float), 0.0f);
+    if (rep.payload_bytes() == 0) {
+      c.stage = Call::Stage::done;
+      return Status::ok();
+    }
+    auto r = wire::post_recv(*transport, c.worker, wire::kReplyPayloadTag, c.reply.data(), rep.payload_bytes());
+    if (!r) return Status(r.status().code(), what + ": " + label(c.worker) + ": " + r.status().to_string());
+    c.payload_request = *r;
+    c.stage = Call::Stage::payload;
+    return Status::ok();
+  }
+
+  // A worker the coordinator declares dead fails the wait at once (UCX may never report it).
+  Status check_liveness(const std::vector<Call>& calls, const std::string& what) {
+    auto info = coordinator->call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
+    if (!info) return Status(StatusCode::peer_failed, what + ": the coordinator " + coordinator_endpoint +
+                                                          " does not answer: " + info.status().to_string());
+    for (const pb::WorkerInfo& w : info->workers())
+      for (const Call& c : calls)
+        if (c.stage != Call::Stage::done && c.worker == w.worker_id() && !w.alive())
+          return Status(StatusCode::peer_failed, what + ": " + label(c.worker) + " is dead (no heartbeat for " +
+                                                     std::to_string(w.ms_since_heartbeat()) + " ms, says the coordinator)");
+    return Status::ok();
+  }
+
+  // After a failed round trip: disconnect the workers of these calls, so requests still in
+  // flight end (failing) while the calls' buffers are alive and no late reply is ever taken
+  // for the answer to another request; the links stay unusable.
+  void abandon(std::vector<Call>& calls, const std::string& reason) {
+    for (Call& c : calls) {
+      WorkerLink& l = links.at(c.worker);
+      if (!l.broken.empty()) continue;
+      l.broken = reason;
+      (void)transport->disconnect_peer(c.worker);
+    }
+    std::vector<transport::RequestId> pending;
+    for (Call& c : calls) {
+      pending.insert(pending.end(), c.out.requests.begin(), c.out.requests.end());
+      if (c.stage == Call::Stage::header) pending.push_back(c.header_request);
+      if (c.stage == Call::Stage::payload) pending.push_back(c.payload_request);
+    }
+    for (transport::RequestId r : pending) (void)transport->wait(r, request_timeout);  // fails at once: released
   }
 };
 
 // ---------------------------------------------------------------------------------------------
 
-// The routed experts of one layer, computed on the workers. The per-worker split of a
-// stage's rows is kept from forward to backward (the dispatch handle).
+// The routed experts of one layer, computed on the workers. Per stage, the forward's plan is
+// the handle that the backward reuses.
 class RemoteExperts final : public ExpertCompute {
  public:
   RemoteExperts(ClusterClient& client, int layer) : client_(client), layer_(layer) {}
 
-  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) override {
+  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override {
     ClusterClient::Impl& im = *client_.impl_;
+    WorkerLoad load;
+    auto plan = plan_dispatch(layout.expert_offsets, layer_, stage, client_.placement_, im.live_workers(), load);
+    if (!plan) wire::throw_error(plan.status());
     Handle& h = handles_[stage];
-    h = Handle{};
-    h.request_id = im.next_request++;
-    // Choose replicas: chunks of each expert's rows go to the least-loaded replica so far.
-    ReplicaScheduler scheduler(client_.workers());
-    std::map<int, Part> parts;
-    for (int64_t i = 0; i < layout.experts; ++i) {
-      const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
-      if (rows == 0) continue;
-      const std::vector<int>& replicas = client_.placement_.workers_for({layer_, stage, static_cast<int>(i)});
-      const int64_t chunk = (rows + static_cast<int64_t>(replicas.size()) - 1) / static_cast<int64_t>(replicas.size());
-      for (int64_t off = 0; off < rows; off += chunk) {
-        const int64_t n = std::min(chunk, rows - off);
-        const int w = scheduler.pick(replicas, n);
-        Part& p = parts[w];
-        p.segments.push_back({static_cast<int>(i), begin + off, n});
-      }
-    }
-    exchange_parts(pb::WorkerRequest::FORWARD, stage, h.request_id, parts, input, output, layout.rows());
-    h.parts = std::move(parts);
+    h = Handle{std::move(plan).value(), im.next_request++};
+    const int64_t d = tokens.dim(1);
+    // Pack once: each worker's rows straight from the tokens, in the plan's order.
+    std::vector<std::vector<float>> rows = pack(h.plan, d, [&](int64_t r) { return tokens.data() + layout.token[r] * d; });
+    output = exchange(h, /*forward=*/true, rows, d);
   }
 
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
     auto hit = handles_.find(stage);
     if (hit == handles_.end()) throw Error(ErrorKind::runtime, "backward of stage " + std::to_string(stage) + " without forward");
-    Handle& h = hit->second;
-    exchange_parts(pb::WorkerRequest::BACKWARD, stage, h.request_id, h.parts, grad_output, grad_input, layout.rows());
+    const int64_t d = grad_output.dim(1);
+    std::vector<std::vector<float>> rows = pack(hit->second.plan, d, [&](int64_t r) { return grad_output.data() + r * d; });
+    grad_input = exchange(hit->second, /*forward=*/false, rows, d);
     handles_.erase(hit);
+    (void)layout;
   }
 
  private:
-  struct SegmentRef {
-    int expert;
-    int64_t first_row;  // in the packed layout
-    int64_t rows;
-  };
-  struct Part {
-    std::vector<SegmentRef> segments;
-    std::vector<float> buffer;
+  struct Handle {
+    DispatchPlan plan;
+    uint64_t dispatch_id = 0;
   };
 
-  // Sends each worker its segments' rows of `src` (packed layout) and writes the replies into
-  // `dst` ([rows, d], same layout). Forward and backward move the same segments.
-  void exchange_parts(pb::WorkerRequest::Op op, int stage, uint64_t request_id, std::map<int, Part>& parts,
-                      const Tensor& src, Tensor& dst, int64_t rows) {
-    ClusterClient::Impl& im = *client_.impl_;
-    const int64_t d = im.config->model.hidden_size;
-    const std::string what = std::string(pb::WorkerRequest::Op_Name(op)) + " layer " + std::to_string(layer_) +
-                             " stage " + std::to_string(stage);
-    std::vector<Call> calls;
-    calls.reserve(parts.size());
-    for (auto& [w, p] : parts) {
-      Call c;
-      c.worker = w;
-      c.request.set_op(op);
-      c.request.set_request_id(request_id);
-      c.request.set_keep_for_backward(client_.training_);
-      int64_t total = 0;
-      for (const auto& seg : p.segments) total += seg.rows;
-      p.buffer.resize(static_cast<size_t>(total * d));
-      int64_t row = 0;
-      for (const auto& seg : p.segments) {
-        std::memcpy(p.buffer.data() + row * d, src.data() + seg.first_row * d, sizeof(float) * static_cast<size_t>(seg.rows * d));
-        row += seg.rows;
-        pb::Segment* out = c.request.add_segments();
-        out->set_layer(layer_);
-        out->set_stage(stage);
-        out->set_expert(seg.expert);
-        out->set_rows(seg.rows);
-      }
-      c.payload = p.buffer.data();
-      c.payload_bytes = p.buffer.size() * sizeof(float);
-      if (op == pb::WorkerRequest::FORWARD) im.link(w).rows_sent += static_cast<uint64_t>(total);
-      calls.push_back(std::move(c));
+  // Per worker of the plan, its rows in packing order; `row(r)` points at layout row r.
+  template <class RowOf>
+  static std::vector<std::vector<float>> pack(const DispatchPlan& plan, int64_t d, RowOf row) {
+    std::vector<std::vector<float>> out(plan.workers.size());
+    for (size_t w = 0; w < plan.workers.size(); ++w) {
+      out[w].resize(static_cast<size_t>(plan.workers[w].rows * d));
+      float* dst = out[w].data();
+      for (const DispatchChunk& c : plan.workers[w].chunks)
+        for (int64_t r = c.first_row; r < c.first_row + c.rows; ++r, dst += d)
+          std::memcpy(dst, row(r), sizeof(float) * static_cast<size_t>(d));
     }
-    im.round_trip(calls, what, &client_.exchange_seconds_);
-    dst = Tensor({rows, d});
-    size_t ci = 0;
-    for (auto& [w, p] : parts) {
-      const std::vector<float>& r = calls[ci++].reply;
-      if (r.size() != p.buffer.size())
-        fail(ErrorKind::transport, what + ": worker " + std::to_string(w) + " returned " + std::to_string(r.size()) +
-                                       " values for " + std::to_string(p.buffer.size()));
-      int64_t row = 0;
-      for (const auto& seg : p.segments) {
-        std::memcpy(dst.data() + seg.first_row * d, r.data() + row * d, sizeof(float) * static_cast<size_t>(seg.rows * d));
-        row += seg.rows;
-      }
-      p.buffer = {};
-    }
+    return out;
   }
-  struct Handle {
-    uint64_t request_id = 0;
-    std::map<int, Part> parts;
-  };
+
+  // dispatch → combine: sends each worker its rows, and writes the replies into the layout's
+  // rows of the result ([plan.rows, d]).
+  Tensor exchange(const Handle& h, bool forward, const std::vector<std::vector<float>>& rows, int64_t d) {
+    ClusterClient::Impl& im = *client_.impl_;
+    const std::string what = std::string(forward ? "FORWARD" : "BACKWARD") + " layer " + std::to_string(layer_) +
+                             " stage " + std::to_string(h.plan.stage);
+    std::vector<Call> calls(h.plan.workers.size());
+    for (size_t w = 0; w < calls.size(); ++w) {
+      const WorkerDispatch& wd = h.plan.workers[w];
+      Call& c = calls[w];
+      c.worker = wd.worker;
+      c.request.set_request_id(im.next_request++);
+      auto* segments = forward ? c.request.mutable_forward()->mutable_segments() : c.request.mutable_backward()->mutable_segments();
+      if (forward) {
+        c.request.mutable_forward()->set_dispatch_id(h.dispatch_id);
+        c.request.mutable_forward()->set_keep_for_backward(client_.training_);
+        im.links.at(wd.worker).rows_sent += static_cast<uint64_t>(wd.rows);
+      } else {
+        c.request.mutable_backward()->set_dispatch_id(h.dispatch_id);
+      }
+      for (const DispatchChunk& ch : wd.chunks) wire::key_to_pb({layer_, h.plan.stage, ch.expert}, ch.rows, segments->Add());
+      c.payload = rows[w].data();
+      c.payload_bytes = rows[w].size() * sizeof(float);
+    }
+    im.call(calls, what, &client_.exchange_seconds_);
+    return combine(h.plan, calls, rows, d, what);
+  }
+
+  static Tensor combine(const DispatchPlan& plan, const std::vector<Call>& calls,
+                        const std::vector<std::vector<float>>& rows, int64_t d, const std::string& what) {
+    Tensor out({plan.rows, d});
+    for (size_t w = 0; w < calls.size(); ++w) {
+      const std::vector<float>& r = calls[w].reply;
+      if (r.size() != rows[w].size())
+        throw Error(ErrorKind::transport, what + ": worker " + std::to_string(calls[w].worker) + " returned " +
+                                              std::to_string(r.size()) + " values for " + std::to_string(rows[w].size()));
+      const float* src = r.data();
+      for (const DispatchChunk& c : plan.workers[w].chunks) {
+        std::memcpy(out.data() + c.first_row * d, src, sizeof(float) * static_cast<size_t>(c.rows * d));
+        src += c.rows * d;
+      }
+    }
+    return out;
+  }
+
   ClusterClient& client_;
   int layer_;
   std::map<int, Handle> handles_;
@@ -318,71 +350,80 @@ class RemoteExperts final : public ExpertCompute {
 
 // ---------------------------------------------------------------------------------------------
 
-ClusterClient::ClusterClient(const std::string& coordinator, const std::string& name, int ready_timeout_ms)
+namespace {
+// Connects the data plane to worker `w` through its control server.
+void attach(ClusterClient::Impl& im, const pb::WorkerInfo& w, int client_id) {
+  WorkerLink link;
+  link.label = "worker " + std::to_string(w.worker_id()) + " (" + w.host() + ", " + w.control_endpoint() + ")";
+  auto wc = connect_control(w.control_endpoint(), im.name);
+  pb::AttachRequest req;
+  req.set_client_name(im.name);
+  req.set_client_id(client_id);
+  req.set_client_address(im.transport->local_address());
+  const pb::AttachReply rep = call_or_throw<pb::AttachRequest, pb::AttachReply>(*wc, req, "attaching to " + link.label);
+  if (Status s = im.transport->connect_peer(w.worker_id(), rep.worker_address()); !s)
+    throw Error(ErrorKind::transport, "connecting the data plane to " + link.label + ": " + s.to_string());
+  im.links.emplace(w.worker_id(), std::move(link));
+}
+}  // namespace
+
+ClusterClient::ClusterClient(const std::string& coordinator, const std::string& name, int connect_timeout_ms)
     : impl_(std::make_unique<Impl>()) {
-  impl_->coordinator_endpoint = coordinator;
-  impl_->name = name;
-  const auto deadline = Clock::now() + std::chrono::milliseconds(ready_timeout_ms);
-  // Under a launcher the coordinator may still be starting: retry until the deadline.
-  for (;;) {
+  Impl& im = *impl_;
+  im.coordinator_endpoint = coordinator;
+  im.name = name;
+  const auto connect_deadline = Clock::now() + Millis(connect_timeout_ms);
+  for (;;) {  // under a launcher the coordinator may still be starting
     try {
-      impl_->coordinator = connect_coordinator(coordinator, name);
+      im.coordinator = connect_control(coordinator, name);
       break;
     } catch (const Error&) {
-      if (Clock::now() > deadline) throw;
+      if (Clock::now() > connect_deadline) throw;
       std::this_thread::sleep_for(100ms);
     }
   }
-  pb::ClusterInfoReply info;
+  pb::ClusterInfoReply info = fetch_info(*im.coordinator, coordinator);
+  im.startup_timeout = Millis(info.startup_timeout_ms());
+  const auto deadline = Clock::now() + im.startup_timeout;
   for (;;) {
-    info = fetch_info(*impl_->coordinator, coordinator);
     int alive = 0;
     for (const pb::WorkerInfo& w : info.workers()) alive += w.alive();
     if (alive == info.workers_expected() && info.workers_size() == info.workers_expected()) break;
     if (Clock::now() > deadline)
       throw Error(ErrorKind::transport, "cluster at " + coordinator + " has " + std::to_string(alive) + " of " +
                                             std::to_string(info.workers_expected()) + " workers alive after " +
-                                            std::to_string(ready_timeout_ms) + " ms");
+                                            std::to_string(im.startup_timeout.count()) + " ms (cluster.startup_timeout_ms)");
     std::this_thread::sleep_for(100ms);
+    info = fetch_info(*im.coordinator, coordinator);
   }
-  impl_->request_timeout_ms = static_cast<int>(info.request_timeout_ms());
-  for (const pb::WorkerInfo& w : info.workers()) {
-    WorkerLink link;
-    link.id = w.worker_id();
-    link.label = "worker " + std::to_string(w.worker_id()) + " (" + w.host() + ", " + w.control_endpoint() + ")";
-    transport::TransportOptions to;
-    to.rank = 0;
-    to.world_size = 2;
-    to.label = name;
-    transport::UcxOptions ucx;
-    ucx.peer_error_handling = info.ucx_peer_failure();
-    link.transport = transport::make_ucx_transport(to, ucx);
-    auto [host, port] = control::parse_endpoint(w.control_endpoint());
-    control::ControlClient::Options co;
-    co.name = name;
-    auto wc = cluster::check(control::ControlClient::connect(host, port, co), "attaching to " + link.label);
-    pb::AttachRequest req;
-    req.set_client_name(name);
-    req.set_client_address(link.transport->local_address());
-    const pb::AttachReply rep = cluster::check(wc->call<pb::AttachRequest, pb::AttachReply>(req), "attaching to " + link.label);
-    cluster::check(link.transport->connect({link.transport->local_address(), rep.worker_address()}),
-                   "connecting the data plane to " + link.label);
-    impl_->links.emplace(link.id, std::move(link));
-  }
+  im.request_timeout = Millis(info.request_timeout_ms());
+  im.liveness_check = Millis(info.liveness_check_ms());
+  pb::RegisterClientRequest reg;
+  reg.set_name(name);
+  const int id = call_or_throw<pb::RegisterClientRequest, pb::RegisterClientReply>(*im.coordinator, reg,
+                                                                                    "registering with " + coordinator)
+                     .client_id();
+  transport::TransportOptions to;
+  to.rank = id;
+  to.world_size = 0;  // dynamic peers only: the workers
+  to.label = name;
+  transport::BackendOptions backend;
+  backend.ucx.peer_error_handling = info.ucx_peer_failure();
+  im.transport = transport::make_transport(info.transport(), to, backend);
+  for (const pb::WorkerInfo& w : info.workers()) attach(im, w, id);
 }
 
 ClusterClient::~ClusterClient() {
   // Tell every worker we are leaving so it drops our endpoint at once (best effort).
-  for (auto& [id, l] : impl_->links) {
-    if (!l.broken.empty() || !l.transport) continue;
-    try {
-      pb::WorkerRequest req;
-      req.set_op(pb::WorkerRequest::DETACH);
-      cluster::OutgoingMessage out;
-      out.post(*l.transport, 1, cluster::kRequestTag, cluster::kRequestPayloadTag, req, nullptr, 0, "DETACH");
-      (void)l.transport->wait_all(out.requests, std::chrono::milliseconds(200));
-    } catch (const std::exception&) {
-    }
+  Impl& im = *impl_;
+  for (auto& [id, l] : im.links) {
+    if (!l.broken.empty()) continue;
+    pb::WorkerRequest req;
+    req.mutable_detach();
+    wire::OutgoingMessage out;
+    if (out.post(*im.transport, id, wire::kRequestTag, wire::kRequestPayloadTag, req, nullptr, 0))
+      (void)im.transport->wait_all(out.requests, im.liveness_check);
+    (void)im.transport->disconnect_peer(id);
   }
 }
 
@@ -398,51 +439,43 @@ void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
   const std::string yaml = config_to_yaml(config);
   pb::PlanPlacementRequest plan;
   plan.set_model_yaml(yaml);
-  const pb::PlanPlacementReply placed = cluster::check(
-      im.coordinator->call<pb::PlanPlacementRequest, pb::PlanPlacementReply>(plan), "placing the model");
+  const pb::PlanPlacementReply placed =
+      call_or_throw<pb::PlanPlacementRequest, pb::PlanPlacementReply>(*im.coordinator, plan, "placing the model");
   placement_ = wire::placement_from_pb(placed.placement(), placed.placement_epoch());
   im.config = std::make_unique<Config>(load_config_string(yaml, "model"));
-  // Per worker: its experts' weights, concatenated in segment order.
+  // Per worker: its experts' weights, encoded one after the other (core/expert.h).
   std::map<int, std::vector<float>> payloads;
-  std::vector<Call> calls;
-  std::map<int, size_t> call_of;
+  std::map<int, Call> calls_of;
   for (const auto& [key, workers] : placement_.replicas) {
-    for (int w : workers) {
-      if (!call_of.count(w)) {
-        call_of[w] = calls.size();
-        Call c;
-        c.worker = w;
-        c.request.set_op(pb::WorkerRequest::LOAD_MODEL);
+    const TensorMap w = extract_expert_weights(model, weights, key);
+    for (int worker : workers) {
+      Call& c = calls_of[worker];
+      if (!c.request.has_load_model()) {
+        c.worker = worker;
         c.request.set_request_id(im.next_request++);
-        c.request.set_model_yaml(yaml);
-        *c.request.mutable_placement() = placed.placement();
-        calls.push_back(std::move(c));
+        c.request.mutable_load_model()->set_model_yaml(yaml);
+        *c.request.mutable_load_model()->mutable_placement() = placed.placement();
       }
-      Call& c = calls[call_of[w]];
-      pb::Segment* s = c.request.add_segments();
-      s->set_layer(key.layer);
-      s->set_stage(key.stage);
-      s->set_expert(key.expert);
-      s->set_rows(1);
-      encode_expert(ExpertGeometry::of(model, key.stage), {extract_expert_weights(model, weights, key), {}, 0}, false,
-                    payloads[w]);
+      wire::key_to_pb(key, 1, c.request.mutable_load_model()->add_experts());
+      encode_expert(ExpertGeometry::of(model, key.stage), {w, {}, 0}, false, payloads[worker]);
     }
   }
-  for (Call& c : calls) {
-    c.payload = payloads[c.worker].data();
-    c.payload_bytes = payloads[c.worker].size() * sizeof(float);
+  std::vector<Call> calls;
+  for (auto& [worker, c] : calls_of) {
+    c.payload = payloads[worker].data();
+    c.payload_bytes = payloads[worker].size() * sizeof(float);
+    calls.push_back(std::move(c));
   }
-  im.round_trip(calls, "LOAD_MODEL");
+  im.call(calls, "LOAD_MODEL");
   pb::CommitPlacementRequest commit;
   commit.set_placement_epoch(placed.placement_epoch());
-  cluster::check(im.coordinator->call<pb::CommitPlacementRequest, pb::CommitPlacementReply>(commit), "committing the placement");
-  im.layer_experts.clear();
-  for (int l = 0; l < model.layers; ++l) im.layer_experts.push_back(std::make_unique<RemoteExperts>(*this, l));
+  call_or_throw<pb::CommitPlacementRequest, pb::CommitPlacementReply>(*im.coordinator, commit, "committing the placement");
+  make_layer_experts(model.layers);
 }
 
 void ClusterClient::use_loaded_model(const Config& config) {
   Impl& im = *impl_;
-  const auto deadline = Clock::now() + 60s;
+  const auto deadline = Clock::now() + im.startup_timeout;
   for (;;) {
     const pb::ClusterInfoReply info = fetch_info(*im.coordinator, im.coordinator_endpoint);
     if (info.model_committed()) {
@@ -452,11 +485,17 @@ void ClusterClient::use_loaded_model(const Config& config) {
       im.config = std::make_unique<Config>(load_config_string(info.model_yaml(), "model"));
       break;
     }
-    if (Clock::now() > deadline) throw Error(ErrorKind::transport, "no model was loaded on the cluster within 60 s");
+    if (Clock::now() > deadline)
+      throw Error(ErrorKind::transport, "no model was loaded on the cluster within " +
+                                            std::to_string(im.startup_timeout.count()) + " ms (cluster.startup_timeout_ms)");
     std::this_thread::sleep_for(50ms);
   }
-  im.layer_experts.clear();
-  for (int l = 0; l < config.model.layers; ++l) im.layer_experts.push_back(std::make_unique<RemoteExperts>(*this, l));
+  make_layer_experts(config.model.layers);
+}
+
+void ClusterClient::make_layer_experts(int layers) {
+  impl_->layer_experts.clear();
+  for (int l = 0; l < layers; ++l) impl_->layer_experts.push_back(std::make_unique<RemoteExperts>(*this, l));
 }
 
 ExpertCompute& ClusterClient::experts(int layer) {
@@ -466,13 +505,15 @@ ExpertCompute& ClusterClient::experts(int layer) {
 }
 
 namespace {
-std::vector<Call> broadcast(ClusterClient::Impl& im, pb::WorkerRequest::Op op) {
+// One request per attached worker, each filled by `fill`.
+template <class Fill>
+std::vector<Call> broadcast(ClusterClient::Impl& im, Fill fill) {
   std::vector<Call> calls;
   for (auto& [id, l] : im.links) {
     Call c;
     c.worker = id;
-    c.request.set_op(op);
     c.request.set_request_id(im.next_request++);
+    fill(c.request);
     calls.push_back(std::move(c));
   }
   return calls;
@@ -480,41 +521,37 @@ std::vector<Call> broadcast(ClusterClient::Impl& im, pb::WorkerRequest::Op op) {
 }  // namespace
 
 void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step_number) {
-  std::vector<Call> calls = broadcast(*impl_, pb::WorkerRequest::STEP);
-  for (Call& c : calls) {
-    c.request.set_step(step_number);
-    c.request.set_group_size(static_cast<uint32_t>(group_size));
-    c.request.set_lr(adamw.lr);
-    c.request.set_beta1(adamw.beta1);
-    c.request.set_beta2(adamw.beta2);
-    c.request.set_eps(adamw.eps);
-    c.request.set_weight_decay(adamw.weight_decay);
-  }
-  impl_->round_trip(calls, "STEP " + std::to_string(step_number), &exchange_seconds_);
+  std::vector<Call> calls = broadcast(*impl_, [&](pb::WorkerRequest& r) {
+    pb::StepOp* op = r.mutable_step();
+    op->set_step(step_number);
+    op->set_group_size(static_cast<uint32_t>(group_size));
+    pb::AdamWSettings* a = op->mutable_adamw();
+    a->set_lr(adamw.lr);
+    a->set_beta1(adamw.beta1);
+    a->set_beta2(adamw.beta2);
+    a->set_eps(adamw.eps);
+    a->set_weight_decay(adamw.weight_decay);
+  });
+  impl_->call(calls, "STEP " + std::to_string(step_number), &exchange_seconds_);
 }
 
 namespace {
 // Asks each worker in `keys` for the listed experts' tensors (gradients or weights) and adds
-// them into one map under the model's weight names.
+// them into one map under the model's weight names (replicas of one expert add up).
 TensorMap fetch_expert_tensors(ClusterClient::Impl& im, const std::map<int, std::vector<ExpertKey>>& keys,
-                               pb::WorkerRequest::Op op) {
+                               pb::FetchOp::What what) {
   const ModelConfig& model = im.config->model;
+  const std::string name = what == pb::FetchOp::GRADS ? "FETCH_GRADS" : "FETCH_WEIGHTS";
   std::vector<Call> calls;
   for (const auto& [w, list] : keys) {
     Call c;
     c.worker = w;
-    c.request.set_op(op);
     c.request.set_request_id(im.next_request++);
-    for (const ExpertKey& k : list) {
-      pb::Segment* s = c.request.add_segments();
-      s->set_layer(k.layer);
-      s->set_stage(k.stage);
-      s->set_expert(k.expert);
-      s->set_rows(1);
-    }
+    c.request.mutable_fetch()->set_what(what);
+    for (const ExpertKey& k : list) wire::key_to_pb(k, 1, c.request.mutable_fetch()->add_experts());
     calls.push_back(std::move(c));
   }
-  im.round_trip(calls, pb::WorkerRequest::Op_Name(op));
+  im.call(calls, name);
   TensorMap out;
   size_t ci = 0;
   for (const auto& [w, list] : keys) {
@@ -524,11 +561,11 @@ TensorMap fetch_expert_tensors(ClusterClient::Impl& im, const std::map<int, std:
       const ExpertGeometry geometry = ExpertGeometry::of(model, k.stage);
       const size_t n = static_cast<size_t>(encoded_expert_floats(geometry, false));
       if (off + n > r.size())
-        fail(ErrorKind::transport, pb::WorkerRequest::Op_Name(op) + " reply from worker " + std::to_string(w) + " is too short");
+        throw Error(ErrorKind::transport, name + " reply from worker " + std::to_string(w) + " is too short");
       const ExpertTensors t = decode_expert(geometry, std::span(r).subspan(off, n), false, "worker " + std::to_string(w));
       off += n;
-      for (const auto& [name, tensor] : t.weights) {  // replicas of one expert add up (gradients)
-        auto [it, fresh] = out.try_emplace(expert_param_name(model, k, name), tensor.shape());
+      for (const auto& [tensor_name, tensor] : t.weights) {
+        auto [it, fresh] = out.try_emplace(expert_param_name(model, k, tensor_name), tensor.shape());
         for (int64_t i = 0; i < tensor.numel(); ++i) it->second[i] += tensor[i];
       }
     }
@@ -541,7 +578,7 @@ TensorMap ClusterClient::fetch_expert_grads() {
   std::map<int, std::vector<ExpertKey>> keys;
   for (const auto& [key, workers] : placement_.replicas)
     for (int w : workers) keys[w].push_back(key);
-  return fetch_expert_tensors(*impl_, keys, pb::WorkerRequest::FETCH_GRADS);
+  return fetch_expert_tensors(*impl_, keys, pb::FetchOp::GRADS);
 }
 
 TensorMap ClusterClient::fetch_replica_weights(int worker) {
@@ -549,24 +586,28 @@ TensorMap ClusterClient::fetch_replica_weights(int worker) {
   for (const auto& [key, workers] : placement_.replicas)
     if (std::find(workers.begin(), workers.end(), worker) != workers.end()) keys[worker].push_back(key);
   if (keys.empty()) return {};
-  return fetch_expert_tensors(*impl_, keys, pb::WorkerRequest::FETCH_WEIGHTS);
+  return fetch_expert_tensors(*impl_, keys, pb::FetchOp::WEIGHTS);
 }
 
 void ClusterClient::zero_expert_grads() {
-  std::vector<Call> calls = broadcast(*impl_, pb::WorkerRequest::ZERO_GRADS);
-  impl_->round_trip(calls, "ZERO_GRADS");
+  std::vector<Call> calls = broadcast(*impl_, [](pb::WorkerRequest& r) { r.mutable_zero_grads(); });
+  impl_->call(calls, "ZERO_GRADS");
 }
 
 void ClusterClient::save_checkpoint(const std::string& dir) {
-  std::vector<Call> calls = broadcast(*impl_, pb::WorkerRequest::SAVE);
-  for (Call& c : calls) c.request.set_path(dir);
-  impl_->round_trip(calls, "SAVE " + dir);
+  std::vector<Call> calls = broadcast(*impl_, [&](pb::WorkerRequest& r) {
+    r.mutable_checkpoint()->set_action(pb::CheckpointOp::SAVE);
+    r.mutable_checkpoint()->set_dir(dir);
+  });
+  impl_->call(calls, "SAVE " + dir);
 }
 
 void ClusterClient::restore_checkpoint(const std::string& dir) {
-  std::vector<Call> calls = broadcast(*impl_, pb::WorkerRequest::RESTORE);
-  for (Call& c : calls) c.request.set_path(dir);
-  impl_->round_trip(calls, "RESTORE " + dir);
+  std::vector<Call> calls = broadcast(*impl_, [&](pb::WorkerRequest& r) {
+    r.mutable_checkpoint()->set_action(pb::CheckpointOp::RESTORE);
+    r.mutable_checkpoint()->set_dir(dir);
+  });
+  impl_->call(calls, "RESTORE " + dir);
 }
 
 double ClusterClient::worker_compute_seconds() const { return impl_->worker_compute_seconds; }

@@ -39,6 +39,7 @@ struct Coordinator::Impl {
   bool committed = false;
   Placement placement;
   std::atomic<bool> shutdown{false};
+  int next_client_id = wire::kFirstClientId;
 
   bool alive(const Member& m, Clock::time_point now) const {
     return now - m.last_heartbeat < std::chrono::milliseconds(cluster.dead_after_ms);
@@ -70,6 +71,21 @@ struct Coordinator::Impl {
     reply.set_workers_expected(cluster.workers);
     reply.set_heartbeat_ms(static_cast<uint32_t>(cluster.heartbeat_ms));
     reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
+    reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
+    reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
+    reply.set_transport(cluster.transport);
+    return reply;
+  }
+
+  // Client data-plane ids count up from kFirstClientId and are never reused (a late message of a
+  // departed client must never match a new one).
+  Result<pb::RegisterClientReply> register_client(const pb::RegisterClientRequest& req) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (next_client_id > transport::kMaxRank)
+      return Status(StatusCode::no_resource, "the cluster has given out every client id");
+    pb::RegisterClientReply reply;
+    reply.set_client_id(next_client_id++);
+    SY_LOG(info, "runtime", "client '" << req.name() << "' registered as data-plane id " << reply.client_id());
     return reply;
   }
 
@@ -117,6 +133,9 @@ struct Coordinator::Impl {
     reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
     reply.set_ucx_tls(cluster.ucx_tls);
     reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
+    reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
+    reply.set_liveness_check_ms(static_cast<uint32_t>(cluster.liveness_check_ms));
+    reply.set_transport(cluster.transport);
     return reply;
   }
 
@@ -163,6 +182,8 @@ Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<
   Impl* im = impl_.get();
   impl_->server->on<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(
       [im](const pb::RegisterWorkerRequest& r, const control::PeerInfo&) { return im->register_worker(r); });
+  impl_->server->on<pb::RegisterClientRequest, pb::RegisterClientReply>(
+      [im](const pb::RegisterClientRequest& r, const control::PeerInfo&) { return im->register_client(r); });
   impl_->server->on<pb::HeartbeatRequest, pb::HeartbeatReply>(
       [im](const pb::HeartbeatRequest& r, const control::PeerInfo&) { return im->heartbeat(r); });
   impl_->server->on<pb::ClusterInfoRequest, pb::ClusterInfoReply>(

@@ -30,9 +30,12 @@ LocalExperts::LocalExperts(const ModelConfig& model, const TensorMap& weights, T
     caches_[s].resize(static_cast<size_t>(model.layer.stages[s].experts));
 }
 
-void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) {
+void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) {
   const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
   const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
+  Tensor& input = inputs_[static_cast<size_t>(stage)];  // kept for backward
+  input = Tensor({layout.rows(), d});
+  cpu::gather_rows(tokens.data(), d, layout.token, input.data());
   output = Tensor({layout.rows(), d});
   for (int64_t i = 0; i < st.experts; ++i) {
     const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
@@ -44,7 +47,6 @@ void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const T
     cpu::ffn_forward(input.data() + begin * d, rows, d, f, st.activation, w, output.data() + begin * d,
                      &caches_[static_cast<size_t>(stage)][static_cast<size_t>(i)]);
   }
-  inputs_[static_cast<size_t>(stage)] = input;
 }
 
 void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
@@ -151,107 +153,127 @@ Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) 
 }
 
 Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput& importance) {
+  states_[static_cast<size_t>(s)]->u = u;
+  const std::vector<int32_t> k = experts_per_token(s, u.dim(0), importance);
+  route(s, u, k);
+  dispatch(s, u);
+  aggregate(s, u);
+  Tensor m = mix_shared_expert(s, u);
+  record_stats(s, k);
+  return m;
+}
+
+// K_t: the stage's k for top-k routing; DA-MoE's allocation from token importance otherwise.
+std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const ImportanceInput& importance) const {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  if (cfg.routing.kind == RoutingKind::topk) return std::vector<int32_t>(static_cast<size_t>(T), cfg.routing.k);
+  std::vector<float> imp;
+  int64_t sequences = 1, length = T;
+  if (importance.attention) {
+    const Tensor& a = *importance.attention;
+    if (a.rank() != 4 || a.dim(2) != a.dim(3))
+      throw_input_error("attention has shape " + shape_to_string(a.shape()) + ", expected [B, H, L, L]");
+    if (a.dim(0) * a.dim(2) != T)
+      throw_input_error("attention has shape " + shape_to_string(a.shape()) + ": B·L = " +
+                        std::to_string(a.dim(0) * a.dim(2)) + " but the input has " + std::to_string(T) + " tokens");
+    sequences = a.dim(0);
+    length = a.dim(2);
+    imp = cpu::importance_from_attention(a.data(), a.dim(0), a.dim(1), a.dim(2), cfg.routing.causal_correction);
+  } else if (importance.importance) {
+    const Tensor& i = *importance.importance;
+    if (!(i.rank() == 1 && i.dim(0) == T) && !(i.rank() == 2 && i.dim(0) * i.dim(1) == T))
+      throw_input_error("importance has shape " + shape_to_string(i.shape()) + ", expected [" + std::to_string(T) +
+                        "] or [B, L] with B·L = " + std::to_string(T));
+    if (i.rank() == 2) {
+      sequences = i.dim(0);
+      length = i.dim(1);
+    }
+    imp = i.values();
+  } else {
+    throw_input_error("stage " + std::to_string(s) +
+                      " uses routing.kind: dynamic and needs token importance (--attention or --importance)");
+  }
+  return cpu::allocate_experts(imp, sequences, length,
+                               {cfg.routing.k_avg, cfg.routing.k_min, cfg.routing.k_max, cfg.routing.budget});
+}
+
+// Router softmax, the K_t best experts per token, gates, capacity; the dispatch layout.
+void LayerEngine::route(int s, const Tensor& u, const std::vector<int32_t>& k) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
-  StageStats& stats = stats_[static_cast<size_t>(s)];
-  const std::string sp = "stages." + std::to_string(s) + ".";
   const int64_t T = u.dim(0), d = model_.hidden_size, E = cfg.experts;
-  st.u = u;
-
-  // Router.
   std::vector<float> logits(static_cast<size_t>(T * E));
-  cpu::linear_forward(u.data(), T, d, param(sp + "router.weight").data(), E, logits.data());
+  cpu::linear_forward(u.data(), T, d, param("stages." + std::to_string(s) + ".router.weight").data(), E, logits.data());
   st.p.resize(static_cast<size_t>(T * E));
   st.lse.resize(static_cast<size_t>(T));
   cpu::softmax_forward(logits.data(), T, E, st.p.data(), st.lse.data());
-
-  // Experts per token.
-  std::vector<int32_t> k;
-  if (cfg.routing.kind == RoutingKind::topk) {
-    k.assign(static_cast<size_t>(T), cfg.routing.k);
-  } else {
-    std::vector<float> imp;
-    int64_t sequences = 1, length = T;
-    if (importance.attention) {
-      const Tensor& a = *importance.attention;
-      if (a.rank() != 4 || a.dim(2) != a.dim(3))
-        throw_input_error("attention has shape " + shape_to_string(a.shape()) + ", expected [B, H, L, L]");
-      if (a.dim(0) * a.dim(2) != T)
-        throw_input_error("attention has shape " + shape_to_string(a.shape()) + ": B·L = " +
-                          std::to_string(a.dim(0) * a.dim(2)) + " but the input has " + std::to_string(T) +
-                          " tokens");
-      sequences = a.dim(0);
-      length = a.dim(2);
-      imp = cpu::importance_from_attention(a.data(), a.dim(0), a.dim(1), a.dim(2), cfg.routing.causal_correction);
-    } else if (importance.importance) {
-      const Tensor& i = *importance.importance;
-      if (!(i.rank() == 1 && i.dim(0) == T) && !(i.rank() == 2 && i.dim(0) * i.dim(1) == T))
-        throw_input_error("importance has shape " + shape_to_string(i.shape()) + ", expected [" + std::to_string(T) +
-                          "] or [B, L] with B·L = " + std::to_string(T));
-      if (i.rank() == 2) {
-        sequences = i.dim(0);
-        length = i.dim(1);
-      }
-      imp = i.values();
-    } else {
-      throw_input_error("stage " + std::to_string(s) +
-                        " uses routing.kind: dynamic and needs token importance (--attention or --importance)");
-    }
-    k = cpu::allocate_experts(imp, sequences, length,
-                              {cfg.routing.k_avg, cfg.routing.k_min, cfg.routing.k_max, cfg.routing.budget});
-  }
   st.selection = cpu::select_experts(st.p.data(), T, E, k);
   cpu::compute_gates(st.p.data(), cfg.routing.normalize, st.selection);
   cpu::apply_capacity(cfg.capacity_factor, st.selection);
   st.layout = cpu::build_dispatch_layout(st.selection);
   st.nodes = cpu::build_node_list(st.selection, st.layout);
+}
 
-  // Dispatch to the experts and back.
-  Tensor packed({st.layout.rows(), d});
-  cpu::gather_rows(u.data(), d, st.layout.token, packed.data());
-  experts_.forward(s, st.layout, packed, st.expert_out);
-  if (st.expert_out.numel() != st.layout.rows() * d)
+// The routed experts compute the layout's rows (packed by the ExpertCompute).
+void LayerEngine::dispatch(int s, const Tensor& u) {
+  StageState& st = *states_[static_cast<size_t>(s)];
+  experts_.forward(s, st.layout, u, st.expert_out);
+  if (st.expert_out.numel() != st.layout.rows() * model_.hidden_size)
     throw_runtime_error("expert compute returned " + shape_to_string(st.expert_out.shape()) + " for " +
                         std::to_string(st.layout.rows()) + " rows");
+}
 
-  // Aggregate.
+// Weighted sum or DAG aggregation of each token's expert outputs.
+void LayerEngine::aggregate(int s, const Tensor& u) {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  StageState& st = *states_[static_cast<size_t>(s)];
+  const int64_t T = u.dim(0), d = model_.hidden_size;
+  const std::string sp = "stages." + std::to_string(s) + ".";
   st.aggregated = Tensor({T, d});
   if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
     cpu::weighted_sum_forward(st.nodes, st.expert_out.data(), d, st.aggregated.data());
-  } else {
-    std::vector<cpu::DagLevelWeights> levels;
-    for (int l = 0; l < cfg.aggregation.levels; ++l) {
-      const std::string dp = sp + "dag." + std::to_string(l) + ".";
-      levels.push_back({param(dp + "norm.weight").data(), param(dp + "norm.bias").data(), param(dp + "down.weight").data(),
-                        param(dp + "edge.weight").data(), param(dp + "node.weight").data(), param(dp + "up.weight").data()});
-    }
-    cpu::dag_forward(st.nodes, st.expert_out.data(), u.data(), d, cfg.aggregation.dim, cfg.aggregation.edges, levels,
-                     st.aggregated.data(), &st.dag);
+    return;
   }
-
-  // Shared expert.
-  Tensor m;
-  if (cfg.shared_expert.enabled) {
-    const int64_t fs = cfg.shared_expert.ffn_hidden_size;
-    cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
-                         param(sp + "shared.down_proj.weight").data()};
-    st.shared_out = Tensor({T, d});
-    cpu::ffn_forward(u.data(), T, d, fs, Activation::swiglu, w, st.shared_out.data(), &st.shared_cache);
-    if (cfg.shared_expert.mix == SharedMix::add) {
-      m = st.aggregated;
-      add_into(m, st.shared_out);
-    } else {
-      m = Tensor({T, d});
-      st.coef.resize(static_cast<size_t>(2 * T));
-      cpu::coefficient_mix_forward(u.data(), T, d, param(sp + "shared_coef.weight").data(),
-                                   param(sp + "shared_coef.bias").data(), st.aggregated.data(), st.shared_out.data(),
-                                   m.data(), st.coef.data());
-    }
-  } else {
-    m = st.aggregated;
+  std::vector<cpu::DagLevelWeights> levels;
+  for (int l = 0; l < cfg.aggregation.levels; ++l) {
+    const std::string dp = sp + "dag." + std::to_string(l) + ".";
+    levels.push_back({param(dp + "norm.weight").data(), param(dp + "norm.bias").data(), param(dp + "down.weight").data(),
+                      param(dp + "edge.weight").data(), param(dp + "node.weight").data(), param(dp + "up.weight").data()});
   }
+  cpu::dag_forward(st.nodes, st.expert_out.data(), u.data(), d, cfg.aggregation.dim, cfg.aggregation.edges, levels,
+                   st.aggregated.data(), &st.dag);
+}
 
-  // Statistics and auxiliary losses.
+// m = aggregated, plus the shared expert (added or mixed by coefficients) when the stage has one.
+Tensor LayerEngine::mix_shared_expert(int s, const Tensor& u) {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  StageState& st = *states_[static_cast<size_t>(s)];
+  if (!cfg.shared_expert.enabled) return st.aggregated;
+  const int64_t T = u.dim(0), d = model_.hidden_size, fs = cfg.shared_expert.ffn_hidden_size;
+  const std::string sp = "stages." + std::to_string(s) + ".";
+  cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
+                       param(sp + "shared.down_proj.weight").data()};
+  st.shared_out = Tensor({T, d});
+  cpu::ffn_forward(u.data(), T, d, fs, Activation::swiglu, w, st.shared_out.data(), &st.shared_cache);
+  if (cfg.shared_expert.mix == SharedMix::add) {
+    Tensor m = st.aggregated;
+    add_into(m, st.shared_out);
+    return m;
+  }
+  Tensor m({T, d});
+  st.coef.resize(static_cast<size_t>(2 * T));
+  cpu::coefficient_mix_forward(u.data(), T, d, param(sp + "shared_coef.weight").data(),
+                               param(sp + "shared_coef.bias").data(), st.aggregated.data(), st.shared_out.data(),
+                               m.data(), st.coef.data());
+  return m;
+}
+
+// Statistics (K_t histogram, rows per expert) and the auxiliary losses of the forward.
+void LayerEngine::record_stats(int s, const std::vector<int32_t>& k) {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  const StageState& st = *states_[static_cast<size_t>(s)];
+  StageStats& stats = stats_[static_cast<size_t>(s)];
+  const int64_t T = st.u.dim(0), E = cfg.experts;
   stats.tokens = T;
   stats.assignments = st.selection.slots();
   stats.dropped = st.selection.dropped;
@@ -262,7 +284,6 @@ Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput&
   for (int64_t i = 0; i < E; ++i) stats.expert_rows[static_cast<size_t>(i)] = st.layout.expert_rows(i);
   stats.load_balance_loss = cpu::load_balance_loss(st.p.data(), st.selection, cfg.aux_loss.load_balance, nullptr);
   stats.z_loss = cpu::z_loss(st.p.data(), st.lse.data(), T, E, cfg.aux_loss.z_loss, nullptr);
-  return m;
 }
 
 Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {

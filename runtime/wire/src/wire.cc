@@ -1,5 +1,7 @@
 #include "switchyard/wire/wire.h"
 
+#include "switchyard/core/error.h"
+
 namespace sy::wire {
 
 Placement placement_from_pb(const PlacementEntries& entries, uint64_t epoch) {
@@ -18,6 +20,113 @@ void placement_to_pb(const Placement& placement, PlacementEntries* out) {
     e->set_expert(key.expert);
     for (int w : workers) e->add_workers(w);
   }
+}
+
+ExpertKey key_from_pb(const pb::Segment& segment) { return {segment.layer(), segment.stage(), segment.expert()}; }
+
+void key_to_pb(const ExpertKey& key, int64_t rows, pb::Segment* out) {
+  out->set_layer(key.layer);
+  out->set_stage(key.stage);
+  out->set_expert(key.expert);
+  out->set_rows(rows);
+}
+
+namespace {
+
+pb::ErrorInfo::Code code_to_pb(StatusCode code) {
+  switch (code) {
+    case StatusCode::ok: return pb::ErrorInfo::OK;
+    case StatusCode::no_resource: return pb::ErrorInfo::NO_RESOURCE;
+    case StatusCode::timeout: return pb::ErrorInfo::TIMEOUT;
+    case StatusCode::peer_failed: return pb::ErrorInfo::PEER_FAILED;
+    case StatusCode::unreachable: return pb::ErrorInfo::UNREACHABLE;
+    case StatusCode::invalid_argument: return pb::ErrorInfo::INVALID_ARGUMENT;
+    case StatusCode::truncated: return pb::ErrorInfo::TRUNCATED;
+    case StatusCode::protocol: return pb::ErrorInfo::PROTOCOL;
+    case StatusCode::unsupported: return pb::ErrorInfo::UNSUPPORTED;
+    case StatusCode::internal: return pb::ErrorInfo::INTERNAL_ERROR;
+  }
+  return pb::ErrorInfo::INTERNAL_ERROR;
+}
+
+pb::ErrorInfo make_error(pb::ErrorInfo::Kind kind, pb::ErrorInfo::Code code, int worker, const std::string& message) {
+  pb::ErrorInfo e;
+  e.set_kind(kind);
+  e.set_code(code);
+  e.set_worker(worker);
+  e.set_message("worker " + std::to_string(worker) + ": " + message);
+  return e;
+}
+
+}  // namespace
+
+pb::ErrorInfo error_info(const std::exception& e, int worker) {
+  if (const auto* err = dynamic_cast<const Error*>(&e)) {
+    switch (err->kind()) {
+      case ErrorKind::input:
+      case ErrorKind::config:
+        return make_error(pb::ErrorInfo::BAD_REQUEST, pb::ErrorInfo::INVALID_ARGUMENT, worker, e.what());
+      case ErrorKind::transport:
+        return make_error(pb::ErrorInfo::PEER_DEAD, pb::ErrorInfo::PEER_FAILED, worker, e.what());
+      case ErrorKind::runtime: break;
+    }
+  }
+  return make_error(pb::ErrorInfo::INTERNAL, pb::ErrorInfo::INTERNAL_ERROR, worker, e.what());
+}
+
+pb::ErrorInfo error_info(const Status& status, int worker) {
+  const StatusCode c = status.code();
+  const bool peer = c == StatusCode::peer_failed || c == StatusCode::timeout || c == StatusCode::unreachable;
+  const bool bad = c == StatusCode::invalid_argument || c == StatusCode::protocol || c == StatusCode::truncated;
+  return make_error(peer ? pb::ErrorInfo::PEER_DEAD : bad ? pb::ErrorInfo::BAD_REQUEST : pb::ErrorInfo::INTERNAL,
+                    code_to_pb(c), worker, status.message());
+}
+
+Status status_from(const pb::ErrorInfo& error) {
+  switch (error.kind()) {
+    case pb::ErrorInfo::PEER_DEAD: return Status(StatusCode::peer_failed, error.message());
+    case pb::ErrorInfo::BAD_REQUEST: return Status(StatusCode::invalid_argument, error.message());
+    default: return Status(StatusCode::internal, error.message());
+  }
+}
+
+void throw_error(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::invalid_argument: throw Error(ErrorKind::input, status.message());
+    case StatusCode::peer_failed:
+    case StatusCode::timeout:
+    case StatusCode::unreachable: throw Error(ErrorKind::transport, status.message());
+    default: throw Error(ErrorKind::runtime, status.message());
+  }
+}
+
+Result<RequestId> post_send(Transport& t, int peer, Tag tag, const void* data, size_t bytes) {
+  for (;;) {
+    auto r = t.post_send(peer, tag, data, bytes);
+    if (r.is_ok() || r.status().code() != StatusCode::no_resource) return r;
+    t.progress();
+  }
+}
+
+Result<RequestId> post_recv(Transport& t, int peer, Tag tag, void* data, size_t bytes) {
+  for (;;) {
+    auto r = t.post_recv(peer, tag, data, bytes);
+    if (r.is_ok() || r.status().code() != StatusCode::no_resource) return r;
+    t.progress();
+  }
+}
+
+Status OutgoingMessage::post(Transport& t, int peer, Tag header_tag, Tag payload_tag,
+                             const google::protobuf::Message& msg, const void* payload, size_t payload_bytes) {
+  header = msg.SerializeAsString();
+  auto h = post_send(t, peer, header_tag, header.data(), header.size());
+  if (!h) return h.status();
+  requests.push_back(*h);
+  if (payload_bytes == 0) return Status::ok();
+  auto p = post_send(t, peer, payload_tag, payload, payload_bytes);
+  if (!p) return p.status();
+  requests.push_back(*p);
+  return Status::ok();
 }
 
 }  // namespace sy::wire

@@ -4,39 +4,36 @@
 
 #include <algorithm>
 #include <cstring>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
 
-#include "switchyard/wire/data_plane.h"
-#include "switchyard/wire/wire.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/log.h"
 #include "switchyard/placement/placement.h"
-#include "switchyard/worker/expert_store.h"
-#include "switchyard/engine/optimizer.h"
 #include "switchyard/transport/control.h"
+#include "switchyard/transport/factory.h"
 #include "switchyard/transport/rendezvous.h"
-#include "switchyard/transport/ucx.h"
+#include "switchyard/wire/wire.h"
+#include "switchyard/worker/expert_store.h"
 
 namespace sy {
 namespace {
 
-namespace pb = switchyard::cluster;
+namespace pb = wire::pb;
 using namespace std::chrono_literals;
-using cluster::OutgoingMessage;
+using Millis = std::chrono::milliseconds;
 
-// One attached client: its 2-rank transport and the header receive posted for its next request.
+// One attached client: a dynamic peer of the worker's transport, and the header receive
+// posted for its next request.
 struct ClientConnection {
-  uint32_t id = 0;
+  int id = 0;  // the client's data-plane id
   std::string name;
-  std::vector<char> header;  // declared before the transport: it outlives the receive posted into it
-  std::unique_ptr<transport::Transport> transport;
+  std::string address;       // to connect on the serving thread
+  std::vector<char> header;  // outlives the receive posted into it (released before erase)
   transport::RequestId header_request{};
-  bool header_posted = false;
-  bool dead = false;
+  bool connected = false, header_posted = false, dead = false;
 };
 
 struct PendingStep {
@@ -44,60 +41,19 @@ struct PendingStep {
   uint64_t request_id;
 };
 
+// A request that fails with this is answered with its ErrorInfo; the client is kept.
+void require(bool ok, const std::string& message) {
+  if (!ok) throw Error(ErrorKind::input, message);
+}
+
 class Worker {
  public:
   Worker(const WorkerOptions& options, const std::atomic<bool>& stop) : options_(options), stop_(stop) {}
 
   int run() {
-    // 1. Our control server: clients attach here.
-    control::ControlServer::Options so;
-    so.bind_address = options_.bind_host;
-    so.name = "switchyard-worker";
-    server_ = std::make_unique<control::ControlServer>(so);
-    server_->on<pb::AttachRequest, pb::AttachReply>(
-        [this](const pb::AttachRequest& req, const control::PeerInfo&) { return attach(req); });
-    server_->start();
-
-    // 2. Register with the coordinator.
-    auto [host, port] = control::parse_endpoint(options_.coordinator);
-    control::ControlClient::Options co;
-    co.name = "worker pid " + std::to_string(::getpid());
-    // Launchers start every rank at once: the coordinator may not listen yet. Retry for a minute.
-    const auto connect_deadline = std::chrono::steady_clock::now() + 60s;
-    for (;;) {
-      auto c = control::ControlClient::connect(host, port, co);
-      if (c.is_ok()) {
-        coordinator_ = std::move(c).value();
-        break;
-      }
-      if (std::chrono::steady_clock::now() > connect_deadline || stop_)
-        cluster::check(c.status(), "worker: coordinator " + options_.coordinator);
-      std::this_thread::sleep_for(200ms);
-    }
-    pb::RegisterWorkerRequest reg;
-    reg.set_requested_id(options_.requested_id);
-    reg.set_pid(static_cast<uint32_t>(::getpid()));
-    reg.set_host(transport::default_process_label());
-    reg.set_control_endpoint(server_->endpoint());
-    const pb::RegisterWorkerReply r = cluster::check(
-        coordinator_->call<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(reg), "worker: register with " + options_.coordinator);
-    id_ = r.worker_id();
-    label_ = "worker " + std::to_string(id_) + " (" + transport::default_process_label() + ")";
-    heartbeat_ms_ = r.heartbeat_ms();
-    ucx_.peer_error_handling = r.ucx_peer_failure();
-    SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator << " (UCX peer failure detection "
-                                   << (ucx_.peer_error_handling ? "requested" : "off") << ")");
-
-    // 3. The workers' world, for reducing gradients among replicas.
-    transport::TransportOptions to;
-    to.rank = id_;
-    to.world_size = r.workers_expected();
-    to.label = label_;
-    peers_ = transport::make_ucx_transport(to, ucx_);
-    cluster::check(transport::bootstrap_transport(*peers_, *coordinator_, "workers-ucx", 120s),
-                   label_ + ": joining the workers' data-plane world");
-
-    // 4. Heartbeats on their own connection and thread.
+    start_control_server();
+    register_with_coordinator();
+    join_workers_world();
     std::thread heartbeat([this] { heartbeat_loop(); });
     serve();
     heartbeat_stop_ = true;
@@ -107,22 +63,79 @@ class Worker {
   }
 
  private:
-  transport::Result<pb::AttachReply> attach(const pb::AttachRequest& req) {
-    auto conn = std::make_unique<ClientConnection>();
+  // Clients attach here: the reply carries our address; the serving thread connects theirs.
+  void start_control_server() {
+    control::ControlServer::Options so;
+    so.bind_address = options_.bind_host;
+    so.name = "switchyard-worker";
+    server_ = std::make_unique<control::ControlServer>(so);
+    server_->on<pb::AttachRequest, pb::AttachReply>(
+        [this](const pb::AttachRequest& req, const control::PeerInfo&) { return attach(req); });
+    server_->start();
+  }
+
+  void register_with_coordinator() {
+    auto [host, port] = control::parse_endpoint(options_.coordinator);
+    control::ControlClient::Options co;
+    co.name = "worker pid " + std::to_string(::getpid());
+    // Launchers start every rank at once: the coordinator may not listen yet. Retry.
+    const auto connect_deadline = std::chrono::steady_clock::now() + Millis(options_.connect_timeout_ms);
+    for (;;) {
+      auto c = control::ControlClient::connect(host, port, co);
+      if (c.is_ok()) {
+        coordinator_ = std::move(c).value();
+        break;
+      }
+      if (std::chrono::steady_clock::now() > connect_deadline || stop_)
+        throw Error(ErrorKind::transport, "worker: coordinator " + options_.coordinator + ": " + c.status().to_string());
+      std::this_thread::sleep_for(200ms);
+    }
+    pb::RegisterWorkerRequest reg;
+    reg.set_requested_id(options_.requested_id);
+    reg.set_pid(static_cast<uint32_t>(::getpid()));
+    reg.set_host(transport::default_process_label());
+    reg.set_control_endpoint(server_->endpoint());
+    auto r = coordinator_->call<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(reg);
+    if (!r) throw Error(ErrorKind::transport, "worker: register with " + options_.coordinator + ": " + r.status().to_string());
+    registration_ = std::move(r).value();
+    id_ = registration_.worker_id();
+    request_timeout_ = Millis(registration_.request_timeout_ms());
+    label_ = "worker " + std::to_string(id_) + " (" + transport::default_process_label() + ")";
+    SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator << " (" << registration_.transport()
+                                   << ", UCX peer failure detection "
+                                   << (registration_.ucx_peer_failure() ? "requested" : "off") << ")");
+  }
+
+  // This process's one transport: the workers' fixed world (replica reduction) and, as dynamic
+  // peers, the clients.
+  void join_workers_world() {
     transport::TransportOptions to;
-    to.rank = 1;
-    to.world_size = 2;
+    to.rank = id_;
+    to.world_size = registration_.workers_expected();
     to.label = label_;
-    conn->transport = transport::make_ucx_transport(to, ucx_);
-    const std::string own = conn->transport->local_address();
-    transport::Status st = conn->transport->connect({req.client_address(), own});
-    if (!st.is_ok()) return st;
-    pb::AttachReply reply;
-    reply.set_worker_address(own);
-    std::lock_guard<std::mutex> lock(attach_mu_);
-    conn->id = next_client_id_++;
+    transport::BackendOptions backend;
+    backend.ucx.peer_error_handling = registration_.ucx_peer_failure();
+    transport_ = transport::make_transport(registration_.transport(), to, backend);
+    const Status s = transport::bootstrap_transport(*transport_, *coordinator_, "workers-data-plane",
+                                                    Millis(registration_.startup_timeout_ms()));
+    if (!s) throw Error(ErrorKind::transport, label_ + ": joining the workers' data-plane world: " + s.to_string());
+  }
+
+  Result<pb::AttachReply> attach(const pb::AttachRequest& req) {
+    auto id = transport::address_rank(req.client_address());
+    if (!id) return id.status();
+    if (*id != req.client_id() || req.client_id() < wire::kFirstClientId)
+      return Status(StatusCode::invalid_argument, "client '" + req.client_name() + "' attaches as id " +
+                                                      std::to_string(req.client_id()) + " with the address of id " +
+                                                      std::to_string(*id));
+    auto conn = std::make_unique<ClientConnection>();
+    conn->id = req.client_id();
     conn->name = req.client_name();
-    reply.set_client_id(conn->id);
+    conn->address = req.client_address();
+    pb::AttachReply reply;
+    reply.set_worker_address(transport_->local_address());  // fixed at start; read-only here
+    reply.set_client_id(static_cast<uint32_t>(conn->id));
+    std::lock_guard<std::mutex> lock(attach_mu_);
     attached_.push_back(std::move(conn));
     return reply;
   }
@@ -152,18 +165,16 @@ class Worker {
           return;
         }
       }
-      for (uint32_t waited = 0; waited < heartbeat_ms_ && !heartbeat_stop_; waited += 10) std::this_thread::sleep_for(10ms);
+      for (uint32_t waited = 0; waited < registration_.heartbeat_ms() && !heartbeat_stop_; waited += 10)
+        std::this_thread::sleep_for(10ms);
     }
   }
 
   void serve() {
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop_ && !coordinator_lost_) {
-      {
-        std::lock_guard<std::mutex> lock(attach_mu_);
-        for (auto& c : attached_) clients_.push_back(std::move(c));
-        attached_.clear();
-      }
+      take_attached();
+      transport_->progress();
       bool busy = false;
       for (auto& c : clients_) {
         if (c->dead) continue;
@@ -174,10 +185,7 @@ class Worker {
           c->dead = true;
         }
       }
-      for (auto& [step, waiting] : pending_steps_)  // a departed client's step requests go with it
-        std::erase_if(waiting, [](const PendingStep& p) { return p.client->dead; });
-      std::erase_if(clients_, [](const std::unique_ptr<ClientConnection>& c) { return c->dead; });
-      if (peers_) peers_->progress();
+      drop_dead_clients();
       // Busy-poll while there is traffic; back off when idle so several workers share few cores.
       const auto now = std::chrono::steady_clock::now();
       if (busy) idle_since = now;
@@ -186,17 +194,53 @@ class Worker {
     if (coordinator_lost_) SY_LOG(error, "runtime", label_ << ": lost the coordinator, shutting down");
   }
 
-  // Progresses one client; handles a request when its header has arrived.
+  // Clients the control thread accepted become peers of the transport (this thread owns it).
+  void take_attached() {
+    std::vector<std::unique_ptr<ClientConnection>> fresh;
+    {
+      std::lock_guard<std::mutex> lock(attach_mu_);
+      fresh.swap(attached_);
+    }
+    for (auto& c : fresh) {
+      const Status s = transport_->connect_peer(c->id, c->address);
+      if (!s) {
+        SY_LOG(warn, "runtime", label_ << ": cannot connect client '" << c->name << "': " << s.to_string());
+        continue;
+      }
+      c->connected = true;
+      clients_.push_back(std::move(c));
+    }
+  }
+
+  // A departed client: its step requests go with it, its endpoint is closed (the posted header
+  // receive fails and is released while the buffer is alive), then it is forgotten.
+  void drop_dead_clients() {
+    for (auto& [step, waiting] : pending_steps_)
+      std::erase_if(waiting, [](const PendingStep& p) { return p.client->dead; });
+    for (auto& c : clients_) {
+      if (!c->dead || !c->connected) continue;
+      (void)transport_->disconnect_peer(c->id);
+      if (c->header_posted) (void)transport_->wait(c->header_request, request_timeout_);
+      c->connected = false;
+      std::erase_if(forward_cache_, [&](const auto& entry) { return entry.first.first == c->id; });
+    }
+    std::erase_if(clients_, [](const std::unique_ptr<ClientConnection>& c) { return c->dead; });
+  }
+
+  // Handles a request when its header has arrived.
   bool poll_client(ClientConnection& c) {
-    transport::Transport& t = *c.transport;
     if (!c.header_posted) {
-      c.header.resize(cluster::kMaxHeaderBytes);
-      c.header_request = cluster::post_recv(t, 0, cluster::kRequestTag, c.header.data(), c.header.size(), label_);
+      c.header.resize(wire::kMaxHeaderBytes);
+      auto r = wire::post_recv(*transport_, c.id, wire::kRequestTag, c.header.data(), c.header.size());
+      if (!r) throw Error(ErrorKind::transport, "client '" + c.name + "': " + r.status().to_string());
+      c.header_request = *r;
       c.header_posted = true;
     }
-    t.progress();
-    auto done = t.test(c.header_request);
-    if (!done.is_ok()) throw Error(ErrorKind::transport, "client '" + c.name + "': " + done.status().to_string());
+    auto done = transport_->test(c.header_request);
+    if (!done) {
+      c.header_posted = false;  // failed: released
+      throw Error(ErrorKind::transport, "client '" + c.name + "': " + done.status().to_string());
+    }
     if (!done->done) return false;
     c.header_posted = false;
     pb::WorkerRequest req;
@@ -210,90 +254,99 @@ class Worker {
   std::vector<char> receive_payload(ClientConnection& c, uint64_t bytes) {
     std::vector<char> payload(bytes);
     if (bytes == 0) return payload;
-    auto rid = cluster::post_recv(*c.transport, 0, cluster::kRequestPayloadTag, payload.data(), bytes, label_);
-    transport::Status st = c.transport->wait(rid, std::chrono::milliseconds(60000));
-    if (!st.is_ok()) {
+    auto rid = wire::post_recv(*transport_, c.id, wire::kRequestPayloadTag, payload.data(), bytes);
+    Status st = rid ? transport_->wait(*rid, request_timeout_) : rid.status();
+    if (!st) {
       // Close the endpoint while `payload` is alive: the receive may still be posted into it.
-      c.transport.reset();
+      (void)transport_->disconnect_peer(c.id);
+      if (rid) (void)transport_->wait(*rid, request_timeout_);
+      c.connected = false;
       c.dead = true;
-      cluster::check(st, label_ + ": payload from client '" + c.name + "'");
+      throw Error(ErrorKind::transport, label_ + ": payload from client '" + c.name + "': " + st.to_string());
     }
     return payload;
   }
 
-  void reply(ClientConnection& c, uint64_t request_id, const std::string& error, const void* payload, size_t bytes,
+  void reply(ClientConnection& c, uint64_t request_id, const pb::ErrorInfo* error, const void* payload, size_t bytes,
              double compute_seconds = 0) {
     pb::WorkerReply rep;
     rep.set_compute_seconds(compute_seconds);
     rep.set_request_id(request_id);
-    rep.set_error(error);
-    rep.set_payload_bytes(error.empty() ? bytes : 0);
-    OutgoingMessage out;
-    out.post(*c.transport, 0, cluster::kReplyTag, cluster::kReplyPayloadTag, rep, payload, error.empty() ? bytes : 0,
-             label_ + ": reply to '" + c.name + "'");
-    cluster::check(c.transport->wait_all(out.requests, std::chrono::milliseconds(60000)),
-                   label_ + ": reply to client '" + c.name + "'");
+    if (error) *rep.mutable_error() = *error;
+    const size_t n = error ? 0 : bytes;
+    rep.set_payload_bytes(n);
+    wire::OutgoingMessage out;
+    Status s = out.post(*transport_, c.id, wire::kReplyTag, wire::kReplyPayloadTag, rep, payload, n);
+    if (s) s = transport_->wait_all(out.requests, request_timeout_);
+    if (!s) throw Error(ErrorKind::transport, label_ + ": reply to client '" + c.name + "': " + s.to_string());
   }
-
-  static ExpertKey key_of(const pb::Segment& s) { return {s.layer(), s.stage(), s.expert()}; }
 
   void handle(ClientConnection& c, const pb::WorkerRequest& req) {
     std::vector<char> payload = receive_payload(c, req.payload_bytes());
     std::vector<float> out;
     const auto compute_start = std::chrono::steady_clock::now();
     try {
-      switch (req.op()) {
-        case pb::WorkerRequest::LOAD_MODEL: load_model(req, payload); break;
-        case pb::WorkerRequest::FORWARD: out = forward(c, req, payload); break;
-        case pb::WorkerRequest::BACKWARD: out = backward(c, req, payload); break;
-        case pb::WorkerRequest::STEP:
-          pending_steps_[req.step()].push_back({&c, req.request_id()});
-          if (pending_steps_[req.step()].size() >= std::max<uint32_t>(1, req.group_size())) step(req);
+      switch (req.op_case()) {
+        case pb::WorkerRequest::kLoadModel: load_model(req.load_model(), payload); break;
+        case pb::WorkerRequest::kForward: out = forward(c, req.forward(), payload); break;
+        case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
+        case pb::WorkerRequest::kStep:
+          pending_steps_[req.step().step()].push_back({&c, req.request_id()});
+          if (pending_steps_[req.step().step()].size() >= std::max<uint32_t>(1, req.step().group_size())) step(req.step());
           return;  // replies go out in step()
-        case pb::WorkerRequest::FETCH_GRADS: out = fetch_tensors(req, /*grads=*/true); break;
-        case pb::WorkerRequest::FETCH_WEIGHTS: out = fetch_tensors(req, /*grads=*/false); break;
-        case pb::WorkerRequest::ZERO_GRADS: require_store().zero_grads(); break;
-        case pb::WorkerRequest::SAVE: require_store().save(checkpoint_path(req.path())); break;
-        case pb::WorkerRequest::RESTORE: require_store().load(checkpoint_path(req.path())); break;
-        case pb::WorkerRequest::DETACH:  // the client is leaving: no reply, forget it
+        case pb::WorkerRequest::kFetch: out = fetch_tensors(req.fetch()); break;
+        case pb::WorkerRequest::kZeroGrads: require_store().zero_grads(); break;
+        case pb::WorkerRequest::kCheckpoint: checkpoint(req.checkpoint()); break;
+        case pb::WorkerRequest::kDetach:  // the client is leaving: no reply, forget it
           c.dead = true;
           SY_LOG(info, "runtime", label_ << ": client '" << c.name << "' detached");
           return;
-        default: throw Error(ErrorKind::input, "unknown request op " + std::to_string(req.op()));
+        case pb::WorkerRequest::OP_NOT_SET:
+          throw Error(ErrorKind::input, "request " + std::to_string(req.request_id()) +
+                                            " carries no operation (a client of another version?)");
       }
     } catch (const std::exception& e) {
-      reply(c, req.request_id(), label_ + ": " + e.what(), nullptr, 0);
+      const pb::ErrorInfo error = wire::error_info(e, id_);
+      reply(c, req.request_id(), &error, nullptr, 0);
       return;
     }
-    reply(c, req.request_id(), "", out.data(), out.size() * sizeof(float),
+    reply(c, req.request_id(), nullptr, out.data(), out.size() * sizeof(float),
           std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count());
   }
 
   ExpertStore& require_store() {
-    if (!store_) throw Error(ErrorKind::input, "no model loaded on this worker");
+    require(store_ != nullptr, "no model loaded on this worker");
     return *store_;
   }
 
-  std::string checkpoint_path(const std::string& dir) const {
-    return dir + "/worker-" + std::to_string(id_) + ".safetensors";
+  void checkpoint(const pb::CheckpointOp& op) {
+    const std::string path = op.dir() + "/worker-" + std::to_string(id_) + ".safetensors";
+    switch (op.action()) {
+      case pb::CheckpointOp::SAVE: require_store().save(path); return;
+      case pb::CheckpointOp::RESTORE: require_store().load(path); return;
+      default: throw Error(ErrorKind::input, "checkpoint request without an action");
+    }
   }
 
-  void load_model(const pb::WorkerRequest& req, const std::vector<char>& payload) {
-    config_ = std::make_unique<Config>(load_config_string(req.model_yaml(), "model from client"));
-    const ModelConfig& m = config_->model;
+  void load_model(const pb::LoadModelOp& op, const std::vector<char>& payload) {
+    auto config = std::make_unique<Config>(load_config_string(op.model_yaml(), "model from client"));
+    const ModelConfig& m = config->model;
     auto store = std::make_unique<ExpertStore>(m);
+    require(payload.size() % sizeof(float) == 0, "LOAD_MODEL payload is not whole floats");
     const std::span<const float> floats(reinterpret_cast<const float*>(payload.data()), payload.size() / sizeof(float));
     size_t off = 0;
-    for (const pb::Segment& s : req.segments()) {
-      const ExpertGeometry geometry = ExpertGeometry::of(m, s.stage());
+    for (const pb::Segment& s : op.experts()) {
+      const ExpertKey key = wire::key_from_pb(s);
+      require(expert_exists(m, key), "LOAD_MODEL: the model has no expert " + key.to_string());
+      const ExpertGeometry geometry = ExpertGeometry::of(m, key.stage);
       const size_t n = static_cast<size_t>(encoded_expert_floats(geometry, false));
-      if (off + n > floats.size()) throw Error(ErrorKind::input, "LOAD_MODEL payload too short");
-      store->add(key_of(s), decode_expert(geometry, floats.subspan(off, n), false, "LOAD_MODEL " + key_of(s).to_string()).weights);
+      require(off + n <= floats.size(), "LOAD_MODEL payload too short");
+      store->add(key, decode_expert(geometry, floats.subspan(off, n), false, "LOAD_MODEL " + key.to_string()).weights);
       off += n;
     }
-    if (off != floats.size() || payload.size() % sizeof(float) != 0)
-      throw Error(ErrorKind::input, "LOAD_MODEL payload has trailing bytes");
-    placement_ = wire::placement_from_pb(req.placement(), 0);
+    require(off == floats.size(), "LOAD_MODEL payload has trailing bytes");
+    placement_ = wire::placement_from_pb(op.placement(), 0);
+    config_ = std::move(config);
     store_ = std::move(store);
     forward_cache_.clear();
     experts_held_ = static_cast<uint32_t>(store_->keys().size());
@@ -301,50 +354,57 @@ class Worker {
     SY_LOG(info, "runtime", label_ << ": loaded " << experts_held_.load() << " expert replicas");
   }
 
-  std::vector<float> forward(ClientConnection& c, const pb::WorkerRequest& req, const std::vector<char>& payload) {
+  // The segments' rows, checked against the payload.
+  int64_t segment_rows(const google::protobuf::RepeatedPtrField<pb::Segment>& segments, size_t payload_bytes,
+                       const char* what) const {
+    const int64_t d = config_->model.hidden_size;
+    int64_t total = 0;
+    for (const pb::Segment& s : segments) {
+      require(s.rows() >= 0, std::string(what) + ": negative row count");
+      total += s.rows();
+    }
+    require(static_cast<int64_t>(payload_bytes) == total * d * static_cast<int64_t>(sizeof(float)),
+            std::string(what) + " payload of " + std::to_string(payload_bytes) + " bytes for " + std::to_string(total) +
+                " rows of width " + std::to_string(d));
+    return total;
+  }
+
+  std::vector<float> forward(ClientConnection& c, const pb::ForwardOp& op, const std::vector<char>& payload) {
     ExpertStore& store = require_store();
     const int64_t d = config_->model.hidden_size;
+    const int64_t total = segment_rows(op.segments(), payload.size(), "FORWARD");
     const float* x = reinterpret_cast<const float*>(payload.data());
-    int64_t total = 0;
-    for (const pb::Segment& s : req.segments()) total += s.rows();
-    if (static_cast<int64_t>(payload.size()) != total * d * static_cast<int64_t>(sizeof(float)))
-      throw Error(ErrorKind::input, "FORWARD payload of " + std::to_string(payload.size()) + " bytes for " +
-                                        std::to_string(total) + " rows of width " + std::to_string(d));
     std::vector<float> out(static_cast<size_t>(total * d));
     std::vector<uint64_t> ids;
     int64_t row = 0;
-    for (const pb::Segment& s : req.segments()) {
-      if (req.keep_for_backward()) {
+    for (const pb::Segment& s : op.segments()) {
+      if (op.keep_for_backward()) {
         const uint64_t id = next_store_request_++;
-        store.forward(key_of(s), id, x + row * d, s.rows(), out.data() + row * d);
+        store.forward(wire::key_from_pb(s), id, x + row * d, s.rows(), out.data() + row * d);
         ids.push_back(id);
       } else {
-        store.infer(key_of(s), x + row * d, s.rows(), out.data() + row * d);  // serving: keep nothing
+        store.infer(wire::key_from_pb(s), x + row * d, s.rows(), out.data() + row * d);  // serving: keep nothing
       }
       row += s.rows();
     }
-    if (req.keep_for_backward()) forward_cache_[{c.id, req.request_id()}] = std::move(ids);
+    if (op.keep_for_backward()) forward_cache_[{c.id, op.dispatch_id()}] = std::move(ids);
     rows_forward_ += static_cast<uint64_t>(total);
     return out;
   }
 
-  std::vector<float> backward(ClientConnection& c, const pb::WorkerRequest& req, const std::vector<char>& payload) {
+  std::vector<float> backward(ClientConnection& c, const pb::BackwardOp& op, const std::vector<char>& payload) {
     ExpertStore& store = require_store();
-    auto it = forward_cache_.find({c.id, req.request_id()});
-    if (it == forward_cache_.end())
-      throw Error(ErrorKind::input, "BACKWARD for request " + std::to_string(req.request_id()) + " without its FORWARD");
+    auto it = forward_cache_.find({c.id, op.dispatch_id()});
+    require(it != forward_cache_.end(), "BACKWARD for dispatch " + std::to_string(op.dispatch_id()) + " without its FORWARD");
     const int64_t d = config_->model.hidden_size;
+    const int64_t total = segment_rows(op.segments(), payload.size(), "BACKWARD");
+    require(it->second.size() == static_cast<size_t>(op.segments_size()), "BACKWARD does not match its FORWARD's layout");
     const float* g = reinterpret_cast<const float*>(payload.data());
-    int64_t total = 0;
-    for (const pb::Segment& s : req.segments()) total += s.rows();
-    if (static_cast<int64_t>(payload.size()) != total * d * static_cast<int64_t>(sizeof(float)) ||
-        it->second.size() != static_cast<size_t>(req.segments_size()))
-      throw Error(ErrorKind::input, "BACKWARD does not match its FORWARD's layout");
     std::vector<float> out(static_cast<size_t>(total * d));
     int64_t row = 0;
-    for (int i = 0; i < req.segments_size(); ++i) {
-      const pb::Segment& s = req.segments(i);
-      store.backward(key_of(s), it->second[static_cast<size_t>(i)], g + row * d, s.rows(), out.data() + row * d);
+    for (int i = 0; i < op.segments_size(); ++i) {
+      const pb::Segment& s = op.segments(i);
+      store.backward(wire::key_from_pb(s), it->second[static_cast<size_t>(i)], g + row * d, s.rows(), out.data() + row * d);
       row += s.rows();
     }
     forward_cache_.erase(it);
@@ -353,13 +413,15 @@ class Worker {
   }
 
   // The gradients or weights of the listed experts, encoded one after the other (core/expert.h).
-  std::vector<float> fetch_tensors(const pb::WorkerRequest& req, bool grads) {
+  std::vector<float> fetch_tensors(const pb::FetchOp& op) {
     ExpertStore& store = require_store();
+    require(op.what() == pb::FetchOp::GRADS || op.what() == pb::FetchOp::WEIGHTS, "FETCH without what to fetch");
     std::vector<float> out;
-    for (const pb::Segment& s : req.segments()) {
-      const ExpertKey key = key_of(s);
+    for (const pb::Segment& s : op.experts()) {
+      const ExpertKey key = wire::key_from_pb(s);
+      require(store.holds(key), "this worker holds no replica of " + key.to_string());
       const ExpertGeometry geometry = ExpertGeometry::of(config_->model, key.stage);
-      encode_expert(geometry, {grads ? store.grads(key) : store.weights(key), {}, 0}, false, out);
+      encode_expert(geometry, {op.what() == pb::FetchOp::GRADS ? store.grads(key) : store.weights(key), {}, 0}, false, out);
     }
     return out;
   }
@@ -371,27 +433,11 @@ class Worker {
     for (const auto& [key, workers] : placement_.replicas) {
       ++index;
       if (workers.size() < 2 || !store_->holds(key)) continue;
-      if (!peers_) throw Error(ErrorKind::transport, "the workers' data-plane world was closed after an earlier failure");
       TensorMap& g = store_->grads(key);
       std::vector<float> mine;
       for (const auto& [name, t] : g) mine.insert(mine.end(), t.values().begin(), t.values().end());
       std::map<int, std::vector<float>> all;
-      std::vector<transport::RequestId> reqs;
-      for (int w : workers) {
-        if (w == id_) continue;
-        all[w].resize(mine.size());
-        reqs.push_back(cluster::post_send(*peers_, w, cluster::kReplicaReduceTagBase + static_cast<uint64_t>(index),
-                                          mine.data(), mine.size() * sizeof(float), label_));
-        reqs.push_back(cluster::post_recv(*peers_, w, cluster::kReplicaReduceTagBase + static_cast<uint64_t>(index),
-                                          all[w].data(), mine.size() * sizeof(float), label_));
-      }
-      transport::Status st = peers_->wait_all(reqs, std::chrono::milliseconds(60000));
-      if (!st.is_ok()) {
-        // Close the workers' world while the buffers of the posted receives are alive; later
-        // reductions then fail at once instead of racing stale messages.
-        peers_.reset();
-        cluster::check(st, label_ + ": reducing gradients of " + key.to_string() + " among its replicas");
-      }
+      exchange_with_replicas(key, workers, wire::kReplicaReduceTagBase + static_cast<uint64_t>(index), mine, all);
       all[id_] = std::move(mine);
       std::vector<float> sum(all.begin()->second.size(), 0.0f);
       for (const auto& [w, v] : all)  // ascending worker id on every replica
@@ -404,44 +450,62 @@ class Worker {
     }
   }
 
-  void step(const pb::WorkerRequest& req) {
-    std::string error;
+  // Sends `mine` to every other replica holder and receives theirs into `all`. On failure the
+  // peers are disconnected while the buffers are alive (their requests end), then it throws.
+  void exchange_with_replicas(const ExpertKey& key, const std::vector<int>& workers, transport::Tag tag,
+                              const std::vector<float>& mine, std::map<int, std::vector<float>>& all) {
+    std::vector<transport::RequestId> reqs;
+    Status st;
+    for (int w : workers) {
+      if (w == id_ || !st) continue;
+      all[w].resize(mine.size());
+      auto s = wire::post_send(*transport_, w, tag, mine.data(), mine.size() * sizeof(float));
+      auto r = s ? wire::post_recv(*transport_, w, tag, all[w].data(), mine.size() * sizeof(float)) : s;
+      if (s) reqs.push_back(*s);
+      if (r && s) reqs.push_back(*r);
+      st = !s ? s.status() : r.status();
+    }
+    if (st) st = transport_->wait_all(reqs, request_timeout_);
+    if (st) return;
+    for (int w : workers)
+      if (w != id_) (void)transport_->disconnect_peer(w);
+    for (transport::RequestId r : reqs) (void)transport_->wait(r, request_timeout_);
+    throw Error(ErrorKind::transport, label_ + ": reducing gradients of " + key.to_string() + " among its replicas: " +
+                                          st.to_string());
+  }
+
+  void step(const pb::StepOp& op) {
+    std::optional<pb::ErrorInfo> error;
     try {
       ExpertStore& store = require_store();
       reduce_replicas();
-      AdamWConfig cfg;
-      cfg.lr = req.lr();
-      cfg.beta1 = req.beta1();
-      cfg.beta2 = req.beta2();
-      cfg.eps = req.eps();
-      cfg.weight_decay = req.weight_decay();
-      store.step(cfg);
+      const pb::AdamWSettings& a = op.adamw();
+      store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
       ++steps_;
     } catch (const std::exception& e) {
-      error = label_ + ": " + e.what();
+      error = wire::error_info(e, id_);
     }
-    for (const PendingStep& p : pending_steps_[req.step()]) reply(*p.client, p.request_id, error, nullptr, 0);
-    pending_steps_.erase(req.step());
+    for (const PendingStep& p : pending_steps_[op.step()]) reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
+    pending_steps_.erase(op.step());
   }
 
   WorkerOptions options_;
   const std::atomic<bool>& stop_;
   std::unique_ptr<control::ControlServer> server_;
   std::unique_ptr<control::ControlClient> coordinator_;
-  std::unique_ptr<transport::Transport> peers_;
+  pb::RegisterWorkerReply registration_;  // id, world size, timeouts, transport
+  std::unique_ptr<transport::Transport> transport_;
   int id_ = -1;
   std::string label_ = "worker";
-  uint32_t heartbeat_ms_ = 500;
-  transport::UcxOptions ucx_;  // endpoint error mode, from the coordinator (cluster.ucx_peer_failure)
+  Millis request_timeout_{10000};
   std::atomic<bool> heartbeat_stop_{false}, coordinator_lost_{false};
   std::mutex attach_mu_;
   std::vector<std::unique_ptr<ClientConnection>> attached_;  // handed from the control thread
   std::vector<std::unique_ptr<ClientConnection>> clients_;   // owned by the serving thread
-  uint32_t next_client_id_ = 1;
   std::unique_ptr<Config> config_;
   std::unique_ptr<ExpertStore> store_;
   Placement placement_;  // of the loaded model, for the replica reduction
-  std::map<std::pair<uint32_t, uint64_t>, std::vector<uint64_t>> forward_cache_;
+  std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
   std::map<uint64_t, std::vector<PendingStep>> pending_steps_;
   uint64_t next_store_request_ = 1;
   std::atomic<uint64_t> rows_forward_{0}, rows_backward_{0}, steps_{0}, expert_bytes_{0};

@@ -87,6 +87,9 @@ struct ClusterConfig {
   int heartbeat_ms = 500;
   int dead_after_ms = 3000;                 // > heartbeat_ms
   int request_timeout_ms = 10000;
+  int startup_timeout_ms = 120000;          // waits at start (coordinator, workers, a loaded model)
+  int liveness_check_ms = 500;              // how often a waiting client asks who is alive
+  std::string transport = "ucx";            // data plane: "ucx" or "inprocess" (one process, tests)
   int worker_memory_mb = 4096;              // per-worker budget for expert replicas
   std::string placement;                    // placement YAML, absolute path; "" = round-robin default
   int replicas = 1;                         // replicas per expert of the default placement, <= workers

@@ -1,9 +1,14 @@
 // The client side of the cluster: a library object inside a trainer rank or a serving front
-// end. It learns membership and placement from the coordinator, attaches to every worker
-// (one UCX endpoint pair each), loads expert weights per placement, and gives the layer
-// engine a `RemoteExperts` per layer: route → schedule replicas → pack per worker → exchange
-// over UCX → unpack. Every wait is bounded; a dead or silent worker fails the call with an
-// error naming it.
+// end. It registers with the coordinator (a data-plane id), learns membership and placement,
+// connects its one data-plane transport to every worker, loads expert weights per placement,
+// and gives the layer engine a `RemoteExperts` per layer:
+//
+//   plan (scheduler: plan_dispatch) → dispatch(plan, rows) → handle → combine(handle)
+//
+// packing each worker's rows once, in the plan's order; backward reuses the forward's plan.
+// Every wait is bounded (cluster.request_timeout_ms); a dead or silent worker fails the call
+// with an error naming it. Public calls throw sy::Error: input when a worker refused the data
+// given (bad weights, a bad checkpoint), transport for dead peers and timeouts, runtime else.
 #pragma once
 
 #include <atomic>
@@ -49,9 +54,10 @@ void request_cluster_shutdown(const std::string& coordinator);
 
 class ClusterClient final : public ExpertProvider {
  public:
-  // Connects to the coordinator, waits (up to `ready_timeout_ms`) until every expected
-  // worker is alive, and attaches to each.
-  ClusterClient(const std::string& coordinator, const std::string& name, int ready_timeout_ms = 30000);
+  // Connects to the coordinator (retrying up to `connect_timeout_ms`: under a launcher it may
+  // still be starting), waits up to cluster.startup_timeout_ms until every expected worker is
+  // alive, and attaches to each.
+  ClusterClient(const std::string& coordinator, const std::string& name, int connect_timeout_ms = ClusterConfig{}.startup_timeout_ms);
   ~ClusterClient();
   ClusterClient(const ClusterClient&) = delete;
   ClusterClient& operator=(const ClusterClient&) = delete;
@@ -93,6 +99,7 @@ class ClusterClient final : public ExpertProvider {
   struct Impl;
 
  private:
+  void make_layer_experts(int layers);
   std::unique_ptr<Impl> impl_;
   Placement placement_;
   bool training_ = true;

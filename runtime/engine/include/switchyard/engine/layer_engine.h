@@ -19,13 +19,17 @@
 
 namespace sy {
 
-// Runs a stage's routed experts on packed rows. Rows of expert i are
-// [layout.expert_offsets[i], layout.expert_offsets[i+1]) of `input`.
+// Runs a stage's routed experts: the seam between the engine and wherever experts live. The
+// dispatch layout says which token each packed row is (`layout.token`) and which expert computes
+// it (rows of expert i are [layout.expert_offsets[i], layout.expert_offsets[i+1])). The compute
+// packs the rows itself, once, in the order its destination wants (this process: layout order;
+// a cluster: per worker, in the dispatch plan's order).
 class ExpertCompute {
  public:
   virtual ~ExpertCompute() = default;
-  // output[rows, d] = E_i(input rows); keeps what backward needs until the next forward.
-  virtual void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) = 0;
+  // output[rows, d] (layout order) = E_i(tokens[layout.token[r]]); keeps what backward needs
+  // until the next forward of this stage.
+  virtual void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) = 0;
   // grad_input[rows, d] (overwritten) from grad_output; accumulates the experts' weight gradients.
   virtual void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
                         Tensor& grad_input) = 0;
@@ -36,7 +40,7 @@ class LocalExperts final : public ExpertCompute {
  public:
   // `grads` may be null for forward-only use; otherwise weight gradients accumulate there.
   LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix = "");
-  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& input, Tensor& output) override;
+  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override;
   void set_grads(TensorMap* grads) { grads_ = grads; }
 
@@ -87,6 +91,13 @@ class LayerEngine {
  private:
   struct StageState;
   Tensor stage_forward(int s, const Tensor& u, const ImportanceInput& importance);
+  // The named steps of stage_forward: route → dispatch → aggregate → mix → stats.
+  std::vector<int32_t> experts_per_token(int s, int64_t tokens, const ImportanceInput& importance) const;
+  void route(int s, const Tensor& u, const std::vector<int32_t>& k);
+  void dispatch(int s, const Tensor& u);
+  void aggregate(int s, const Tensor& u);
+  Tensor mix_shared_expert(int s, const Tensor& u);
+  void record_stats(int s, const std::vector<int32_t>& k);
   Tensor stage_backward(int s, const Tensor& dm, TensorMap& grads);
   const Tensor& param(const std::string& name) const;
   float* grad(TensorMap& grads, const std::string& name) const;

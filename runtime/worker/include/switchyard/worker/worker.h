@@ -1,14 +1,18 @@
-// An expert worker process: holds expert replicas (weights, gradients, AdamW state) and
-// serves clients' FORWARD / BACKWARD / STEP / checkpoint requests over the data plane (UCX).
+// An expert worker: holds expert replicas (weights, gradients, AdamW state) and serves
+// clients' requests (runtime/wire: forward, backward, step, fetch, checkpoint) over the data
+// plane.
 //
-// Life: start its own control server (clients Attach there to get a UCX endpoint), register
-// with the coordinator (getting its worker id), join the workers' data-plane world (used to
-// reduce gradients among replicas of one expert), then serve until stopped, heartbeating
-// load statistics to the coordinator.
+// Life: start its own control server (clients Attach there), register with the coordinator
+// (worker id, timeouts, transport kind), make this process's one transport and join the workers'
+// fixed world on it (to reduce gradients among replicas of one expert), then serve until
+// stopped, heartbeating load statistics; attached clients are dynamic peers of that transport.
+// A failed request is answered with an ErrorInfo (bad request, dead peer, internal).
 #pragma once
 
 #include <atomic>
 #include <string>
+
+#include "switchyard/core/config.h"
 
 namespace sy {
 
@@ -16,6 +20,9 @@ struct WorkerOptions {
   std::string coordinator;              // "host:port" of the coordinator
   int requested_id = -1;                // -1: the coordinator assigns one
   std::string bind_host = "127.0.0.1";  // where the worker's control server listens
+  // How long to retry reaching the coordinator: the schema default of cluster.startup_timeout_ms
+  // (the worker has no config before it reaches the coordinator).
+  int connect_timeout_ms = ClusterConfig{}.startup_timeout_ms;
 };
 
 // Serves until `stop` is set (signal handler) or the coordinator goes away; returns the
