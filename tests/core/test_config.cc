@@ -705,6 +705,9 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.heartbeat_ms",
                                          "cluster.dead_after_ms",
                                          "cluster.request_timeout_ms",
+                                         "cluster.startup_timeout_ms",
+                                         "cluster.liveness_check_ms",
+                                         "cluster.transport",
                                          "cluster.worker_memory_mb",
                                          "cluster.placement",
                                          "cluster.replicas"};

@@ -34,7 +34,7 @@ using transport::Status;
 using transport::StatusCode;
 
 // Bumped on incompatible wire changes; peers with another version are refused at the handshake.
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: cluster.proto worker requests as a oneof
 
 struct ChannelLimits {
   size_t max_frame_bytes = size_t{16} << 20;
