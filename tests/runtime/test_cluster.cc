@@ -1,5 +1,6 @@
 // The distributed runtime end to end on loopback: a coordinator (in this process) and worker
-// processes (`switchyard worker`), clients in this process. Results through the cluster must
+// processes (`switchyard worker`) over UCX, or worker threads over the in-process transport
+// (cluster.transport: inprocess), clients in this process. Results through the cluster must
 // equal the single-process engine; a killed worker must fail its clients quickly, by name.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -13,7 +14,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <thread>
+#include <tuple>
 
 #include "switchyard/core/error.h"
 #include "switchyard/client/cluster_client.h"
@@ -23,6 +26,7 @@
 #include "switchyard/engine/moe_model.h"
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/launch/local_launch.h"
+#include "switchyard/worker/worker.h"
 
 namespace sy {
 namespace {
@@ -34,9 +38,13 @@ const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
 struct LocalCluster {
   std::unique_ptr<Coordinator> coordinator;
   std::vector<launch::LocalProcess> workers;
+  std::atomic<bool> stop_threads{false};
+  std::vector<std::thread> worker_threads;  // transport "inprocess": workers in this process
   LocalCluster(int n, int replicas, int dead_after_ms = 3000, bool ucx_peer_failure = true,
-               const std::vector<std::pair<std::string, std::string>>& worker_env = {}) {
+               const std::vector<std::pair<std::string, std::string>>& worker_env = {},
+               const std::string& transport = "ucx") {
     ClusterConfig c;
+    c.transport = transport;
     c.workers = n;
     c.replicas = replicas;
     c.heartbeat_ms = 200;
@@ -44,11 +52,21 @@ struct LocalCluster {
     c.request_timeout_ms = 20000;
     c.ucx_peer_failure = ucx_peer_failure;
     coordinator = std::make_unique<Coordinator>(c);
-    for (int i = 0; i < n; ++i)
+    for (int i = 0; i < n; ++i) {
+      if (transport == "inprocess") {
+        WorkerOptions o;
+        o.coordinator = coordinator->endpoint();
+        o.requested_id = i;
+        worker_threads.emplace_back([this, o] { run_worker(o, stop_threads); });
+        continue;
+      }
       workers.push_back(launch::LocalProcess::spawn(
           {kBinary, "worker", "--coordinator", coordinator->endpoint(), "--id", std::to_string(i)}, worker_env));
+    }
   }
   ~LocalCluster() {
+    stop_threads = true;
+    for (auto& t : worker_threads) t.join();
     for (auto& w : workers)
       if (w.running()) ::kill(w.pid(), SIGTERM);
     for (auto& w : workers) (void)w.wait(5000ms);
@@ -81,12 +99,17 @@ Batch make_batch(const ModelConfig& m, uint64_t seed) {
 
 // Two clients, three workers, every expert on two workers: forward, backward and the
 // optimizer step through the cluster equal the single-process engine.
-class ClusterEquivalence : public ::testing::TestWithParam<std::string> {};
+// Over UCX between processes, and over the in-process transport with the workers as threads.
+class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
+ protected:
+  std::string GetParam() const { return std::get<0>(TestWithParam::GetParam()); }
+  std::string transport() const { return std::get<1>(TestWithParam::GetParam()); }
+};
 
 TEST_P(ClusterEquivalence, TwoClientsThreeWorkersReplicatedExperts) {
   const Config cfg = load_config(kModels + GetParam() + ".yaml");
   const ModelConfig& model = cfg.model;
-  LocalCluster cluster(3, 2);
+  LocalCluster cluster(3, 2, 3000, true, {}, transport());
   const TensorMap weights = init_layer_weights(model, 21);
 
   ClusterClient a(cluster.coordinator->endpoint(), "client A");
@@ -162,7 +185,10 @@ TEST_P(ClusterEquivalence, TwoClientsThreeWorkersReplicatedExperts) {
   expect_close(ya2, es.forward(ba.x, ba.imp()), GetParam() + " forward after the cluster's AdamW step", 2e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, ClusterEquivalence, ::testing::Values("topk", "dynamic", "dag", "cartesian", "combined"));
+INSTANTIATE_TEST_SUITE_P(Models, ClusterEquivalence,
+                         ::testing::Combine(::testing::Values("topk", "dynamic", "dag", "cartesian", "combined"),
+                                            ::testing::Values("ucx", "inprocess")),
+                         [](const auto& p) { return std::get<0>(p.param) + "_" + std::get<1>(p.param); });
 
 // A two-layer model (client library): the residual composition of two layer engines, and the
 // same numbers through the cluster for forward, backward and three training steps.
