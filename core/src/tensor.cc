@@ -22,7 +22,7 @@ std::string shape_to_string(const Shape& shape) {
 }
 
 Tensor::Tensor(Shape shape, float fill) : shape_(std::move(shape)) {
-  for (int64_t d : shape_) SY_REQUIRE(d >= 0, "tensor dimension must be >= 0");
+  for (int64_t d : shape_) SY_CHECK(d >= 0, "tensor dimension must be >= 0");
   data_.assign(static_cast<size_t>(shape_numel(shape_)), fill);
 }
 

@@ -331,7 +331,7 @@ void dag_backward_buffers(const NodeList& nodes, const float* expert_out, const 
   (void)u;  // h⁰'s gradient with respect to u does not depend on u
   const int64_t T = nodes.tokens(), N = nodes.nodes();
   const size_t L = levels.size();
-  SY_REQUIRE(grads.size() == L, "DAG backward needs the gradient buffers of every level");
+  SY_CHECK(grads.size() == L, "DAG backward needs the gradient buffers of every level");
   const DagSavedLayout layout{T, N, d, dg, L};
   float* fwd = const_cast<float*>(saved);  // views only; backward reads them
   const DagScratch sc(scratch, T, N, d, dg);
@@ -361,7 +361,7 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
                   std::span<const DagLevelWeights> levels, const DagCache& cache, const float* dm, float* d_expert_out,
                   float* dgate, float* du, std::span<const DagLevelGrads> grads) {
   const int64_t T = nodes.tokens(), N = nodes.nodes();
-  SY_REQUIRE(static_cast<int64_t>(cache.saved.size()) == dag_saved_floats(T, N, d, dg, levels.size()),
+  SY_CHECK(static_cast<int64_t>(cache.saved.size()) == dag_saved_floats(T, N, d, dg, levels.size()),
              "DAG backward needs the forward cache of every level");
   cache.scratch.resize(static_cast<size_t>(dag_backward_scratch_floats(T, N, d, dg)));  // reused step to step
   dag_backward_buffers(nodes, expert_out, u, d, dg, edges, levels, cache.saved.data(), dm, d_expert_out, dgate, du,

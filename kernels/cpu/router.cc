@@ -41,7 +41,7 @@ void softmax_backward(const float* dp, const float* p, int64_t n, int64_t e, flo
 }
 
 Selection select_experts(const float* p, int64_t n, int64_t e, std::span<const int32_t> k_per_token) {
-  SY_REQUIRE(static_cast<int64_t>(k_per_token.size()) == n, "one expert count per token");
+  SY_CHECK(static_cast<int64_t>(k_per_token.size()) == n, "one expert count per token");
   Selection sel;
   sel.tokens = n;
   sel.experts = e;
@@ -263,8 +263,8 @@ double solve_water_level(std::span<const float> s, double lo, double hi, double 
 
 std::vector<int32_t> allocate_experts(std::span<const float> importance, int64_t sequences, int64_t length,
                                       const AllocationParams& params) {
-  SY_REQUIRE(static_cast<int64_t>(importance.size()) == sequences * length, "importance has one value per token");
-  SY_REQUIRE(params.k_min >= 1 && params.k_min <= params.k_max, "1 <= k_min <= k_max");
+  SY_CHECK(static_cast<int64_t>(importance.size()) == sequences * length, "importance has one value per token");
+  SY_CHECK(params.k_min >= 1 && params.k_min <= params.k_max, "1 <= k_min <= k_max");
   for (size_t i = 0; i < importance.size(); ++i)
     if (!std::isfinite(importance[i]) || importance[i] < 0.0f)
       throw_input_error("importance[" + std::to_string(i) + "] = " + std::to_string(importance[i]) +

@@ -2,7 +2,8 @@
 //
 // Start-up, configuration and file I/O throw `sy::Error` with a kind and a message that
 // names the offending key, file, tensor or peer. The CLI maps the kind to an exit code:
-// config errors exit 2, input/file errors exit 3, everything else exits 1.
+// config errors exit 2, input/file errors (bad user input only) exit 3, dead peers and
+// timeouts exit 4, everything else exits 1. Hot paths return sy::Status (core/status.h).
 #pragma once
 
 #include <stdexcept>
@@ -39,10 +40,12 @@ class Error : public std::runtime_error {
 [[noreturn]] inline void throw_input_error(const std::string& m) { throw Error(ErrorKind::input, m); }
 [[noreturn]] inline void throw_runtime_error(const std::string& m) { throw Error(ErrorKind::runtime, m); }
 
-// SY_REQUIRE(cond, msg): input validation that throws an input error naming the condition.
-#define SY_REQUIRE(cond, msg)                                                        \
-  do {                                                                               \
-    if (!(cond)) ::sy::throw_input_error(std::string(msg) + " (failed: " #cond ")"); \
+// SY_CHECK(cond, msg): an internal contract (a caller inside Switchyard broke it). Throws a
+// runtime error (exit code 1) naming the condition; user input is validated where it enters,
+// with an input error (exit code 3) that names the file, key or tensor.
+#define SY_CHECK(cond, msg)                                                                          \
+  do {                                                                                              \
+    if (!(cond)) ::sy::throw_runtime_error("internal error: " + std::string(msg) + " (failed: " #cond ")"); \
   } while (0)
 
 }  // namespace sy
