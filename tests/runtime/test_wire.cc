@@ -76,7 +76,7 @@ TEST(WireCompat, CurrentWorkerMessagesKeepTheirFieldNumbers) {
   EXPECT_EQ(rep.request_id(), 5u);
   ASSERT_TRUE(rep.has_error());
   EXPECT_EQ(rep.error().kind(), pb::ErrorInfo::PEER_DEAD);
-  EXPECT_EQ(rep.error().code(), pb::ErrorInfo::PEER_FAILED);
+  EXPECT_EQ(rep.error().code(), switchyard::control::PEER_FAILED);
   EXPECT_EQ(rep.error().worker(), 2);
   EXPECT_EQ(rep.SerializeAsString(), reply);
 }

@@ -10,6 +10,7 @@
 #include "control.pb.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/log.h"
+#include "switchyard/transport/status_wire.h"
 
 namespace sy::control {
 
@@ -19,39 +20,8 @@ using boost::system::error_code;
 
 namespace {
 
-namespace cpb = switchyard::control;
-
-// StatusCode ⇄ the wire's enum, by name (never a C++ ordinal on the wire).
-cpb::StatusCode status_code_to_pb(StatusCode code) {
-  switch (code) {
-    case StatusCode::ok: return cpb::OK;
-    case StatusCode::no_resource: return cpb::NO_RESOURCE;
-    case StatusCode::timeout: return cpb::TIMEOUT;
-    case StatusCode::peer_failed: return cpb::PEER_FAILED;
-    case StatusCode::unreachable: return cpb::UNREACHABLE;
-    case StatusCode::invalid_argument: return cpb::INVALID_ARGUMENT;
-    case StatusCode::truncated: return cpb::TRUNCATED;
-    case StatusCode::protocol: return cpb::PROTOCOL;
-    case StatusCode::unsupported: return cpb::UNSUPPORTED;
-    case StatusCode::internal: return cpb::INTERNAL;
-  }
-  return cpb::INTERNAL;
-}
-
-// An error reply always fails: OK or a code this build does not know reads as internal.
-StatusCode status_code_from_pb(cpb::StatusCode code) {
-  switch (code) {
-    case cpb::NO_RESOURCE: return StatusCode::no_resource;
-    case cpb::TIMEOUT: return StatusCode::timeout;
-    case cpb::PEER_FAILED: return StatusCode::peer_failed;
-    case cpb::UNREACHABLE: return StatusCode::unreachable;
-    case cpb::INVALID_ARGUMENT: return StatusCode::invalid_argument;
-    case cpb::TRUNCATED: return StatusCode::truncated;
-    case cpb::PROTOCOL: return StatusCode::protocol;
-    case cpb::UNSUPPORTED: return StatusCode::unsupported;
-    default: return StatusCode::internal;
-  }
-}
+using transport::status_code_from_pb;
+using transport::status_code_to_pb;
 
 constexpr size_t kHeaderBytes = 4;
 
@@ -512,3 +482,39 @@ const std::string& ControlClient::server_name() const { return impl_->server_nam
 bool ControlClient::broken() const { return impl_->broken; }
 
 }  // namespace sy::control
+
+namespace sy::transport {
+
+namespace cpb = switchyard::control;
+
+cpb::StatusCode status_code_to_pb(StatusCode code) {
+  switch (code) {
+    case StatusCode::ok: return cpb::OK;
+    case StatusCode::no_resource: return cpb::NO_RESOURCE;
+    case StatusCode::timeout: return cpb::TIMEOUT;
+    case StatusCode::peer_failed: return cpb::PEER_FAILED;
+    case StatusCode::unreachable: return cpb::UNREACHABLE;
+    case StatusCode::invalid_argument: return cpb::INVALID_ARGUMENT;
+    case StatusCode::truncated: return cpb::TRUNCATED;
+    case StatusCode::protocol: return cpb::PROTOCOL;
+    case StatusCode::unsupported: return cpb::UNSUPPORTED;
+    case StatusCode::internal: return cpb::INTERNAL;
+  }
+  return cpb::INTERNAL;
+}
+
+StatusCode status_code_from_pb(cpb::StatusCode code) {
+  switch (code) {
+    case cpb::NO_RESOURCE: return StatusCode::no_resource;
+    case cpb::TIMEOUT: return StatusCode::timeout;
+    case cpb::PEER_FAILED: return StatusCode::peer_failed;
+    case cpb::UNREACHABLE: return StatusCode::unreachable;
+    case cpb::INVALID_ARGUMENT: return StatusCode::invalid_argument;
+    case cpb::TRUNCATED: return StatusCode::truncated;
+    case cpb::PROTOCOL: return StatusCode::protocol;
+    case cpb::UNSUPPORTED: return StatusCode::unsupported;
+    default: return StatusCode::internal;
+  }
+}
+
+}  // namespace sy::transport

@@ -1,6 +1,7 @@
 #include "switchyard/wire/wire.h"
 
 #include "switchyard/core/error.h"
+#include "switchyard/transport/status_wire.h"
 
 namespace sy::wire {
 
@@ -33,23 +34,7 @@ void key_to_pb(const ExpertKey& key, int64_t rows, pb::Segment* out) {
 
 namespace {
 
-pb::ErrorInfo::Code code_to_pb(StatusCode code) {
-  switch (code) {
-    case StatusCode::ok: return pb::ErrorInfo::OK;
-    case StatusCode::no_resource: return pb::ErrorInfo::NO_RESOURCE;
-    case StatusCode::timeout: return pb::ErrorInfo::TIMEOUT;
-    case StatusCode::peer_failed: return pb::ErrorInfo::PEER_FAILED;
-    case StatusCode::unreachable: return pb::ErrorInfo::UNREACHABLE;
-    case StatusCode::invalid_argument: return pb::ErrorInfo::INVALID_ARGUMENT;
-    case StatusCode::truncated: return pb::ErrorInfo::TRUNCATED;
-    case StatusCode::protocol: return pb::ErrorInfo::PROTOCOL;
-    case StatusCode::unsupported: return pb::ErrorInfo::UNSUPPORTED;
-    case StatusCode::internal: return pb::ErrorInfo::INTERNAL_ERROR;
-  }
-  return pb::ErrorInfo::INTERNAL_ERROR;
-}
-
-pb::ErrorInfo make_error(pb::ErrorInfo::Kind kind, pb::ErrorInfo::Code code, int worker, const std::string& message) {
+pb::ErrorInfo make_error(pb::ErrorInfo::Kind kind, switchyard::control::StatusCode code, int worker, const std::string& message) {
   pb::ErrorInfo e;
   e.set_kind(kind);
   e.set_code(code);
@@ -65,13 +50,13 @@ pb::ErrorInfo error_info(const std::exception& e, int worker) {
     switch (err->kind()) {
       case ErrorKind::input:
       case ErrorKind::config:
-        return make_error(pb::ErrorInfo::BAD_REQUEST, pb::ErrorInfo::INVALID_ARGUMENT, worker, e.what());
+        return make_error(pb::ErrorInfo::BAD_REQUEST, switchyard::control::INVALID_ARGUMENT, worker, e.what());
       case ErrorKind::transport:
-        return make_error(pb::ErrorInfo::PEER_DEAD, pb::ErrorInfo::PEER_FAILED, worker, e.what());
+        return make_error(pb::ErrorInfo::PEER_DEAD, switchyard::control::PEER_FAILED, worker, e.what());
       case ErrorKind::runtime: break;
     }
   }
-  return make_error(pb::ErrorInfo::INTERNAL, pb::ErrorInfo::INTERNAL_ERROR, worker, e.what());
+  return make_error(pb::ErrorInfo::INTERNAL, switchyard::control::INTERNAL, worker, e.what());
 }
 
 pb::ErrorInfo error_info(const Status& status, int worker) {
@@ -79,7 +64,7 @@ pb::ErrorInfo error_info(const Status& status, int worker) {
   const bool peer = c == StatusCode::peer_failed || c == StatusCode::timeout || c == StatusCode::unreachable;
   const bool bad = c == StatusCode::invalid_argument || c == StatusCode::protocol || c == StatusCode::truncated;
   return make_error(peer ? pb::ErrorInfo::PEER_DEAD : bad ? pb::ErrorInfo::BAD_REQUEST : pb::ErrorInfo::INTERNAL,
-                    code_to_pb(c), worker, status.message());
+                    transport::status_code_to_pb(c), worker, status.message());
 }
 
 Status status_from(const pb::ErrorInfo& error) {
