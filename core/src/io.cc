@@ -658,9 +658,10 @@ void write_npy(const std::string& path, const Tensor& tensor) {
                          {tensor.data(), static_cast<size_t>(tensor.numel()) * sizeof(float)}});
 }
 
-Tensor read_npy(const std::string& path) {
-  const InputFile f(kNpy, path);
-  const uint64_t size = f.size();
+namespace {
+
+// The preamble: magic, version, header length. Returns the header text and where data starts.
+std::string read_npy_header(const InputFile& f, const std::string& path, uint64_t size, uint64_t* data_start) {
   if (size < 10)
     fail(kNpy, path, "file is " + std::to_string(size) + " bytes, too short for an .npy preamble (not an .npy file?)");
   unsigned char pre[12] = {};
@@ -683,7 +684,18 @@ Tensor read_npy(const std::string& path) {
              std::to_string(size - prefix) + " bytes; truncated file?)");
   std::string text(static_cast<size_t>(hlen), '\0');
   f.read_at(prefix, text.data(), hlen, "the header");
+  *data_start = prefix + hlen;
+  return text;
+}
 
+struct NpyHeader {
+  std::string descr;
+  int64_t itemsize = 0;  // 4: '<f4', 8: '<f8' (converted to float32)
+  Shape shape;
+};
+
+// The header dict: exactly 'descr', 'fortran_order', 'shape', each of a supported value.
+NpyHeader parse_npy_header(const std::string& text, const std::string& path) {
   const PyValue header = PyLiteralParser(text, path).parse_document();
   if (header.kind != PyValue::Kind::dict) fail(kNpy, path, "header must be a dict, found " + header.describe());
   const PyValue* descr = nullptr;
@@ -702,12 +714,13 @@ Tensor read_npy(const std::string& path) {
   if (!fortran) fail(kNpy, path, "header is missing key 'fortran_order'");
   if (!shape_v) fail(kNpy, path, "header is missing key 'shape'");
 
+  NpyHeader h;
   if (descr->kind != PyValue::Kind::string)
     fail(kNpy, path, "'descr' must be a dtype string, found " + descr->describe() + " (structured dtypes are not supported)");
-  const std::string& d = descr->str;
-  int64_t itemsize = 0;
-  if (d == "<f4") itemsize = 4;
-  else if (d == "<f8") itemsize = 8;
+  h.descr = descr->str;
+  const std::string& d = h.descr;
+  if (d == "<f4") h.itemsize = 4;
+  else if (d == "<f8") h.itemsize = 8;
   else if (!d.empty() && d[0] == '>')
     fail(kNpy, path, "dtype '" + d + "' is big-endian; only little-endian '<f4' (and '<f8', converted) are supported");
   else
@@ -720,39 +733,51 @@ Tensor read_npy(const std::string& path) {
 
   if (shape_v->kind != PyValue::Kind::tuple)
     fail(kNpy, path, "'shape' must be a tuple of integers, found " + shape_v->describe());
-  Shape shape;
   for (const PyValue& v : shape_v->items) {
     if (v.kind != PyValue::Kind::integer)
       fail(kNpy, path, "'shape' must be a tuple of integers, found element " + v.describe());
     if (v.integer < 0) fail(kNpy, path, "negative dimension " + std::to_string(v.integer) + " in 'shape'");
-    shape.push_back(v.integer);
+    h.shape.push_back(v.integer);
   }
-  int64_t numel = 0, expected = 0;
-  if (!checked_numel(shape, itemsize, &numel, &expected))
-    fail(kNpy, path, "shape " + py_shape_repr(shape) + " is too large (size overflows)");
+  return h;
+}
 
-  const uint64_t data_start = prefix + hlen;
+// The data: exactly the bytes the shape needs; '<f8' converted in bounded chunks rather than
+// holding a second full-size buffer.
+Tensor read_npy_data(const InputFile& f, const std::string& path, uint64_t size, uint64_t data_start,
+                     const NpyHeader& h) {
+  int64_t numel = 0, expected = 0;
+  if (!checked_numel(h.shape, h.itemsize, &numel, &expected))
+    fail(kNpy, path, "shape " + py_shape_repr(h.shape) + " is too large (size overflows)");
   const uint64_t found = size - data_start;
   if (found != static_cast<uint64_t>(expected))
     fail(kNpy, path,
-         "data is " + std::to_string(found) + " bytes but shape " + py_shape_repr(shape) + " of '" + d + "' needs " +
-             std::to_string(expected) + " bytes" +
+         "data is " + std::to_string(found) + " bytes but shape " + py_shape_repr(h.shape) + " of '" + h.descr +
+             "' needs " + std::to_string(expected) + " bytes" +
              (found < static_cast<uint64_t>(expected) ? " (truncated file?)" : " (unexpected trailing bytes)"));
-
-  Tensor t(shape);
-  if (itemsize == 4) {
+  Tensor t(h.shape);
+  if (h.itemsize == 4) {
     f.read_at(data_start, t.data(), static_cast<uint64_t>(expected), "the data");
-  } else {
-    // '<f8': convert in bounded chunks rather than holding a second full-size buffer.
-    constexpr int64_t kChunk = 1 << 16;
-    std::vector<double> buf(static_cast<size_t>(std::min(numel, kChunk)));
-    for (int64_t i = 0; i < numel; i += kChunk) {
-      const int64_t n = std::min(kChunk, numel - i);
-      f.read_at(data_start + static_cast<uint64_t>(i) * 8, buf.data(), static_cast<uint64_t>(n) * 8, "the data");
-      for (int64_t k = 0; k < n; ++k) t[i + k] = static_cast<float>(buf[static_cast<size_t>(k)]);
-    }
+    return t;
+  }
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<double> buf(static_cast<size_t>(std::min(numel, kChunk)));
+  for (int64_t i = 0; i < numel; i += kChunk) {
+    const int64_t n = std::min(kChunk, numel - i);
+    f.read_at(data_start + static_cast<uint64_t>(i) * 8, buf.data(), static_cast<uint64_t>(n) * 8, "the data");
+    for (int64_t k = 0; k < n; ++k) t[i + k] = static_cast<float>(buf[static_cast<size_t>(k)]);
   }
   return t;
+}
+
+}  // namespace
+
+Tensor read_npy(const std::string& path) {
+  const InputFile f(kNpy, path);
+  const uint64_t size = f.size();
+  uint64_t data_start = 0;
+  const std::string text = read_npy_header(f, path, size, &data_start);
+  return read_npy_data(f, path, size, data_start, parse_npy_header(text, path));
 }
 
 }  // namespace sy
