@@ -55,19 +55,47 @@ double mse_and_grad(const Tensor& y, const Tensor& target, Tensor* grad) {
   return loss / n;
 }
 
+// The teacher: the config's initialisation, with its DAG `up` weights drawn U(±1/√d_g) instead
+// of zero so that its structure is not trivial.
+TensorMap teacher_weights(const ModelConfig& model, uint64_t seed) {
+  TensorMap teacher = init_layer_weights(model, seed);
+  for (auto& [name, t] : teacher) {
+    if (name.find(".dag.") != std::string::npos && name.ends_with("up.weight")) {
+      RandomStream rng(seed, name);
+      const float bound = 1.0f / std::sqrt(static_cast<float>(t.dim(1)));
+      for (int64_t i = 0; i < t.numel(); ++i) t[i] = rng.uniform(-bound, bound);
+    }
+  }
+  return teacher;
+}
+
+// The progress bar's text: the MSE, and with a cluster the throughput and each worker's share.
+std::string progress_status(double mse, const ClusterClient* cluster, int64_t T, int step,
+                            std::chrono::steady_clock::time_point start) {
+  std::string status = "mse " + std::to_string(mse);
+  if (!cluster) return status;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  status += " | " + std::to_string(static_cast<int64_t>(static_cast<double>(T) * step / secs)) + " tok/s | load";
+  const std::vector<uint64_t> rows = cluster->rows_sent();
+  uint64_t total = 0;
+  for (uint64_t r : rows) total += r;
+  for (uint64_t r : rows) status += " " + std::to_string(total ? 100 * r / total : 0) + "%";
+  return status;
+}
+
+void print_summary(std::ostream& out, const ToyTaskResult& result, int steps) {
+  out << "step " << steps << " eval_mse " << std::setprecision(6) << result.last_eval << "\n";
+  out << "tokens_per_s: " << std::fixed << std::setprecision(0) << result.tokens_per_second << "\n";
+  out.unsetf(std::ios::fixed);
+  out << "loss_drop: " << std::setprecision(4) << result.first_eval / result.last_eval << std::endl;
+}
+
 }  // namespace
 
 ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std::ostream& out, ClusterClient* cluster) {
   const ModelConfig& model = config.require_model();
   const int64_t d = model.hidden_size, T = opt.sequences * opt.seq_len;
-  TensorMap teacher = init_layer_weights(model, opt.teacher_seed);
-  for (auto& [name, t] : teacher) {
-    if (name.find(".dag.") != std::string::npos && name.ends_with("up.weight")) {
-      RandomStream rng(opt.teacher_seed, name);
-      const float bound = 1.0f / std::sqrt(static_cast<float>(t.dim(1)));
-      for (int64_t i = 0; i < t.numel(); ++i) t[i] = rng.uniform(-bound, bound);
-    }
-  }
+  const TensorMap teacher = teacher_weights(model, opt.teacher_seed);
   TensorMap student = init_layer_weights(model, opt.student_seed);
   LocalExperts teacher_experts(model, teacher, nullptr);
   LayerEngine teacher_layer(model, teacher, teacher_experts);
@@ -124,25 +152,13 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
     result.mse.push_back(mse);
     if (step % std::max(1, opt.steps / 10) == 0 || step == opt.steps)
       out << "step " << step << " mse " << std::setprecision(6) << mse << " aux " << student_layer.aux_loss() << "\n";
-    std::string status = "mse " + std::to_string(mse);
-    if (cluster) {
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      status += " | " + std::to_string(static_cast<int64_t>(static_cast<double>(T) * step / secs)) + " tok/s | load";
-      const std::vector<uint64_t> rows = cluster->rows_sent();
-      uint64_t total = 0;
-      for (uint64_t r : rows) total += r;
-      for (uint64_t r : rows) status += " " + std::to_string(total ? 100 * r / total : 0) + "%";
-    }
-    bar.update(step, status);
+    bar.update(step, progress_status(mse, cluster, T, step, start));
   }
   bar.finish();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tokens_per_second = secs > 0 ? static_cast<double>(T) * opt.steps / secs : 0.0;
   result.last_eval = evaluate();
-  out << "step " << opt.steps << " eval_mse " << std::setprecision(6) << result.last_eval << "\n";
-  out << "tokens_per_s: " << std::fixed << std::setprecision(0) << result.tokens_per_second << "\n";
-  out.unsetf(std::ios::fixed);
-  out << "loss_drop: " << std::setprecision(4) << result.first_eval / result.last_eval << std::endl;
+  print_summary(out, result, opt.steps);
   return result;
 }
 
