@@ -29,10 +29,14 @@ Reply call_or_throw(control::ControlClient& c, const Request& request, const std
   return std::move(reply).value();
 }
 
-std::unique_ptr<control::ControlClient> connect_control(const std::string& endpoint, const std::string& name) {
+// Control calls wait up to cluster.request_timeout_ms (its schema default until the coordinator
+// has told the client the configured value).
+std::unique_ptr<control::ControlClient> connect_control(const std::string& endpoint, const std::string& name,
+                                                        Millis call_timeout = Millis(ClusterConfig{}.request_timeout_ms)) {
   auto [host, port] = control::parse_endpoint(endpoint);
   control::ControlClient::Options o;
   o.name = name;
+  o.call_timeout = call_timeout;
   auto c = control::ControlClient::connect(host, port, o);
   if (!c) throw Error(ErrorKind::transport, "coordinator " + endpoint + ": " + c.status().to_string());
   return std::move(c).value();
@@ -355,7 +359,7 @@ namespace {
 void attach(ClusterClient::Impl& im, const pb::WorkerInfo& w, int client_id) {
   WorkerLink link;
   link.label = "worker " + std::to_string(w.worker_id()) + " (" + w.host() + ", " + w.control_endpoint() + ")";
-  auto wc = connect_control(w.control_endpoint(), im.name);
+  auto wc = connect_control(w.control_endpoint(), im.name, im.request_timeout);
   pb::AttachRequest req;
   req.set_client_name(im.name);
   req.set_client_id(client_id);
@@ -398,6 +402,8 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   }
   im.request_timeout = Millis(info.request_timeout_ms());
   im.liveness_check = Millis(info.liveness_check_ms());
+  if (im.request_timeout != Millis(ClusterConfig{}.request_timeout_ms))
+    im.coordinator = connect_control(coordinator, name, im.request_timeout);
   pb::RegisterClientRequest reg;
   reg.set_name(name);
   const int id = call_or_throw<pb::RegisterClientRequest, pb::RegisterClientReply>(*im.coordinator, reg,

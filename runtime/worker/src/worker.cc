@@ -144,6 +144,7 @@ class Worker {
     auto [host, port] = control::parse_endpoint(options_.coordinator);
     control::ControlClient::Options co;
     co.name = label_ + " heartbeat";
+    co.call_timeout = request_timeout_;
     auto client = control::ControlClient::connect(host, port, co);
     if (!client) {
       SY_LOG(error, "runtime", label_ << ": heartbeat connection failed: " << client.status().to_string());
