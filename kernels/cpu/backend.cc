@@ -42,6 +42,7 @@ size_t workspace(const CoefficientMixBackwardArgs& a) { return bytes_of<float>(2
 
 float* floats(void* ws) { return static_cast<float*>(ws); }
 
+void exec(const AddInplaceArgs& a, void*) { cpu::add_inplace(a.x, a.n, a.y); }
 void exec(const LinearForwardArgs& a, void*) { cpu::linear_forward(a.x, a.n, a.in, a.w, a.out, a.y, a.accumulate); }
 void exec(const LinearBackwardInputArgs& a, void*) {
   cpu::linear_backward_input(a.dy, a.n, a.out, a.w, a.in, a.dx, a.accumulate);

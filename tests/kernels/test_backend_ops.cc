@@ -192,6 +192,15 @@ std::vector<OpCase> make_table() {
   std::vector<OpCase> t;
 
   // ----- dense (in = d, out = f) -----
+  t.push_back({"add_inplace",
+               {{.label = "large", .n = 10000}, {.label = "one", .n = 1}, {.label = "empty", .n = 0}},
+               1e-6,
+               [](Device& dev, const Shape& s) {
+                 float* y = dev.put(randn(static_cast<size_t>(s.n), 78));
+                 dev.run(AddInplaceArgs{.x = dev.put(randn(static_cast<size_t>(s.n), 79)), .n = s.n, .y = y});
+                 return Outputs{{"y", dev.get(y, s.n)}};
+               },
+               {}});
   const std::vector<Shape> linear_shapes = {{.label = "small", .n = 5, .d = 4, .f = 3},
                                             {.label = "large", .n = 200, .d = 64, .f = 48, .fd = false},
                                             {.label = "no_rows", .n = 0, .d = 4, .f = 3}};

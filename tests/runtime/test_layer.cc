@@ -387,6 +387,10 @@ TEST(LayerBackendSeam, EveryOpGoesThroughTheGivenBackend) {
       ++bwd["coefficient_mix_backward"];
     }
     bwd["scatter_add_rows"] += st.experts;  // one per expert
+    ++fwd["add_inplace"];                   // y += m
+    if (s + 1 < cfg.model.layer.stages.size()) ++fwd["add_inplace"];  // the residual
+    if (st.shared_expert.mix == SharedMix::add) ++fwd["add_inplace"];
+    ++bwd["add_inplace"];  // dm = grad_y + dL/dr_s
     ++efwd["gather_rows"];
     efwd["ffn_forward"] += busy;
     ebwd["ffn_backward"] += busy;

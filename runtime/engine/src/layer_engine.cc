@@ -9,12 +9,9 @@
 namespace sy {
 namespace {
 
-void add_into(Tensor& dst, const Tensor& src) {
-  float* a = dst.data();
-  const float* b = src.data();
-  const int64_t n = dst.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+// dst += src on the backend.
+void add_into(OpRunner& ops, Tensor& dst, const Tensor& src) {
+  ops.run(AddInplaceArgs{.x = src.data(), .n = dst.numel(), .y = dst.data()});
 }
 
 }  // namespace
@@ -175,8 +172,8 @@ Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) 
       u = residual;
     }
     Tensor m = stage_forward(s, u, importance);
-    add_into(y, m);
-    if (si + 1 < model_.layer.stages.size()) add_into(residual, m);
+    add_into(ops_, y, m);
+    if (si + 1 < model_.layer.stages.size()) add_into(ops_, residual, m);
   }
   return y;
 }
@@ -322,7 +319,7 @@ Tensor LayerEngine::mix_shared_expert(int s, const Tensor& u) {
                             .saved = st.shared_saved.data()});
   if (cfg.shared_expert.mix == SharedMix::add) {
     Tensor m = st.aggregated;
-    add_into(m, st.shared_out);
+    add_into(ops_, m, st.shared_out);
     return m;
   }
   Tensor m({T, d});
@@ -379,7 +376,7 @@ Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
     const int s = static_cast<int>(si);
     StageState& st = *states_[si];
     Tensor dm = grad_y;
-    add_into(dm, dr_next);
+    add_into(ops_, dm, dr_next);
     Tensor du = stage_backward(s, dm, grads);
     Tensor dr_prev = dr_next;  // r_s = r_{s-1} + m_s
     if (st.normed) {
@@ -393,7 +390,7 @@ Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
                                    .dx = dr_prev.data(),
                                    .dw = grad(grads, wname)});
     } else {
-      add_into(dr_prev, du);
+      add_into(ops_, dr_prev, du);
     }
     dr_next = std::move(dr_prev);
   }

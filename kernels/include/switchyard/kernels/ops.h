@@ -27,6 +27,12 @@ namespace sy {
 
 // ---------- dense ----------
 
+struct AddInplaceArgs {  // cpu::add_inplace: y += x
+  static constexpr const char* kName = "add_inplace";
+  const float* x = nullptr;  // [n]
+  int64_t n = 0;
+  float* y = nullptr;  // [n]
+};
 struct LinearForwardArgs {  // cpu::linear_forward: y = x Wᵀ (y += with accumulate)
   static constexpr const char* kName = "linear_forward";
   const float* x = nullptr;  // [n, in]
@@ -299,9 +305,9 @@ struct AdamWArgs {  // cpu::adamw_step: param, exp_avg, exp_avg_sq updated in pl
 
 // Any op; a backend dispatches on the alternative.
 using OpArgs =
-    std::variant<LinearForwardArgs, LinearBackwardInputArgs, LinearBackwardWeightArgs, SoftmaxForwardArgs,
-                 SoftmaxBackwardArgs, SelectExpertsArgs, ComputeGatesArgs, ApplyCapacityArgs, GatesBackwardArgs,
-                 LoadBalanceLossArgs, ZLossArgs, ImportanceArgs, AllocateExpertsArgs, GatherRowsArgs,
+    std::variant<AddInplaceArgs, LinearForwardArgs, LinearBackwardInputArgs, LinearBackwardWeightArgs,
+                 SoftmaxForwardArgs, SoftmaxBackwardArgs, SelectExpertsArgs, ComputeGatesArgs, ApplyCapacityArgs,
+                 GatesBackwardArgs, LoadBalanceLossArgs, ZLossArgs, ImportanceArgs, AllocateExpertsArgs, GatherRowsArgs,
                  ScatterAddRowsArgs, FfnForwardArgs, FfnBackwardArgs, WeightedSumForwardArgs, WeightedSumBackwardArgs,
                  DagForwardArgs, DagBackwardArgs, CoefficientMixForwardArgs, CoefficientMixBackwardArgs,
                  RmsNormForwardArgs, RmsNormBackwardArgs, LayerNormForwardArgs, LayerNormBackwardArgs, AdamWArgs>;

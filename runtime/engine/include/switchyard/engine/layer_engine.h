@@ -10,8 +10,8 @@
 // Compute: every numeric op (router linear, softmax, norms, gather/scatter, FFNs, aggregation,
 // mixes, losses) and the host ops (top-k selection, gates, capacity, expert allocation) run as
 // ops of a `Backend` (kernels/ops.h) through one workspace per object (OpRunner); only the
-// host index structures (DispatchLayout, NodeList) and the element-wise residual adds are
-// built here. Activations and parameters are host tensors, so the backend must be a host
+// host index structures (DispatchLayout, NodeList) are built here, and tensors are copied on
+// the host. Activations and parameters are host tensors, so the backend must be a host
 // backend (device() == Device::cpu); the constructors check it.
 #pragma once
 
