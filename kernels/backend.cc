@@ -21,6 +21,31 @@ void run_with_own_workspace(Backend& backend, const OpArgs& args) {
   if (workspace) backend.release(workspace);
 }
 
+Backend& host_backend(Backend& backend, const std::string& user) {
+  if (backend.device() != Device::cpu)
+    throw_runtime_error(user + ": backend '" + backend.name() +
+                        "' is not a host backend (its buffers are host memory)");
+  return backend;
+}
+
+OpRunner::~OpRunner() {
+  if (workspace_) backend_->release(workspace_);
+}
+
+void OpRunner::run(const OpArgs& args) {
+  if (!backend_->can_implement(args))
+    throw_runtime_error(backend_->name() + " backend cannot implement " + op_name(args));
+  const size_t bytes = backend_->workspace_size(args);
+  if (bytes > bytes_) {
+    if (workspace_) backend_->release(workspace_);
+    workspace_ = nullptr;
+    bytes_ = 0;
+    workspace_ = backend_->allocate(bytes);
+    bytes_ = bytes;
+  }
+  backend_->run(args, bytes ? workspace_ : nullptr);
+}
+
 void Backend::softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) {
   run(SoftmaxForwardArgs{.z = z, .n = n, .e = e, .p = p, .lse = lse}, nullptr);
 }

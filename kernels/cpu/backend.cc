@@ -42,6 +42,12 @@ size_t workspace(const CoefficientMixBackwardArgs& a) { return bytes_of<float>(2
 
 float* floats(void* ws) { return static_cast<float*>(ws); }
 
+void exec(const AddInplaceArgs& a, void*) { cpu::add_inplace(a.x, a.n, a.y); }
+void exec(const LinearForwardArgs& a, void*) { cpu::linear_forward(a.x, a.n, a.in, a.w, a.out, a.y, a.accumulate); }
+void exec(const LinearBackwardInputArgs& a, void*) {
+  cpu::linear_backward_input(a.dy, a.n, a.out, a.w, a.in, a.dx, a.accumulate);
+}
+void exec(const LinearBackwardWeightArgs& a, void*) { cpu::linear_backward_weight(a.dy, a.n, a.out, a.x, a.in, a.dw); }
 void exec(const SoftmaxForwardArgs& a, void*) { cpu::softmax_forward(a.z, a.n, a.e, a.p, a.lse); }
 void exec(const SoftmaxBackwardArgs& a, void*) { cpu::softmax_backward(a.dp, a.p, a.n, a.e, a.dz); }
 void exec(const SelectExpertsArgs& a, void*) { *a.selection = cpu::select_experts(a.p, a.n, a.e, a.k_per_token); }

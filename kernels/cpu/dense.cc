@@ -59,6 +59,11 @@ void linear_backward_weight(const float* dy, int64_t n, int64_t out, const float
               static_cast<int>(in));
 }
 
+void add_inplace(const float* x, int64_t n, float* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
 void rmsnorm_forward(const float* x, int64_t n, int64_t d, const float* w, float* y, float* rstd) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < n; ++r) {

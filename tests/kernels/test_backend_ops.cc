@@ -191,6 +191,80 @@ const std::vector<Shape> kRouted = {
 std::vector<OpCase> make_table() {
   std::vector<OpCase> t;
 
+  // ----- dense (in = d, out = f) -----
+  t.push_back({"add_inplace",
+               {{.label = "large", .n = 10000}, {.label = "one", .n = 1}, {.label = "empty", .n = 0}},
+               1e-6,
+               [](Device& dev, const Shape& s) {
+                 float* y = dev.put(randn(static_cast<size_t>(s.n), 78));
+                 dev.run(AddInplaceArgs{.x = dev.put(randn(static_cast<size_t>(s.n), 79)), .n = s.n, .y = y});
+                 return Outputs{{"y", dev.get(y, s.n)}};
+               },
+               {}});
+  const std::vector<Shape> linear_shapes = {{.label = "small", .n = 5, .d = 4, .f = 3},
+                                            {.label = "large", .n = 200, .d = 64, .f = 48, .fd = false},
+                                            {.label = "no_rows", .n = 0, .d = 4, .f = 3}};
+  t.push_back(
+      {"linear_forward",
+       linear_shapes,
+       1e-5,
+       [](Device& dev, const Shape& s) {
+         const float* x = dev.put(randn(static_cast<size_t>(s.n * s.d), 80));
+         const float* w = dev.put(randn(static_cast<size_t>(s.f * s.d), 81));
+         float *y = dev.zeros(s.n * s.f), *y_acc = dev.put(randn(static_cast<size_t>(s.n * s.f), 82));
+         dev.run(LinearForwardArgs{.x = x, .n = s.n, .in = s.d, .out = s.f, .w = w, .y = y});
+         dev.run(LinearForwardArgs{.x = x, .n = s.n, .in = s.d, .out = s.f, .w = w, .y = y_acc, .accumulate = true});
+         return Outputs{{"y", dev.get(y, s.n * s.f)}, {"y_accumulated", dev.get(y_acc, s.n * s.f)}};
+       },
+       {}});
+  // Σ G ⊙ (x Wᵀ) on the CPU backend's linear_forward.
+  struct LinearSt {
+    std::vector<float> x, w, G;
+  };
+  auto linear_state = [](const Shape& s) {
+    return std::make_shared<LinearSt>(LinearSt{randn(static_cast<size_t>(s.n * s.d), 83),
+                                               randn(static_cast<size_t>(s.f * s.d), 84),
+                                               randn(static_cast<size_t>(s.n * s.f), 85)});
+  };
+  auto linear_loss = [](std::shared_ptr<LinearSt> st, const Shape& s) {
+    return [st, s] {
+      Device cpu(cpu_backend());
+      float* y = cpu.zeros(s.n * s.f);
+      cpu.run(LinearForwardArgs{.x = cpu.put(st->x), .n = s.n, .in = s.d, .out = s.f, .w = cpu.put(st->w), .y = y});
+      return dot(cpu.get(y, s.n * s.f), st->G);
+    };
+  };
+  t.push_back({"linear_backward_input", linear_shapes, 1e-5, {}, [=](const Shape& s) {
+                 auto st = linear_state(s);
+                 GradProblem g;
+                 g.wrt = {{"x", &st->x}};
+                 g.loss = linear_loss(st, s);
+                 g.backward = [st, s](Device& dev) {
+                   float *dx = dev.zeros(s.n * s.d), *dx_over = dev.put(randn(static_cast<size_t>(s.n * s.d), 86));
+                   const float *dy = dev.put(st->G), *w = dev.put(st->w);
+                   dev.run(LinearBackwardInputArgs{.dy = dy, .n = s.n, .out = s.f, .in = s.d, .w = w, .dx = dx});
+                   dev.run(LinearBackwardInputArgs{
+                       .dy = dy, .n = s.n, .out = s.f, .in = s.d, .w = w, .dx = dx_over, .accumulate = false});
+                   return Outputs{{"dx", dev.get(dx, s.n * s.d)}, {"dx_overwritten", dev.get(dx_over, s.n * s.d)}};
+                 };
+                 g.state = st;
+                 return g;
+               }});
+  t.push_back({"linear_backward_weight", linear_shapes, 1e-5, {}, [=](const Shape& s) {
+                 auto st = linear_state(s);
+                 GradProblem g;
+                 g.wrt = {{"w", &st->w}};
+                 g.loss = linear_loss(st, s);
+                 g.backward = [st, s](Device& dev) {
+                   float* dw = dev.zeros(s.f * s.d);
+                   dev.run(LinearBackwardWeightArgs{
+                       .dy = dev.put(st->G), .x = dev.put(st->x), .n = s.n, .out = s.f, .in = s.d, .dw = dw});
+                   return Outputs{{"dw", dev.get(dw, s.f * s.d)}};
+                 };
+                 g.state = st;
+                 return g;
+               }});
+
   // ----- router -----
   t.push_back({"softmax_forward",
                {{.label = "wide", .n = 333, .e = 16}, {.label = "one", .n = 1, .e = 1}, {.label = "empty", .n = 0}},

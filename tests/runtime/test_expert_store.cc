@@ -6,14 +6,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../support/recording_backend.h"
 #include "switchyard/core/error.h"
-#include "switchyard/worker/expert_store.h"
 #include "switchyard/engine/layer_weights.h"
+#include "switchyard/worker/expert_store.h"
 
 namespace sy {
 namespace {
@@ -119,6 +121,47 @@ TEST(ExpertStore, ForwardAndBackwardEqualTheCpuKernels) {
     EXPECT_EQ(y, y_ref);
     EXPECT_EQ(store.pending_activations(), 0);  // infer keeps nothing
   }
+}
+
+// The store's FFN forward/backward (forward, infer, backward) and its AdamW step are ops of the
+// Backend it was given: a recording backend sees each of them, the results equal a store on the
+// CPU backend bit for bit, and repeated requests reuse the pooled workspace.
+TEST(ExpertStore, ComputeGoesThroughTheGivenBackend) {
+  const ModelConfig m = model();
+  const ExpertKey key{0, 0, 1};  // swiglu: three weight tensors
+  test_support::RecordingBackend backend;
+  ExpertStore store(m, backend), plain(m);
+  store.add(key, weights_for(m, key));
+  plain.add(key, weights_for(m, key));
+  const int64_t d = m.hidden_size, rows = 5;
+  int allocations = 0;
+  for (uint64_t request = 1; request <= 3; ++request) {
+    const std::vector<float> x = random_rows(rows, d, static_cast<uint32_t>(request));
+    const std::vector<float> gy = random_rows(rows, d, static_cast<uint32_t>(50 + request));
+    std::vector<float> y(x.size()), y_plain(x.size()), gx(x.size()), gx_plain(x.size()), z(x.size()), z_plain(x.size());
+    store.forward(key, request, x.data(), rows, y.data());
+    plain.forward(key, request, x.data(), rows, y_plain.data());
+    store.infer(key, x.data(), rows, z.data());
+    plain.infer(key, x.data(), rows, z_plain.data());
+    store.backward(key, request, gy.data(), rows, gx.data());
+    plain.backward(key, request, gy.data(), rows, gx_plain.data());
+    EXPECT_EQ(0, std::memcmp(y.data(), y_plain.data(), y.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(z.data(), z_plain.data(), z.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(gx.data(), gx_plain.data(), gx.size() * sizeof(float)));
+    EXPECT_TRUE(bit_equal(store.grads(key), plain.grads(key)));
+    AdamWConfig cfg;
+    cfg.lr = 0.01;
+    store.step(cfg);
+    plain.step(cfg);
+    EXPECT_TRUE(bit_equal(store.weights(key), plain.weights(key)));
+    EXPECT_TRUE(bit_equal(store.optimizer(key).state(), plain.optimizer(key).state()));
+    if (request == 1) allocations = backend.allocations;
+  }
+  EXPECT_EQ(backend.ops, (std::map<std::string, int>{{"ffn_forward", 6}, {"ffn_backward", 3}, {"adamw", 9}}));
+  EXPECT_GT(allocations, 0);                    // infer's activations, backward's scratch
+  EXPECT_EQ(backend.allocations, allocations);  // reused by the later requests
+  test_support::RecordingBackend device(Device::cuda);
+  EXPECT_THROW(ExpertStore(m, device), Error);
 }
 
 TEST(ExpertStore, RequestLifecycle) {

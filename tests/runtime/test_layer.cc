@@ -3,14 +3,18 @@
 // hand-made ones covering each option; plus the structural properties of METHODS.md.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <map>
 #include <random>
 
 #include "../support/fd.h"
+#include "../support/recording_backend.h"
 #include "../support/reference.h"
+#include "switchyard/cli/toy_task.h"
 #include "switchyard/core/error.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
-#include "switchyard/cli/toy_task.h"
+#include "switchyard/engine/optimizer.h"
 
 namespace sy {
 namespace {
@@ -295,6 +299,151 @@ TEST(LayerWeights, MissingUnexpectedAndMisshapenTensorsAreNamed) {
       for (float v : t.values()) EXPECT_EQ(v, 0.0f) << name;
     }
   }
+}
+
+// ---- the backend seam ----
+
+using OpCounts = std::map<std::string, int>;
+
+OpCounts minus(OpCounts a, const OpCounts& b) {
+  for (const auto& [name, n] : b)
+    if ((a[name] -= n) == 0) a.erase(name);
+  return a;
+}
+
+void expect_bit_equal(const Tensor& a, const Tensor& b, const std::string& what) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<size_t>(a.numel()))) << what;
+}
+
+// Two stages covering every op of the engine: input norm, top-k with capacity drops, coefficient
+// shared mix, weighted sum; then DA-MoE allocation, DAG aggregation, added shared expert.
+Config seam_config() {
+  return small(
+      "      - {experts: 5, ffn_hidden_size: 8, capacity_factor: 0.9, routing: {k: 2},"
+      " shared_expert: {ffn_hidden_size: 6, mix: coefficient}, aux_loss: {load_balance: 0.1, z_loss: 0.01}}\n"
+      "      - {experts: 4, ffn_hidden_size: 6, routing: {kind: dynamic, k_avg: 2, k_min: 1, k_max: 3},"
+      " aggregation: {kind: dag, levels: 1, dim: 3}, shared_expert: {ffn_hidden_size: 4},"
+      " aux_loss: {load_balance: 0.05, z_loss: 0.02}}\n",
+      "    input_norm: rmsnorm\n");
+}
+
+// The engine and the local experts run every op through the Backend they were given: a recording
+// backend sees exactly the ops the config implies (an op computed by calling sy::cpu directly
+// would be missing from the counts), the results equal the plain CPU engine bit for bit, and a
+// second step on the same engine allocates no workspace (one buffer per object, grown as needed).
+TEST(LayerBackendSeam, EveryOpGoesThroughTheGivenBackend) {
+  const Config cfg = seam_config();
+  const Case c = make_case(cfg, 31);
+  const ImportanceInput imp{&c.attention, nullptr};
+
+  TensorMap grads_plain = zeros_like(c.weights);
+  LocalExperts experts_plain(cfg.model, c.weights, &grads_plain);
+  LayerEngine plain(cfg.model, c.weights, experts_plain);
+  const Tensor y_plain = plain.forward(c.x, imp);
+  const Tensor dx_plain = plain.backward(c.grad_y, grads_plain);
+
+  test_support::RecordingBackend engine_backend, expert_backend;
+  TensorMap grads = zeros_like(c.weights);
+  LocalExperts experts(cfg.model, c.weights, &grads, "", expert_backend);
+  LayerEngine layer(cfg.model, c.weights, experts, "", engine_backend);
+  const Tensor y = layer.forward(c.x, imp);
+  const OpCounts engine_fwd = engine_backend.ops, experts_fwd = expert_backend.ops;
+  const Tensor dx = layer.backward(c.grad_y, grads);
+  const OpCounts engine_bwd = minus(engine_backend.ops, engine_fwd),
+                 experts_bwd = minus(expert_backend.ops, experts_fwd);
+
+  expect_bit_equal(y, y_plain, "output");
+  expect_bit_equal(dx, dx_plain, "grad_input");
+  for (const auto& [name, g] : grads_plain) expect_bit_equal(grads.at(name), g, name);
+  EXPECT_EQ(layer.aux_loss(), plain.aux_loss());
+
+  OpCounts fwd, bwd, efwd, ebwd;
+  for (size_t s = 0; s < cfg.model.layer.stages.size(); ++s) {
+    const StageConfig& st = cfg.model.layer.stages[s];
+    int busy = 0;  // experts with rows
+    for (int64_t rows : layer.stats()[s].expert_rows) busy += rows > 0;
+    ASSERT_GT(busy, 0);
+    ++fwd["rmsnorm_forward"];  // input_norm, then the stage norm
+    ++bwd["rmsnorm_backward"];
+    for (const char* op : {"linear_forward", "softmax_forward", "select_experts", "compute_gates", "apply_capacity",
+                           "load_balance_loss", "z_loss"})
+      ++fwd[op];
+    for (const char* op : {"gates_backward", "load_balance_loss", "softmax_backward", "z_loss",
+                           "linear_backward_weight", "linear_backward_input"})
+      ++bwd[op];
+    if (st.routing.kind == RoutingKind::dynamic) {
+      ++fwd["importance_from_attention"];
+      ++fwd["allocate_experts"];
+    }
+    const bool ws = st.aggregation.kind == AggregationKind::weighted_sum;
+    ++fwd[ws ? "weighted_sum_forward" : "dag_forward"];
+    ++bwd[ws ? "weighted_sum_backward" : "dag_backward"];
+    ASSERT_TRUE(st.shared_expert.enabled);
+    ++fwd["ffn_forward"];
+    ++bwd["ffn_backward"];
+    if (st.shared_expert.mix == SharedMix::coefficient) {
+      ++fwd["coefficient_mix_forward"];
+      ++bwd["coefficient_mix_backward"];
+    }
+    bwd["scatter_add_rows"] += st.experts;  // one per expert
+    ++fwd["add_inplace"];                   // y += m
+    if (s + 1 < cfg.model.layer.stages.size()) ++fwd["add_inplace"];  // the residual
+    if (st.shared_expert.mix == SharedMix::add) ++fwd["add_inplace"];
+    ++bwd["add_inplace"];  // dm = grad_y + dL/dr_s
+    ++efwd["gather_rows"];
+    efwd["ffn_forward"] += busy;
+    ebwd["ffn_backward"] += busy;
+  }
+  EXPECT_GT(layer.stats()[0].dropped, 0);  // capacity did drop assignments
+  EXPECT_EQ(engine_fwd, fwd);
+  EXPECT_EQ(engine_bwd, bwd);
+  EXPECT_EQ(experts_fwd, efwd);
+  EXPECT_EQ(experts_bwd, ebwd);
+
+  // A second step on the same engine and experts: the workspaces are already large enough.
+  const int allocations = engine_backend.allocations, expert_allocations = expert_backend.allocations;
+  EXPECT_GT(allocations, 0);  // DAG backward, load-balance loss and importance use scratch
+  for (auto& [name, g] : grads) g.fill(0.0f);
+  const Tensor y2 = layer.forward(c.x, imp);
+  const Tensor dx2 = layer.backward(c.grad_y, grads);
+  expect_bit_equal(y2, y_plain, "second output");
+  expect_bit_equal(dx2, dx_plain, "second grad_input");
+  EXPECT_EQ(engine_backend.allocations, allocations);
+  EXPECT_EQ(expert_backend.allocations, expert_allocations);
+}
+
+TEST(LayerBackendSeam, DeviceBackendsAreRefusedForHostTensors) {
+  const Config cfg = seam_config();
+  const TensorMap w = init_layer_weights(cfg.model, 1);
+  test_support::RecordingBackend device(Device::cuda);
+  LocalExperts experts(cfg.model, w, nullptr);
+  EXPECT_THROW(LayerEngine(cfg.model, w, experts, "", device), Error);
+  EXPECT_THROW(LocalExperts(cfg.model, w, nullptr, "", device), Error);
+  EXPECT_THROW(AdamW(AdamWConfig{}, device), Error);
+}
+
+// AdamW's update of every tensor is the backend's adamw op, bit for bit the plain optimizer.
+TEST(LayerBackendSeam, AdamWStepsThroughTheGivenBackend) {
+  const Config cfg = seam_config();
+  TensorMap params = init_layer_weights(cfg.model, 2), params_plain = params, grads = zeros_like(params);
+  AdamWConfig ac;
+  ac.lr = 0.01;
+  ac.weight_decay = 0.1;
+  test_support::RecordingBackend backend;
+  AdamW opt(ac, backend), plain(ac);
+  for (int step = 0; step < 3; ++step) {
+    for (auto& [name, g] : grads) {
+      RandomStream rng(static_cast<uint64_t>(step), name);
+      for (int64_t i = 0; i < g.numel(); ++i) g[i] = rng.uniform(-1.0f, 1.0f);
+    }
+    opt.step(params, grads);
+    plain.step(params_plain, grads);
+  }
+  EXPECT_EQ(backend.ops, (OpCounts{{"adamw", 3 * static_cast<int>(params.size())}}));
+  EXPECT_EQ(backend.allocations, 0);
+  for (const auto& [name, p] : params_plain) expect_bit_equal(params.at(name), p, name);
+  for (const auto& [name, m] : plain.state()) expect_bit_equal(opt.state().at(name), m, name);
 }
 
 }  // namespace

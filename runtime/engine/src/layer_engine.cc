@@ -9,25 +9,24 @@
 namespace sy {
 namespace {
 
-
-void add_into(Tensor& dst, const Tensor& src) {
-  float* a = dst.data();
-  const float* b = src.data();
-  const int64_t n = dst.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+// dst += src on the backend.
+void add_into(OpRunner& ops, Tensor& dst, const Tensor& src) {
+  ops.run(AddInplaceArgs{.x = src.data(), .n = dst.numel(), .y = dst.data()});
 }
 
 }  // namespace
 
 // ---------------- LocalExperts ----------------
 
-LocalExperts::LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix)
-    : model_(model), weights_(weights), grads_(grads), prefix_(std::move(prefix)) {
-  caches_.resize(model.layer.stages.size());
+LocalExperts::LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix,
+                           Backend& backend)
+    : model_(model),
+      weights_(weights),
+      grads_(grads),
+      prefix_(std::move(prefix)),
+      ops_(host_backend(backend, "LocalExperts")) {
+  saved_.resize(model.layer.stages.size());
   inputs_.resize(model.layer.stages.size());
-  for (size_t s = 0; s < model.layer.stages.size(); ++s)
-    caches_[s].resize(static_cast<size_t>(model.layer.stages[s].experts));
 }
 
 void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) {
@@ -35,17 +34,27 @@ void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const T
   const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
   Tensor& input = inputs_[static_cast<size_t>(stage)];  // kept for backward
   input = Tensor({layout.rows(), d});
-  cpu::gather_rows(tokens.data(), d, layout.token, input.data());
+  ops_.run(GatherRowsArgs{
+      .src = tokens.data(), .d = d, .index = layout.token.data(), .rows = layout.rows(), .dst = input.data()});
   output = Tensor({layout.rows(), d});
+  std::vector<float>& saved = saved_[static_cast<size_t>(stage)];  // kept for backward; capacity reused
+  saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(layout.rows(), f, st.activation)));
   for (int64_t i = 0; i < st.experts; ++i) {
     const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
+    if (rows == 0) continue;
     const std::string ep = expert_param_prefix(prefix_, stage, i);
     cpu::ExpertWeights w;
     if (st.activation == Activation::swiglu) w.gate = weights_.at(ep + "gate_proj.weight").data();
     w.up = weights_.at(ep + "up_proj.weight").data();
     w.down = weights_.at(ep + "down_proj.weight").data();
-    cpu::ffn_forward(input.data() + begin * d, rows, d, f, st.activation, w, output.data() + begin * d,
-                     &caches_[static_cast<size_t>(stage)][static_cast<size_t>(i)]);
+    ops_.run(FfnForwardArgs{.x = input.data() + begin * d,
+                            .rows = rows,
+                            .d = d,
+                            .f = f,
+                            .activation = st.activation,
+                            .w = w,
+                            .out = output.data() + begin * d,
+                            .saved = saved.data() + cpu::ffn_saved_floats(begin, f, st.activation)});
   }
 }
 
@@ -55,6 +64,9 @@ void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const 
   const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
   const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
   const Tensor& input = inputs_[static_cast<size_t>(stage)];
+  const std::vector<float>& saved = saved_[static_cast<size_t>(stage)];
+  if (static_cast<int64_t>(saved.size()) != cpu::ffn_saved_floats(layout.rows(), f, st.activation))
+    throw_runtime_error("LocalExperts::backward of stage " + std::to_string(stage) + " without its forward");
   grad_input = Tensor({layout.rows(), d});
   for (int64_t i = 0; i < st.experts; ++i) {
     const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
@@ -70,8 +82,16 @@ void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const 
     w.down = weights_.at(ep + "down_proj.weight").data();
     g.up = grads_->at(ep + "up_proj.weight").data();
     g.down = grads_->at(ep + "down_proj.weight").data();
-    cpu::ffn_backward(grad_output.data() + begin * d, input.data() + begin * d, rows, d, f, st.activation, w,
-                      caches_[static_cast<size_t>(stage)][static_cast<size_t>(i)], grad_input.data() + begin * d, g);
+    ops_.run(FfnBackwardArgs{.dout = grad_output.data() + begin * d,
+                             .x = input.data() + begin * d,
+                             .rows = rows,
+                             .d = d,
+                             .f = f,
+                             .activation = st.activation,
+                             .w = w,
+                             .saved = saved.data() + cpu::ffn_saved_floats(begin, f, st.activation),
+                             .dx = grad_input.data() + begin * d,
+                             .grads = g});
   }
 }
 
@@ -82,21 +102,26 @@ struct LayerEngine::StageState {
   std::vector<float> norm_rstd;
   bool normed = false;
   Tensor u;                     // stage input
+  std::vector<float> logits;    // router logits (buffer reused step to step)
   std::vector<float> p, lse;    // router probabilities and logsumexp
   cpu::Selection selection;
   cpu::DispatchLayout layout;
   cpu::NodeList nodes;
   Tensor expert_out;            // packed expert outputs
   Tensor aggregated;            // m before the shared-expert mix
-  cpu::DagCache dag;
-  cpu::FfnCache shared_cache;
+  std::vector<float> dag_saved;     // DagForwardArgs::saved
+  std::vector<float> shared_saved;  // FfnForwardArgs::saved of the shared expert
   Tensor shared_out;
   std::vector<float> coef;
 };
 
-LayerEngine::LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts,
-                         std::string prefix)
-    : model_(model), weights_(weights), experts_(experts), prefix_(std::move(prefix)) {
+LayerEngine::LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts, std::string prefix,
+                         Backend& backend)
+    : model_(model),
+      weights_(weights),
+      experts_(experts),
+      prefix_(std::move(prefix)),
+      ops_(host_backend(backend, "LayerEngine")) {
   for (size_t s = 0; s < model.layer.stages.size(); ++s) states_.push_back(std::make_unique<StageState>());
   stats_.resize(model.layer.stages.size());
 }
@@ -141,13 +166,14 @@ Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) 
       st.norm_input = residual;
       st.norm_rstd.resize(static_cast<size_t>(T));
       u = Tensor({T, d});
-      cpu::rmsnorm_forward(residual.data(), T, d, w.data(), u.data(), st.norm_rstd.data());
+      ops_.run(RmsNormForwardArgs{
+          .x = residual.data(), .n = T, .d = d, .w = w.data(), .y = u.data(), .rstd = st.norm_rstd.data()});
     } else {
       u = residual;
     }
     Tensor m = stage_forward(s, u, importance);
-    add_into(y, m);
-    if (si + 1 < model_.layer.stages.size()) add_into(residual, m);
+    add_into(ops_, y, m);
+    if (si + 1 < model_.layer.stages.size()) add_into(ops_, residual, m);
   }
   return y;
 }
@@ -164,7 +190,7 @@ Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput&
 }
 
 // K_t: the stage's k for top-k routing; DA-MoE's allocation from token importance otherwise.
-std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const ImportanceInput& importance) const {
+std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const ImportanceInput& importance) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   if (cfg.routing.kind == RoutingKind::topk) return std::vector<int32_t>(static_cast<size_t>(T), cfg.routing.k);
   std::vector<float> imp;
@@ -178,7 +204,13 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
                         std::to_string(a.dim(0) * a.dim(2)) + " but the input has " + std::to_string(T) + " tokens");
     sequences = a.dim(0);
     length = a.dim(2);
-    imp = cpu::importance_from_attention(a.data(), a.dim(0), a.dim(1), a.dim(2), cfg.routing.causal_correction);
+    imp.resize(static_cast<size_t>(T));
+    ops_.run(ImportanceArgs{.attention = a.data(),
+                            .b = a.dim(0),
+                            .h = a.dim(1),
+                            .l = a.dim(2),
+                            .causal_correction = cfg.routing.causal_correction,
+                            .importance = imp.data()});
   } else if (importance.importance) {
     const Tensor& i = *importance.importance;
     if (!(i.rank() == 1 && i.dim(0) == T) && !(i.rank() == 2 && i.dim(0) * i.dim(1) == T))
@@ -193,8 +225,13 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
     throw_input_error("stage " + std::to_string(s) +
                       " uses routing.kind: dynamic and needs token importance (--attention or --importance)");
   }
-  return cpu::allocate_experts(imp, sequences, length,
-                               {cfg.routing.k_avg, cfg.routing.k_min, cfg.routing.k_max, cfg.routing.budget});
+  std::vector<int32_t> k(static_cast<size_t>(T));
+  ops_.run(AllocateExpertsArgs{.importance = imp,
+                               .sequences = sequences,
+                               .length = length,
+                               .params = {cfg.routing.k_avg, cfg.routing.k_min, cfg.routing.k_max, cfg.routing.budget},
+                               .k = k.data()});
+  return k;
 }
 
 // Router softmax, the K_t best experts per token, gates, capacity; the dispatch layout.
@@ -202,14 +239,19 @@ void LayerEngine::route(int s, const Tensor& u, const std::vector<int32_t>& k) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const int64_t T = u.dim(0), d = model_.hidden_size, E = cfg.experts;
-  std::vector<float> logits(static_cast<size_t>(T * E));
-  cpu::linear_forward(u.data(), T, d, param("stages." + std::to_string(s) + ".router.weight").data(), E, logits.data());
+  st.logits.resize(static_cast<size_t>(T * E));
+  ops_.run(LinearForwardArgs{.x = u.data(),
+                             .n = T,
+                             .in = d,
+                             .out = E,
+                             .w = param("stages." + std::to_string(s) + ".router.weight").data(),
+                             .y = st.logits.data()});
   st.p.resize(static_cast<size_t>(T * E));
   st.lse.resize(static_cast<size_t>(T));
-  cpu::softmax_forward(logits.data(), T, E, st.p.data(), st.lse.data());
-  st.selection = cpu::select_experts(st.p.data(), T, E, k);
-  cpu::compute_gates(st.p.data(), cfg.routing.normalize, st.selection);
-  cpu::apply_capacity(cfg.capacity_factor, st.selection);
+  ops_.run(SoftmaxForwardArgs{.z = st.logits.data(), .n = T, .e = E, .p = st.p.data(), .lse = st.lse.data()});
+  ops_.run(SelectExpertsArgs{.p = st.p.data(), .n = T, .e = E, .k_per_token = k, .selection = &st.selection});
+  ops_.run(ComputeGatesArgs{.p = st.p.data(), .normalize = cfg.routing.normalize, .selection = &st.selection});
+  ops_.run(ApplyCapacityArgs{.capacity_factor = cfg.capacity_factor, .selection = &st.selection});
   st.layout = cpu::build_dispatch_layout(st.selection);
   st.nodes = cpu::build_node_list(st.selection, st.layout);
 }
@@ -231,7 +273,8 @@ void LayerEngine::aggregate(int s, const Tensor& u) {
   const std::string sp = "stages." + std::to_string(s) + ".";
   st.aggregated = Tensor({T, d});
   if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
-    cpu::weighted_sum_forward(st.nodes, st.expert_out.data(), d, st.aggregated.data());
+    ops_.run(WeightedSumForwardArgs{
+        .nodes = &st.nodes, .expert_out = st.expert_out.data(), .d = d, .m = st.aggregated.data()});
     return;
   }
   std::vector<cpu::DagLevelWeights> levels;
@@ -240,8 +283,18 @@ void LayerEngine::aggregate(int s, const Tensor& u) {
     levels.push_back({param(dp + "norm.weight").data(), param(dp + "norm.bias").data(), param(dp + "down.weight").data(),
                       param(dp + "edge.weight").data(), param(dp + "node.weight").data(), param(dp + "up.weight").data()});
   }
-  cpu::dag_forward(st.nodes, st.expert_out.data(), u.data(), d, cfg.aggregation.dim, cfg.aggregation.edges, levels,
-                   st.aggregated.data(), &st.dag);
+  // resize, not assign: the buffer of the previous step is reused.
+  st.dag_saved.resize(static_cast<size_t>(
+      cpu::dag_saved_floats(st.nodes.tokens(), st.nodes.nodes(), d, cfg.aggregation.dim, levels.size())));
+  ops_.run(DagForwardArgs{.nodes = &st.nodes,
+                          .expert_out = st.expert_out.data(),
+                          .u = u.data(),
+                          .d = d,
+                          .dg = cfg.aggregation.dim,
+                          .edges = cfg.aggregation.edges,
+                          .levels = levels,
+                          .m = st.aggregated.data(),
+                          .saved = st.dag_saved.data()});
 }
 
 // m = aggregated, plus the shared expert (added or mixed by coefficients) when the stage has one.
@@ -254,17 +307,32 @@ Tensor LayerEngine::mix_shared_expert(int s, const Tensor& u) {
   cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
                        param(sp + "shared.down_proj.weight").data()};
   st.shared_out = Tensor({T, d});
-  cpu::ffn_forward(u.data(), T, d, fs, Activation::swiglu, w, st.shared_out.data(), &st.shared_cache);
+  st.shared_saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(T, fs, Activation::swiglu)));
+  if (T > 0)
+    ops_.run(FfnForwardArgs{.x = u.data(),
+                            .rows = T,
+                            .d = d,
+                            .f = fs,
+                            .activation = Activation::swiglu,
+                            .w = w,
+                            .out = st.shared_out.data(),
+                            .saved = st.shared_saved.data()});
   if (cfg.shared_expert.mix == SharedMix::add) {
     Tensor m = st.aggregated;
-    add_into(m, st.shared_out);
+    add_into(ops_, m, st.shared_out);
     return m;
   }
   Tensor m({T, d});
   st.coef.resize(static_cast<size_t>(2 * T));
-  cpu::coefficient_mix_forward(u.data(), T, d, param(sp + "shared_coef.weight").data(),
-                               param(sp + "shared_coef.bias").data(), st.aggregated.data(), st.shared_out.data(),
-                               m.data(), st.coef.data());
+  ops_.run(CoefficientMixForwardArgs{.u = u.data(),
+                                     .n = T,
+                                     .d = d,
+                                     .wc = param(sp + "shared_coef.weight").data(),
+                                     .bc = param(sp + "shared_coef.bias").data(),
+                                     .m = st.aggregated.data(),
+                                     .s = st.shared_out.data(),
+                                     .m_out = m.data(),
+                                     .coef = st.coef.data()});
   return m;
 }
 
@@ -282,8 +350,18 @@ void LayerEngine::record_stats(int s, const std::vector<int32_t>& k) {
   stats.mean_k = T ? static_cast<double>(stats.assignments) / static_cast<double>(T) : 0.0;
   stats.expert_rows.resize(static_cast<size_t>(E));
   for (int64_t i = 0; i < E; ++i) stats.expert_rows[static_cast<size_t>(i)] = st.layout.expert_rows(i);
-  stats.load_balance_loss = cpu::load_balance_loss(st.p.data(), st.selection, cfg.aux_loss.load_balance, nullptr);
-  stats.z_loss = cpu::z_loss(st.p.data(), st.lse.data(), T, E, cfg.aux_loss.z_loss, nullptr);
+  ops_.run(LoadBalanceLossArgs{.p = st.p.data(),
+                               .selection = &st.selection,
+                               .alpha = cfg.aux_loss.load_balance,
+                               .dp = nullptr,
+                               .loss = &stats.load_balance_loss});
+  ops_.run(ZLossArgs{.p = st.p.data(),
+                     .lse = st.lse.data(),
+                     .n = T,
+                     .e = E,
+                     .beta = cfg.aux_loss.z_loss,
+                     .dz = nullptr,
+                     .loss = &stats.z_loss});
 }
 
 Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
@@ -298,15 +376,21 @@ Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
     const int s = static_cast<int>(si);
     StageState& st = *states_[si];
     Tensor dm = grad_y;
-    add_into(dm, dr_next);
+    add_into(ops_, dm, dr_next);
     Tensor du = stage_backward(s, dm, grads);
     Tensor dr_prev = dr_next;  // r_s = r_{s-1} + m_s
     if (st.normed) {
       const std::string wname = s == 0 ? "input_norm.weight" : "stages." + std::to_string(s) + ".norm.weight";
-      cpu::rmsnorm_backward(du.data(), st.norm_input.data(), T, d, param(wname).data(), st.norm_rstd.data(),
-                            dr_prev.data(), grad(grads, wname));
+      ops_.run(RmsNormBackwardArgs{.dy = du.data(),
+                                   .x = st.norm_input.data(),
+                                   .n = T,
+                                   .d = d,
+                                   .w = param(wname).data(),
+                                   .rstd = st.norm_rstd.data(),
+                                   .dx = dr_prev.data(),
+                                   .dw = grad(grads, wname)});
     } else {
-      add_into(dr_prev, du);
+      add_into(ops_, dr_prev, du);
     }
     dr_next = std::move(dr_prev);
   }
@@ -331,16 +415,35 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
       d_shared = dm;
     } else {
       d_agg = Tensor({T, d});
-      cpu::coefficient_mix_backward(dm.data(), u, T, d, param(sp + "shared_coef.weight").data(), st.aggregated.data(),
-                                    st.shared_out.data(), st.coef.data(), d_agg.data(), d_shared.data(), du.data(),
-                                    grad(grads, sp + "shared_coef.weight"), grad(grads, sp + "shared_coef.bias"));
+      ops_.run(CoefficientMixBackwardArgs{.dm_out = dm.data(),
+                                          .u = u,
+                                          .n = T,
+                                          .d = d,
+                                          .wc = param(sp + "shared_coef.weight").data(),
+                                          .m = st.aggregated.data(),
+                                          .s = st.shared_out.data(),
+                                          .coef = st.coef.data(),
+                                          .dm = d_agg.data(),
+                                          .ds = d_shared.data(),
+                                          .du = du.data(),
+                                          .dwc = grad(grads, sp + "shared_coef.weight"),
+                                          .dbc = grad(grads, sp + "shared_coef.bias")});
     }
     cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
                          param(sp + "shared.down_proj.weight").data()};
     cpu::ExpertGrads g{grad(grads, sp + "shared.gate_proj.weight"), grad(grads, sp + "shared.up_proj.weight"),
                        grad(grads, sp + "shared.down_proj.weight")};
-    cpu::ffn_backward(d_shared.data(), u, T, d, cfg.shared_expert.ffn_hidden_size, Activation::swiglu, w,
-                      st.shared_cache, du.data(), g);
+    if (T > 0)
+      ops_.run(FfnBackwardArgs{.dout = d_shared.data(),
+                               .x = u,
+                               .rows = T,
+                               .d = d,
+                               .f = cfg.shared_expert.ffn_hidden_size,
+                               .activation = Activation::swiglu,
+                               .w = w,
+                               .saved = st.shared_saved.data(),
+                               .dx = du.data(),
+                               .grads = g});
   } else {
     d_agg = dm;
   }
@@ -349,7 +452,12 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
   std::vector<float> dgate(static_cast<size_t>(st.selection.slots()), 0.0f);
   Tensor d_expert_out({st.layout.rows(), d});
   if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
-    cpu::weighted_sum_backward(st.nodes, st.expert_out.data(), d, d_agg.data(), d_expert_out.data(), dgate.data());
+    ops_.run(WeightedSumBackwardArgs{.nodes = &st.nodes,
+                                     .expert_out = st.expert_out.data(),
+                                     .d = d,
+                                     .dm = d_agg.data(),
+                                     .d_expert_out = d_expert_out.data(),
+                                     .dgate = dgate.data()});
   } else {
     std::vector<cpu::DagLevelWeights> levels;
     std::vector<cpu::DagLevelGrads> level_grads;
@@ -361,8 +469,22 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
                              grad(grads, dp + "down.weight"), grad(grads, dp + "edge.weight"),
                              grad(grads, dp + "node.weight"), grad(grads, dp + "up.weight")});
     }
-    cpu::dag_backward(st.nodes, st.expert_out.data(), u, d, cfg.aggregation.dim, cfg.aggregation.edges, levels, st.dag,
-                      d_agg.data(), d_expert_out.data(), dgate.data(), du.data(), level_grads);
+    if (static_cast<int64_t>(st.dag_saved.size()) !=
+        cpu::dag_saved_floats(st.nodes.tokens(), st.nodes.nodes(), d, cfg.aggregation.dim, levels.size()))
+      throw_runtime_error("DAG backward needs the forward activations of every level");
+    ops_.run(DagBackwardArgs{.nodes = &st.nodes,
+                             .expert_out = st.expert_out.data(),
+                             .u = u,
+                             .d = d,
+                             .dg = cfg.aggregation.dim,
+                             .edges = cfg.aggregation.edges,
+                             .levels = levels,
+                             .saved = st.dag_saved.data(),
+                             .dm = d_agg.data(),
+                             .d_expert_out = d_expert_out.data(),
+                             .dgate = dgate.data(),
+                             .du = du.data(),
+                             .grads = level_grads});
   }
 
   // Experts, then unpack their input gradients per expert (tokens are distinct within one expert).
@@ -370,20 +492,29 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
   experts_.backward(s, st.layout, d_expert_out, d_packed);
   for (int64_t i = 0; i < E; ++i) {
     const int64_t begin = st.layout.expert_offsets[static_cast<size_t>(i)], rows = st.layout.expert_rows(i);
-    cpu::scatter_add_rows(d_packed.data() + begin * d, d,
-                          std::span<const int64_t>(st.layout.token).subspan(static_cast<size_t>(begin),
-                                                                            static_cast<size_t>(rows)),
-                          du.data());
+    ops_.run(ScatterAddRowsArgs{.src = d_packed.data() + begin * d,
+                                .d = d,
+                                .index = st.layout.token.data() + begin,
+                                .rows = rows,
+                                .dst = du.data()});
   }
 
   // Router: gates, load-balance loss → dp → softmax → dz (+ z-loss) → W_r and u.
   std::vector<float> dp(static_cast<size_t>(T * E), 0.0f), dz(static_cast<size_t>(T * E), 0.0f);
-  cpu::gates_backward(st.p.data(), st.selection, cfg.routing.normalize, dgate.data(), dp.data());
-  cpu::load_balance_loss(st.p.data(), st.selection, cfg.aux_loss.load_balance, dp.data());
-  cpu::softmax_backward(dp.data(), st.p.data(), T, E, dz.data());
-  cpu::z_loss(st.p.data(), st.lse.data(), T, E, cfg.aux_loss.z_loss, dz.data());
-  cpu::linear_backward_weight(dz.data(), T, E, u, d, grad(grads, sp + "router.weight"));
-  cpu::linear_backward_input(dz.data(), T, E, param(sp + "router.weight").data(), d, du.data());
+  ops_.run(GatesBackwardArgs{.p = st.p.data(),
+                             .selection = &st.selection,
+                             .normalize = cfg.routing.normalize,
+                             .dgate = dgate.data(),
+                             .dp = dp.data()});
+  ops_.run(LoadBalanceLossArgs{
+      .p = st.p.data(), .selection = &st.selection, .alpha = cfg.aux_loss.load_balance, .dp = dp.data()});
+  ops_.run(SoftmaxBackwardArgs{.dp = dp.data(), .p = st.p.data(), .n = T, .e = E, .dz = dz.data()});
+  ops_.run(
+      ZLossArgs{.p = st.p.data(), .lse = st.lse.data(), .n = T, .e = E, .beta = cfg.aux_loss.z_loss, .dz = dz.data()});
+  ops_.run(LinearBackwardWeightArgs{
+      .dy = dz.data(), .x = u, .n = T, .out = E, .in = d, .dw = grad(grads, sp + "router.weight")});
+  ops_.run(LinearBackwardInputArgs{
+      .dy = dz.data(), .n = T, .out = E, .in = d, .w = param(sp + "router.weight").data(), .dx = du.data()});
   return du;
 }
 

@@ -1,21 +1,20 @@
 #include "switchyard/engine/optimizer.h"
 
-#include <cmath>
 #include <utility>
 
 #include "switchyard/core/error.h"
 
 namespace sy {
 
+AdamW::AdamW(AdamWConfig config, Backend& backend) : config_(config), backend_(&host_backend(backend, "AdamW")) {}
+
 void AdamW::step(TensorMap& params, const TensorMap& grads) {
   ++steps_;
-  const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(steps_));
-  const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(steps_));
-  const float b1 = static_cast<float>(config_.beta1),
-              b2 = static_cast<float>(config_.beta2), eps = static_cast<float>(config_.eps),
-              decay = static_cast<float>(config_.lr * config_.weight_decay);
-  const float step_size = static_cast<float>(config_.lr / bc1);
-  const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  const cpu::AdamWHyper hyper{.lr = config_.lr,
+                              .beta1 = config_.beta1,
+                              .beta2 = config_.beta2,
+                              .eps = config_.eps,
+                              .weight_decay = config_.weight_decay};
   for (const auto& [name, g] : grads) {
     auto it = params.find(name);
     if (it == params.end()) throw_runtime_error("AdamW: gradient for unknown parameter '" + name + "'");
@@ -25,18 +24,13 @@ void AdamW::step(TensorMap& params, const TensorMap& grads) {
     Tensor& v = state_.try_emplace(name + ".exp_avg_sq", p.shape()).first->second;
     if (m.shape() != p.shape() || v.shape() != p.shape())
       throw_runtime_error("AdamW: restored moment shape mismatch for '" + name + "'");
-    float* pd = p.data();
-    float* md = m.data();
-    float* vd = v.data();
-    const float* gd = g.data();
-    const int64_t n = p.numel();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      md[i] = b1 * md[i] + (1.0f - b1) * gd[i];
-      vd[i] = b2 * vd[i] + (1.0f - b2) * gd[i] * gd[i];
-      pd[i] -= decay * pd[i];
-      pd[i] -= step_size * md[i] / (std::sqrt(vd[i]) * inv_sqrt_bc2 + eps);
-    }
+    run_with_own_workspace(*backend_, AdamWArgs{.param = p.data(),
+                                                .grad = g.data(),
+                                                .exp_avg = m.data(),
+                                                .exp_avg_sq = v.data(),
+                                                .n = p.numel(),
+                                                .step = steps_,
+                                                .hyper = hyper});
   }
 }
 

@@ -44,12 +44,37 @@ bool same_except_lr(const AdamWConfig& a, const AdamWConfig& b) {
 
 }  // namespace
 
-ExpertStore::Replica::Replica(ExpertTensors t)
-    : weights(std::move(t.weights)), grads(zeros_like(weights)), optimizer(AdamWConfig{}) {
+ExpertStore::Replica::Replica(ExpertTensors t, Backend& backend)
+    : weights(std::move(t.weights)), grads(zeros_like(weights)), optimizer(AdamWConfig{}, backend) {
   optimizer.restore_state(t.step, std::move(t.moments));
 }
 
-ExpertStore::ExpertStore(const ModelConfig& model) : model_(model) {}
+ExpertStore::ExpertStore(const ModelConfig& model, Backend& backend)
+    : model_(model), backend_(host_backend(backend, "ExpertStore")) {}
+
+void ExpertStore::run_op(const OpArgs& args) const {
+  std::unique_ptr<OpRunner> runner;
+  {
+    std::lock_guard lock(runner_mutex_);
+    if (!idle_runners_.empty()) {
+      runner = std::move(idle_runners_.back());
+      idle_runners_.pop_back();
+    }
+  }
+  if (!runner) runner = std::make_unique<OpRunner>(backend_);
+  auto give_back = [&] {
+    std::lock_guard lock(runner_mutex_);
+    idle_runners_.push_back(std::move(runner));
+  };
+  try {
+    runner->run(args);
+    backend_.synchronize();
+  } catch (...) {
+    give_back();
+    throw;
+  }
+  give_back();
+}
 
 ExpertStore::Replica& ExpertStore::replica(const ExpertKey& key) const {
   auto it = replicas_.find(key);
@@ -65,7 +90,7 @@ void ExpertStore::add(const ExpertKey& key, TensorMap weights) {
 void ExpertStore::add(const ExpertKey& key, ExpertTensors tensors) {
   if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
   tensors.validate(ExpertGeometry::of(model_, key.stage), "expert " + key.to_string());
-  auto r = std::make_unique<Replica>(std::move(tensors));
+  auto r = std::make_unique<Replica>(std::move(tensors), backend_);
   std::unique_lock lock(mutex_);
   if (!replicas_.emplace(key, std::move(r)).second)
     throw_input_error("expert store already holds a replica of " + key.to_string());
@@ -113,7 +138,16 @@ void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float
   Activations act;
   act.rows = rows;
   act.x.assign(x, x + rows * g.d);
-  if (rows > 0) cpu::ffn_forward(x, rows, g.d, g.f, g.activation, weights_of(r.weights, g.activation), out, &act.ffn);
+  act.saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(rows, g.f, g.activation)));
+  if (rows > 0)
+    run_op(FfnForwardArgs{.x = x,
+                          .rows = rows,
+                          .d = g.d,
+                          .f = g.f,
+                          .activation = g.activation,
+                          .w = weights_of(r.weights, g.activation),
+                          .out = out,
+                          .saved = act.saved.data()});
   std::lock_guard cache_lock(cache_mutex_);
   if (!cache_.emplace(cache_key, std::move(act)).second) {
     throw_runtime_error("expert store: request " + std::to_string(request_id) + " ran forward on " + key.to_string() +
@@ -126,7 +160,14 @@ void ExpertStore::infer(const ExpertKey& key, const float* x, int64_t rows, floa
   std::shared_lock lock(mutex_);
   const Replica& r = replica(key);
   const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
-  if (rows > 0) cpu::ffn_forward(x, rows, g.d, g.f, g.activation, weights_of(r.weights, g.activation), out, nullptr);
+  if (rows > 0)  // saved null: the activations live in the runner's workspace
+    run_op(FfnForwardArgs{.x = x,
+                          .rows = rows,
+                          .d = g.d,
+                          .f = g.f,
+                          .activation = g.activation,
+                          .w = weights_of(r.weights, g.activation),
+                          .out = out});
 }
 
 void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows,
@@ -153,8 +194,16 @@ void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const floa
   if (rows == 0) return;
   std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
   std::lock_guard grad_lock(r.grad_mutex);
-  cpu::ffn_backward(grad_out, act.x.data(), rows, g.d, g.f, g.activation, weights_of(r.weights, g.activation), act.ffn,
-                    grad_in, grads_of(r.grads, g.activation));
+  run_op(FfnBackwardArgs{.dout = grad_out,
+                         .x = act.x.data(),
+                         .rows = rows,
+                         .d = g.d,
+                         .f = g.f,
+                         .activation = g.activation,
+                         .w = weights_of(r.weights, g.activation),
+                         .saved = act.saved.data(),
+                         .dx = grad_in,
+                         .grads = grads_of(r.grads, g.activation)});
 }
 
 void ExpertStore::drop_request(uint64_t request_id) {
@@ -191,7 +240,7 @@ void ExpertStore::step(const AdamWConfig& config) {
   for (auto& [key, r] : replicas_) {
     AdamW& opt = r->optimizer;
     if (!same_except_lr(opt.config(), config)) {
-      AdamW next(config);
+      AdamW next(config, opt.backend());
       next.restore_state(opt.steps(), opt.state());
       opt = std::move(next);
     } else {
@@ -330,7 +379,7 @@ void ExpertStore::load(const std::string& path) {
   complete_replicas(replicas, metadata, model_, fail);
 
   std::map<ExpertKey, std::unique_ptr<Replica>> loaded;
-  for (auto& [key, t] : replicas) loaded.emplace(key, std::make_unique<Replica>(std::move(t)));
+  for (auto& [key, t] : replicas) loaded.emplace(key, std::make_unique<Replica>(std::move(t), backend_));
   std::unique_lock lock(mutex_);
   replicas_ = std::move(loaded);
   std::lock_guard cache_lock(cache_mutex_);

@@ -53,6 +53,30 @@ class Backend {
 // cannot implement the op. For tests and one-off calls; a hot loop keeps its workspace.
 void run_with_own_workspace(Backend& backend, const OpArgs& args);
 
+// Runs a sequence of ops on one backend with ONE workspace, grown (allocate) when an op needs
+// more than it holds and released in the destructor: the per-object workspace of the layer
+// engine, the local experts and the expert store. Not thread-safe (one per thread of work).
+class OpRunner {
+ public:
+  explicit OpRunner(Backend& backend) : backend_(&backend) {}
+  OpRunner(const OpRunner&) = delete;
+  OpRunner& operator=(const OpRunner&) = delete;
+  ~OpRunner();
+  Backend& backend() const { return *backend_; }
+  // can_implement (throws if not) → workspace_size → grow → run. Asynchronous like Backend::run.
+  void run(const OpArgs& args);
+  size_t workspace_bytes() const { return bytes_; }
+
+ private:
+  Backend* backend_;
+  void* workspace_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// `backend` if its memory is host memory (device() == Device::cpu); otherwise throws a runtime
+// error naming `user`, whose buffers are host memory.
+Backend& host_backend(Backend& backend, const std::string& user);
+
 // Every backend usable in this process, most capable first; the CPU backend is always last.
 const std::vector<Backend*>& backends();
 Backend& cpu_backend();

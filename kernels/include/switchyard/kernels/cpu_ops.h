@@ -32,6 +32,9 @@ void linear_backward_input(const float* dy, int64_t n, int64_t out, const float*
 // dW += dyᵀ x. dW: [out, in].
 void linear_backward_weight(const float* dy, int64_t n, int64_t out, const float* x, int64_t in, float* dw);
 
+// y += x element-wise (n floats): residual and gradient sums.
+void add_inplace(const float* x, int64_t n, float* y);
+
 constexpr float kRmsNormEps = 1e-6f;
 constexpr float kLayerNormEps = 1e-5f;
 

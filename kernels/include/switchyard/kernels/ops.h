@@ -25,6 +25,38 @@
 
 namespace sy {
 
+// ---------- dense ----------
+
+struct AddInplaceArgs {  // cpu::add_inplace: y += x
+  static constexpr const char* kName = "add_inplace";
+  const float* x = nullptr;  // [n]
+  int64_t n = 0;
+  float* y = nullptr;  // [n]
+};
+struct LinearForwardArgs {  // cpu::linear_forward: y = x Wᵀ (y += with accumulate)
+  static constexpr const char* kName = "linear_forward";
+  const float* x = nullptr;  // [n, in]
+  int64_t n = 0, in = 0, out = 0;
+  const float* w = nullptr;  // [out, in]
+  float* y = nullptr;        // [n, out]
+  bool accumulate = false;
+};
+struct LinearBackwardInputArgs {  // cpu::linear_backward_input: dx += dy W (dx = dy W without accumulate)
+  static constexpr const char* kName = "linear_backward_input";
+  const float* dy = nullptr;  // [n, out]
+  int64_t n = 0, out = 0, in = 0;
+  const float* w = nullptr;  // [out, in]
+  float* dx = nullptr;       // [n, in]
+  bool accumulate = true;
+};
+struct LinearBackwardWeightArgs {  // cpu::linear_backward_weight: dW += dyᵀ x
+  static constexpr const char* kName = "linear_backward_weight";
+  const float* dy = nullptr;  // [n, out]
+  const float* x = nullptr;   // [n, in]
+  int64_t n = 0, out = 0, in = 0;
+  float* dw = nullptr;  // [out, in]
+};
+
 // ---------- router ----------
 
 struct SoftmaxForwardArgs {  // cpu::softmax_forward; p overwritten, lse optional
@@ -273,7 +305,8 @@ struct AdamWArgs {  // cpu::adamw_step: param, exp_avg, exp_avg_sq updated in pl
 
 // Any op; a backend dispatches on the alternative.
 using OpArgs =
-    std::variant<SoftmaxForwardArgs, SoftmaxBackwardArgs, SelectExpertsArgs, ComputeGatesArgs, ApplyCapacityArgs,
+    std::variant<AddInplaceArgs, LinearForwardArgs, LinearBackwardInputArgs, LinearBackwardWeightArgs,
+                 SoftmaxForwardArgs, SoftmaxBackwardArgs, SelectExpertsArgs, ComputeGatesArgs, ApplyCapacityArgs,
                  GatesBackwardArgs, LoadBalanceLossArgs, ZLossArgs, ImportanceArgs, AllocateExpertsArgs, GatherRowsArgs,
                  ScatterAddRowsArgs, FfnForwardArgs, FfnBackwardArgs, WeightedSumForwardArgs, WeightedSumBackwardArgs,
                  DagForwardArgs, DagBackwardArgs, CoefficientMixForwardArgs, CoefficientMixBackwardArgs,

@@ -6,6 +6,13 @@
 //
 // The engine holds the dense (client-side) parameters by reference; routed experts are
 // reached only through `ExpertCompute`, which is the seam between client and workers.
+//
+// Compute: every numeric op (router linear, softmax, norms, gather/scatter, FFNs, aggregation,
+// mixes, losses) and the host ops (top-k selection, gates, capacity, expert allocation) run as
+// ops of a `Backend` (kernels/ops.h) through one workspace per object (OpRunner); only the
+// host index structures (DispatchLayout, NodeList) are built here, and tensors are copied on
+// the host. Activations and parameters are host tensors, so the backend must be a host
+// backend (device() == Device::cpu); the constructors check it.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +22,7 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/io.h"
+#include "switchyard/kernels/backend.h"
 #include "switchyard/kernels/cpu_ops.h"
 
 namespace sy {
@@ -39,7 +47,8 @@ class ExpertCompute {
 class LocalExperts final : public ExpertCompute {
  public:
   // `grads` may be null for forward-only use; otherwise weight gradients accumulate there.
-  LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix = "");
+  LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix = "",
+               Backend& backend = cpu_backend());
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override;
   void set_grads(TensorMap* grads) { grads_ = grads; }
@@ -49,8 +58,9 @@ class LocalExperts final : public ExpertCompute {
   const TensorMap& weights_;
   TensorMap* grads_;
   std::string prefix_;
-  std::vector<std::vector<cpu::FfnCache>> caches_;  // [stage][expert]
-  std::vector<Tensor> inputs_;                      // [stage] packed input kept for backward
+  OpRunner ops_;
+  std::vector<std::vector<float>> saved_;  // [stage] FfnForwardArgs::saved of every packed row
+  std::vector<Tensor> inputs_;             // [stage] packed input kept for backward
 };
 
 // DA-MoE importance for dynamic stages: attention probabilities [B, H, L, L] (T = B·L), or
@@ -75,7 +85,8 @@ class LayerEngine {
  public:
   // `weights` must stay alive and hold the layer's dense parameters (validate with
   // check_layer_weights first); routed experts are reached through `experts`.
-  LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts, std::string prefix = "");
+  LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts, std::string prefix = "",
+              Backend& backend = cpu_backend());
   ~LayerEngine();
 
   // y = Σ_s m_s for x [T, d]. Keeps what backward needs.
@@ -92,7 +103,7 @@ class LayerEngine {
   struct StageState;
   Tensor stage_forward(int s, const Tensor& u, const ImportanceInput& importance);
   // The named steps of stage_forward: route → dispatch → aggregate → mix → stats.
-  std::vector<int32_t> experts_per_token(int s, int64_t tokens, const ImportanceInput& importance) const;
+  std::vector<int32_t> experts_per_token(int s, int64_t tokens, const ImportanceInput& importance);
   void route(int s, const Tensor& u, const std::vector<int32_t>& k);
   void dispatch(int s, const Tensor& u);
   void aggregate(int s, const Tensor& u);
@@ -106,6 +117,7 @@ class LayerEngine {
   const TensorMap& weights_;
   ExpertCompute& experts_;
   std::string prefix_;
+  OpRunner ops_;  // the engine's backend and its one workspace
   std::vector<std::unique_ptr<StageState>> states_;
   std::vector<StageStats> stats_;
   Shape input_shape_;  // of the last forward's input, checked against grad_y

@@ -1,10 +1,12 @@
 // AdamW (decoupled weight decay), applied per named tensor. Its state (step count, first and
-// second moments) is itself a TensorMap so it checkpoints like weights.
+// second moments) is itself a TensorMap so it checkpoints like weights. Each tensor's update is
+// the backend's AdamW op (kernels/ops.h, AdamWArgs) on the host tensors: a host backend.
 #pragma once
 
 #include <cstdint>
 
 #include "switchyard/core/io.h"
+#include "switchyard/kernels/backend.h"
 
 namespace sy {
 
@@ -18,12 +20,13 @@ struct AdamWConfig {
 
 class AdamW {
  public:
-  explicit AdamW(AdamWConfig config) : config_(config) {}
+  explicit AdamW(AdamWConfig config, Backend& backend = cpu_backend());
   // params[name] -= update(grads[name]) for every name in grads; params must hold each name.
   void step(TensorMap& params, const TensorMap& grads);
   void set_lr(double lr) { config_.lr = lr; }  // learning-rate schedules
   int64_t steps() const { return steps_; }
   const AdamWConfig& config() const { return config_; }
+  Backend& backend() const { return *backend_; }
   // "{name}.exp_avg" and "{name}.exp_avg_sq" per tensor.
   const TensorMap& state() const { return state_; }
   // Replaces the step count and the moments (names as in state()): checkpoint restore and
@@ -32,6 +35,7 @@ class AdamW {
 
  private:
   AdamWConfig config_;
+  Backend* backend_;
   int64_t steps_ = 0;
   TensorMap state_;
 };

@@ -14,6 +14,11 @@
 // computations; call them at step boundaries. grads() hands out a reference for the
 // cross-replica reduction: use it while no backward is in flight.
 //
+// Compute: the expert FFN forward/backward and the AdamW step are ops of the store's Backend
+// (kernels/ops.h; a host backend, the buffers being host memory). Each concurrent computation
+// takes an OpRunner (one growing workspace) from a pool the store keeps until it is destroyed;
+// forward keeps the FFN activations in the request's own buffer (FfnForwardArgs::saved).
+//
 // Replicas of one expert stay bit-identical when they start equal and, before every step(),
 // their gradients are made equal (the reduction writes the same sum into each replica's grads).
 //
@@ -38,15 +43,17 @@
 #include "switchyard/core/config.h"
 #include "switchyard/core/expert.h"
 #include "switchyard/core/io.h"
+#include "switchyard/engine/optimizer.h"
+#include "switchyard/kernels/backend.h"
 #include "switchyard/kernels/cpu_ops.h"
 #include "switchyard/placement/placement.h"
-#include "switchyard/engine/optimizer.h"
 
 namespace sy {
 
 class ExpertStore {
  public:
-  explicit ExpertStore(const ModelConfig& model);  // keeps a copy of the model config
+  // Keeps a copy of the model config; `backend` (a host backend) runs the FFNs and AdamW.
+  explicit ExpertStore(const ModelConfig& model, Backend& backend = cpu_backend());
   ExpertStore(const ExpertStore&) = delete;
   ExpertStore& operator=(const ExpertStore&) = delete;
 
@@ -104,7 +111,7 @@ class ExpertStore {
 
  private:
   struct Replica {
-    explicit Replica(ExpertTensors t);
+    Replica(ExpertTensors t, Backend& backend);
     TensorMap weights;  // short names
     TensorMap grads;
     AdamW optimizer;
@@ -113,11 +120,16 @@ class ExpertStore {
   struct Activations {  // what backward needs from one forward
     int64_t rows = 0;
     std::vector<float> x;
-    cpu::FfnCache ffn;
+    std::vector<float> saved;  // FfnForwardArgs::saved
   };
   Replica& replica(const ExpertKey& key) const;  // caller holds mutex_
+  // Runs one op with an idle OpRunner of the pool (a new one when all are busy) and waits for it.
+  void run_op(const OpArgs& args) const;
 
   ModelConfig model_;
+  Backend& backend_;
+  mutable std::mutex runner_mutex_;                              // idle_runners_
+  mutable std::vector<std::unique_ptr<OpRunner>> idle_runners_;  // one per concurrent computation
   mutable std::shared_mutex mutex_;  // replicas_: shared for compute, exclusive for changes
   std::map<ExpertKey, std::unique_ptr<Replica>> replicas_;
   mutable std::mutex cache_mutex_;  // cache_
