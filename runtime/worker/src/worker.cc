@@ -116,12 +116,22 @@ class Worker {
     transport::BackendOptions backend;
     backend.ucx.peer_error_handling = registration_.ucx_peer_failure();
     transport_ = transport::make_transport(registration_.transport(), to, backend);
+    address_ = transport_->local_address();
+    address_ready_ = true;  // attach (control thread) may answer from now on
     const Status s = transport::bootstrap_transport(*transport_, *coordinator_, "workers-data-plane",
                                                     Millis(registration_.startup_timeout_ms()));
     if (!s) throw Error(ErrorKind::transport, label_ + ": joining the workers' data-plane world: " + s.to_string());
   }
 
   Result<pb::AttachReply> attach(const pb::AttachRequest& req) {
+    // Registration made us visible before the transport exists: a client that attaches in
+    // between waits (bounded) for it.
+    const auto ready_deadline = std::chrono::steady_clock::now() + Millis(options_.connect_timeout_ms);
+    while (!address_ready_) {
+      if (std::chrono::steady_clock::now() > ready_deadline || stop_)
+        return Status(StatusCode::unreachable, "the worker has no data-plane transport yet");
+      std::this_thread::sleep_for(1ms);
+    }
     auto id = transport::address_rank(req.client_address());
     if (!id) return id.status();
     if (*id != req.client_id() || req.client_id() < wire::kFirstClientId)
@@ -133,7 +143,7 @@ class Worker {
     conn->name = req.client_name();
     conn->address = req.client_address();
     pb::AttachReply reply;
-    reply.set_worker_address(transport_->local_address());  // fixed at start; read-only here
+    reply.set_worker_address(address_);
     reply.set_client_id(static_cast<uint32_t>(conn->id));
     std::lock_guard<std::mutex> lock(attach_mu_);
     attached_.push_back(std::move(conn));
@@ -495,7 +505,9 @@ class Worker {
   std::unique_ptr<control::ControlServer> server_;
   std::unique_ptr<control::ControlClient> coordinator_;
   pb::RegisterWorkerReply registration_;  // id, world size, timeouts, transport
-  std::unique_ptr<transport::Transport> transport_;
+  std::unique_ptr<transport::Transport> transport_;  // used by the serving thread only
+  std::string address_;                              // its address, for attach
+  std::atomic<bool> address_ready_{false};
   int id_ = -1;
   std::string label_ = "worker";
   Millis request_timeout_{10000};
