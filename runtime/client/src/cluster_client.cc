@@ -127,20 +127,34 @@ struct ClusterClient::Impl {
   // worker error, a transport failure, a worker the coordinator declares dead, or the timeout.
   Status round_trip(std::vector<Call>& calls, const std::string& what, double* waited_seconds) {
     const auto start = Clock::now();
-    double slowest_compute = 0;  // the workers compute in parallel: the slowest bounds the wait
+    if (Status s = send(calls, what); !s) return s;
+    return receive(calls, what, start, waited_seconds);
+  }
+
+  // The two halves of a round trip (a dispatch, and its combine). On failure both leave the
+  // workers of `calls` disconnected and their links unusable (abandon).
+  Status send(std::vector<Call>& calls, const std::string& what) {
     Status s = post_all(calls, what);
-    if (s) s = await_replies(calls, what, start, slowest_compute);
+    if (!s) fail_calls(calls, what, s);
+    return s;
+  }
+  Status receive(std::vector<Call>& calls, const std::string& what, Clock::time_point start, double* waited_seconds) {
+    double slowest_compute = 0;  // the workers compute in parallel: the slowest bounds the wait
+    Status s = await_replies(calls, what, start, slowest_compute);
     for (Call& c : calls)  // sends are complete once the replies are in; release them
       if (s) s = transport->wait_all(c.out.requests, request_timeout);
     if (!s) {
-      SY_LOG(error, "runtime", what << ": " << s.message());
-      abandon(calls, s.message());
+      fail_calls(calls, what, s);
       return s;
     }
     const double waited = std::chrono::duration<double>(Clock::now() - start).count();
     if (waited_seconds) *waited_seconds += waited - std::min(waited, slowest_compute);
     worker_compute_seconds += slowest_compute;
     return Status::ok();
+  }
+  void fail_calls(std::vector<Call>& calls, const std::string& what, const Status& s) {
+    SY_LOG(error, "runtime", what << ": " << s.message());
+    abandon(calls, s.message());
   }
 
   Status post_all(std::vector<Call>& calls, const std::string& what) {
@@ -268,16 +282,15 @@ class RemoteExperts final : public ExpertCompute {
     h = Handle{std::move(plan).value(), im.next_request++};
     const int64_t d = tokens.dim(1);
     // Pack once: each worker's rows straight from the tokens, in the plan's order.
-    std::vector<std::vector<float>> rows = pack(h.plan, d, [&](int64_t r) { return tokens.data() + layout.token[r] * d; });
-    output = exchange(h, /*forward=*/true, rows, d);
+    output = exchange(h, /*forward=*/true, pack(h.plan, d, [&](int64_t r) { return tokens.data() + layout.token[r] * d; }), d);
   }
 
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
     auto hit = handles_.find(stage);
     if (hit == handles_.end()) throw Error(ErrorKind::runtime, "backward of stage " + std::to_string(stage) + " without forward");
     const int64_t d = grad_output.dim(1);
-    std::vector<std::vector<float>> rows = pack(hit->second.plan, d, [&](int64_t r) { return grad_output.data() + r * d; });
-    grad_input = exchange(hit->second, /*forward=*/false, rows, d);
+    grad_input = exchange(hit->second, /*forward=*/false,
+                          pack(hit->second.plan, d, [&](int64_t r) { return grad_output.data() + r * d; }), d);
     handles_.erase(hit);
     (void)layout;
   }
@@ -302,16 +315,32 @@ class RemoteExperts final : public ExpertCompute {
     return out;
   }
 
-  // dispatch → combine: sends each worker its rows, and writes the replies into the layout's
-  // rows of the result ([plan.rows, d]).
-  Tensor exchange(const Handle& h, bool forward, const std::vector<std::vector<float>>& rows, int64_t d) {
+  // A dispatch in flight: the rows it sent (alive until combine) and its requests. Not moved
+  // once posted (the transport holds pointers into its rows and serialized headers).
+  struct InFlight {
+    const DispatchPlan* plan = nullptr;
+    std::vector<std::vector<float>> rows;  // per plan worker, in packing order
+    std::vector<Call> calls;
+    std::string what;
+    Clock::time_point start;
+  };
+
+  Tensor exchange(const Handle& h, bool forward, std::vector<std::vector<float>> rows, int64_t d) {
+    const std::unique_ptr<InFlight> f = dispatch(h, forward, std::move(rows));
+    return combine(*f, d);
+  }
+
+  // Sends each worker of the plan its rows (the payload stays in the returned handle).
+  std::unique_ptr<InFlight> dispatch(const Handle& h, bool forward, std::vector<std::vector<float>> rows) {
     ClusterClient::Impl& im = *client_.impl_;
-    const std::string what = std::string(forward ? "FORWARD" : "BACKWARD") + " layer " + std::to_string(layer_) +
-                             " stage " + std::to_string(h.plan.stage);
-    std::vector<Call> calls(h.plan.workers.size());
-    for (size_t w = 0; w < calls.size(); ++w) {
+    auto handle = std::make_unique<InFlight>(InFlight{&h.plan, std::move(rows), std::vector<Call>(h.plan.workers.size()),
+                                                      std::string(forward ? "FORWARD" : "BACKWARD") + " layer " +
+                                                          std::to_string(layer_) + " stage " + std::to_string(h.plan.stage),
+                                                      Clock::now()});
+    InFlight& f = *handle;
+    for (size_t w = 0; w < f.calls.size(); ++w) {
       const WorkerDispatch& wd = h.plan.workers[w];
-      Call& c = calls[w];
+      Call& c = f.calls[w];
       c.worker = wd.worker;
       c.request.set_request_id(im.next_request++);
       auto* segments = forward ? c.request.mutable_forward()->mutable_segments() : c.request.mutable_backward()->mutable_segments();
@@ -323,23 +352,25 @@ class RemoteExperts final : public ExpertCompute {
         c.request.mutable_backward()->set_dispatch_id(h.dispatch_id);
       }
       for (const DispatchChunk& ch : wd.chunks) wire::key_to_pb({layer_, h.plan.stage, ch.expert}, ch.rows, segments->Add());
-      c.payload = rows[w].data();
-      c.payload_bytes = rows[w].size() * sizeof(float);
+      c.payload = f.rows[w].data();
+      c.payload_bytes = f.rows[w].size() * sizeof(float);
     }
-    im.call(calls, what, &client_.exchange_seconds_);
-    return combine(h.plan, calls, rows, d, what);
+    if (Status s = im.send(f.calls, f.what); !s) wire::throw_error(s);
+    return handle;
   }
 
-  static Tensor combine(const DispatchPlan& plan, const std::vector<Call>& calls,
-                        const std::vector<std::vector<float>>& rows, int64_t d, const std::string& what) {
-    Tensor out({plan.rows, d});
-    for (size_t w = 0; w < calls.size(); ++w) {
-      const std::vector<float>& r = calls[w].reply;
-      if (r.size() != rows[w].size())
-        throw Error(ErrorKind::transport, what + ": worker " + std::to_string(calls[w].worker) + " returned " +
-                                              std::to_string(r.size()) + " values for " + std::to_string(rows[w].size()));
+  // Waits for the replies and writes them into the layout's rows of the result ([plan.rows, d]).
+  Tensor combine(InFlight& f, int64_t d) {
+    ClusterClient::Impl& im = *client_.impl_;
+    if (Status s = im.receive(f.calls, f.what, f.start, &client_.exchange_seconds_); !s) wire::throw_error(s);
+    Tensor out({f.plan->rows, d});
+    for (size_t w = 0; w < f.calls.size(); ++w) {
+      const std::vector<float>& r = f.calls[w].reply;
+      if (r.size() != f.rows[w].size())
+        throw Error(ErrorKind::transport, f.what + ": worker " + std::to_string(f.calls[w].worker) + " returned " +
+                                              std::to_string(r.size()) + " values for " + std::to_string(f.rows[w].size()));
       const float* src = r.data();
-      for (const DispatchChunk& c : plan.workers[w].chunks) {
+      for (const DispatchChunk& c : f.plan->workers[w].chunks) {
         std::memcpy(out.data() + c.first_row * d, src, sizeof(float) * static_cast<size_t>(c.rows * d));
         src += c.rows * d;
       }
