@@ -68,6 +68,37 @@ class PlacementReader {
   }
 
   Placement read(const YAML::Node& root) const {
+    const Entry list = expert_list(root);
+    Placement p;
+    std::map<ExpertKey, std::pair<std::string, int>> placed_by;  // key → (entry, line)
+    for (std::size_t i = 0; i < list.value.size(); ++i) {
+      const std::string where = "placement.experts[" + std::to_string(i) + "]";
+      const int line = line_of(list.value[i], list.line);
+      const PlacedExperts e = read_entry(list.value[i], where, line);
+      for (int x = e.first; x <= e.last; ++x) {
+        const ExpertKey key{e.layer, e.stage, x};
+        const auto [it, fresh] = placed_by.try_emplace(key, where, line);
+        if (!fresh) {
+          fail(line, where,
+               key.to_string() + " is already placed by " + it->second.first + " (line " +
+                   std::to_string(it->second.second) + "); list each expert once, with all its workers");
+        }
+        p.replicas[key] = e.workers;
+      }
+    }
+    check_every_expert_placed(p, list.line);
+    return p;
+  }
+
+ private:
+  // What one entry of placement.experts says: experts first..last of (layer, stage) on workers.
+  struct PlacedExperts {
+    int layer = 0, stage = 0, first = 0, last = 0;
+    std::vector<int> workers;
+  };
+
+  // `placement.experts`: the top-level map, its one key, and a non-empty list.
+  Entry expert_list(const YAML::Node& root) const {
     if (!root.IsMap()) fail(root.IsNull() ? 1 : line_of(root, 1), "(top level)", "expected a map with a `placement:` key, got " + describe(root));
     const std::vector<Entry> top = entries(root, "(top level)", 1, {"placement"});
     if (top.empty()) fail(line_of(root, 1), "placement", "required setting is missing");
@@ -80,120 +111,114 @@ class PlacementReader {
       fail(list.line, "placement.experts",
            "expected a non-empty list of entries, got " + (list.value.IsSequence() ? std::string("an empty list") : describe(list.value)));
     }
+    return list;
+  }
 
-    Placement p;
-    std::map<ExpertKey, std::pair<std::string, int>> placed_by;  // key → (entry, line)
-    for (std::size_t i = 0; i < list.value.size(); ++i) {
-      const YAML::Node item = list.value[i];
-      const std::string where = "placement.experts[" + std::to_string(i) + "]";
-      const int line = line_of(item, list.line);
-      if (!item.IsMap()) fail(line, where, "expected a map {layer, stage, expert(s), workers}, got " + describe(item));
-      const std::vector<Entry> keys = entries(item, where, line, {"layer", "stage", "expert", "experts", "workers"});
-      const auto find = [&](std::string_view k) -> const Entry* {
-        for (const Entry& e : keys)
-          if (e.key == k) return &e;
-        return nullptr;
-      };
-      const Entry* layer_e = find("layer");
-      const Entry* stage_e = find("stage");
-      const Entry* expert_e = find("expert");
-      const Entry* experts_e = find("experts");
-      const Entry* workers_e = find("workers");
-      if (!layer_e) fail(line, where + ".layer", "required setting is missing");
-      if (!stage_e) fail(line, where + ".stage", "required setting is missing");
-      if (!workers_e) fail(line, where + ".workers", "required setting is missing");
-      if (!expert_e && !experts_e) fail(line, where, "needs `expert: i` or `experts: \"a-b\"`");
-      if (expert_e && experts_e) fail(experts_e->line, where + ".experts", "give either `expert` or `experts`, not both");
+  PlacedExperts read_entry(const YAML::Node& item, const std::string& where, int line) const {
+    if (!item.IsMap()) fail(line, where, "expected a map {layer, stage, expert(s), workers}, got " + describe(item));
+    const std::vector<Entry> keys = entries(item, where, line, {"layer", "stage", "expert", "experts", "workers"});
+    const auto find = [&](std::string_view k) -> const Entry* {
+      for (const Entry& e : keys)
+        if (e.key == k) return &e;
+      return nullptr;
+    };
+    const Entry* layer_e = find("layer");
+    const Entry* stage_e = find("stage");
+    const Entry* expert_e = find("expert");
+    const Entry* experts_e = find("experts");
+    const Entry* workers_e = find("workers");
+    if (!layer_e) fail(line, where + ".layer", "required setting is missing");
+    if (!stage_e) fail(line, where + ".stage", "required setting is missing");
+    if (!workers_e) fail(line, where + ".workers", "required setting is missing");
+    if (!expert_e && !experts_e) fail(line, where, "needs `expert: i` or `experts: \"a-b\"`");
+    if (expert_e && experts_e) fail(experts_e->line, where + ".experts", "give either `expert` or `experts`, not both");
 
-      const int layer = integer(layer_e->value, layer_e->line, where + ".layer");
-      if (layer < 0 || layer >= model_.layers) {
-        fail(layer_e->line, where + ".layer",
-             std::to_string(layer) + " does not exist; the model has layers 0.." + std::to_string(model_.layers - 1));
-      }
-      const int stages = static_cast<int>(model_.layer.stages.size());
-      const int stage = integer(stage_e->value, stage_e->line, where + ".stage");
-      if (stage < 0 || stage >= stages) {
-        fail(stage_e->line, where + ".stage",
-             std::to_string(stage) + " does not exist; the model has stages 0.." + std::to_string(stages - 1));
-      }
-      const int experts = model_.layer.stages[static_cast<size_t>(stage)].experts;
-      const std::string range_text = "; stage " + std::to_string(stage) + " has experts 0.." + std::to_string(experts - 1);
-
-      int first = 0, last = 0;
-      if (expert_e) {
-        first = last = integer(expert_e->value, expert_e->line, where + ".expert");
-        if (first < 0 || first >= experts)
-          fail(expert_e->line, where + ".expert", std::to_string(first) + " does not exist" + range_text);
-      } else {
-        const YAML::Node& v = experts_e->value;
-        const std::string ewhere = where + ".experts";
-        if (!v.IsScalar()) fail(experts_e->line, ewhere, "expected an index, \"a-b\" or all, got " + describe(v));
-        const std::string& t = v.Scalar();
-        if (t == "all") {
-          first = 0;
-          last = experts - 1;
-        } else {
-          const auto dash = t.find('-', 1);
-          const auto parse = [&](std::string_view part) {
-            int x = 0;
-            const auto r = std::from_chars(part.data(), part.data() + part.size(), x);
-            if (r.ec != std::errc() || r.ptr != part.data() + part.size() || part.empty())
-              fail(experts_e->line, ewhere, "expected an index, \"a-b\" or all, got " + describe(v));
-            return x;
-          };
-          const std::string_view sv(t);
-          first = parse(sv.substr(0, dash));
-          last = dash == std::string::npos ? first : parse(sv.substr(dash + 1));
-          if (first > last) fail(experts_e->line, ewhere, "range \"" + t + "\" is empty (start after end)");
-          if (first < 0 || last >= experts)
-            fail(experts_e->line, ewhere, "range \"" + t + "\" goes past the model's experts" + range_text);
-        }
-      }
-
-      const YAML::Node& wv = workers_e->value;
-      const std::string wwhere = where + ".workers";
-      if (!wv.IsSequence() || wv.size() == 0) {
-        fail(workers_e->line, wwhere,
-             "expected a non-empty list of worker ids, got " + (wv.IsSequence() ? std::string("an empty list") : describe(wv)));
-      }
-      std::vector<int> ids;
-      for (std::size_t j = 0; j < wv.size(); ++j) {
-        const int id = integer(wv[j], line_of(wv[j], workers_e->line), wwhere);
-        if (id < 0 || id >= workers_) {
-          fail(line_of(wv[j], workers_e->line), wwhere,
-               "worker " + std::to_string(id) + " does not exist (workers 0.." + std::to_string(workers_ - 1) + ")");
-        }
-        for (int seen : ids)
-          if (seen == id) fail(line_of(wv[j], workers_e->line), wwhere, "worker " + std::to_string(id) + " listed twice");
-        ids.push_back(id);
-      }
-
-      for (int e = first; e <= last; ++e) {
-        const ExpertKey key{layer, stage, e};
-        const auto [it, fresh] = placed_by.try_emplace(key, where, line);
-        if (!fresh) {
-          fail(line, where,
-               key.to_string() + " is already placed by " + it->second.first + " (line " +
-                   std::to_string(it->second.second) + "); list each expert once, with all its workers");
-        }
-        p.replicas[key] = ids;
-      }
+    PlacedExperts out;
+    out.layer = integer(layer_e->value, layer_e->line, where + ".layer");
+    if (out.layer < 0 || out.layer >= model_.layers) {
+      fail(layer_e->line, where + ".layer",
+           std::to_string(out.layer) + " does not exist; the model has layers 0.." + std::to_string(model_.layers - 1));
     }
+    const int stages = static_cast<int>(model_.layer.stages.size());
+    out.stage = integer(stage_e->value, stage_e->line, where + ".stage");
+    if (out.stage < 0 || out.stage >= stages) {
+      fail(stage_e->line, where + ".stage",
+           std::to_string(out.stage) + " does not exist; the model has stages 0.." + std::to_string(stages - 1));
+    }
+    expert_range(out, expert_e, experts_e, where);
+    out.workers = worker_ids(*workers_e, where + ".workers");
+    return out;
+  }
 
+  // `expert: i`, or `experts:` as an index, "a-b" (inclusive) or all, inside the stage's experts.
+  void expert_range(PlacedExperts& out, const Entry* expert_e, const Entry* experts_e, const std::string& where) const {
+    const int experts = model_.layer.stages[static_cast<size_t>(out.stage)].experts;
+    const std::string range_text = "; stage " + std::to_string(out.stage) + " has experts 0.." + std::to_string(experts - 1);
+    if (expert_e) {
+      out.first = out.last = integer(expert_e->value, expert_e->line, where + ".expert");
+      if (out.first < 0 || out.first >= experts)
+        fail(expert_e->line, where + ".expert", std::to_string(out.first) + " does not exist" + range_text);
+      return;
+    }
+    const YAML::Node& v = experts_e->value;
+    const std::string ewhere = where + ".experts";
+    if (!v.IsScalar()) fail(experts_e->line, ewhere, "expected an index, \"a-b\" or all, got " + describe(v));
+    const std::string& t = v.Scalar();
+    if (t == "all") {
+      out.first = 0;
+      out.last = experts - 1;
+      return;
+    }
+    const auto dash = t.find('-', 1);
+    const auto parse = [&](std::string_view part) {
+      int x = 0;
+      const auto r = std::from_chars(part.data(), part.data() + part.size(), x);
+      if (r.ec != std::errc() || r.ptr != part.data() + part.size() || part.empty())
+        fail(experts_e->line, ewhere, "expected an index, \"a-b\" or all, got " + describe(v));
+      return x;
+    };
+    const std::string_view sv(t);
+    out.first = parse(sv.substr(0, dash));
+    out.last = dash == std::string::npos ? out.first : parse(sv.substr(dash + 1));
+    if (out.first > out.last) fail(experts_e->line, ewhere, "range \"" + t + "\" is empty (start after end)");
+    if (out.first < 0 || out.last >= experts)
+      fail(experts_e->line, ewhere, "range \"" + t + "\" goes past the model's experts" + range_text);
+  }
+
+  // A non-empty list of distinct worker ids of the cluster.
+  std::vector<int> worker_ids(const Entry& workers_e, const std::string& wwhere) const {
+    const YAML::Node& wv = workers_e.value;
+    if (!wv.IsSequence() || wv.size() == 0) {
+      fail(workers_e.line, wwhere,
+           "expected a non-empty list of worker ids, got " + (wv.IsSequence() ? std::string("an empty list") : describe(wv)));
+    }
+    std::vector<int> ids;
+    for (std::size_t j = 0; j < wv.size(); ++j) {
+      const int id = integer(wv[j], line_of(wv[j], workers_e.line), wwhere);
+      if (id < 0 || id >= workers_) {
+        fail(line_of(wv[j], workers_e.line), wwhere,
+             "worker " + std::to_string(id) + " does not exist (workers 0.." + std::to_string(workers_ - 1) + ")");
+      }
+      for (int seen : ids)
+        if (seen == id) fail(line_of(wv[j], workers_e.line), wwhere, "worker " + std::to_string(id) + " listed twice");
+      ids.push_back(id);
+    }
+    return ids;
+  }
+
+  void check_every_expert_placed(const Placement& p, int list_line) const {
     for (int l = 0; l < model_.layers; ++l)
       for (int s = 0; s < static_cast<int>(model_.layer.stages.size()); ++s)
         for (int e = 0; e < model_.layer.stages[static_cast<size_t>(s)].experts; ++e) {
           const ExpertKey key{l, s, e};
           if (!p.replicas.count(key)) {
-            fail(list.line, "placement.experts",
+            fail(list_line, "placement.experts",
                  "expert " + key.to_string() + " (layer " + std::to_string(l) + ", stage " + std::to_string(s) +
                      ", expert " + std::to_string(e) + ") is not placed; every expert of the model needs a worker");
           }
         }
-    return p;
   }
 
- private:
   std::string source_;
   const ModelConfig& model_;
   int workers_;
