@@ -425,12 +425,10 @@ std::string store_scalar(const Field& f, const Scope& s, std::string_view text) 
   double value = 0;  // numeric value, for the bound check
   switch (f.type) {
     case Type::integer: {
-      std::string_view t = text;
-      if (t.starts_with('+') && !t.starts_with("+-")) t.remove_prefix(1);
       int v = 0;
-      auto r = std::from_chars(t.data(), t.data() + t.size(), v);
-      if (r.ec == std::errc::result_out_of_range) return "\"" + std::string(text) + "\" is out of range for an integer";
-      if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty()) return quoted();
+      const YamlInt r = parse_yaml_int(text, v);
+      if (r == YamlInt::out_of_range) return "\"" + std::string(text) + "\" is out of range for an integer";
+      if (r == YamlInt::not_an_integer) return quoted();
       *std::get<int*>(f.slot(s)) = v;
       value = v;
       break;
@@ -515,9 +513,7 @@ int line_of(const YAML::Mark& mark, int fallback) { return yaml_line(mark, fallb
 
 std::string describe(const YAML::Node& n) { return describe_yaml_value(n); }
 
-std::string join_path(const std::string& prefix, std::string_view key) {
-  return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
-}
+std::string join_path(const std::string& prefix, std::string_view key) { return yaml_join(prefix, key); }
 
 class Reader {
  public:
@@ -530,32 +526,13 @@ class Reader {
     if (node.IsMap()) line = line_of(node.Mark(), line);
     const std::vector<const Field*> rows = children_of(schema);
 
-    struct Entry {
-      std::string key;
-      int line;
-      YAML::Node value;
-    };
-    std::vector<Entry> entries;
-    if (node.IsMap()) {
-      for (auto it = node.begin(); it != node.end(); ++it) {
-        const int key_line = line_of(it->first.Mark(), line);
-        if (!it->first.IsScalar()) fail(key_line, path, "keys must be plain names, got " + describe(it->first));
-        std::string key = it->first.Scalar();
-        for (const Entry& e : entries) {
-          if (e.key == key) {
-            fail(key_line, join_path(path, key), "duplicate key (first given on line " + std::to_string(e.line) + ")");
-          }
-        }
-        const bool known =
-            std::any_of(rows.begin(), rows.end(), [&](const Field* f) { return key_of(f->path) == key; });
-        if (!known) {
-          std::string expected;
-          for (const Field* f : rows) expected += (expected.empty() ? "" : ", ") + std::string(key_of(f->path));
-          fail(key_line, join_path(path, key), "unknown key; expected one of: " + expected);
-        }
-        entries.push_back({std::move(key), key_line, it->second});
-      }
-    }
+    using Entry = YamlEntry;
+    std::vector<std::string_view> known;
+    for (const Field* f : rows) known.push_back(key_of(f->path));
+    const std::vector<Entry> entries =
+        node.IsMap() ? yaml_map_entries(node, path, line, known,
+                                        [&](int l, const std::string& w, const std::string& m) { fail(l, w, m); })
+                     : std::vector<Entry>{};
 
     const auto find = [&](const Field& f) -> const Entry* {
       for (const Entry& e : entries) {
@@ -854,6 +831,40 @@ const char* to_string(SharedMix v) { return spelling(v, kSharedMixNames); }
 const char* to_string(InputNorm v) { return spelling(v, kInputNormNames); }
 
 int yaml_line(const YAML::Mark& mark, int fallback) { return mark.line >= 0 ? mark.line + 1 : fallback; }
+
+std::string yaml_join(const std::string& where, std::string_view key) {
+  return where.empty() ? std::string(key) : where + "." + std::string(key);
+}
+
+std::vector<YamlEntry> yaml_map_entries(const YAML::Node& node, const std::string& where, int line,
+                                        std::span<const std::string_view> known, const YamlFail& fail) {
+  std::vector<YamlEntry> out;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const int key_line = yaml_line(it->first.Mark(), line);
+    if (!it->first.IsScalar()) fail(key_line, where, "keys must be plain names, got " + describe_yaml_value(it->first));
+    std::string key = it->first.Scalar();
+    for (const YamlEntry& e : out)
+      if (e.key == key) fail(key_line, yaml_join(where, key), "duplicate key (first given on line " + std::to_string(e.line) + ")");
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      std::string expected;
+      for (std::string_view k : known) expected += (expected.empty() ? "" : ", ") + std::string(k);
+      fail(key_line, yaml_join(where, key), "unknown key; expected one of: " + expected);
+    }
+    out.push_back({std::move(key), key_line, it->second});
+  }
+  return out;
+}
+
+YamlInt parse_yaml_int(std::string_view text, int& value) {
+  std::string_view t = text;
+  if (t.starts_with('+') && !t.starts_with("+-")) t.remove_prefix(1);
+  int v = 0;
+  const auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (r.ec == std::errc::result_out_of_range) return YamlInt::out_of_range;
+  if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty()) return YamlInt::not_an_integer;
+  value = v;
+  return YamlInt::ok;
+}
 
 std::string describe_yaml_value(const YAML::Node& n) {
   switch (n.Type()) {

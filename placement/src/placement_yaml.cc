@@ -30,40 +30,19 @@ class PlacementReader {
     throw_config_error(source_ + ":" + std::to_string(line) + ": " + where + ": " + message);
   }
 
-  // Map keys as (key, key line, value), rejecting non-scalar, duplicate and unknown keys.
-  struct Entry {
-    std::string key;
-    int line;
-    YAML::Node value;
-  };
+  // Map keys as (key, key line, value), rejecting non-scalar, duplicate and unknown keys: the
+  // config schema's reader (core/yaml_text.h).
+  using Entry = YamlEntry;
   std::vector<Entry> entries(const YAML::Node& map, const std::string& where, int line,
                              const std::vector<std::string_view>& known) const {
-    std::vector<Entry> out;
-    for (auto it = map.begin(); it != map.end(); ++it) {
-      const int key_line = line_of(it->first, line);
-      if (!it->first.IsScalar()) fail(key_line, where, "keys must be plain names, got " + describe(it->first));
-      const std::string key = it->first.Scalar();
-      for (const Entry& e : out)
-        if (e.key == key) fail(key_line, where + "." + key, "duplicate key (first given on line " + std::to_string(e.line) + ")");
-      bool ok = false;
-      std::string expected;
-      for (std::string_view k : known) {
-        ok = ok || k == key;
-        expected += (expected.empty() ? "" : ", ") + std::string(k);
-      }
-      if (!ok) fail(key_line, where + "." + key, "unknown key; expected one of: " + expected);
-      out.push_back({key, key_line, it->second});
-    }
-    return out;
+    return yaml_map_entries(map, where, line, known,
+                            [this](int l, const std::string& w, const std::string& m) { fail(l, w, m); });
   }
 
   int integer(const YAML::Node& n, int line, const std::string& where) const {
     if (!n.IsScalar() || n.Tag() == "!") fail(line, where, "expected an integer, got " + describe(n));
-    const std::string& t = n.Scalar();
     int v = 0;
-    const auto r = std::from_chars(t.data(), t.data() + t.size(), v);
-    if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty())
-      fail(line, where, "expected an integer, got " + describe(n));
+    if (parse_yaml_int(n.Scalar(), v) != YamlInt::ok) fail(line, where, "expected an integer, got " + describe(n));
     return v;
   }
 

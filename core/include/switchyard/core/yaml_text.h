@@ -1,10 +1,15 @@
-// Small helpers for YAML error messages, shared by every reader of YAML files (the config
-// schema, placement files), so they name lines and values the same way.
+// The YAML reading machinery shared by every reader of YAML files (the config schema, placement
+// files): error lines and values named the same way, map keys checked the same way (plain,
+// unique, known), integers parsed the same way.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
 
+#include <functional>
+#include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace sy {
 
@@ -14,5 +19,24 @@ int yaml_line(const YAML::Mark& mark, int fallback);
 std::string describe_yaml_value(const YAML::Node& node);
 // The whole text of a YAML file; a config error "<path>: cannot open|read <what>: <errno text>".
 std::string read_yaml_file(const std::string& path, const std::string& what);
+
+// How a reader reports an error: "<source>:<line>: <where>: <message>". Must throw.
+using YamlFail = std::function<void(int line, const std::string& where, const std::string& message)>;
+
+// One key of a map, with the line it is on.
+struct YamlEntry {
+  std::string key;
+  int line = 0;
+  YAML::Node value;
+};
+// The entries of map `node` (at `where`, on `line`), in order; a non-scalar, duplicate or unknown
+// key (not in `known`) fails naming "<where>.<key>" and, for an unknown one, the known keys.
+std::vector<YamlEntry> yaml_map_entries(const YAML::Node& node, const std::string& where, int line,
+                                        std::span<const std::string_view> known, const YamlFail& fail);
+// "<where>.<key>", or just the key at the top (`where` empty).
+std::string yaml_join(const std::string& where, std::string_view key);
+// Integer text ("-3", "+7") into `value` (set only on ok).
+enum class YamlInt { ok, not_an_integer, out_of_range };
+YamlInt parse_yaml_int(std::string_view text, int& value);
 
 }  // namespace sy
