@@ -123,15 +123,23 @@ int64_t encoded_expert_floats(const ExpertGeometry& geometry, bool with_moments)
 
 void encode_expert(const ExpertGeometry& geometry, const ExpertTensors& tensors, bool with_moments,
                    std::vector<float>& out) {
-  out.reserve(out.size() + static_cast<size_t>(encoded_expert_floats(geometry, with_moments)));
+  if (!with_moments) return encode_expert_weights(geometry, tensors.weights, out);
+  out.reserve(out.size() + static_cast<size_t>(encoded_expert_floats(geometry, true)));
+  const auto append = [&](const TensorMap& map, const std::string& n) {
+    const Tensor& t = find_tensor(map, n, "encode_expert");
+    out.insert(out.end(), t.values().begin(), t.values().end());
+  };
   for (const std::string& name : geometry.tensor_names()) {
-    const auto append = [&](const TensorMap& map, const std::string& n) {
-      const Tensor& t = find_tensor(map, n, "encode_expert");
-      out.insert(out.end(), t.values().begin(), t.values().end());
-    };
     append(tensors.weights, name);
-    if (with_moments)
-      for (const char* suffix : kMomentSuffixes) append(tensors.moments, name + suffix);
+    for (const char* suffix : kMomentSuffixes) append(tensors.moments, name + suffix);
+  }
+}
+
+void encode_expert_weights(const ExpertGeometry& geometry, const TensorMap& weights, std::vector<float>& out) {
+  out.reserve(out.size() + static_cast<size_t>(encoded_expert_floats(geometry, false)));
+  for (const std::string& name : geometry.tensor_names()) {
+    const Tensor& t = find_tensor(weights, name, "encode_expert");
+    out.insert(out.end(), t.values().begin(), t.values().end());
   }
 }
 

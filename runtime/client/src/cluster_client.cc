@@ -285,14 +285,13 @@ class RemoteExperts final : public ExpertCompute {
     output = exchange(h, /*forward=*/true, pack(h.plan, d, [&](int64_t r) { return tokens.data() + layout.token[r] * d; }), d);
   }
 
-  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
+  void backward(int stage, const cpu::DispatchLayout&, const Tensor& grad_output, Tensor& grad_input) override {
     auto hit = handles_.find(stage);
     if (hit == handles_.end()) throw Error(ErrorKind::runtime, "backward of stage " + std::to_string(stage) + " without forward");
     const int64_t d = grad_output.dim(1);
     grad_input = exchange(hit->second, /*forward=*/false,
                           pack(hit->second.plan, d, [&](int64_t r) { return grad_output.data() + r * d; }), d);
     handles_.erase(hit);
-    (void)layout;
   }
 
  private:
@@ -494,7 +493,7 @@ void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
         *c.request.mutable_load_model()->mutable_placement() = placed.placement();
       }
       wire::key_to_pb(key, 1, c.request.mutable_load_model()->add_experts());
-      encode_expert(ExpertGeometry::of(model, key.stage), {w, {}, 0}, false, payloads[worker]);
+      encode_expert_weights(ExpertGeometry::of(model, key.stage), w, payloads[worker]);
     }
   }
   std::vector<Call> calls;

@@ -30,6 +30,20 @@ cpu::ExpertWeights weights_of(const TensorMap& w, Activation activation) {
   return out;
 }
 
+// The expert FFN forward of `rows` rows; `saved` keeps the activations for backward (null: the
+// runner's workspace holds them, forward-only).
+FfnForwardArgs ffn_forward_args(const ExpertGeometry& g, const TensorMap& weights, const float* x, int64_t rows,
+                                float* out, float* saved) {
+  return FfnForwardArgs{.x = x,
+                        .rows = rows,
+                        .d = g.d,
+                        .f = g.f,
+                        .activation = g.activation,
+                        .w = weights_of(weights, g.activation),
+                        .out = out,
+                        .saved = saved};
+}
+
 cpu::ExpertGrads grads_of(TensorMap& g, Activation activation) {
   cpu::ExpertGrads out;
   if (activation == Activation::swiglu) out.gate = g.at("gate_proj.weight").data();
@@ -139,15 +153,7 @@ void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float
   act.rows = rows;
   act.x.assign(x, x + rows * g.d);
   act.saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(rows, g.f, g.activation)));
-  if (rows > 0)
-    run_op(FfnForwardArgs{.x = x,
-                          .rows = rows,
-                          .d = g.d,
-                          .f = g.f,
-                          .activation = g.activation,
-                          .w = weights_of(r.weights, g.activation),
-                          .out = out,
-                          .saved = act.saved.data()});
+  if (rows > 0) run_op(ffn_forward_args(g, r.weights, x, rows, out, act.saved.data()));
   std::lock_guard cache_lock(cache_mutex_);
   if (!cache_.emplace(cache_key, std::move(act)).second) {
     throw_runtime_error("expert store: request " + std::to_string(request_id) + " ran forward on " + key.to_string() +
@@ -160,14 +166,7 @@ void ExpertStore::infer(const ExpertKey& key, const float* x, int64_t rows, floa
   std::shared_lock lock(mutex_);
   const Replica& r = replica(key);
   const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
-  if (rows > 0)  // saved null: the activations live in the runner's workspace
-    run_op(FfnForwardArgs{.x = x,
-                          .rows = rows,
-                          .d = g.d,
-                          .f = g.f,
-                          .activation = g.activation,
-                          .w = weights_of(r.weights, g.activation),
-                          .out = out});
+  if (rows > 0) run_op(ffn_forward_args(g, r.weights, x, rows, out, nullptr));  // null: the runner's workspace
 }
 
 void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows,

@@ -432,7 +432,7 @@ class Worker {
       const ExpertKey key = wire::key_from_pb(s);
       require(store.holds(key), "this worker holds no replica of " + key.to_string());
       const ExpertGeometry geometry = ExpertGeometry::of(config_->model, key.stage);
-      encode_expert(geometry, {op.what() == pb::FetchOp::GRADS ? store.grads(key) : store.weights(key), {}, 0}, false, out);
+      encode_expert_weights(geometry, op.what() == pb::FetchOp::GRADS ? store.grads(key) : store.weights(key), out);
     }
     return out;
   }

@@ -72,6 +72,8 @@ struct ExpertTensors {
 // `what` when the payload is shorter or longer than the geometry needs.
 void encode_expert(const ExpertGeometry& geometry, const ExpertTensors& tensors, bool with_moments,
                    std::vector<float>& out);  // appends
+// The same codec without moments, straight from a weight (or gradient) map: no copy of it.
+void encode_expert_weights(const ExpertGeometry& geometry, const TensorMap& weights, std::vector<float>& out);
 ExpertTensors decode_expert(const ExpertGeometry& geometry, std::span<const float> payload, bool with_moments,
                             const std::string& what);
 // Floats one encoded expert takes.
