@@ -434,12 +434,16 @@ std::string store_scalar(const Field& f, const Scope& s, std::string_view text) 
       break;
     }
     case Type::real: {
-      std::string_view t = text;
-      if (t.starts_with('+') && !t.starts_with("+-")) t.remove_prefix(1);
       double v = 0;
-      auto r = std::from_chars(t.data(), t.data() + t.size(), v);
-      if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty()) return quoted();
-      if (!std::isfinite(v)) return "expected a finite number, got \"" + std::string(text) + "\"";
+      if (!parse_yaml_double(text, v)) {
+        double any = 0;
+        std::string_view t = text;
+        if (t.starts_with('+')) t.remove_prefix(1);
+        const auto r = std::from_chars(t.data(), t.data() + t.size(), any);
+        if (r.ec == std::errc() && r.ptr == t.data() + t.size() && !t.empty())
+          return "expected a finite number, got \"" + std::string(text) + "\"";
+        return quoted();
+      }
       *std::get<double*>(f.slot(s)) = v;
       value = v;
       break;
@@ -864,6 +868,16 @@ YamlInt parse_yaml_int(std::string_view text, int& value) {
   if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty()) return YamlInt::not_an_integer;
   value = v;
   return YamlInt::ok;
+}
+
+bool parse_yaml_double(std::string_view text, double& value) {
+  std::string_view t = text;
+  if (t.starts_with('+') && !t.starts_with("+-")) t.remove_prefix(1);
+  double v = 0;
+  const auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (r.ec != std::errc() || r.ptr != t.data() + t.size() || t.empty() || !std::isfinite(v)) return false;
+  value = v;
+  return true;
 }
 
 std::string describe_yaml_value(const YAML::Node& n) {

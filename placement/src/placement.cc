@@ -1,6 +1,7 @@
 #include "switchyard/placement/placement.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <set>
 
@@ -55,6 +56,19 @@ std::vector<int64_t> worker_replica_bytes(const Placement& placement, const Mode
   return bytes;
 }
 
+void check_shares(const ExpertKey& key, const std::vector<double>& shares, size_t replicas) {
+  const std::string where = "placement entry " + key.to_string() + ": shares";
+  if (shares.size() != replicas)
+    throw_config_error(where + " lists " + std::to_string(shares.size()) + " numbers for " + std::to_string(replicas) +
+                       " workers");
+  double sum = 0;
+  for (double s : shares) {
+    if (!(s >= 0.0) || !std::isfinite(s)) throw_config_error(where + ": " + std::to_string(s) + " is not a number >= 0");
+    sum += s;
+  }
+  if (std::fabs(sum - 1.0) > 1e-6) throw_config_error(where + " sum to " + std::to_string(sum) + ", not 1");
+}
+
 namespace {
 std::string mib(int64_t bytes) {
   char buf[32];
@@ -102,12 +116,26 @@ void Placement::validate(const ModelConfig& model, int workers) const {
       if (!seen.insert(w).second)
         throw_config_error("placement entry " + key.to_string() + ": worker " + std::to_string(w) + " listed twice");
     }
+    if (auto it = shares.find(key); it != shares.end()) check_shares(key, it->second, list.size());
   }
+  for (const auto& [key, s] : shares)
+    if (!replicas.count(key)) throw_config_error("placement: shares for " + key.to_string() + ", which is not placed");
   for (int l = 0; l < model.layers; ++l)
     for (size_t s = 0; s < model.layer.stages.size(); ++s)
       for (int e = 0; e < model.layer.stages[s].experts; ++e)
         if (!replicas.count({l, static_cast<int>(s), e}))
           throw_config_error("placement: expert " + ExpertKey{l, static_cast<int>(s), e}.to_string() + " is not placed");
+}
+
+std::vector<double> Placement::shares_of(const ExpertKey& key) const {
+  if (auto it = shares.find(key); it != shares.end()) return it->second;
+  const size_t n = workers_for(key).size();
+  return std::vector<double>(n, 1.0 / static_cast<double>(n));
+}
+
+bool Placement::holds(int worker, const ExpertKey& key) const {
+  auto it = replicas.find(key);
+  return it != replicas.end() && std::find(it->second.begin(), it->second.end(), worker) != it->second.end();
 }
 
 const std::vector<int>& Placement::workers_for(const ExpertKey& key) const {

@@ -2,6 +2,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cmath>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -63,6 +64,7 @@ class PlacementReader {
                    std::to_string(it->second.second) + "); list each expert once, with all its workers");
         }
         p.replicas[key] = e.workers;
+        if (!e.shares.empty()) p.shares[key] = e.shares;
       }
     }
     check_every_expert_placed(p, list.line);
@@ -74,6 +76,7 @@ class PlacementReader {
   struct PlacedExperts {
     int layer = 0, stage = 0, first = 0, last = 0;
     std::vector<int> workers;
+    std::vector<double> shares;  // empty: even
   };
 
   // `placement.experts`: the top-level map, its one key, and a non-empty list.
@@ -95,7 +98,7 @@ class PlacementReader {
 
   PlacedExperts read_entry(const YAML::Node& item, const std::string& where, int line) const {
     if (!item.IsMap()) fail(line, where, "expected a map {layer, stage, expert(s), workers}, got " + describe(item));
-    const std::vector<Entry> keys = entries(item, where, line, {"layer", "stage", "expert", "experts", "workers"});
+    const std::vector<Entry> keys = entries(item, where, line, {"layer", "stage", "expert", "experts", "workers", "shares"});
     const auto find = [&](std::string_view k) -> const Entry* {
       for (const Entry& e : keys)
         if (e.key == k) return &e;
@@ -126,6 +129,7 @@ class PlacementReader {
     }
     expert_range(out, expert_e, experts_e, where);
     out.workers = worker_ids(*workers_e, where + ".workers");
+    if (const Entry* shares_e = find("shares")) out.shares = shares(*shares_e, out.workers.size(), where + ".shares");
     return out;
   }
 
@@ -185,6 +189,25 @@ class PlacementReader {
     return ids;
   }
 
+  // One number >= 0 per worker of the entry, summing to 1 within 1e-6.
+  std::vector<double> shares(const Entry& e, size_t workers, const std::string& where) const {
+    const YAML::Node& v = e.value;
+    if (!v.IsSequence() || v.size() != workers)
+      fail(e.line, where, "expected a list of " + std::to_string(workers) + " numbers (one per worker), got " + describe(v));
+    std::vector<double> out;
+    double sum = 0;
+    for (std::size_t j = 0; j < v.size(); ++j) {
+      double x = -1;
+      const bool number = v[j].IsScalar() && v[j].Tag() != "!" && parse_yaml_double(v[j].Scalar(), x);
+      if (!number || !(x >= 0.0) || !std::isfinite(x))
+        fail(line_of(v[j], e.line), where, "expected a number >= 0, got " + describe(v[j]));
+      out.push_back(x);
+      sum += x;
+    }
+    if (std::fabs(sum - 1.0) > 1e-6) fail(e.line, where, "the shares sum to " + std::to_string(sum) + ", not 1");
+    return out;
+  }
+
   void check_every_expert_placed(const Placement& p, int list_line) const {
     for (int l = 0; l < model_.layers; ++l)
       for (int s = 0; s < static_cast<int>(model_.layer.stages.size()); ++s)
@@ -238,7 +261,17 @@ std::string placement_to_yaml(const Placement& placement) {
     out += "    - {layer: " + std::to_string(key.layer) + ", stage: " + std::to_string(key.stage) +
            ", expert: " + std::to_string(key.expert) + ", workers: [";
     for (std::size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + std::to_string(list[i]);
-    out += "]}\n";
+    out += "]";
+    if (auto it = placement.shares.find(key); it != placement.shares.end()) {
+      out += ", shares: [";
+      for (std::size_t i = 0; i < it->second.size(); ++i) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.17g", it->second[i]);
+        out += (i ? ", " : "") + std::string(buf);
+      }
+      out += "]";
+    }
+    out += "}\n";
   }
   return out;
 }

@@ -1,19 +1,44 @@
 #include "switchyard/scheduler/dispatch_plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 
 namespace sy {
 namespace {
 
-// The live replica with the fewest planned rows; ties to the first listed.
-int least_loaded(const std::vector<int>& replicas, const std::set<int>& live, const WorkerLoad& load) {
-  int best = -1;
-  for (int w : replicas) {
-    if (!live.count(w)) continue;
-    if (best < 0 || load[static_cast<size_t>(w)] < load[static_cast<size_t>(best)]) best = w;
+// Rows per replica of one expert: each live replica's share of `rows` (shares renormalized over
+// the live replicas; an even split when they have none), rounded down, and the remaining rows
+// one each to the largest fractional parts, ties to the replica with fewer planned rows, then
+// to the one listed first.
+std::vector<int64_t> split_rows(int64_t rows, const std::vector<int>& replicas, const std::vector<double>& shares,
+                                const std::set<int>& live, const WorkerLoad& load) {
+  const size_t n = replicas.size();
+  std::vector<double> weight(n, 0.0);
+  double total = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (live.count(replicas[i])) total += weight[i] = shares[i];
+  if (total <= 0)  // live replicas with no planned share: even
+    for (size_t i = 0; i < n; ++i) total += weight[i] = live.count(replicas[i]) ? 1.0 : 0.0;
+  std::vector<int64_t> out(n, 0);
+  std::vector<double> frac(n, -1.0);
+  int64_t given = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (weight[i] <= 0) continue;
+    const double exact = static_cast<double>(rows) * weight[i] / total;
+    out[i] = std::min(rows, static_cast<int64_t>(std::floor(exact)));
+    frac[i] = exact - static_cast<double>(out[i]);
+    given += out[i];
   }
-  return best;
+  std::vector<size_t> order;
+  for (size_t i = 0; i < n; ++i)
+    if (weight[i] > 0) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (frac[a] != frac[b]) return frac[a] > frac[b];
+    return load[static_cast<size_t>(replicas[a])] < load[static_cast<size_t>(replicas[b])];
+  });
+  for (size_t k = 0; given < rows; k = (k + 1) % order.size(), ++given) ++out[order[k]];
+  return out;
 }
 
 }  // namespace
@@ -29,23 +54,29 @@ Result<DispatchPlan> plan_dispatch(std::span<const int64_t> expert_offsets, int 
     auto it = placement.replicas.find(key);
     if (it == placement.replicas.end() || it->second.empty())
       return Status(StatusCode::invalid_argument, "the placement has no replica of " + key.to_string());
-    int64_t live_replicas = 0;
-    for (int w : it->second) {
+    const std::vector<int>& replicas = it->second;
+    bool any_live = false;
+    for (int w : replicas) {
       if (w < 0) return Status(StatusCode::invalid_argument, "the placement names worker " + std::to_string(w));
       if (static_cast<size_t>(w) >= load.size()) load.resize(static_cast<size_t>(w) + 1, 0);
-      live_replicas += live.count(w) ? 1 : 0;
+      any_live |= live.count(w) > 0;
     }
-    if (live_replicas == 0)
+    if (!any_live)
       return Status(StatusCode::unreachable, "no live replica of " + key.to_string() + " (all its workers are dead)");
-    const int64_t chunk = (rows + live_replicas - 1) / live_replicas;
-    for (int64_t off = 0; off < rows; off += chunk) {
-      const int64_t n = std::min(chunk, rows - off);
-      const int w = least_loaded(it->second, live, load);
-      load[static_cast<size_t>(w)] += n;
+    const std::vector<double> shares = placement.shares_of(key);
+    if (shares.size() != replicas.size())
+      return Status(StatusCode::invalid_argument, "the placement's shares of " + key.to_string() + " do not match its replicas");
+    const std::vector<int64_t> split = split_rows(rows, replicas, shares, live, load);
+    int64_t off = 0;
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      if (split[r] == 0) continue;
+      const int w = replicas[r];
+      load[static_cast<size_t>(w)] += split[r];
       WorkerDispatch& wd = by_worker[w];
       wd.worker = w;
-      wd.chunks.push_back({static_cast<int>(i), begin + off, n});
-      wd.rows += n;
+      wd.chunks.push_back({static_cast<int>(i), begin + off, split[r]});
+      wd.rows += split[r];
+      off += split[r];
     }
   }
   for (auto& [w, wd] : by_worker) plan.workers.push_back(std::move(wd));

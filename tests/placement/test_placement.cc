@@ -70,12 +70,42 @@ TEST(DispatchPlan, SplitsEachExpertOverItsLiveReplicasLeastLoadedFirst) {
   EXPECT_EQ(plan->workers[1].chunks[1].expert, 1);
   EXPECT_EQ(plan->workers[1].rows, 9);
   EXPECT_EQ(load, (WorkerLoad{5, 9}));  // workers of experts with rows
-  // Load carries over: both chunks of expert 0 (2 + 1 rows) go to the less loaded worker 0.
+  // Load carries over: expert 0's odd row goes to the less loaded worker 0 (2 + 1 rows).
   auto next = plan_dispatch(std::vector<int64_t>{0, 3, 3, 3}, 0, 0, p, {0, 1, 2}, load);
   ASSERT_TRUE(next.is_ok());
-  ASSERT_EQ(next->workers.size(), 1u);
-  EXPECT_EQ(next->workers[0].chunks.size(), 2u);
-  EXPECT_EQ(load, (WorkerLoad{8, 9}));
+  ASSERT_EQ(next->workers.size(), 2u);
+  EXPECT_EQ(next->workers[0].rows, 2);
+  EXPECT_EQ(next->workers[1].rows, 1);
+  EXPECT_EQ(load, (WorkerLoad{7, 10}));
+}
+
+TEST(DispatchPlan, HonoursPlannedSharesAndRenormalizesOverLiveReplicas) {
+  Placement p;
+  p.replicas[{0, 0, 0}] = {2, 0, 1};
+  p.shares[{0, 0, 0}] = {0.5, 0.375, 0.125};
+  WorkerLoad load;
+  auto plan = plan_dispatch(std::vector<int64_t>{0, 800}, 0, 0, p, {0, 1, 2}, load);
+  ASSERT_TRUE(plan.is_ok()) << plan.status().to_string();
+  EXPECT_EQ(load, (WorkerLoad{300, 100, 400}));
+  // Packing order follows the replica list: worker 2's rows come first in the layout.
+  EXPECT_EQ(plan->workers[2].worker, 2);
+  EXPECT_EQ(plan->workers[2].chunks[0].first_row, 0);
+  EXPECT_EQ(plan->workers[0].chunks[0].first_row, 400);
+  // Worker 2 dead: its share goes to the others in proportion (0.75 : 0.25).
+  WorkerLoad after;
+  auto without = plan_dispatch(std::vector<int64_t>{0, 800}, 0, 0, p, {0, 1}, after);
+  ASSERT_TRUE(without.is_ok());
+  EXPECT_EQ(after, (WorkerLoad{600, 200, 0}));
+  // Rounding: 7 rows at 0.5/0.375/0.125 = 3.5/2.625/0.875 → 3/2/0 then the 2 left over to the
+  // largest remainders (0.875, 0.625).
+  WorkerLoad small;
+  ASSERT_TRUE(plan_dispatch(std::vector<int64_t>{0, 7}, 0, 0, p, {0, 1, 2}, small).is_ok());
+  EXPECT_EQ(small, (WorkerLoad{3, 1, 3}));
+  // A zero share gets no rows while another replica is live.
+  p.shares[{0, 0, 0}] = {1.0, 0.0, 0.0};
+  WorkerLoad all_on_2;
+  ASSERT_TRUE(plan_dispatch(std::vector<int64_t>{0, 9}, 0, 0, p, {0, 1, 2}, all_on_2).is_ok());
+  EXPECT_EQ(all_on_2, (WorkerLoad{0, 0, 9}));
 }
 
 TEST(DispatchPlan, ReplanWithoutADeadWorkerMovesItsRowsToSurvivors) {

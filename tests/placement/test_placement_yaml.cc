@@ -71,6 +71,30 @@ TEST(PlacementYaml, RoundTripsThroughYaml) {
   const std::string yaml = placement_to_yaml(p);
   const Placement again = parse_placement(yaml, "round.yaml", model(), 3, kPlenty);
   EXPECT_EQ(again.replicas, p.replicas) << yaml;
+  EXPECT_TRUE(again.shares.empty());
+  p.shares[{0, 0, 0}] = {0.1, 0.9};  // shares round-trip exactly (17 significant digits)
+  p.shares[{1, 1, 1}] = {1.0 / 3.0, 2.0 / 3.0};
+  const Placement with_shares = parse_placement(placement_to_yaml(p), "round.yaml", model(), 3, kPlenty);
+  EXPECT_EQ(with_shares.shares, p.shares);
+  EXPECT_EQ(with_shares.shares_of({0, 0, 1}), (std::vector<double>{0.5, 0.5}));  // none planned: even
+}
+
+TEST(PlacementYaml, SharesAreOnePerWorkerNonNegativeSummingToOne) {
+  const std::string rest = kAll.substr(kAll.find('\n') + 1);
+  const Placement p = parse_placement(kHead + "    - {layer: 0, stage: 0, expert: 0, workers: [0, 2], shares: [0.75, 0.25]}\n" + rest,
+                                      "p.yaml", model(), 3, kPlenty);
+  EXPECT_EQ(p.shares_of({0, 0, 0}), (std::vector<double>{0.75, 0.25}));
+  const auto with = [&](const std::string& shares) {
+    return kHead + "    - {layer: 0, stage: 0, expert: 0, workers: [0, 2], shares: " + shares + "}\n" + rest;
+  };
+  expect_error(with("[1.0]"), "p.yaml:3: placement.experts[0].shares: ", "expected a list of 2 numbers (one per worker)");
+  expect_error(with("[0.5, 0.6]"), "p.yaml:3: placement.experts[0].shares: ", "the shares sum to 1.1");
+  expect_error(with("[1.5, -0.5]"), "p.yaml:3: placement.experts[0].shares: ", "expected a number >= 0, got \"-0.5\"");
+  expect_error(with("[half, 0.5]"), "p.yaml:3: placement.experts[0].shares: ", "expected a number >= 0, got \"half\"");
+  expect_error(with("[.nan, 1]"), "p.yaml:3: placement.experts[0].shares: ", "expected a number >= 0");
+  Placement bad = p;
+  bad.shares[{0, 0, 1}] = {0.5, 0.5};  // expert 1 has one replica
+  EXPECT_THROW(bad.validate(model(), 3), Error);
 }
 
 TEST(PlacementYaml, ErrorsNameFileLineAndEntry) {

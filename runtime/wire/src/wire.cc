@@ -8,8 +8,11 @@ namespace sy::wire {
 Placement placement_from_pb(const PlacementEntries& entries, uint64_t epoch) {
   Placement p;
   p.epoch = epoch;
-  for (const pb::ExpertPlacement& e : entries)
-    p.replicas[{e.layer(), e.stage(), e.expert()}] = std::vector<int>(e.workers().begin(), e.workers().end());
+  for (const pb::ExpertPlacement& e : entries) {
+    const ExpertKey key{e.layer(), e.stage(), e.expert()};
+    p.replicas[key] = std::vector<int>(e.workers().begin(), e.workers().end());
+    if (e.shares_size() > 0) p.shares[key] = std::vector<double>(e.shares().begin(), e.shares().end());
+  }
   return p;
 }
 
@@ -20,6 +23,8 @@ void placement_to_pb(const Placement& placement, PlacementEntries* out) {
     e->set_stage(key.stage);
     e->set_expert(key.expert);
     for (int w : workers) e->add_workers(w);
+    if (auto it = placement.shares.find(key); it != placement.shares.end())
+      for (double x : it->second) e->add_shares(x);
   }
 }
 

@@ -38,5 +38,7 @@ std::string yaml_join(const std::string& where, std::string_view key);
 // Integer text ("-3", "+7") into `value` (set only on ok).
 enum class YamlInt { ok, not_an_integer, out_of_range };
 YamlInt parse_yaml_int(std::string_view text, int& value);
+// A plain decimal number (a leading '+' allowed), finite; false (value untouched) otherwise.
+bool parse_yaml_double(std::string_view text, double& value);
 
 }  // namespace sy

@@ -9,6 +9,7 @@
 //       - {layer: 0, stage: 0, expert: 0, workers: [0, 2]}     # one expert, two replicas
 //       - {layer: 0, stage: 0, experts: "1-7", workers: [1]}   # a range "a-b" (inclusive)
 //       - {layer: 1, stage: 0, experts: all, workers: [0, 1]}  # every expert of that stage
+//       - {layer: 0, stage: 0, expert: 8, workers: [1, 3], shares: [0.75, 0.25]}
 //
 // Entry keys: `layer`, `stage` (required), exactly one of `expert` (an index) or `experts`
 // (an index, "a-b" or "all"), and `workers` (a non-empty list of worker ids, first = primary).
@@ -35,6 +36,8 @@ class Placement {
  public:
   uint64_t epoch = 0;
   std::map<ExpertKey, std::vector<int>> replicas;  // expert → worker ids (first = primary)
+  // expert → share of its rows per replica, parallel to `replicas`; absent: an even split.
+  std::map<ExpertKey, std::vector<double>> shares;
 
   // default_placement(model, workers, 1).
   static Placement round_robin(const ModelConfig& model, int workers);
@@ -43,9 +46,17 @@ class Placement {
   // naming the entry.
   void validate(const ModelConfig& model, int workers) const;
   const std::vector<int>& workers_for(const ExpertKey& key) const;
+  // The shares of `key`'s replicas (even when none were planned), parallel to workers_for(key).
+  std::vector<double> shares_of(const ExpertKey& key) const;
+  // Whether worker `worker` holds a replica of `key`.
+  bool holds(int worker, const ExpertKey& key) const;
   // The experts a worker holds a replica of, in key order.
   std::vector<ExpertKey> experts_on(int worker) const;
 };
+
+// Throws a config error naming `key` unless `shares` has one number >= 0 per replica, summing
+// to 1 within 1e-6.
+void check_shares(const ExpertKey& key, const std::vector<double>& shares, size_t replicas);
 
 // Weight bytes of one routed expert of `stage`: swiglu 3·f·d floats, gelu 2·f·d (4 bytes each).
 int64_t expert_weight_bytes(const ModelConfig& model, int stage);

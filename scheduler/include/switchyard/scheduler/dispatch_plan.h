@@ -4,9 +4,12 @@
 //     ─► plan_dispatch(layout's expert offsets, placement, live workers, load)
 //     ─► DispatchPlan: per worker, the chunks of expert rows it computes, in packing order
 //
-// Each expert's rows are cut into one chunk per live replica (equal shares, the last chunk
-// shorter); each chunk goes to the replica with the fewest rows planned so far (counting the
-// `load` carried in, e.g. from earlier stages of the step), ties to the replica listed first.
+// Each expert's rows are split over its live replicas in the placement's shares (an even split
+// when it has none; shares renormalized over the live replicas): each replica gets its share
+// rounded down, and the rows left over go one each to the largest remainders, ties to the
+// replica with the fewest rows planned so far (counting the `load` carried in, e.g. from
+// earlier stages of the step), then to the replica listed first. A replica's rows form one
+// chunk, in replica order.
 // Dead workers (not in `live`) get nothing: re-planning without a worker is how a failed worker's
 // rows move to its surviving replicas. The plan is computed once per forward and reused by the
 // backward of the same dispatch (the handle keeps it), so both move the same rows.
