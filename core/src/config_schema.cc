@@ -328,6 +328,24 @@ const Field kSchema[] = {
      return std::to_string(c.replicas) + " exceeds workers (" + std::to_string(c.workers) +
             "); replicas of one expert need distinct workers";
    }},
+  {.path = "cluster.rebalance", .type = Type::map,
+   .help = "Live rebalancing: the load window the coordinator keeps, and when it re-plans the placement "
+           "of a training job by itself (`switchyard rebalance` works whatever these say)."},
+  {.path = "cluster.rebalance.every_steps", .def = "0", .bound = Bound::ge, .limit = 0,
+   .help = "Plan from the window every this many training steps and rebalance when it gains min_gain; "
+           "0 = only on request.", .slot = SY_CLUSTER(rebalance.every_steps)},
+  {.path = "cluster.rebalance.window_steps", .def = "100", .bound = Bound::ge, .limit = 1,
+   .help = "Steps of per-expert load the coordinator keeps (the window `status` and the planner use).",
+   .slot = SY_CLUSTER(rebalance.window_steps)},
+  {.path = "cluster.rebalance.min_gain", .type = Type::real, .def = "0.05", .bound = Bound::ge,
+   .help = "Rebalance when the planned balancedness exceeds the current one by at least this.",
+   .slot = SY_CLUSTER(rebalance.min_gain)},
+  {.path = "cluster.rebalance.slots_per_worker", .def = "0", .bound = Bound::ge, .limit = 0,
+   .help = "Replicas one worker may hold per (layer, stage) in a planned placement; 0 = ceil(experts / "
+           "workers) + 1.", .slot = SY_CLUSTER(rebalance.slots_per_worker)},
+  {.path = "cluster.rebalance.max_moves", .def = "-1", .bound = Bound::ge, .limit = -1,
+   .help = "Replicas one rebalance may create (copy to a new holder); -1 = no cap.",
+   .slot = SY_CLUSTER(rebalance.max_moves)},
 };
 // clang-format on
 

@@ -9,8 +9,12 @@ DispatchLayout build_dispatch_layout(const Selection& sel) {
   DispatchLayout layout;
   layout.experts = sel.experts;
   layout.expert_offsets.assign(static_cast<size_t>(sel.experts + 1), 0);
-  for (int64_t s = 0; s < sel.slots(); ++s)
-    if (sel.kept[static_cast<size_t>(s)]) ++layout.expert_offsets[static_cast<size_t>(sel.expert[static_cast<size_t>(s)] + 1)];
+  layout.routed.assign(static_cast<size_t>(sel.experts), 0);
+  for (int64_t s = 0; s < sel.slots(); ++s) {
+    const auto e = static_cast<size_t>(sel.expert[static_cast<size_t>(s)]);
+    ++layout.routed[e];
+    if (sel.kept[static_cast<size_t>(s)]) ++layout.expert_offsets[e + 1];
+  }
   for (int64_t i = 0; i < sel.experts; ++i)
     layout.expert_offsets[static_cast<size_t>(i + 1)] += layout.expert_offsets[static_cast<size_t>(i)];
   const int64_t rows = layout.expert_offsets.back();

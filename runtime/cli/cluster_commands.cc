@@ -14,7 +14,10 @@
 #include "flags.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/error.h"
+#include "switchyard/core/yaml_text.h"
 #include "switchyard/client/cluster_client.h"
+#include "switchyard/placement/load_trace.h"
+#include "switchyard/placement/planner.h"
 #include "switchyard/coordinator/coordinator.h"
 #include "switchyard/launch/launch_env.h"
 #include "switchyard/engine/layer_engine.h"
@@ -132,6 +135,43 @@ int cli_up(const std::vector<std::string>& args) {
   return failures ? 1 : 0;
 }
 
+namespace {
+
+// The load window: balancedness, each worker's rows with a bar, the clients, the rebalances.
+void print_load(const ClusterStatus& s) {
+  const ClusterLoad& l = s.load;
+  if (l.steps == 0) {
+    std::cout << "load window: no steps reported yet\n";
+  } else {
+    std::cout << "load window: " << l.steps << " steps, balancedness " << std::fixed << std::setprecision(3)
+              << l.balancedness << " (worst layer/stage " << l.balancedness_min << ")\n";
+    std::vector<int64_t> per_worker(static_cast<size_t>(l.workers), 0);
+    for (int r = 0; r < l.rows; ++r)
+      for (int w = 0; w < l.workers; ++w) per_worker[static_cast<size_t>(w)] += l.worker_rows[static_cast<size_t>(r * l.workers + w)];
+    const int64_t most = std::max<int64_t>(1, *std::max_element(per_worker.begin(), per_worker.end()));
+    for (int w = 0; w < l.workers; ++w) {
+      const int64_t rows = per_worker[static_cast<size_t>(w)];
+      std::cout << "  worker " << std::left << std::setw(4) << w << std::right << std::setw(12) << rows << " rows  "
+                << std::string(static_cast<size_t>(40 * rows / most), '#') << "\n";
+    }
+  }
+  for (const ClientStatus& c : s.clients)
+    std::cout << "client " << c.id << " '" << c.name << "': " << (c.training ? "training, step " + std::to_string(c.step) : "serving")
+              << ", epoch " << c.placement_epoch << ", last report " << c.ms_since_report << " ms ago\n";
+  for (const RebalanceInfo& r : s.rebalances) {
+    std::cout << "rebalance epoch " << r.epoch << " (" << r.source << "): " << r.state << ", " << r.moved_replicas
+              << " replicas moved (" << r.moved_bytes << " bytes), " << r.dropped_replicas << " dropped, pause "
+              << std::setprecision(1) << r.pause_ms << " ms, planned balancedness " << std::setprecision(3)
+              << r.balancedness_before << " -> " << r.balancedness_after;
+    if (r.at_step) std::cout << ", at step " << r.at_step;
+    if (!r.error.empty()) std::cout << ": " << r.error;
+    std::cout << "\n";
+  }
+  std::cout.unsetf(std::ios::fixed);
+}
+
+}  // namespace
+
 int cli_status(const std::vector<std::string>& args) {
   Flags flags(args, "status", {"cluster"});
   const ClusterStatus s = query_cluster_status(flags.get("cluster"));
@@ -147,6 +187,7 @@ int cli_status(const std::vector<std::string>& args) {
     if (!w.alive) std::cout << "  (no heartbeat for " << w.ms_since_heartbeat << " ms)";
     std::cout << "\n";
   }
+  print_load(s);
   if (!s.placement.replicas.empty()) {
     std::map<int, std::vector<std::string>> by_worker;
     for (const auto& [key, workers] : s.placement.replicas)
@@ -172,6 +213,42 @@ int cli_checkpoint(const std::vector<std::string>& args) {
   else client.restore_checkpoint(flags.get("dir"));
   std::cout << (args[0] == "save" ? "saved" : "restored") << " every worker's experts "
             << (args[0] == "save" ? "to " : "from ") << flags.get("dir") << "\n";
+  return 0;
+}
+
+int cli_rebalance(const std::vector<std::string>& args) {
+  Flags flags(args, "rebalance", {"cluster", "placement", "slots-per-worker", "max-moves"}, {"from-load"});
+  RebalanceOptions o;
+  if (flags.has("placement") == flags.has("from-load"))
+    throw UsageError("rebalance: give exactly one of --placement P.yaml and --from-load");
+  if (flags.has("placement")) o.placement_yaml = read_yaml_file(flags.get("placement"), "placement file");
+  o.from_load = flags.has("from-load");
+  o.slots_per_worker = static_cast<int>(flags.get_int("slots-per-worker", 0));
+  o.max_moves = static_cast<int>(flags.get_int("max-moves", -2));
+  if (o.slots_per_worker < 0 || o.max_moves < -2) throw UsageError("rebalance: --slots-per-worker >= 1, --max-moves >= 0");
+  const RebalanceInfo r = rebalance_cluster(flags.get("cluster"), o);
+  std::cout << "epoch: " << r.epoch << "\nmoved_replicas: " << r.moved_replicas << "\nmoved_bytes: " << r.moved_bytes
+            << "\ndropped_replicas: " << r.dropped_replicas << "\npause_ms: " << r.pause_ms
+            << "\nbalancedness_before: " << r.balancedness_before << "\nbalancedness_after: " << r.balancedness_after << "\n";
+  return 0;
+}
+
+int cli_placement_load(const std::vector<std::string>& args) {
+  Flags flags(args, "placement load", {"cluster", "out"});
+  const ClusterStatus s = query_cluster_status(flags.get("cluster"));
+  if (!s.model_loaded) throw Error(ErrorKind::config, "placement load: the cluster at " + flags.get("cluster") + " has no model loaded");
+  const ClusterLoad& l = s.load;
+  LoadMatrix m;
+  m.experts = l.experts;
+  for (int r = 0; r < l.rows; ++r) {
+    m.layer.push_back(r);  // the trace's row index; the model gives (layer, stage)
+    m.stage.push_back(0);
+    m.row_experts.push_back(l.experts);
+  }
+  m.counts.assign(l.computed.begin(), l.computed.end());
+  write_load_trace(flags.get("out"), m);
+  std::cout << "wrote " << flags.get("out") << ": [" << l.rows << ", " << l.experts << "] rows computed over the last "
+            << l.steps << " steps\n";
   return 0;
 }
 

@@ -1,5 +1,5 @@
 // CLI commands of the distributed runtime: up, coordinator, worker, status, checkpoint,
-// shutdown, bench serve.
+// shutdown, rebalance, placement load, bench serve.
 #pragma once
 
 #include <string>
@@ -13,6 +13,8 @@ int cli_worker(const std::vector<std::string>& args);
 int cli_status(const std::vector<std::string>& args);
 int cli_checkpoint(const std::vector<std::string>& args);
 int cli_shutdown(const std::vector<std::string>& args);
+int cli_rebalance(const std::vector<std::string>& args);
+int cli_placement_load(const std::vector<std::string>& args);
 int cli_bench_serve(const std::vector<std::string>& args);
 
 }  // namespace sy

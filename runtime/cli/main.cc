@@ -1,6 +1,7 @@
 // switchyard: the command-line entry point. Every subcommand parses its own flags, reports
 // errors as `switchyard: error: ...` and exits with the error's code (config 2, input 3).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -154,7 +155,8 @@ int cmd_layer(const std::vector<std::string>& args) {
 }
 
 int cmd_train_toy(const std::vector<std::string>& args) {
-  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster"}, {"no-progress"});
+  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster", "skew"},
+              {"no-progress"});
   const Config cfg = load_config(flags.get("config"));
   ToyTaskOptions opt;
   opt.steps = static_cast<int>(flags.get_int("steps", opt.steps));
@@ -166,6 +168,8 @@ int cmd_train_toy(const std::vector<std::string>& args) {
   opt.student_seed += seed * 3;
   opt.data_seed += seed * 3;
   opt.progress = !flags.has("no-progress");
+  opt.skew = flags.get_double("skew", 0.0);
+  if (!(opt.skew >= 0) || !std::isfinite(opt.skew)) throw UsageError("train-toy: --skew must be a number >= 0");
   if (opt.steps < 1 || opt.sequences < 1 || opt.seq_len < 1) throw UsageError("train-toy: sizes must be >= 1");
   std::unique_ptr<ClusterClient> client;
   if (flags.has("cluster")) client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard train-toy");
@@ -221,7 +225,7 @@ usage:
                            [--attention A.npy | --importance I.npy]
   switchyard layer backward --config C --weights W --input X.npy --grad-output G.npy --out-dir D
                            [--attention A.npy | --importance I.npy]
-  switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--no-progress]
+  switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--skew S] [--no-progress]
   switchyard demo [--config C] [--steps N] [--tokens T]
   switchyard backends                         compiled and usable compute backends
 
@@ -235,6 +239,8 @@ cluster:
   switchyard checkpoint save|restore --cluster HOST:PORT --config C --dir D
   switchyard bench serve --cluster HOST:PORT --config C [--clients N] [--requests R] [--tokens T]
   switchyard shutdown --cluster HOST:PORT
+  switchyard rebalance --cluster HOST:PORT (--placement P.yaml | --from-load) [--slots-per-worker K] [--max-moves M]
+  switchyard placement load --cluster HOST:PORT --out L.npy      the coordinator's load window, [R, E]
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
 )";
 }
@@ -259,6 +265,8 @@ int run(int argc, char** argv) {
   if (cmd == "status") return cli_status(rest);
   if (cmd == "checkpoint") return cli_checkpoint(rest);
   if (cmd == "shutdown") return cli_shutdown(rest);
+  if (cmd == "rebalance") return cli_rebalance(rest);
+  if (cmd == "placement" && !rest.empty() && rest[0] == "load") return cli_placement_load({rest.begin() + 1, rest.end()});
   if (cmd == "backends") {
     std::cout << "compiled:";
     for (const std::string& n : compiled_backends()) std::cout << " " << n;

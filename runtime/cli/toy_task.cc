@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <iomanip>
+#include <optional>
 #include <ostream>
 
 #include "switchyard/client/cluster_client.h"
@@ -39,6 +41,50 @@ bool needs_importance(const ModelConfig& model) {
   for (const StageConfig& s : model.layer.stages)
     if (s.routing.kind == RoutingKind::dynamic) return true;
   return false;
+}
+
+SkewedTokens::SkewedTokens(const ModelConfig& model, double skew, uint64_t seed) : d(model.hidden_size) {
+  const int clusters = model.layer.stages.at(0).experts;
+  RandomStream rng(seed, "toy-skew");
+  std::vector<int> rank(static_cast<size_t>(clusters));
+  for (int i = 0; i < clusters; ++i) rank[static_cast<size_t>(i)] = i;
+  for (int i = clusters - 1; i > 0; --i)  // Fisher-Yates: which expert is hottest
+    std::swap(rank[static_cast<size_t>(i)], rank[static_cast<size_t>(rng.next_u64() % static_cast<uint64_t>(i + 1))]);
+  double total = 0;
+  std::vector<double> p(static_cast<size_t>(clusters));
+  for (int c = 0; c < clusters; ++c) total += p[static_cast<size_t>(c)] = 1.0 / std::pow(rank[static_cast<size_t>(c)] + 1.0, skew);
+  double acc = 0;
+  for (double v : p) cumulative.push_back(acc += v / total);
+  for (int c = 0; c < clusters; ++c) {
+    std::vector<float> u(static_cast<size_t>(d));
+    double norm = 0;
+    for (float& x : u) norm += static_cast<double>(x = rng.normal()) * x;
+    for (float& x : u) x = static_cast<float>(x / std::sqrt(norm));
+    dirs.push_back(std::move(u));
+  }
+}
+
+Tensor SkewedTokens::sample(int64_t tokens, RandomStream& rng) const {
+  Tensor x = random_tokens(tokens, d, rng);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const double r = rng.uniform(0.0f, 1.0f);
+    const size_t c = static_cast<size_t>(std::lower_bound(cumulative.begin(), cumulative.end(), r) - cumulative.begin());
+    const std::vector<float>& u = dirs[std::min(c, dirs.size() - 1)];
+    for (int64_t i = 0; i < d; ++i) x.data()[t * d + i] += 2.0f * u[static_cast<size_t>(i)];
+  }
+  return x;
+}
+
+// Adds `weight` × 3·u_(e mod E) to row e of every stage's router.
+void SkewedTokens::skew_router(TensorMap& weights, const ModelConfig& model, float weight) const {
+  for (size_t s = 0; s < model.layer.stages.size(); ++s) {
+    auto it = weights.find("stages." + std::to_string(s) + ".router.weight");
+    if (it == weights.end()) continue;
+    Tensor& w = it->second;
+    for (int64_t e = 0; e < w.dim(0); ++e)
+      for (int64_t i = 0; i < w.dim(1); ++i)
+        w.data()[e * w.dim(1) + i] += weight * 3.0f * dirs[static_cast<size_t>(e) % dirs.size()][static_cast<size_t>(i)];
+  }
 }
 
 namespace {
@@ -95,8 +141,16 @@ void print_summary(std::ostream& out, const ToyTaskResult& result, int steps) {
 ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std::ostream& out, ClusterClient* cluster) {
   const ModelConfig& model = config.require_model();
   const int64_t d = model.hidden_size, T = opt.sequences * opt.seq_len;
-  const TensorMap teacher = teacher_weights(model, opt.teacher_seed);
+  TensorMap teacher = teacher_weights(model, opt.teacher_seed);
   TensorMap student = init_layer_weights(model, opt.student_seed);
+  std::optional<SkewedTokens> skewed;
+  if (opt.skew > 0) {
+    skewed.emplace(model, opt.skew, opt.teacher_seed);
+    for (size_t s = 0; s < model.layer.stages.size(); ++s)  // the teacher routes by cluster only
+      if (auto it = teacher.find("stages." + std::to_string(s) + ".router.weight"); it != teacher.end()) it->second.fill(0.0f);
+    skewed->skew_router(teacher, model, 1.0f);
+    skewed->skew_router(student, model, 0.5f);
+  }
   LocalExperts teacher_experts(model, teacher, nullptr);
   LayerEngine teacher_layer(model, teacher, teacher_experts);
   if (cluster) {
@@ -113,7 +167,7 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
   RandomStream data(opt.data_seed, "toy-data");
   const bool dynamic = needs_importance(model);
   auto batch = [&](RandomStream& rng, Tensor& x, Tensor& attention) {
-    x = random_tokens(T, d, rng);
+    x = skewed ? skewed->sample(T, rng) : random_tokens(T, d, rng);
     if (dynamic) attention = random_attention(opt.sequences, opt.heads, opt.seq_len, 1.5f, rng);
   };
   RandomStream eval_rng(opt.data_seed, "toy-eval");
@@ -131,7 +185,9 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
   ToyTaskResult result;
   result.first_eval = evaluate();
   out << "train-toy: d=" << d << " stages=" << model.layer.stages.size() << " tokens/step=" << T
-      << " steps=" << opt.steps << " lr=" << opt.lr << "\n";
+      << " steps=" << opt.steps << " lr=" << opt.lr;
+  if (skewed) out << " skew=" << opt.skew;
+  out << "\n";
   out << "step 0 eval_mse " << std::setprecision(6) << result.first_eval << "\n";
   ProgressBar bar(opt.steps, "train-toy", opt.progress);
   const auto start = std::chrono::steady_clock::now();

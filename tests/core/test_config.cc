@@ -710,7 +710,13 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.transport",
                                          "cluster.worker_memory_mb",
                                          "cluster.placement",
-                                         "cluster.replicas"};
+                                         "cluster.replicas",
+                                         "cluster.rebalance",
+                                         "cluster.rebalance.every_steps",
+                                         "cluster.rebalance.window_steps",
+                                         "cluster.rebalance.min_gain",
+                                         "cluster.rebalance.slots_per_worker",
+                                         "cluster.rebalance.max_moves"};
   for (const std::string& key : keys) EXPECT_NE(md.find("| `" + key + "` |"), std::string::npos) << key;
   EXPECT_EQ(count(md, "\n| `"), keys.size()) << md;  // one row per setting, nothing else
   EXPECT_NE(md.find("| `model.hidden_size` | int > 0 | required |"), std::string::npos) << md;

@@ -13,6 +13,7 @@
 #include "switchyard/transport/control.h"
 #include "switchyard/transport/factory.h"
 #include "switchyard/wire/wire.h"
+#include "control_calls.h"
 
 namespace sy {
 namespace {
@@ -20,53 +21,10 @@ namespace pb = wire::pb;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 using Millis = std::chrono::milliseconds;
-
-// A control call at start-up or from a public call: failures throw naming `what`.
-template <class Request, class Reply>
-Reply call_or_throw(control::ControlClient& c, const Request& request, const std::string& what) {
-  auto reply = c.call<Request, Reply>(request);
-  if (!reply) throw Error(ErrorKind::transport, what + ": " + reply.status().to_string());
-  return std::move(reply).value();
-}
-
-// Control calls wait up to cluster.request_timeout_ms (its schema default until the coordinator
-// has told the client the configured value).
-std::unique_ptr<control::ControlClient> connect_control(const std::string& endpoint, const std::string& name,
-                                                        Millis call_timeout = Millis(ClusterConfig{}.request_timeout_ms)) {
-  auto [host, port] = control::parse_endpoint(endpoint);
-  control::ControlClient::Options o;
-  o.name = name;
-  o.call_timeout = call_timeout;
-  auto c = control::ControlClient::connect(host, port, o);
-  if (!c) throw Error(ErrorKind::transport, "coordinator " + endpoint + ": " + c.status().to_string());
-  return std::move(c).value();
-}
-
-pb::ClusterInfoReply fetch_info(control::ControlClient& c, const std::string& endpoint) {
-  return call_or_throw<pb::ClusterInfoRequest, pb::ClusterInfoReply>(c, {}, "coordinator " + endpoint);
-}
-
+using client_detail::call_or_throw;
+using client_detail::connect_control;
+using client_detail::fetch_info;
 }  // namespace
-
-ClusterStatus query_cluster_status(const std::string& coordinator) {
-  auto c = connect_control(coordinator, "switchyard status");
-  const pb::ClusterInfoReply info = fetch_info(*c, coordinator);
-  ClusterStatus s;
-  s.placement_epoch = info.placement_epoch();
-  s.workers_expected = info.workers_expected();
-  s.model_loaded = info.model_committed();
-  s.placement = wire::placement_from_pb(info.placement(), info.placement_epoch());
-  for (const pb::WorkerInfo& w : info.workers())
-    s.workers.push_back({w.worker_id(), w.pid(), w.host(), w.control_endpoint(), w.alive(), w.rows_forward(),
-                         w.rows_backward(), w.steps(), w.experts(), w.expert_bytes(), w.rows_per_s(),
-                         w.ms_since_heartbeat()});
-  return s;
-}
-
-void request_cluster_shutdown(const std::string& coordinator) {
-  auto c = connect_control(coordinator, "switchyard shutdown");
-  call_or_throw<pb::ShutdownRequest, pb::ShutdownReply>(*c, {}, "coordinator " + coordinator);
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -100,6 +58,11 @@ struct ClusterClient::Impl {
   Millis request_timeout{10000}, startup_timeout{120000}, liveness_check{500};
   std::vector<std::unique_ptr<ExpertCompute>> layer_experts;
   double worker_compute_seconds = 0;  // Σ over round trips of the slowest worker's compute
+  int client_id = 0;
+  // Load since the last report (pb::LoadCounts shape: [rows × experts], [rows × workers]).
+  pb::LoadCounts counts;
+  int stages = 1;
+  Clock::time_point last_report;
 
   Status usable(int w) const {
     auto it = links.find(w);
@@ -276,8 +239,10 @@ class RemoteExperts final : public ExpertCompute {
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override {
     ClusterClient::Impl& im = *client_.impl_;
     WorkerLoad load;
+    if (layer_ == 0 && stage == 0) client_.at_request_boundary();
     auto plan = plan_dispatch(layout.expert_offsets, layer_, stage, client_.placement_, im.live_workers(), load);
     if (!plan) wire::throw_error(plan.status());
+    client_.count_load(layer_, stage, layout, *plan);
     Handle& h = handles_[stage];
     h = Handle{std::move(plan).value(), im.next_request++};
     const int64_t d = tokens.dim(1);
@@ -439,6 +404,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   const int id = call_or_throw<pb::RegisterClientRequest, pb::RegisterClientReply>(*im.coordinator, reg,
                                                                                     "registering with " + coordinator)
                      .client_id();
+  im.client_id = id;
   transport::TransportOptions to;
   to.rank = id;
   to.world_size = 0;  // dynamic peers only: the workers
@@ -450,8 +416,11 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
 }
 
 ClusterClient::~ClusterClient() {
-  // Tell every worker we are leaving so it drops our endpoint at once (best effort).
+  // Tell the coordinator and every worker we are leaving (best effort).
   Impl& im = *impl_;
+  pb::UnregisterClientRequest bye;
+  bye.set_client_id(im.client_id);
+  (void)im.coordinator->call<pb::UnregisterClientRequest, pb::UnregisterClientReply>(bye);
   for (auto& [id, l] : im.links) {
     if (!l.broken.empty()) continue;
     pb::WorkerRequest req;
@@ -490,6 +459,7 @@ void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
         c.worker = worker;
         c.request.set_request_id(im.next_request++);
         c.request.mutable_load_model()->set_model_yaml(yaml);
+        c.request.mutable_load_model()->set_placement_epoch(placed.placement_epoch());
         *c.request.mutable_load_model()->mutable_placement() = placed.placement();
       }
       wire::key_to_pb(key, 1, c.request.mutable_load_model()->add_experts());
@@ -530,6 +500,19 @@ void ClusterClient::use_loaded_model(const Config& config) {
 }
 
 void ClusterClient::make_layer_experts(int layers) {
+  Impl& im = *impl_;
+  const ModelConfig& m = im.config->model;
+  im.stages = static_cast<int>(m.layer.stages.size());
+  int widest = 0;
+  for (const StageConfig& st : m.layer.stages) widest = std::max(widest, st.experts);
+  im.counts.Clear();
+  im.counts.set_rows(layers * im.stages);
+  im.counts.set_experts(widest);
+  im.counts.set_workers(workers());
+  im.counts.mutable_routed()->Resize(layers * im.stages * widest, 0);
+  im.counts.mutable_computed()->Resize(layers * im.stages * widest, 0);
+  im.counts.mutable_worker_rows()->Resize(layers * im.stages * workers(), 0);
+  im.last_report = Clock::now();
   impl_->layer_experts.clear();
   for (int l = 0; l < layers; ++l) impl_->layer_experts.push_back(std::make_unique<RemoteExperts>(*this, l));
 }
@@ -556,11 +539,83 @@ std::vector<Call> broadcast(ClusterClient::Impl& im, Fill fill) {
 }
 }  // namespace
 
+// ---- load statistics and placement epochs -----------------------------------------------------
+
+void ClusterClient::count_load(int layer, int stage, const cpu::DispatchLayout& layout, const DispatchPlan& plan) {
+  Impl& im = *impl_;
+  const int row = layer * im.stages + stage, experts = im.counts.experts(), workers = im.counts.workers();
+  for (int64_t e = 0; e < layout.experts && e < experts; ++e) {
+    const int64_t computed = layout.expert_rows(e);
+    const int64_t routed = layout.routed.empty() ? computed : layout.routed[static_cast<size_t>(e)];
+    im.counts.mutable_routed()->at(row * experts + static_cast<int>(e)) += routed;
+    im.counts.mutable_computed()->at(row * experts + static_cast<int>(e)) += computed;
+  }
+  for (const WorkerDispatch& wd : plan.workers)
+    if (wd.worker < workers) im.counts.mutable_worker_rows()->at(row * workers + wd.worker) += wd.rows;
+}
+
+ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
+  Impl& im = *impl_;
+  pb::LoadReportRequest req;
+  req.set_client_id(im.client_id);
+  req.set_step(step_number);
+  req.set_training(training_);
+  req.set_placement_epoch(placement_.epoch);
+  *req.mutable_counts() = im.counts;
+  for (auto* field : {im.counts.mutable_routed(), im.counts.mutable_computed(), im.counts.mutable_worker_rows()})
+    std::fill(field->begin(), field->end(), 0);
+  im.last_report = Clock::now();
+  pb::LoadReportReply reply = call_or_throw<pb::LoadReportRequest, pb::LoadReportReply>(
+      *im.coordinator, req, "reporting load to " + im.coordinator_endpoint);
+  if (reply.placement_epoch() > placement_.epoch && reply.placement_size() > 0)
+    switch_placement(wire::placement_from_pb(reply.placement(), reply.placement_epoch()));
+  return {reply.migrate_epoch(), reply.migrate_at_step()};
+}
+
+void ClusterClient::switch_placement(Placement next) {
+  SY_LOG(info, "runtime", impl_->name << ": placement epoch " << placement_.epoch << " -> " << next.epoch);
+  placement_ = std::move(next);
+}
+
+// Serving: between requests, at most every kReportInterval, report and follow the epoch.
+void ClusterClient::at_request_boundary() {
+  constexpr auto kReportInterval = 20ms;
+  if (training_ || Clock::now() - impl_->last_report < kReportInterval) return;
+  report_load(0);
+}
+
+// After a training step that ran a rebalance's copies: wait for the coordinator's verdict and
+// switch to the new epoch when it committed, before the next forward.
+void ClusterClient::await_epoch(uint64_t epoch) {
+  Impl& im = *impl_;
+  const auto deadline = Clock::now() + 3 * im.request_timeout;
+  for (;;) {
+    pb::EpochDecisionRequest req;
+    req.set_epoch(epoch);
+    const pb::EpochDecisionReply r = call_or_throw<pb::EpochDecisionRequest, pb::EpochDecisionReply>(
+        *im.coordinator, req, "asking " + im.coordinator_endpoint + " about epoch " + std::to_string(epoch));
+    if (r.verdict() == pb::EpochDecisionReply::COMMITTED) return switch_placement(wire::placement_from_pb(r.placement(), epoch));
+    if (r.verdict() == pb::EpochDecisionReply::ABORTED) {
+      SY_LOG(warn, "runtime", im.name << ": rebalance to epoch " << epoch << " failed; staying on epoch " << placement_.epoch);
+      return;
+    }
+    if (Clock::now() > deadline)
+      throw Error(ErrorKind::transport, "the coordinator decided nothing about epoch " + std::to_string(epoch) + " within " +
+                                            std::to_string(3 * im.request_timeout.count()) + " ms");
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
 void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step_number) {
+  Impl& im = *impl_;
+  const MigrateAsk load = report_load(step_number);
+  const bool migrate = load.epoch > 0 && load.at_step == step_number;
   std::vector<Call> calls = broadcast(*impl_, [&](pb::WorkerRequest& r) {
     pb::StepOp* op = r.mutable_step();
     op->set_step(step_number);
     op->set_group_size(static_cast<uint32_t>(group_size));
+    op->set_placement_epoch(placement_.epoch);
+    if (migrate) op->set_migrate_epoch(load.epoch);
     pb::AdamWSettings* a = op->mutable_adamw();
     a->set_lr(adamw.lr);
     a->set_beta1(adamw.beta1);
@@ -568,7 +623,23 @@ void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step
     a->set_eps(adamw.eps);
     a->set_weight_decay(adamw.weight_decay);
   });
-  impl_->call(calls, "STEP " + std::to_string(step_number), &exchange_seconds_);
+  // Workers holding replicas must step; the others (new holders of a rebalance) are best effort.
+  std::vector<Call> optional;
+  for (auto it = calls.begin(); it != calls.end();)
+    if (placement_.experts_on(it->worker).empty()) {
+      optional.push_back(std::move(*it));
+      it = calls.erase(it);
+    } else {
+      ++it;
+    }
+  const std::string what = "STEP " + std::to_string(step_number);
+  const auto start = Clock::now();
+  if (Status s = im.send(calls, what); !s) wire::throw_error(s);
+  const Status sent_optional = im.send(optional, what);
+  if (Status s = im.receive(calls, what, start, &exchange_seconds_); !s) wire::throw_error(s);
+  if (Status s = sent_optional ? im.receive(optional, what, start, nullptr) : sent_optional; !s)
+    SY_LOG(warn, "runtime", im.name << ": " << s.message() << " (the worker holds no replica; training goes on)");
+  if (migrate) await_epoch(load.epoch);
 }
 
 namespace {

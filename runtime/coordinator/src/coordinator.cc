@@ -1,173 +1,190 @@
 #include "switchyard/coordinator/coordinator.h"
 
-#include <chrono>
-#include <map>
-#include <mutex>
+#include <algorithm>
 
-#include "switchyard/wire/wire.h"
+#include "coordinator_impl.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/log.h"
-#include "switchyard/placement/placement.h"
-#include "switchyard/transport/control.h"
-#include "switchyard/transport/rendezvous.h"
 
 namespace sy {
-namespace {
-namespace pb = switchyard::cluster;
-using Clock = std::chrono::steady_clock;
-using transport::Result;
-using transport::Status;
-using transport::StatusCode;
-}  // namespace
 
-struct Coordinator::Impl {
-  struct Member {
-    pb::WorkerInfo info;
-    Clock::time_point last_heartbeat;
-    Clock::time_point previous_heartbeat;
-    uint64_t previous_rows = 0;
-    bool reported_dead = false;
-  };
-
-  ClusterConfig cluster;
-  std::unique_ptr<control::ControlServer> server;
-  std::unique_ptr<transport::RendezvousService> rendezvous;
-  mutable std::mutex mu;
-  std::map<int, Member> members;
-  uint64_t epoch = 0;
-  std::string model_yaml;
-  bool committed = false;
-  Placement placement;
-  std::atomic<bool> shutdown{false};
-  int next_client_id = wire::kFirstClientId;
-
-  bool alive(const Member& m, Clock::time_point now) const {
-    return now - m.last_heartbeat < std::chrono::milliseconds(cluster.dead_after_ms);
+Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::RegisterWorkerRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  int id = req.requested_id();
+  if (id < 0) {
+    id = 0;
+    while (members.count(id)) ++id;
   }
+  if (id >= cluster.workers)
+    return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is outside the cluster's " +
+                                                    std::to_string(cluster.workers) + " workers (cluster.workers)");
+  if (members.count(id) && alive(members[id], Clock::now()))
+    return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is already registered by pid " +
+                                                    std::to_string(members[id].info.pid()));
+  Member m;
+  m.info.set_worker_id(id);
+  m.info.set_pid(req.pid());
+  m.info.set_host(req.host());
+  m.info.set_control_endpoint(req.control_endpoint());
+  m.last_heartbeat = m.previous_heartbeat = Clock::now();
+  members[id] = m;
+  SY_LOG(info, "runtime", "worker " << id << " registered: pid " << req.pid() << " at " << req.control_endpoint());
+  pb::RegisterWorkerReply reply;
+  reply.set_worker_id(id);
+  reply.set_workers_expected(cluster.workers);
+  reply.set_heartbeat_ms(static_cast<uint32_t>(cluster.heartbeat_ms));
+  reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
+  reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
+  reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
+  reply.set_transport(cluster.transport);
+  return reply;
+}
 
-  Result<pb::RegisterWorkerReply> register_worker(const pb::RegisterWorkerRequest& req) {
-    std::lock_guard<std::mutex> lock(mu);
-    int id = req.requested_id();
-    if (id < 0) {
-      id = 0;
-      while (members.count(id)) ++id;
-    }
-    if (id >= cluster.workers)
-      return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is outside the cluster's " +
-                                                      std::to_string(cluster.workers) + " workers (cluster.workers)");
-    if (members.count(id) && alive(members[id], Clock::now()))
-      return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is already registered by pid " +
-                                                      std::to_string(members[id].info.pid()));
-    Member m;
-    m.info.set_worker_id(id);
-    m.info.set_pid(req.pid());
-    m.info.set_host(req.host());
-    m.info.set_control_endpoint(req.control_endpoint());
-    m.last_heartbeat = m.previous_heartbeat = Clock::now();
-    members[id] = m;
-    SY_LOG(info, "runtime", "worker " << id << " registered: pid " << req.pid() << " at " << req.control_endpoint());
-    pb::RegisterWorkerReply reply;
-    reply.set_worker_id(id);
-    reply.set_workers_expected(cluster.workers);
-    reply.set_heartbeat_ms(static_cast<uint32_t>(cluster.heartbeat_ms));
-    reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
-    reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
-    reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
-    reply.set_transport(cluster.transport);
-    return reply;
-  }
+// Client data-plane ids count up from kFirstClientId and are never reused (a late message of a
+// departed client must never match a new one).
+Result<pb::RegisterClientReply> Coordinator::Impl::register_client(const pb::RegisterClientRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (next_client_id > transport::kMaxRank)
+    return Status(StatusCode::no_resource, "the cluster has given out every client id");
+  pb::RegisterClientReply reply;
+  reply.set_client_id(next_client_id++);
+  Client& c = clients[reply.client_id()];
+  c.info.set_client_id(reply.client_id());
+  c.info.set_name(req.name());
+  c.last_report = Clock::now();
+  SY_LOG(info, "runtime", "client '" << req.name() << "' registered as data-plane id " << reply.client_id());
+  return reply;
+}
 
-  // Client data-plane ids count up from kFirstClientId and are never reused (a late message of a
-  // departed client must never match a new one).
-  Result<pb::RegisterClientReply> register_client(const pb::RegisterClientRequest& req) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (next_client_id > transport::kMaxRank)
-      return Status(StatusCode::no_resource, "the cluster has given out every client id");
-    pb::RegisterClientReply reply;
-    reply.set_client_id(next_client_id++);
-    SY_LOG(info, "runtime", "client '" << req.name() << "' registered as data-plane id " << reply.client_id());
-    return reply;
-  }
+Result<pb::UnregisterClientReply> Coordinator::Impl::unregister_client(const pb::UnregisterClientRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  clients.erase(req.client_id());
+  changed.notify_all();
+  return pb::UnregisterClientReply{};
+}
 
-  Result<pb::HeartbeatReply> heartbeat(const pb::HeartbeatRequest& req) {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = members.find(req.worker_id());
-    if (it == members.end()) return Status(StatusCode::invalid_argument, "heartbeat from unregistered worker " + std::to_string(req.worker_id()));
-    Member& m = it->second;
-    const auto now = Clock::now();
-    const double secs = std::chrono::duration<double>(now - m.previous_heartbeat).count();
-    const uint64_t rows = req.rows_forward() + req.rows_backward();
-    if (secs >= 1.0) {  // recent load over about a second
-      m.info.set_rows_per_s(static_cast<double>(rows - m.previous_rows) / secs);
-      m.previous_rows = rows;
-      m.previous_heartbeat = now;
-    }
-    m.last_heartbeat = now;
-    m.reported_dead = false;
-    m.info.set_rows_forward(req.rows_forward());
-    m.info.set_rows_backward(req.rows_backward());
-    m.info.set_experts(req.experts());
-    m.info.set_expert_bytes(req.expert_bytes());
-    m.info.set_steps(req.steps());
-    pb::HeartbeatReply reply;
-    reply.set_placement_epoch(epoch);
-    return reply;
+Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = members.find(req.worker_id());
+  if (it == members.end()) return Status(StatusCode::invalid_argument, "heartbeat from unregistered worker " + std::to_string(req.worker_id()));
+  Member& m = it->second;
+  const auto now = Clock::now();
+  const double secs = std::chrono::duration<double>(now - m.previous_heartbeat).count();
+  const uint64_t rows = req.rows_forward() + req.rows_backward();
+  if (secs >= 1.0) {  // recent load over about a second
+    m.info.set_rows_per_s(static_cast<double>(rows - m.previous_rows) / secs);
+    m.previous_rows = rows;
+    m.previous_heartbeat = now;
   }
+  m.last_heartbeat = now;
+  m.reported_dead = false;
+  m.info.set_rows_forward(req.rows_forward());
+  m.info.set_rows_backward(req.rows_backward());
+  m.info.set_experts(req.experts());
+  m.info.set_expert_bytes(req.expert_bytes());
+  m.info.set_steps(req.steps());
+  pb::HeartbeatReply reply;
+  reply.set_placement_epoch(epoch);
+  return reply;
+}
 
-  Result<pb::ClusterInfoReply> info() const {
-    std::lock_guard<std::mutex> lock(mu);
-    pb::ClusterInfoReply reply;
-    reply.set_placement_epoch(epoch);
-    reply.set_workers_expected(cluster.workers);
-    const auto now = Clock::now();
-    for (const auto& [id, m] : members) {
-      pb::WorkerInfo* w = reply.add_workers();
-      *w = m.info;
-      w->set_alive(alive(m, now));
-      w->set_ms_since_heartbeat(static_cast<uint64_t>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(now - m.last_heartbeat).count()));
-    }
-    reply.set_model_yaml(model_yaml);
-    reply.set_model_committed(committed);
-    wire::placement_to_pb(placement, reply.mutable_placement());
-    reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
-    reply.set_ucx_tls(cluster.ucx_tls);
-    reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
-    reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
-    reply.set_liveness_check_ms(static_cast<uint32_t>(cluster.liveness_check_ms));
-    reply.set_transport(cluster.transport);
-    return reply;
+Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
+  std::lock_guard<std::mutex> lock(mu);
+  pb::ClusterInfoReply reply;
+  reply.set_placement_epoch(epoch);
+  reply.set_workers_expected(cluster.workers);
+  const auto now = Clock::now();
+  for (const auto& [id, m] : members) {
+    pb::WorkerInfo* w = reply.add_workers();
+    *w = m.info;
+    w->set_alive(alive(m, now));
+    w->set_ms_since_heartbeat(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - m.last_heartbeat).count()));
   }
+  for (const auto& [id, c] : clients) {
+    pb::ClientInfo* ci = reply.add_clients();
+    *ci = c.info;
+    ci->set_ms_since_report(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - c.last_report).count()));
+  }
+  reply.set_model_yaml(model_yaml);
+  reply.set_model_committed(committed);
+  wire::placement_to_pb(placement, reply.mutable_placement());
+  reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
+  reply.set_ucx_tls(cluster.ucx_tls);
+  reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
+  reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
+  reply.set_liveness_check_ms(static_cast<uint32_t>(cluster.liveness_check_ms));
+  reply.set_transport(cluster.transport);
+  if (model) *reply.mutable_load() = load.to_pb();
+  if (migration) *reply.add_rebalances() = migration->record;
+  for (const pb::RebalanceRecord& r : history) *reply.add_rebalances() = r;
+  return reply;
+}
 
-  Result<pb::PlanPlacementReply> plan(const pb::PlanPlacementRequest& req) {
-    std::lock_guard<std::mutex> lock(mu);
-    try {
-      const Config cfg = load_config_string(req.model_yaml(), "model from client");
-      Placement p = cluster_placement(cfg.model, cluster);  // YAML file or round-robin; memory checked
-      p.validate(cfg.model, cluster.workers);
-      placement = std::move(p);
-    } catch (const Error& e) {
-      return Status(StatusCode::invalid_argument, e.what());
-    }
-    placement.epoch = ++epoch;
-    model_yaml = req.model_yaml();
-    committed = false;
-    SY_LOG(info, "runtime", "placement epoch " << epoch << ": " << placement.replicas.size() << " experts");
-    pb::PlanPlacementReply reply;
-    reply.set_placement_epoch(epoch);
-    wire::placement_to_pb(placement, reply.mutable_placement());
-    return reply;
+Result<pb::PlanPlacementReply> Coordinator::Impl::plan(const pb::PlanPlacementRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (migration) return Status(StatusCode::invalid_argument, "a rebalance to epoch " + std::to_string(migration->next.epoch) + " is in progress");
+  try {
+    auto cfg = std::make_unique<Config>(load_config_string(req.model_yaml(), "model from client"));
+    Placement p = cluster_placement(cfg->model, cluster);  // YAML file or round-robin; memory checked
+    p.validate(cfg->model, cluster.workers);
+    placement = std::move(p);
+    const ModelConfig& m = cfg->model;
+    int widest = 0;
+    for (const StageConfig& st : m.layer.stages) widest = std::max(widest, st.experts);
+    load.reset(m.layers * static_cast<int>(m.layer.stages.size()), widest, cluster.workers,
+               cluster.rebalance.window_steps);
+    model = std::move(cfg);
+  } catch (const Error& e) {
+    return Status(StatusCode::invalid_argument, e.what());
   }
+  placement.epoch = epoch = last_epoch = last_epoch + 1;
+  model_yaml = req.model_yaml();
+  committed = false;
+  max_training_step = last_policy_step = 0;
+  SY_LOG(info, "runtime", "placement epoch " << epoch << ": " << placement.replicas.size() << " experts");
+  pb::PlanPlacementReply reply;
+  reply.set_placement_epoch(epoch);
+  wire::placement_to_pb(placement, reply.mutable_placement());
+  return reply;
+}
 
-  Result<pb::CommitPlacementReply> commit(const pb::CommitPlacementRequest& req) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (req.placement_epoch() != epoch)
-      return Status(StatusCode::invalid_argument, "commit of placement epoch " + std::to_string(req.placement_epoch()) +
-                                                      " but the current epoch is " + std::to_string(epoch));
-    committed = true;
-    return pb::CommitPlacementReply{};
+Result<pb::CommitPlacementReply> Coordinator::Impl::commit(const pb::CommitPlacementRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (req.placement_epoch() != epoch)
+    return Status(StatusCode::invalid_argument, "commit of placement epoch " + std::to_string(req.placement_epoch()) +
+                                                    " but the current epoch is " + std::to_string(epoch));
+  committed = true;
+  return pb::CommitPlacementReply{};
+}
+
+Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (!model) return Status(StatusCode::invalid_argument, "load report before a model was loaded");
+  if (Status s = load.add(req); !s) return s;
+  Client& c = clients[req.client_id()];
+  c.info.set_client_id(req.client_id());
+  c.info.set_placement_epoch(req.placement_epoch());
+  c.info.set_training(req.training());
+  c.info.set_step(req.step());
+  c.last_report = Clock::now();
+  if (req.training()) {
+    max_training_step = std::max(max_training_step, req.step());
+    if (migration && migration->at_step_n > 0 && req.step() >= migration->at_step_n && !migration->step_reached)
+      migration->step_reached = Clock::now();
+    maybe_rebalance_by_policy(req.step());
   }
-};
+  changed.notify_all();
+  pb::LoadReportReply reply;
+  reply.set_placement_epoch(epoch);
+  if (req.placement_epoch() < epoch) wire::placement_to_pb(placement, reply.mutable_placement());
+  if (migration && migration->at_step && migration->at_step_n > 0) {
+    reply.set_migrate_epoch(migration->next.epoch);
+    reply.set_migrate_at_step(migration->at_step_n);
+  }
+  return reply;
+}
 
 Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<Impl>()) {
   impl_->cluster = cluster;
@@ -180,24 +197,29 @@ Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<
   impl_->server = std::make_unique<control::ControlServer>(so);
   impl_->rendezvous = std::make_unique<transport::RendezvousService>(*impl_->server);
   Impl* im = impl_.get();
-  impl_->server->on<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(
-      [im](const pb::RegisterWorkerRequest& r, const control::PeerInfo&) { return im->register_worker(r); });
-  impl_->server->on<pb::RegisterClientRequest, pb::RegisterClientReply>(
-      [im](const pb::RegisterClientRequest& r, const control::PeerInfo&) { return im->register_client(r); });
-  impl_->server->on<pb::HeartbeatRequest, pb::HeartbeatReply>(
-      [im](const pb::HeartbeatRequest& r, const control::PeerInfo&) { return im->heartbeat(r); });
-  impl_->server->on<pb::ClusterInfoRequest, pb::ClusterInfoReply>(
+  control::ControlServer& sv = *impl_->server;
+#define SY_HANDLE(Req, Rep, method) \
+  sv.on<pb::Req, pb::Rep>([im](const pb::Req& r, const control::PeerInfo&) { return im->method(r); })
+  SY_HANDLE(RegisterWorkerRequest, RegisterWorkerReply, register_worker);
+  SY_HANDLE(RegisterClientRequest, RegisterClientReply, register_client);
+  SY_HANDLE(UnregisterClientRequest, UnregisterClientReply, unregister_client);
+  SY_HANDLE(HeartbeatRequest, HeartbeatReply, heartbeat);
+  SY_HANDLE(PlanPlacementRequest, PlanPlacementReply, plan);
+  SY_HANDLE(CommitPlacementRequest, CommitPlacementReply, commit);
+  SY_HANDLE(LoadReportRequest, LoadReportReply, report_load);
+  SY_HANDLE(RebalanceRequest, RebalanceReply, rebalance);
+  SY_HANDLE(RebalanceStatusRequest, RebalanceStatusReply, rebalance_status);
+  SY_HANDLE(EpochDecisionRequest, EpochDecisionReply, epoch_decision);
+  SY_HANDLE(MigrationReportRequest, MigrationReportReply, migration_report);
+#undef SY_HANDLE
+  sv.on<pb::ClusterInfoRequest, pb::ClusterInfoReply>(
       [im](const pb::ClusterInfoRequest&, const control::PeerInfo&) { return im->info(); });
-  impl_->server->on<pb::PlanPlacementRequest, pb::PlanPlacementReply>(
-      [im](const pb::PlanPlacementRequest& r, const control::PeerInfo&) { return im->plan(r); });
-  impl_->server->on<pb::CommitPlacementRequest, pb::CommitPlacementReply>(
-      [im](const pb::CommitPlacementRequest& r, const control::PeerInfo&) { return im->commit(r); });
-  impl_->server->on<pb::ShutdownRequest, pb::ShutdownReply>([im](const pb::ShutdownRequest&, const control::PeerInfo& peer) {
+  sv.on<pb::ShutdownRequest, pb::ShutdownReply>([im](const pb::ShutdownRequest&, const control::PeerInfo& peer) {
     SY_LOG(info, "runtime", "shutdown requested by " << peer.name << " (" << peer.endpoint << ")");
     im->shutdown = true;
     return Result<pb::ShutdownReply>(pb::ShutdownReply{});
   });
-  impl_->server->start();
+  sv.start();
 }
 
 Coordinator::~Coordinator() { stop(); }
@@ -229,9 +251,13 @@ void Coordinator::check_liveness() {
                                          << ") is dead: no heartbeat for " << impl_->cluster.dead_after_ms << " ms");
     }
   }
+  impl_->changed.notify_all();
 }
 
 void Coordinator::stop() {
+  impl_->shutdown = true;
+  impl_->changed.notify_all();
+  impl_->join_driver();
   if (impl_->server) impl_->server->stop();
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <variant>
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/log.h"
@@ -17,6 +18,7 @@
 #include "switchyard/transport/rendezvous.h"
 #include "switchyard/wire/wire.h"
 #include "switchyard/worker/expert_store.h"
+#include "replica_copy.h"
 
 namespace sy {
 namespace {
@@ -39,7 +41,23 @@ struct ClientConnection {
 struct PendingStep {
   ClientConnection* client;
   uint64_t request_id;
+  uint64_t placement_epoch;  // the epoch the client routed this step with
+  uint64_t migrate_epoch;    // run this prepared epoch's copies after the step
 };
+
+// A rebalance this worker was told about (MigrateRequest), until its verdict.
+struct Migration {
+  uint64_t epoch = 0;
+  Placement next;
+  std::vector<pb::ReplicaCopy> copies;
+  bool at_step = false;             // copies run inside the step that asks for them
+  uint64_t copied_at_step = 0;      // the step whose boundary they used (training)
+  bool copied = false;
+  std::vector<ExpertKey> added;     // replicas the copies made here (discarded on abort)
+};
+
+// Control-thread requests for the serving thread (which owns the store and the transport).
+using Task = std::variant<pb::MigrateRequest, pb::EpochNoticeRequest>;
 
 // A request that fails with this is answered with its ErrorInfo; the client is kept.
 void require(bool ok, const std::string& message) {
@@ -71,6 +89,15 @@ class Worker {
     server_ = std::make_unique<control::ControlServer>(so);
     server_->on<pb::AttachRequest, pb::AttachReply>(
         [this](const pb::AttachRequest& req, const control::PeerInfo&) { return attach(req); });
+    server_->on<pb::MigrateRequest, pb::MigrateReply>([this](const pb::MigrateRequest& req, const control::PeerInfo&) {
+      queue_task(req);
+      return Result<pb::MigrateReply>(pb::MigrateReply{});
+    });
+    server_->on<pb::EpochNoticeRequest, pb::EpochNoticeReply>(
+        [this](const pb::EpochNoticeRequest& req, const control::PeerInfo&) {
+          queue_task(req);
+          return Result<pb::EpochNoticeReply>(pb::EpochNoticeReply{});
+        });
     server_->start();
   }
 
@@ -181,9 +208,113 @@ class Worker {
     }
   }
 
+  void queue_task(Task task) {
+    std::lock_guard<std::mutex> lock(tasks_mu_);
+    tasks_.push_back(std::move(task));
+  }
+
+  // Runs the rebalance tasks the control thread queued, in order.
+  void run_tasks() {
+    std::vector<Task> tasks;
+    {
+      std::lock_guard<std::mutex> lock(tasks_mu_);
+      tasks.swap(tasks_);
+    }
+    for (Task& t : tasks) {
+      if (auto* m = std::get_if<pb::MigrateRequest>(&t)) prepare_migration(*m);
+      else epoch_notice(std::get<pb::EpochNoticeRequest>(t));
+    }
+  }
+
+  void prepare_migration(const pb::MigrateRequest& req) {
+    if (!store_) {
+      CopyOutcome refused;
+      refused.ok = false;
+      refused.error = "no model loaded on this worker";
+      return report_migration(req.epoch(), refused);
+    }
+    Migration m;
+    m.epoch = req.epoch();
+    m.next = wire::placement_from_pb(req.placement(), req.epoch());
+    m.copies.assign(req.copies().begin(), req.copies().end());
+    m.at_step = req.at_step_boundary();
+    migration_ = std::move(m);
+    SY_LOG(info, "runtime", label_ << ": prepared epoch " << req.epoch() << " (" << req.copies_size() << " copies, "
+                                   << (req.at_step_boundary() ? "at the next step boundary" : "now") << ")");
+    if (!migration_->at_step) copy_replicas();
+  }
+
+  // This worker's part of the prepared epoch's copies, then its report to the coordinator.
+  void copy_replicas() {
+    Migration& m = *migration_;
+    CopyOutcome out = run_replica_copies(*transport_, *store_, id_, m.epoch, m.copies, request_timeout_);
+    m.copied = true;
+    m.added = out.added;
+    held_changed();
+    report_migration(m.epoch, out);
+  }
+
+  void report_migration(uint64_t epoch, const CopyOutcome& out) {
+    pb::MigrationReportRequest r;
+    r.set_worker_id(id_);
+    r.set_epoch(epoch);
+    r.set_ok(out.ok);
+    r.set_error(out.error);
+    r.set_received(static_cast<uint32_t>(out.added.size()));
+    r.set_bytes_received(out.bytes_received);
+    r.set_seconds(out.seconds);
+    if (!out.ok) SY_LOG(error, "runtime", label_ << ": copies of epoch " << epoch << " failed: " << out.error);
+    auto reply = coordinator_->call<pb::MigrationReportRequest, pb::MigrationReportReply>(r);
+    if (!reply) SY_LOG(warn, "runtime", label_ << ": reporting copies of epoch " << epoch << ": " << reply.status().to_string());
+  }
+
+  void epoch_notice(const pb::EpochNoticeRequest& n) {
+    switch (n.action()) {
+      case pb::EpochNoticeRequest::COMMIT: return commit_migration(n.epoch());
+      case pb::EpochNoticeRequest::ABORT: return abort_migration(n.epoch());
+      case pb::EpochNoticeRequest::DROP_OLD: return drop_old_replicas(n.epoch());
+      default: SY_LOG(warn, "runtime", label_ << ": epoch notice without an action");
+    }
+  }
+
+  // The new epoch is in force: the replica reduction follows its placement.
+  void commit_migration(uint64_t epoch) {
+    if (!migration_ || migration_->epoch != epoch) return;
+    placement_ = std::move(migration_->next);
+    migration_.reset();
+  }
+
+  // The epoch failed: the replicas its copies made here go.
+  void abort_migration(uint64_t epoch) {
+    if (!migration_ || migration_->epoch != epoch) return;
+    for (const ExpertKey& k : migration_->added) store_->remove(k);
+    SY_LOG(info, "runtime", label_ << ": epoch " << epoch << " aborted, discarded " << migration_->added.size() << " replicas");
+    migration_.reset();
+    held_changed();
+  }
+
+  // Every client routes with `epoch`: replicas it no longer places here go.
+  void drop_old_replicas(uint64_t epoch) {
+    if (!store_ || placement_.epoch != epoch) return;
+    int dropped = 0;
+    for (const ExpertKey& k : store_->keys())
+      if (!placement_.holds(id_, k)) {
+        store_->remove(k);
+        ++dropped;
+      }
+    if (dropped) SY_LOG(info, "runtime", label_ << ": dropped " << dropped << " replicas epoch " << epoch << " no longer places here");
+    held_changed();
+  }
+
+  void held_changed() {
+    experts_held_ = static_cast<uint32_t>(store_->keys().size());
+    expert_bytes_ = static_cast<uint64_t>(store_->bytes());
+  }
+
   void serve() {
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop_ && !coordinator_lost_) {
+      run_tasks();
       take_attached();
       transport_->progress();
       bool busy = false;
@@ -302,7 +433,8 @@ class Worker {
         case pb::WorkerRequest::kForward: out = forward(c, req.forward(), payload); break;
         case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
         case pb::WorkerRequest::kStep:
-          pending_steps_[req.step().step()].push_back({&c, req.request_id()});
+          pending_steps_[req.step().step()].push_back(
+              {&c, req.request_id(), req.step().placement_epoch(), req.step().migrate_epoch()});
           if (pending_steps_[req.step().step()].size() >= std::max<uint32_t>(1, req.step().group_size())) step(req.step());
           return;  // replies go out in step()
         case pb::WorkerRequest::kFetch: out = fetch_tensors(req.fetch()); break;
@@ -356,12 +488,12 @@ class Worker {
       off += n;
     }
     require(off == floats.size(), "LOAD_MODEL payload has trailing bytes");
-    placement_ = wire::placement_from_pb(op.placement(), 0);
+    placement_ = wire::placement_from_pb(op.placement(), op.placement_epoch());
+    migration_.reset();
     config_ = std::move(config);
     store_ = std::move(store);
     forward_cache_.clear();
-    experts_held_ = static_cast<uint32_t>(store_->keys().size());
-    expert_bytes_ = static_cast<uint64_t>(store_->bytes());
+    held_changed();
     SY_LOG(info, "runtime", label_ << ": loaded " << experts_held_.load() << " expert replicas");
   }
 
@@ -443,7 +575,7 @@ class Worker {
     int index = 0;
     for (const auto& [key, workers] : placement_.replicas) {
       ++index;
-      if (workers.size() < 2 || !store_->holds(key)) continue;
+      if (workers.size() < 2 || !placement_.holds(id_, key) || !store_->holds(key)) continue;
       TensorMap& g = store_->grads(key);
       std::vector<float> mine;
       for (const auto& [name, t] : g) mine.insert(mine.end(), t.values().begin(), t.values().end());
@@ -485,16 +617,36 @@ class Worker {
                                           st.to_string());
   }
 
+  // The epoch a step's clients routed with decides the replica reduction: a rebalance whose
+  // copies ran at an earlier step boundary is in force once the clients use its epoch, and was
+  // aborted when they still use an older one.
+  void follow_clients_epoch(const std::vector<PendingStep>& group) {
+    if (!migration_ || !migration_->copied || !migration_->at_step) return;
+    uint64_t routed = 0;
+    for (const PendingStep& p : group) routed = std::max(routed, p.placement_epoch);
+    if (routed >= migration_->epoch) commit_migration(migration_->epoch);
+    else abort_migration(migration_->epoch);
+  }
+
   void step(const pb::StepOp& op) {
     std::optional<pb::ErrorInfo> error;
+    const std::vector<PendingStep>& group = pending_steps_[op.step()];
     try {
       ExpertStore& store = require_store();
+      run_tasks();
+      follow_clients_epoch(group);
       reduce_replicas();
       const pb::AdamWSettings& a = op.adamw();
       store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
       ++steps_;
     } catch (const std::exception& e) {
       error = wire::error_info(e, id_);
+    }
+    bool migrate = false;
+    for (const PendingStep& p : group) migrate |= migration_ && p.migrate_epoch == migration_->epoch;
+    if (migrate && migration_->at_step && !migration_->copied) {
+      migration_->copied_at_step = op.step();
+      copy_replicas();  // the state after this step's AdamW, before any rows of the next
     }
     for (const PendingStep& p : pending_steps_[op.step()]) reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
     pending_steps_.erase(op.step());
@@ -520,6 +672,9 @@ class Worker {
   Placement placement_;  // of the loaded model, for the replica reduction
   std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
   std::map<uint64_t, std::vector<PendingStep>> pending_steps_;
+  std::optional<Migration> migration_;
+  std::mutex tasks_mu_;
+  std::vector<Task> tasks_;  // from the control thread
   uint64_t next_store_request_ = 1;
   std::atomic<uint64_t> rows_forward_{0}, rows_backward_{0}, steps_{0}, expert_bytes_{0};
   std::atomic<uint32_t> experts_held_{0};

@@ -79,6 +79,15 @@ struct ModelConfig {
 
 // The cluster: how `switchyard up` starts it and how its processes talk and watch each other.
 // Member initializers equal the schema's defaults (a file without `cluster:` gets these).
+// When and how a running cluster moves replicas to follow the measured load (cluster.rebalance).
+struct RebalancePolicy {
+  int every_steps = 0;      // plan every this many training steps; 0 = only on `switchyard rebalance`
+  int window_steps = 100;   // the load window the coordinator keeps and plans from
+  double min_gain = 0.05;   // rebalance when planned balancedness beats the current by this
+  int slots_per_worker = 0; // K, replicas per worker per (layer, stage); 0 = ceil(experts / workers) + 1
+  int max_moves = -1;       // replicas a rebalance may create; -1 = no cap
+};
+
 struct ClusterConfig {
   int workers = 4;                          // worker processes `switchyard up` starts
   std::string coordinator = "127.0.0.1:0";  // "host:port" (port 0: any free port)
@@ -93,6 +102,7 @@ struct ClusterConfig {
   int worker_memory_mb = 4096;              // per-worker budget for expert replicas
   std::string placement;                    // placement YAML, absolute path; "" = round-robin default
   int replicas = 1;                         // replicas per expert of the default placement, <= workers
+  RebalancePolicy rebalance;
 
   int64_t worker_memory_bytes() const { return int64_t{worker_memory_mb} << 20; }
 };

@@ -100,6 +100,7 @@ struct DispatchLayout {
   std::vector<int64_t> expert_offsets;  // [experts + 1]
   std::vector<int64_t> token;           // [rows] source token of each packed row
   std::vector<int64_t> slot;            // [rows] Selection slot of each packed row
+  std::vector<int64_t> routed;          // [experts] assignments per expert before capacity drops
   int64_t rows() const { return static_cast<int64_t>(token.size()); }
   int64_t expert_rows(int64_t i) const {
     return expert_offsets[static_cast<size_t>(i + 1)] - expert_offsets[static_cast<size_t>(i)];

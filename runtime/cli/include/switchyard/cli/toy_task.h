@@ -32,6 +32,24 @@ struct ToyTaskOptions {
   uint64_t data_seed = 3;
   double lr = 3e-3;
   bool progress = true;      // progress bar on stderr
+  double skew = 0;           // > 0: tokens and the teacher's routing favour experts by Zipf(skew)
+};
+
+// The skewed toy task (`train-toy --skew S`). Each token belongs to a cluster c ~ Zipf(S) over
+// the first stage's E experts (popularity ∝ 1/rank^S, ranks a seeded permutation of the
+// experts) and is x = z + 2·u_c with z ~ N(0, I) and u_c a seeded unit vector. Every stage's
+// teacher router row e is 3·u_(e mod E): the teacher sends a cluster's tokens to its expert, so
+// its routing follows the Zipf law. The student's router starts from its own initialisation
+// plus half of the teacher's, so its load is uneven from the first step and moves while it
+// learns the teacher's routing.
+struct SkewedTokens {
+  SkewedTokens(const ModelConfig& model, double skew, uint64_t seed);
+  Tensor sample(int64_t tokens, RandomStream& rng) const;
+  void skew_router(TensorMap& weights, const ModelConfig& model, float weight) const;
+
+  int64_t d = 0;
+  std::vector<double> cumulative;       // Zipf CDF over clusters
+  std::vector<std::vector<float>> dirs; // [clusters][d] unit vectors
 };
 
 struct ToyTaskResult {

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "switchyard/client/cluster_admin.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/io.h"
 #include "switchyard/placement/placement.h"
@@ -27,31 +28,9 @@
 
 namespace sy {
 
-struct WorkerStatus {
-  int id = 0;
-  uint32_t pid = 0;
-  std::string host, control_endpoint;
-  bool alive = false;
-  uint64_t rows_forward = 0, rows_backward = 0, steps = 0;
-  uint32_t experts = 0;
-  uint64_t expert_bytes = 0;
-  double rows_per_s = 0;
-  uint64_t ms_since_heartbeat = 0;
-};
+struct DispatchPlan;
 
-struct ClusterStatus {
-  uint64_t placement_epoch = 0;
-  int workers_expected = 0;
-  std::vector<WorkerStatus> workers;
-  bool model_loaded = false;
-  Placement placement;
-};
-
-// Reads the coordinator's view without attaching (for `switchyard status`).
-ClusterStatus query_cluster_status(const std::string& coordinator);
-// Asks the coordinator to shut the cluster down (`switchyard up` stops its workers).
-void request_cluster_shutdown(const std::string& coordinator);
-
+// Status, shutdown and rebalance of a running cluster, without attaching (cluster_admin.h).
 class ClusterClient final : public ExpertProvider {
  public:
   // Connects to the coordinator (retrying up to `connect_timeout_ms`: under a launcher it may
@@ -100,6 +79,15 @@ class ClusterClient final : public ExpertProvider {
 
  private:
   void make_layer_experts(int layers);
+  // Load statistics and placement epochs (live rebalancing).
+  void count_load(int layer, int stage, const cpu::DispatchLayout& layout, const DispatchPlan& plan);
+  struct MigrateAsk {  // the coordinator asks this step to run a rebalance's copies
+    uint64_t epoch = 0, at_step = 0;
+  };
+  MigrateAsk report_load(uint64_t step_number);
+  void switch_placement(Placement next);
+  void at_request_boundary();
+  void await_epoch(uint64_t epoch);
   std::unique_ptr<Impl> impl_;
   Placement placement_;
   bool training_ = true;

@@ -1,0 +1,109 @@
+// The coordinator's state, shared by its two halves: membership and control handlers
+// (coordinator.cc) and the rebalance driver (rebalance.cc). One mutex guards it; the control
+// server's single I/O thread runs the handlers (quick, never waiting), the driver runs on its
+// own thread and waits on `changed`.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "load_window.h"
+#include "switchyard/coordinator/coordinator.h"
+#include "switchyard/core/config.h"
+#include "switchyard/placement/placement.h"
+#include "switchyard/transport/control.h"
+#include "switchyard/transport/rendezvous.h"
+#include "switchyard/wire/wire.h"
+
+namespace sy {
+
+namespace pb = wire::pb;
+using Clock = std::chrono::steady_clock;
+
+struct Coordinator::Impl {
+  struct Member {
+    pb::WorkerInfo info;
+    Clock::time_point last_heartbeat;
+    Clock::time_point previous_heartbeat;
+    uint64_t previous_rows = 0;
+    bool reported_dead = false;
+  };
+  struct Client {
+    pb::ClientInfo info;
+    Clock::time_point last_report;
+  };
+  // The rebalance in progress (at most one).
+  struct Migration {
+    Placement next;                    // epoch = the one it makes
+    std::vector<pb::ReplicaCopy> copies;
+    std::set<int> involved;            // workers that copy or receive
+    bool at_step = false;              // training: copies run inside step `at_step_n`
+    uint64_t at_step_n = 0;            // 0 until the workers are prepared
+    std::optional<Clock::time_point> step_reached;  // a client reported step at_step_n
+    std::map<int, pb::MigrationReportRequest> reports;
+    pb::EpochDecisionReply::Verdict verdict = pb::EpochDecisionReply::PENDING;
+    pb::RebalanceRecord record;
+  };
+
+  ClusterConfig cluster;
+  std::unique_ptr<control::ControlServer> server;
+  std::unique_ptr<transport::RendezvousService> rendezvous;
+  mutable std::mutex mu;
+  std::condition_variable changed;  // a report, a migration report, a heartbeat: the driver re-checks
+  std::map<int, Member> members;
+  std::map<int, Client> clients;
+  uint64_t epoch = 0;       // the committed placement's
+  uint64_t last_epoch = 0;  // the highest handed out (a rebalance in progress makes epoch + 1)
+  std::string model_yaml;
+  std::unique_ptr<Config> model;  // parsed model_yaml
+  bool committed = false;
+  Placement placement;
+  LoadWindow load;
+  uint64_t max_training_step = 0;
+  uint64_t last_policy_step = 0;
+  std::optional<Migration> migration;
+  std::deque<pb::RebalanceRecord> history;  // latest first
+  std::map<uint64_t, pb::EpochDecisionReply::Verdict> verdicts;  // epoch → how its rebalance ended
+  std::thread driver;
+  std::atomic<bool> shutdown{false};
+  int next_client_id = wire::kFirstClientId;
+
+  bool alive(const Member& m, Clock::time_point now) const {
+    return now - m.last_heartbeat < std::chrono::milliseconds(cluster.dead_after_ms);
+  }
+  bool client_active(const Client& c, Clock::time_point now) const {
+    return now - c.last_report < std::chrono::milliseconds(cluster.dead_after_ms);
+  }
+
+  // coordinator.cc: membership, placement of a model, load statistics.
+  Result<pb::RegisterWorkerReply> register_worker(const pb::RegisterWorkerRequest& req);
+  Result<pb::RegisterClientReply> register_client(const pb::RegisterClientRequest& req);
+  Result<pb::UnregisterClientReply> unregister_client(const pb::UnregisterClientRequest& req);
+  Result<pb::HeartbeatReply> heartbeat(const pb::HeartbeatRequest& req);
+  Result<pb::ClusterInfoReply> info() const;
+  Result<pb::PlanPlacementReply> plan(const pb::PlanPlacementRequest& req);
+  Result<pb::CommitPlacementReply> commit(const pb::CommitPlacementRequest& req);
+  Result<pb::LoadReportReply> report_load(const pb::LoadReportRequest& req);
+
+  // rebalance.cc: the rebalance driver.
+  Result<pb::RebalanceReply> rebalance(const pb::RebalanceRequest& req);
+  Result<pb::RebalanceStatusReply> rebalance_status(const pb::RebalanceStatusRequest& req) const;
+  Result<pb::EpochDecisionReply> epoch_decision(const pb::EpochDecisionRequest& req) const;
+  Result<pb::MigrationReportReply> migration_report(const pb::MigrationReportRequest& req);
+  // Caller holds mu: the policy's check after a training report of `step`.
+  void maybe_rebalance_by_policy(uint64_t step);
+  // Caller holds mu: starts the driver thread for `next` (epoch set here).
+  Result<uint64_t> start_rebalance(Placement next, const std::string& source, double before, double after);
+  void drive(uint64_t next_epoch);
+  void join_driver();
+};
+
+}  // namespace sy

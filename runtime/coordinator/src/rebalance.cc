@@ -1,0 +1,391 @@
+// The rebalance driver: a new placement (from YAML or planned from the load window) becomes
+// the committed epoch with nothing lost, or the old epoch stays.
+//
+//   validate (model, workers, memory while both placements exist) → copies: new holder ← a
+//   current holder → prepare every worker (MigrateRequest) → copies run (training: inside the
+//   step after the next report, so every client and worker agrees on the boundary; serving:
+//   between requests) → every copy verified (MigrationReport) → commit epoch E+1 → workers
+//   learn it (COMMIT), clients switch before their next forward → once every active client
+//   routes with E+1, workers drop the replicas E+1 no longer places on them (DROP_OLD).
+//
+// Any failure (a worker dead, silent past the deadline, a copy that does not verify) aborts:
+// epoch E stays, workers discard the replicas the copies made, the request fails naming the
+// worker.
+#include <algorithm>
+#include <cmath>
+
+#include "coordinator_impl.h"
+#include "switchyard/core/error.h"
+#include "switchyard/core/log.h"
+#include "switchyard/placement/planner.h"
+
+namespace sy {
+namespace {
+
+using Millis = std::chrono::milliseconds;
+
+// The window's computed rows as a planner load matrix of the model's (layer, stage) rows.
+LoadMatrix window_matrix(const ModelConfig& model, const LoadWindow& load) {
+  LoadMatrix m;
+  for (const StageConfig& st : model.layer.stages) m.experts = std::max(m.experts, st.experts);
+  for (int l = 0; l < model.layers; ++l)
+    for (size_t s = 0; s < model.layer.stages.size(); ++s) {
+      m.layer.push_back(l);
+      m.stage.push_back(static_cast<int>(s));
+      m.row_experts.push_back(model.layer.stages[s].experts);
+    }
+  m.counts = load.computed();
+  return m;
+}
+
+// Replicas a worker holds per (layer, stage): the setting, or ceil(experts / workers) + 1.
+int slots_per_worker(const ModelConfig& model, const ClusterConfig& cluster, int requested) {
+  if (requested > 0) return requested;
+  if (cluster.rebalance.slots_per_worker > 0) return cluster.rebalance.slots_per_worker;
+  int widest = 0;
+  for (const StageConfig& st : model.layer.stages) widest = std::max(widest, st.experts);
+  return std::min(widest, (widest + cluster.workers - 1) / cluster.workers + 1);
+}
+
+PlanResult plan_from_window(const ModelConfig& model, const ClusterConfig& cluster, const LoadWindow& load,
+                            const Placement& current, int slots, int max_moves) {
+  PlannerOptions o;
+  o.workers = cluster.workers;
+  o.slots_per_worker = slots_per_worker(model, cluster, slots);
+  o.current = &current;
+  o.max_moves = max_moves;
+  const LoadMatrix m = window_matrix(model, load);
+  for (int r = 0; r < m.rows(); ++r) o.replica_bytes.push_back(3 * expert_weight_bytes(model, m.stage[static_cast<size_t>(r)]));
+  return plan_placement(m, o);
+}
+
+// Both placements at once: what every worker holds while replicas copy.
+Placement union_of(const Placement& a, const Placement& b) {
+  Placement u = a;
+  u.shares.clear();
+  for (const auto& [key, workers] : b.replicas) {
+    std::vector<int>& list = u.replicas[key];
+    for (int w : workers)
+      if (std::find(list.begin(), list.end(), w) == list.end()) list.push_back(w);
+  }
+  return u;
+}
+
+}  // namespace
+
+Result<pb::RebalanceReply> Coordinator::Impl::rebalance(const pb::RebalanceRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (!model || !committed) return Status(StatusCode::invalid_argument, "rebalance: no model is loaded on the cluster");
+  if (migration)
+    return Status(StatusCode::invalid_argument,
+                  "rebalance: the rebalance to epoch " + std::to_string(migration->next.epoch) + " is still running");
+  const LoadMatrix window = window_matrix(model->model, load);
+  const double before = placement_balancedness(placement, window, cluster.workers);
+  Placement next;
+  std::string source;
+  double after = 0;
+  try {
+    if (!req.placement_yaml().empty()) {
+      next = parse_placement(req.placement_yaml(), "rebalance placement", model->model, cluster.workers,
+                             cluster.worker_memory_bytes());
+      after = placement_balancedness(next, window, cluster.workers);
+      source = "placement file";
+    } else if (req.from_load()) {
+      if (load.steps() == 0) return Status(StatusCode::invalid_argument, "rebalance --from-load: no load measured yet");
+      const int max_moves = req.max_moves() == -2 ? cluster.rebalance.max_moves : req.max_moves();
+      PlanResult plan = plan_from_window(model->model, cluster, load, placement, req.slots_per_worker(), max_moves);
+      next = std::move(plan.placement);
+      after = plan.balancedness;
+      source = "from load";
+    } else {
+      return Status(StatusCode::invalid_argument, "rebalance: give a placement or ask to plan from the load");
+    }
+  } catch (const Error& e) {
+    return Status(StatusCode::invalid_argument, e.what());
+  }
+  auto epoch_started = start_rebalance(std::move(next), source, before, after);
+  if (!epoch_started) return epoch_started.status();
+  pb::RebalanceReply reply;
+  reply.set_epoch(*epoch_started);
+  return reply;
+}
+
+void Coordinator::Impl::maybe_rebalance_by_policy(uint64_t step) {
+  const RebalancePolicy& policy = cluster.rebalance;
+  if (policy.every_steps <= 0 || migration || !committed || step == 0 || step == last_policy_step ||
+      step % static_cast<uint64_t>(policy.every_steps) != 0)
+    return;
+  last_policy_step = step;
+  const LoadMatrix window = window_matrix(model->model, load);
+  const double before = placement_balancedness(placement, window, cluster.workers);
+  try {
+    PlanResult plan = plan_from_window(model->model, cluster, load, placement, 0, policy.max_moves);
+    if (plan.balancedness < before + policy.min_gain) {
+      SY_LOG(debug, "runtime", "rebalance policy at step " << step << ": planned balancedness " << plan.balancedness
+                                                            << " does not beat " << before << " by " << policy.min_gain);
+      return;
+    }
+    auto started = start_rebalance(std::move(plan.placement), "policy", before, plan.balancedness);
+    if (!started) SY_LOG(warn, "runtime", "rebalance policy at step " << step << ": " << started.status().message());
+  } catch (const Error& e) {
+    SY_LOG(warn, "runtime", "rebalance policy at step " << step << ": " << e.what());
+  }
+}
+
+Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::string& source, double before,
+                                                    double after) {
+  const ModelConfig& m = model->model;
+  next.epoch = last_epoch + 1;
+  Migration mig;
+  try {
+    next.validate(m, cluster.workers);
+    check_worker_memory(union_of(placement, next), m, cluster.workers, cluster.worker_memory_bytes(),
+                        "rebalance to epoch " + std::to_string(next.epoch) + " (while both placements exist)");
+  } catch (const Error& e) {
+    return Status(StatusCode::invalid_argument, e.what());
+  }
+  const auto now = Clock::now();
+  std::map<int, int> sends;  // copies each current holder serves, to spread them
+  uint64_t moved_bytes = 0;
+  uint32_t dropped = 0;
+  for (const auto& [key, workers] : next.replicas) {
+    const std::vector<int>& holders = placement.workers_for(key);
+    for (int w : holders) dropped += std::find(workers.begin(), workers.end(), w) == workers.end();
+    for (int w : workers) {
+      if (std::find(holders.begin(), holders.end(), w) != holders.end()) continue;
+      if (!members.count(w) || !alive(members.at(w), now))
+        return Status(StatusCode::unreachable, "rebalance: worker " + std::to_string(w) + " (new holder of " +
+                                                   key.to_string() + ") is not alive");
+      int from = -1;
+      for (int h : holders)
+        if (members.count(h) && alive(members.at(h), now) && (from < 0 || sends[h] < sends[from])) from = h;
+      if (from < 0) return Status(StatusCode::unreachable, "rebalance: no live holder of " + key.to_string() + " to copy from");
+      ++sends[from];
+      pb::ReplicaCopy& c = mig.copies.emplace_back();
+      c.set_layer(key.layer);
+      c.set_stage(key.stage);
+      c.set_expert(key.expert);
+      c.set_from_worker(from);
+      c.set_to_worker(w);
+      mig.involved.insert(from);
+      mig.involved.insert(w);
+      moved_bytes += static_cast<uint64_t>(3 * expert_weight_bytes(m, key.stage));
+    }
+  }
+  for (const auto& [id, c] : clients) mig.at_step |= c.info.training() && client_active(c, now);
+  if (mig.at_step)  // every worker takes part in the step boundary
+    for (const auto& [id, member] : members)
+      if (alive(member, now)) mig.involved.insert(id);
+  mig.next = std::move(next);
+  pb::RebalanceRecord& r = mig.record;
+  r.set_epoch(mig.next.epoch);
+  r.set_state("copying");
+  r.set_source(source);
+  r.set_moved_replicas(static_cast<uint32_t>(mig.copies.size()));
+  r.set_moved_bytes(moved_bytes);
+  r.set_dropped_replicas(dropped);
+  r.set_balancedness_before(before);
+  r.set_balancedness_after(after);
+  last_epoch = mig.next.epoch;
+  migration = std::move(mig);
+  verdicts[last_epoch] = pb::EpochDecisionReply::PENDING;
+  SY_LOG(info, "runtime", "rebalance to epoch " << last_epoch << " (" << source << "): " << r.moved_replicas()
+                                                << " replicas to copy (" << moved_bytes << " bytes), " << dropped
+                                                << " to drop, planned balancedness " << before << " -> " << after);
+  if (driver.joinable()) driver.join();  // the previous one has finished (migration was empty)
+  driver = std::thread([this, e = last_epoch] { drive(e); });
+  return last_epoch;
+}
+
+void Coordinator::Impl::join_driver() {
+  if (driver.joinable()) driver.join();
+}
+
+Result<pb::RebalanceStatusReply> Coordinator::Impl::rebalance_status(const pb::RebalanceStatusRequest& req) const {
+  std::lock_guard<std::mutex> lock(mu);
+  pb::RebalanceStatusReply reply;
+  if (migration && migration->next.epoch == req.epoch()) {
+    *reply.mutable_record() = migration->record;
+    return reply;
+  }
+  for (const pb::RebalanceRecord& r : history)
+    if (r.epoch() == req.epoch()) {
+      *reply.mutable_record() = r;
+      reply.set_done(true);
+      return reply;
+    }
+  return Status(StatusCode::invalid_argument, "no rebalance to epoch " + std::to_string(req.epoch()));
+}
+
+Result<pb::EpochDecisionReply> Coordinator::Impl::epoch_decision(const pb::EpochDecisionRequest& req) const {
+  std::lock_guard<std::mutex> lock(mu);
+  pb::EpochDecisionReply reply;
+  auto it = verdicts.find(req.epoch());
+  if (it == verdicts.end()) return Status(StatusCode::invalid_argument, "no rebalance to epoch " + std::to_string(req.epoch()));
+  reply.set_verdict(it->second);
+  if (it->second == pb::EpochDecisionReply::COMMITTED) wire::placement_to_pb(placement, reply.mutable_placement());
+  return reply;
+}
+
+Result<pb::MigrationReportReply> Coordinator::Impl::migration_report(const pb::MigrationReportRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (migration && migration->next.epoch == req.epoch()) {
+    migration->reports[req.worker_id()] = req;
+    changed.notify_all();
+  }
+  return pb::MigrationReportReply{};
+}
+
+// ---- the driver thread -----------------------------------------------------------------------
+
+namespace {
+
+// Control calls from the driver to the workers' control servers, one connection per worker.
+class WorkerCalls {
+ public:
+  WorkerCalls(Millis timeout) : timeout_(timeout) {}
+  template <class Req, class Rep>
+  Status call(int worker, const std::string& endpoint, const Req& req) {
+    auto& link = links_[worker];
+    if (!link || link->broken()) {
+      auto [host, port] = control::parse_endpoint(endpoint);
+      control::ControlClient::Options o;
+      o.name = "coordinator (rebalance)";
+      o.call_timeout = timeout_;
+      auto c = control::ControlClient::connect(host, port, o);
+      if (!c) return Status(c.status().code(), "worker " + std::to_string(worker) + ": " + c.status().to_string());
+      link = std::move(c).value();
+    }
+    auto r = link->call<Req, Rep>(req);
+    if (!r) return Status(r.status().code(), "worker " + std::to_string(worker) + ": " + r.status().to_string());
+    return Status::ok();
+  }
+
+ private:
+  Millis timeout_;
+  std::map<int, std::unique_ptr<control::ControlClient>> links_;
+};
+
+}  // namespace
+
+void Coordinator::Impl::drive(uint64_t next_epoch) {
+  WorkerCalls calls{Millis(cluster.request_timeout_ms)};
+  std::map<int, std::string> endpoints;  // alive workers
+  pb::MigrateRequest prepare;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto now = Clock::now();
+    for (const auto& [id, m] : members)
+      if (alive(m, now)) endpoints[id] = m.info.control_endpoint();
+    prepare.set_epoch(next_epoch);
+    wire::placement_to_pb(migration->next, prepare.mutable_placement());
+    for (const pb::ReplicaCopy& c : migration->copies) *prepare.add_copies() = c;
+    prepare.set_at_step_boundary(migration->at_step);
+  }
+  const auto started = Clock::now();
+  Status outcome;
+  for (const auto& [w, endpoint] : endpoints)
+    if (outcome) outcome = calls.call<pb::MigrateRequest, pb::MigrateReply>(w, endpoint, prepare);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    Migration& mig = *migration;
+    if (outcome && mig.at_step) {
+      mig.at_step_n = max_training_step + 1;  // every client reports this step before its StepOp
+      mig.record.set_at_step(mig.at_step_n);
+    }
+    const auto prepared = Clock::now();
+    const Millis grace(2 * cluster.request_timeout_ms);
+    while (outcome) {
+      const auto now = Clock::now();
+      bool all = true;
+      for (int w : mig.involved) {
+        auto it = mig.reports.find(w);
+        if (it != mig.reports.end() && !it->second.ok()) {
+          outcome = Status(StatusCode::peer_failed, "worker " + std::to_string(w) + ": " + it->second.error());
+          break;
+        }
+        if (it != mig.reports.end()) continue;
+        all = false;
+        if (!members.count(w) || !alive(members.at(w), now))
+          outcome = Status(StatusCode::peer_failed, "worker " + std::to_string(w) + " died during the rebalance (no heartbeat)");
+      }
+      if (!outcome || all) break;
+      const auto deadline = !mig.at_step ? prepared + grace
+                            : mig.step_reached ? *mig.step_reached + grace
+                                               : prepared + Millis(cluster.startup_timeout_ms);
+      if (now > deadline) {
+        std::string silent;
+        for (int w : mig.involved)
+          if (!mig.reports.count(w)) silent += (silent.empty() ? "" : ", ") + std::to_string(w);
+        outcome = Status(StatusCode::timeout, mig.at_step && !mig.step_reached
+                                                  ? "no training step reached step " + std::to_string(mig.at_step_n) +
+                                                        " within cluster.startup_timeout_ms"
+                                                  : "worker " + silent + " did not report its copies in time");
+        break;
+      }
+      if (shutdown) outcome = Status(StatusCode::unreachable, "the coordinator is shutting down");
+      else changed.wait_for(lock, Millis(50));
+    }
+    double pause = 0;
+    uint64_t bytes = 0;
+    for (const auto& [w, rep] : mig.reports) {
+      pause = std::max(pause, rep.seconds());
+      bytes += rep.bytes_received();
+    }
+    mig.record.set_pause_ms(pause * 1e3);
+    mig.record.set_copy_seconds(std::chrono::duration<double>(Clock::now() - started).count());
+    if (outcome) {
+      placement = mig.next;
+      this->epoch = next_epoch;
+      mig.verdict = pb::EpochDecisionReply::COMMITTED;
+      mig.record.set_state("committed");
+    } else {
+      mig.verdict = pb::EpochDecisionReply::ABORTED;
+      mig.record.set_state("failed");
+      mig.record.set_error(outcome.message());
+    }
+    verdicts[next_epoch] = mig.verdict;
+    mig.at_step_n = 0;
+    changed.notify_all();
+  }
+  pb::EpochNoticeRequest notice;
+  notice.set_epoch(next_epoch);
+  notice.set_action(outcome ? pb::EpochNoticeRequest::COMMIT : pb::EpochNoticeRequest::ABORT);
+  for (const auto& [w, endpoint] : endpoints)
+    if (Status s = calls.call<pb::EpochNoticeRequest, pb::EpochNoticeReply>(w, endpoint, notice); !s)
+      SY_LOG(warn, "runtime", "rebalance to epoch " << next_epoch << ": telling " << s.message());
+  if (outcome) {  // old replicas go once every active client routes with the new epoch
+    std::unique_lock<std::mutex> lock(mu);
+    const auto deadline = Clock::now() + Millis(cluster.request_timeout_ms);
+    for (;;) {
+      bool behind = false;
+      const auto now = Clock::now();
+      for (const auto& [id, c] : clients) behind |= client_active(c, now) && c.info.placement_epoch() < next_epoch;
+      if (!behind || now > deadline || shutdown) {
+        if (behind) SY_LOG(warn, "runtime", "rebalance to epoch " << next_epoch << ": dropping old replicas with clients still behind");
+        break;
+      }
+      changed.wait_for(lock, Millis(20));
+    }
+  }
+  if (outcome) {
+    notice.set_action(pb::EpochNoticeRequest::DROP_OLD);
+    for (const auto& [w, endpoint] : endpoints)
+      if (Status s = calls.call<pb::EpochNoticeRequest, pb::EpochNoticeReply>(w, endpoint, notice); !s)
+        SY_LOG(warn, "runtime", "rebalance to epoch " << next_epoch << ": dropping old replicas on " << s.message());
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  pb::RebalanceRecord& r = migration->record;
+  if (outcome)
+    SY_LOG(info, "runtime", "rebalance epoch " << next_epoch << " committed: " << r.moved_replicas() << " replicas ("
+                                               << r.moved_bytes() << " bytes) copied, " << r.dropped_replicas()
+                                               << " dropped, pause " << r.pause_ms() << " ms");
+  else
+    SY_LOG(error, "runtime", "rebalance to epoch " << next_epoch << " failed, epoch " << this->epoch << " stays: " << r.error());
+  history.push_front(r);
+  if (history.size() > 16) history.pop_back();
+  migration.reset();
+  changed.notify_all();
+}
+
+}  // namespace sy
