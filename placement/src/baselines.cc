@@ -30,10 +30,12 @@ void check(const LoadMatrix& load, int workers, int slots, int nodes) {
       throw_input_error("baseline: row " + std::to_string(r) + " has more experts than workers x slots");
 }
 
+}  // namespace
+
 // EPLB-style: experts' replicas (all `slots` of them, at most `workers` per expert) packed
 // onto `workers` workers, `per_worker` each, lightest first. Returns holders per expert
 // (ids 0..workers-1).
-std::vector<std::vector<int>> replicate_and_pack(const std::vector<double>& L, int workers, int per_worker) {
+std::vector<std::vector<int>> planner_detail::eplb_holders(const std::vector<double>& L, int workers, int per_worker) {
   const std::vector<int> count =
       replica_counts(L, workers, int64_t{per_worker} * workers, -std::numeric_limits<double>::infinity(), nullptr);
   std::vector<std::pair<double, int>> items;  // (load per replica, expert)
@@ -57,6 +59,12 @@ std::vector<std::vector<int>> replicate_and_pack(const std::vector<double>& L, i
     if (++used[static_cast<size_t>(w)] < per_worker) room.insert({load[static_cast<size_t>(w)], w});
   }
   return holders;
+}
+
+namespace {
+
+std::vector<std::vector<int>> replicate_and_pack(const std::vector<double>& L, int workers, int per_worker) {
+  return planner_detail::eplb_holders(L, workers, per_worker);
 }
 
 void put_row(Placement& p, const LoadMatrix& load, int r, const std::vector<std::vector<int>>& holders) {

@@ -6,7 +6,8 @@
 //   3. local search off the most loaded worker: shift rows along a path of shared experts
 //      to a lighter worker (changes shares only), else add a replica on the least loaded
 //      worker with a free slot; until the row's bound, no gain or an iteration cap.
-// With nodes, steps 1-3 run first over nodes (K·G/N slots each: an expert spans nodes only
+// A row that ends above its bound is also planned from the EPLB greedy's replicas (step 3
+// only) and keeps the better of the two. With nodes, steps 1-3 run first over nodes (K·G/N slots each: an expert spans nodes only
 // when it is hotter than a node's mean), then per node over its workers, then step 3 over
 // the whole row with new replicas preferring the expert's node.
 // With `current`, each row also starts from the current replicas and shares, runs step 3
@@ -88,9 +89,25 @@ RowResult two_level(const std::vector<double>& L, int workers, int slots, int no
   return {search.plan(), search.max_load()};
 }
 
+// The EPLB greedy's replicas as a starting point, shares then optimized by the local search:
+// never worse than that baseline.
+RowResult from_greedy(const std::vector<double>& L, int workers, int slots, int node_size) {
+  RowPlan start;
+  start.holders = planner_detail::eplb_holders(L, workers, slots);
+  for (size_t e = 0; e < L.size(); ++e)
+    start.pieces.emplace_back(start.holders[e].size(), L[e] / static_cast<double>(start.holders[e].size()));
+  RowSearch search(L, workers, slots, node_size);
+  search.start_from(start);
+  search.improve({row_bound(L, workers, slots) * (1 + kStopSlack), iteration_cap(L.size(), workers)});
+  return {search.plan(), search.max_load()};
+}
+
 RowResult fresh_row(const std::vector<double>& L, const PlannerOptions& o) {
-  return o.nodes > 1 ? two_level(L, o.workers, o.slots_per_worker, o.nodes)
-                     : single_level(L, o.workers, o.slots_per_worker, 0);
+  RowResult best = o.nodes > 1 ? two_level(L, o.workers, o.slots_per_worker, o.nodes)
+                               : single_level(L, o.workers, o.slots_per_worker, 0);
+  if (best.max <= row_bound(L, o.workers, o.slots_per_worker) * (1 + kStopSlack)) return best;
+  RowResult other = from_greedy(L, o.workers, o.slots_per_worker, o.nodes > 1 ? o.workers / o.nodes : 0);
+  return other.max < best.max ? other : best;
 }
 
 ExpertKey key_of(const LoadMatrix& load, int r, int e) {

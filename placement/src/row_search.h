@@ -23,6 +23,10 @@ struct RowPlan {
 std::vector<int> replica_counts(const std::vector<double>& load, int workers, int64_t slots, double stop_at,
                                 double* max_ratio);
 
+// DeepSeek-EPLB-style replicas (baselines.h "greedy"): every slot used, replicas packed onto
+// the lightest worker with room, `per_worker` each. Holders per expert.
+std::vector<std::vector<int>> eplb_holders(const std::vector<double>& load, int workers, int per_worker);
+
 // The per-row lower bound of any placement's max worker load (see planner.cc).
 double row_bound(const std::vector<double>& load, int workers, int slots_per_worker);
 

@@ -27,30 +27,28 @@ struct Rng {
 };
 
 struct RowState {
-  std::vector<int> by_rank;  // expert at each rank
+  std::vector<int> by_rank;   // expert at each rank
+  std::vector<double> walk;   // [E] log-popularity random walk per expert
   double skew;
 };
 
 void fill_row(LoadMatrix& m, int r, const RowState& st, double rows_per_step, Rng& rng) {
   const size_t E = st.by_rank.size();
   std::vector<double> p(E);
-  for (size_t i = 0; i < E; ++i) p[i] = 1.0 / std::pow(static_cast<double>(i + 1), st.skew);
-  const double sum = std::accumulate(p.begin(), p.end(), 0.0);
   for (size_t i = 0; i < E; ++i) {
-    const double q = p[i] / sum, mu = rows_per_step * q;
+    const size_t e = static_cast<size_t>(st.by_rank[i]);
+    p[e] = std::exp(st.walk[e] - st.skew * std::log(static_cast<double>(i + 1)));
+  }
+  const double sum = std::accumulate(p.begin(), p.end(), 0.0);
+  for (size_t e = 0; e < E; ++e) {
+    const double q = p[e] / sum, mu = rows_per_step * q;
     const double c = std::round(mu + std::sqrt(mu * (1 - q)) * rng.normal());
-    m.counts[static_cast<size_t>(r) * E + static_cast<size_t>(st.by_rank[i])] = std::max(0.0, c);
+    m.counts[static_cast<size_t>(r) * E + e] = std::max(0.0, c);
   }
 }
 
 void drift_row(RowState& st, const ZipfTraceOptions& o, Rng& rng) {
-  const int E = static_cast<int>(st.by_rank.size());
-  const int swaps = static_cast<int>(std::lround(o.drift * E));
-  for (int k = 0; k < swaps && E > 1; ++k) {
-    const int i = static_cast<int>(rng.next() % static_cast<uint64_t>(E));
-    const int j = std::min(E - 1, i + 1 + static_cast<int>(rng.next() % 4));
-    std::swap(st.by_rank[static_cast<size_t>(i)], st.by_rank[static_cast<size_t>(j)]);
-  }
+  for (double& w : st.walk) w += o.drift * rng.normal();
   st.skew = std::clamp(st.skew + o.skew_drift * (2 * rng.uniform() - 1), 0.2, 3.0);
 }
 
@@ -65,6 +63,7 @@ std::vector<LoadMatrix> zipf_trace(const ZipfTraceOptions& o) {
     st.by_rank.resize(static_cast<size_t>(o.experts));
     std::iota(st.by_rank.begin(), st.by_rank.end(), 0);
     for (size_t i = st.by_rank.size(); i > 1; --i) std::swap(st.by_rank[i - 1], st.by_rank[rng.next() % i]);
+    st.walk.assign(st.by_rank.size(), 0.0);
     st.skew = o.skew;
   }
   std::vector<LoadMatrix> steps;

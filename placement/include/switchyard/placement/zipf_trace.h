@@ -4,9 +4,10 @@
 // p(expert at rank i) ∝ 1 / (i + 1)^s, ranks a seeded random permutation of the experts.
 // Each step routes `rows_per_step` rows (T tokens × k) per row; an expert's count is the
 // multinomial's normal approximation, μ + sqrt(μ (1 − p)) · z rounded and clamped at 0, with
-// μ = rows_per_step · p. Drifting traces change slowly between steps: `drift` × E random
-// swaps of an expert's rank with one of the next 4 ranks, and a random walk of s by up to
-// ±skew_drift (kept in [0.2, 3]). Fully determined by the options (seed included).
+// μ = rows_per_step · p. Drifting traces change slowly between steps: every expert's
+// log-popularity takes a Gaussian random-walk step of standard deviation `drift` (so experts
+// slowly trade ranks), and s a uniform step of up to ±skew_drift (kept in [0.2, 3]):
+// p_e ∝ exp(walk_e) / (rank_e + 1)^s. Fully determined by the options (seed included).
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@ struct ZipfTraceOptions {
   double rows_per_step = 4096;  // T·k routed rows per row per step
   double skew = 1.0;            // s
   int steps = 1;
-  double drift = 0;             // per step: rank swaps per expert
+  double drift = 0;             // per step: std. dev. of each expert's log-popularity step
   double skew_drift = 0;        // per step: max change of s
   uint64_t seed = 1;
 };
