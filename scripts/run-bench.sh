@@ -14,6 +14,8 @@ echo "== layer benchmarks"
 "$build/bench/bench_layer" | tee "$out/layer.txt"
 echo "== cluster vs single process"
 "$build/bench/bench_cluster" | tee "$out/cluster.txt"
+echo "== placement planner"
+"$build/bench/bench_placement" | tee "$out/placement.txt"
 echo "== serving through a local cluster"
 "$build/switchyard" up --config configs/local.yaml >"$out/up.log" 2>&1 &
 up_pid=$!

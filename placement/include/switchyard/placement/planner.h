@@ -36,8 +36,8 @@ struct PlannerOptions {
   int slots_per_worker = 0;  // K: replicas one worker holds per (layer, stage) row
   int nodes = 1;             // N: workers form N nodes of G/N consecutive ids (N divides G)
   const Placement* current = nullptr;  // keep its replicas where balance allows
-  int max_moves = -1;                  // new replicas (not in `current`) at most; -1: no cap
-  std::vector<int64_t> replica_bytes;  // [R]: bytes one replica of the row's stage moves (weights + AdamW moments)
+  int max_moves = -1;                  // new replicas (not in `current`) at most; -1: no cap (only with `current`)
+  std::vector<int64_t> replica_bytes;  // [R]: bytes one replica of the row's stage moves (weights + AdamW moments); empty: 0
 };
 
 struct PlanResult {
@@ -47,6 +47,9 @@ struct PlanResult {
   int64_t moved_replicas = 0; // replicas not held by `current` (all of them without one)
   int64_t moved_bytes = 0;
   double plan_ms = 0;
+  // Of all planned rows, the fraction whose expert has replicas on more than one node (0 with
+  // one node): rows a hierarchical placement would keep inside a node.
+  double cross_node_fraction = 0;
 };
 
 // Throws sy::Error(input) naming what is wrong: a shape or count that does not fit, K·G below
