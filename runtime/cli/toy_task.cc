@@ -58,7 +58,10 @@ SkewedTokens::SkewedTokens(const ModelConfig& model, double skew, uint64_t seed)
   for (int c = 0; c < clusters; ++c) {
     std::vector<float> u(static_cast<size_t>(d));
     double norm = 0;
-    for (float& x : u) norm += static_cast<double>(x = rng.normal()) * x;
+    for (float& x : u) {
+      x = rng.normal();
+      norm += static_cast<double>(x) * x;
+    }
     for (float& x : u) x = static_cast<float>(x / std::sqrt(norm));
     dirs.push_back(std::move(u));
   }

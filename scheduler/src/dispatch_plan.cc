@@ -9,10 +9,10 @@ namespace {
 
 // Rows per replica of one expert: each live replica's share of `rows` (shares renormalized over
 // the live replicas; an even split when they have none), rounded down, and the remaining rows
-// one each to the largest fractional parts, ties to the replica with fewer planned rows, then
-// to the one listed first.
+// one each to the largest fractional parts, ties to the replica listed first. The split depends
+// on nothing else, so moving a replica to another worker moves exactly its rows.
 std::vector<int64_t> split_rows(int64_t rows, const std::vector<int>& replicas, const std::vector<double>& shares,
-                                const std::set<int>& live, const WorkerLoad& load) {
+                                const std::set<int>& live) {
   const size_t n = replicas.size();
   std::vector<double> weight(n, 0.0);
   double total = 0;
@@ -33,10 +33,7 @@ std::vector<int64_t> split_rows(int64_t rows, const std::vector<int>& replicas, 
   std::vector<size_t> order;
   for (size_t i = 0; i < n; ++i)
     if (weight[i] > 0) order.push_back(i);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    if (frac[a] != frac[b]) return frac[a] > frac[b];
-    return load[static_cast<size_t>(replicas[a])] < load[static_cast<size_t>(replicas[b])];
-  });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return frac[a] > frac[b]; });
   for (size_t k = 0; given < rows; k = (k + 1) % order.size(), ++given) ++out[order[k]];
   return out;
 }
@@ -66,7 +63,7 @@ Result<DispatchPlan> plan_dispatch(std::span<const int64_t> expert_offsets, int 
     const std::vector<double> shares = placement.shares_of(key);
     if (shares.size() != replicas.size())
       return Status(StatusCode::invalid_argument, "the placement's shares of " + key.to_string() + " do not match its replicas");
-    const std::vector<int64_t> split = split_rows(rows, replicas, shares, live, load);
+    const std::vector<int64_t> split = split_rows(rows, replicas, shares, live);
     int64_t off = 0;
     for (size_t r = 0; r < replicas.size(); ++r) {
       if (split[r] == 0) continue;

@@ -49,7 +49,7 @@ TEST(Placement, ValidationNamesTheEntry) {
   expect_error(p, "no such expert");
 }
 
-TEST(DispatchPlan, SplitsEachExpertOverItsLiveReplicasLeastLoadedFirst) {
+TEST(DispatchPlan, SplitsEachExpertOverItsLiveReplicasInListOrder) {
   Placement p;
   p.replicas[{0, 0, 0}] = {0, 1};
   p.replicas[{0, 0, 1}] = {1};
@@ -70,13 +70,17 @@ TEST(DispatchPlan, SplitsEachExpertOverItsLiveReplicasLeastLoadedFirst) {
   EXPECT_EQ(plan->workers[1].chunks[1].expert, 1);
   EXPECT_EQ(plan->workers[1].rows, 9);
   EXPECT_EQ(load, (WorkerLoad{5, 9}));  // workers of experts with rows
-  // Load carries over: expert 0's odd row goes to the less loaded worker 0 (2 + 1 rows).
+  // Load accumulates; an odd row goes to the replica listed first, whatever the load.
   auto next = plan_dispatch(std::vector<int64_t>{0, 3, 3, 3}, 0, 0, p, {0, 1, 2}, load);
   ASSERT_TRUE(next.is_ok());
   ASSERT_EQ(next->workers.size(), 2u);
   EXPECT_EQ(next->workers[0].rows, 2);
   EXPECT_EQ(next->workers[1].rows, 1);
   EXPECT_EQ(load, (WorkerLoad{7, 10}));
+  p.replicas[{0, 0, 0}] = {1, 0};  // listed the other way round: worker 1 gets the odd row
+  auto swapped = plan_dispatch(std::vector<int64_t>{0, 3, 3, 3}, 0, 0, p, {0, 1, 2}, load);
+  ASSERT_TRUE(swapped.is_ok());
+  EXPECT_EQ(load, (WorkerLoad{8, 12}));
 }
 
 TEST(DispatchPlan, HonoursPlannedSharesAndRenormalizesOverLiveReplicas) {

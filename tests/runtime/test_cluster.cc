@@ -27,51 +27,13 @@
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/launch/local_launch.h"
 #include "switchyard/worker/worker.h"
+#include "../support/local_cluster.h"
 
 namespace sy {
 namespace {
 
 using namespace std::chrono_literals;
-const std::string kBinary = std::string(SY_BINARY_DIR) + "/switchyard";
 const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
-
-struct LocalCluster {
-  std::unique_ptr<Coordinator> coordinator;
-  std::vector<launch::LocalProcess> workers;
-  std::atomic<bool> stop_threads{false};
-  std::vector<std::thread> worker_threads;  // transport "inprocess": workers in this process
-  LocalCluster(int n, int replicas, int dead_after_ms = 3000, bool ucx_peer_failure = true,
-               const std::vector<std::pair<std::string, std::string>>& worker_env = {},
-               const std::string& transport = "ucx") {
-    ClusterConfig c;
-    c.transport = transport;
-    c.workers = n;
-    c.replicas = replicas;
-    c.heartbeat_ms = 200;
-    c.dead_after_ms = dead_after_ms;
-    c.request_timeout_ms = 20000;
-    c.ucx_peer_failure = ucx_peer_failure;
-    coordinator = std::make_unique<Coordinator>(c);
-    for (int i = 0; i < n; ++i) {
-      if (transport == "inprocess") {
-        WorkerOptions o;
-        o.coordinator = coordinator->endpoint();
-        o.requested_id = i;
-        worker_threads.emplace_back([this, o] { run_worker(o, stop_threads); });
-        continue;
-      }
-      workers.push_back(launch::LocalProcess::spawn(
-          {kBinary, "worker", "--coordinator", coordinator->endpoint(), "--id", std::to_string(i)}, worker_env));
-    }
-  }
-  ~LocalCluster() {
-    stop_threads = true;
-    for (auto& t : worker_threads) t.join();
-    for (auto& w : workers)
-      if (w.running()) ::kill(w.pid(), SIGTERM);
-    for (auto& w : workers) (void)w.wait(5000ms);
-  }
-};
 
 double max_abs(const Tensor& t) {
   double m = 0;

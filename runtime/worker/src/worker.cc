@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -247,6 +248,10 @@ class Worker {
   // This worker's part of the prepared epoch's copies, then its report to the coordinator.
   void copy_replicas() {
     Migration& m = *migration_;
+    // Test hook (tests/runtime/test_rebalance.cc): die as a new holder is about to receive.
+    if (std::getenv("SWITCHYARD_TEST_EXIT_IN_COPY"))
+      for (const pb::ReplicaCopy& c : m.copies)
+        if (c.to_worker() == id_) ::_exit(17);
     CopyOutcome out = run_replica_copies(*transport_, *store_, id_, m.epoch, m.copies, request_timeout_);
     m.copied = true;
     m.added = out.added;

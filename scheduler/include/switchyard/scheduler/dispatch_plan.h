@@ -7,9 +7,9 @@
 // Each expert's rows are split over its live replicas in the placement's shares (an even split
 // when it has none; shares renormalized over the live replicas): each replica gets its share
 // rounded down, and the rows left over go one each to the largest remainders, ties to the
-// replica with the fewest rows planned so far (counting the `load` carried in, e.g. from
-// earlier stages of the step), then to the replica listed first. A replica's rows form one
-// chunk, in replica order.
+// replica listed first. A replica's rows form one chunk, in replica order. The split depends on
+// the rows and shares only, so a rebalance that moves a replica moves exactly its rows.
+// `load` accumulates the rows planned per worker (e.g. over the stages of a step).
 // Dead workers (not in `live`) get nothing: re-planning without a worker is how a failed worker's
 // rows move to its surviving replicas. The plan is computed once per forward and reused by the
 // backward of the same dispatch (the handle keeps it), so both move the same rows.
