@@ -21,6 +21,7 @@
 #include "switchyard/cli/toy_task.h"
 #include "bench_exchange.h"
 #include "cluster_commands.h"
+#include "placement_commands.h"
 #include "flags.h"
 
 namespace sy {
@@ -236,6 +237,14 @@ cluster:
   switchyard bench serve --cluster HOST:PORT --config C [--clients N] [--requests R] [--tokens T]
   switchyard shutdown --cluster HOST:PORT
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
+
+placement (docs/placement.md):
+  switchyard placement plan --load L.npy --workers G --slots-per-worker K [--nodes N] [--config C]
+                            [--current P.yaml] [--max-moves M] --out P.yaml
+  switchyard placement simulate --load L.npy --workers G [--nodes N] [--config C]
+                            [--placement P.yaml | --slots-per-worker K [--policy planner|greedy|hierarchical|round-robin|all]]
+                            [--rows-per-s R] [--hidden-size D] [--intra-gbps B] [--inter-gbps B]
+                            [--intra-latency-us T] [--inter-latency-us T] [--clients-per-node C]
 )";
 }
 
@@ -259,6 +268,7 @@ int run(int argc, char** argv) {
   if (cmd == "status") return cli_status(rest);
   if (cmd == "checkpoint") return cli_checkpoint(rest);
   if (cmd == "shutdown") return cli_shutdown(rest);
+  if (cmd == "placement") return cli_placement(rest);
   if (cmd == "backends") {
     std::cout << "compiled:";
     for (const std::string& n : compiled_backends()) std::cout << " " << n;
