@@ -46,6 +46,8 @@ int64_t expert_weight_bytes(const ModelConfig& model, int stage) {
 
 int64_t expert_replica_bytes(const ModelConfig& model, int stage) { return 4 * expert_weight_bytes(model, stage); }
 
+int64_t expert_migration_bytes(const ModelConfig& model, int stage) { return 3 * expert_weight_bytes(model, stage); }
+
 std::vector<int64_t> worker_replica_bytes(const Placement& placement, const ModelConfig& model, int workers) {
   std::vector<int64_t> bytes(static_cast<size_t>(std::max(workers, 0)), 0);
   for (const auto& [key, list] : placement.replicas) {

@@ -22,6 +22,7 @@
 #include "switchyard/cli/toy_task.h"
 #include "bench_exchange.h"
 #include "cluster_commands.h"
+#include "placement_commands.h"
 #include "flags.h"
 
 namespace sy {
@@ -242,6 +243,14 @@ cluster:
   switchyard rebalance --cluster HOST:PORT (--placement P.yaml | --from-load) [--slots-per-worker K] [--max-moves M]
   switchyard placement load --cluster HOST:PORT --out L.npy      the coordinator's load window, [R, E]
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
+
+placement (docs/placement.md):
+  switchyard placement plan --load L.npy --workers G --slots-per-worker K [--nodes N] [--config C]
+                            [--current P.yaml] [--max-moves M] --out P.yaml
+  switchyard placement simulate --load L.npy --workers G [--nodes N] [--config C]
+                            [--placement P.yaml | --slots-per-worker K [--policy planner|greedy|hierarchical|round-robin|all]]
+                            [--rows-per-s R] [--hidden-size D] [--intra-gbps B] [--inter-gbps B]
+                            [--intra-latency-us T] [--inter-latency-us T] [--clients-per-node C]
 )";
 }
 
@@ -267,6 +276,7 @@ int run(int argc, char** argv) {
   if (cmd == "shutdown") return cli_shutdown(rest);
   if (cmd == "rebalance") return cli_rebalance(rest);
   if (cmd == "placement" && !rest.empty() && rest[0] == "load") return cli_placement_load({rest.begin() + 1, rest.end()});
+  if (cmd == "placement") return cli_placement(rest);
   if (cmd == "backends") {
     std::cout << "compiled:";
     for (const std::string& n : compiled_backends()) std::cout << " " << n;

@@ -7,11 +7,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "switchyard/core/io.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/cli/toy_task.h"
+#include "switchyard/placement/load_trace.h"
+#include "switchyard/placement/zipf_trace.h"
 
 namespace sy {
 namespace {
@@ -155,6 +158,81 @@ TEST_F(Cli, TrainToyPrintsCurveAndLossDrop) {
   const size_t pos = r.output.find("loss_drop: ");
   ASSERT_NE(pos, std::string::npos) << r.output;
   EXPECT_GT(std::stod(r.output.substr(pos + 11)), 1.0) << "20 steps of AdamW should already reduce the loss";
+}
+
+// `placement plan|simulate` (issue 10): the printed lines, the written YAML, exit codes.
+std::string line_value(const std::string& output, const std::string& name) {
+  std::istringstream in(output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(name + ": ", 0) == 0) return line.substr(name.size() + 2);
+  return "";
+}
+
+TEST_F(Cli, PlacementPlanWritesYamlAndPrintsItsFigures) {
+  ZipfTraceOptions z;
+  z.rows = 3;
+  z.experts = 16;
+  z.steps = 2;
+  write_load_trace_steps(path("load.npy"), zipf_trace(z));
+  Result r = run("placement plan --load " + path("load.npy") + " --workers 4 --slots-per-worker 6 --out " + path("p.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* name : {"balancedness", "balancedness_bound", "moved_replicas", "moved_bytes", "plan_ms"})
+    EXPECT_NE(line_value(r.output, name), "") << name << " in " << r.output;
+  EXPECT_LE(std::stod(line_value(r.output, "balancedness")), std::stod(line_value(r.output, "balancedness_bound")) + 1e-6);
+  EXPECT_GT(std::stod(line_value(r.output, "balancedness")), 0.9);
+  ASSERT_TRUE(fs::exists(path("p.yaml")));
+  // Replanning the same load against the written plan moves nothing.
+  r = run("placement plan --load " + path("load.npy") + " --workers 4 --slots-per-worker 6 --nodes 2 --current " + path("p.yaml") +
+          " --out " + path("p2.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(line_value(r.output, "moved_replicas"), "0") << r.output;
+  r = run("placement simulate --load " + path("load.npy") + " --workers 4 --nodes 2 --placement " + path("p.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_GE(std::stod(line_value(r.output, "step_ms")), std::stod(line_value(r.output, "ideal_step_ms")));
+  EXPECT_NEAR(std::stod(line_value(r.output, "inter_node_fraction")), 0.5, 1e-6) << r.output;
+  r = run("placement simulate --load " + path("load.npy") + " --workers 4 --nodes 2 --slots-per-worker 6 --policy all");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("policy: hierarchical"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, PlacementPlanWithAModelCountsBytes) {
+  ModelConfig m = load_config(kModels + "topk.yaml").model;
+  LoadMatrix load = load_matrix_rows(m);
+  for (size_t i = 0; i < load.counts.size(); ++i) load.counts[i] = static_cast<double>(10 * (i + 1));
+  write_load_trace(path("load.npy"), load);
+  Result r = run("placement plan --load " + path("load.npy") + " --config " + kModels + "topk.yaml --workers 2 --slots-per-worker 5 --out " +
+                 path("p.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const int64_t replica = 4 * 3 * 128 * 64 * 4;  // 4 x swiglu weight bytes
+  EXPECT_EQ(std::stoll(line_value(r.output, "moved_bytes")), std::stoll(line_value(r.output, "moved_replicas")) * replica) << r.output;
+}
+
+TEST_F(Cli, PlacementErrorsNameTheFlagOrFile) {
+  write_load_trace(path("load.npy"), load_matrix_rows(2, 8));
+  write("bad.npy", "not numpy");
+  const std::string out = " --out " + path("p.yaml");
+  Result r = run("placement plan --load " + path("bad.npy") + " --workers 4 --slots-per-worker 2" + out);
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("bad.npy"), std::string::npos) << r.output;
+  r = run("placement plan --load " + path("load.npy") + " --workers 4 --slots-per-worker 1" + out);
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("--slots-per-worker"), std::string::npos) << r.output;
+  r = run("placement plan --load " + path("load.npy") + " --workers 4 --nodes 3 --slots-per-worker 2" + out);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--nodes"), std::string::npos) << r.output;
+  r = run("placement plan --load " + path("load.npy") + " --workers four --slots-per-worker 2" + out);
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = run("placement plan --load " + path("load.npy") + " --workers 4 --slots-per-worker 2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--out"), std::string::npos) << r.output;
+  r = run("placement plan --load " + path("load.npy") + " --config " + kModels + "topk.yaml --workers 4 --slots-per-worker 2" + out);
+  EXPECT_EQ(r.code, 3) << r.output;  // the trace has 8 experts but 2 rows; topk.yaml has 1 row
+  EXPECT_NE(r.output.find("the model has 1"), std::string::npos) << r.output;
+  r = run("placement simulate --load " + path("load.npy") + " --workers 4 --slots-per-worker 2 --policy best");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("best"), std::string::npos) << r.output;
+  r = run("placement");
+  EXPECT_EQ(r.code, 2) << r.output;
 }
 
 }  // namespace

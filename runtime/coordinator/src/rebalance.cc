@@ -55,7 +55,7 @@ PlanResult plan_from_window(const ModelConfig& model, const ClusterConfig& clust
   o.current = &current;
   o.max_moves = max_moves;
   const LoadMatrix m = window_matrix(model, load);
-  for (int r = 0; r < m.rows(); ++r) o.replica_bytes.push_back(3 * expert_weight_bytes(model, m.stage[static_cast<size_t>(r)]));
+  for (int r = 0; r < m.rows(); ++r) o.replica_bytes.push_back(expert_migration_bytes(model, m.stage[static_cast<size_t>(r)]));
   return plan_placement(m, o);
 }
 
@@ -169,7 +169,7 @@ Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::s
       c.set_to_worker(w);
       mig.involved.insert(from);
       mig.involved.insert(w);
-      moved_bytes += static_cast<uint64_t>(3 * expert_weight_bytes(m, key.stage));
+      moved_bytes += static_cast<uint64_t>(expert_migration_bytes(m, key.stage));
     }
   }
   for (const auto& [id, c] : clients) mig.at_step |= c.info.training() && client_active(c, now);

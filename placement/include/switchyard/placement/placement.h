@@ -63,6 +63,9 @@ int64_t expert_weight_bytes(const ModelConfig& model, int stage);
 // What one replica of such an expert costs its worker: 4 × expert_weight_bytes (weights,
 // gradients, AdamW exp_avg and exp_avg_sq).
 int64_t expert_replica_bytes(const ModelConfig& model, int stage);
+// What moving one replica copies: 3 × expert_weight_bytes (weights and AdamW's two moments;
+// gradients are not moved, a step boundary has none).
+int64_t expert_migration_bytes(const ModelConfig& model, int stage);
 // Per worker (index 0..workers-1): Σ over the replicas it holds of expert_replica_bytes.
 std::vector<int64_t> worker_replica_bytes(const Placement& placement, const ModelConfig& model, int workers);
 // Throws a config error "<source>: worker W needs N bytes (X MiB) for K expert replicas ...,
