@@ -122,6 +122,8 @@ TensorMap train(const std::string& transport, int steps, const std::vector<std::
       epoch = t.a.placement().epoch;
       EXPECT_EQ(t.b.placement().epoch, epoch) << "the clients switched at different steps";
       expect_replicas_identical(t.a, 3, "right after the rebalance to epoch " + std::to_string(epoch));
+    } else {
+      expect_replicas_identical(t.a, 3, "after step " + std::to_string(n) + " (epoch " + std::to_string(epoch) + ")");
     }
     std::this_thread::sleep_for(20ms);  // let the driver's rebalances land between steps
   }
@@ -219,8 +221,6 @@ TEST(RebalanceServing, RepeatedRebalancesFailNoRequest) {
     ClusterClient loader(cluster.coordinator->endpoint(), "loader");
     loader.load_model(cfg, weights);
   }
-  LocalExperts local(cfg.model, weights, nullptr);
-  LayerEngine reference(cfg.model, weights, local);
   std::atomic<bool> stop{false};
   std::atomic<int> served{0}, failed{0};
   auto serve = [&](int id) {
@@ -228,6 +228,8 @@ TEST(RebalanceServing, RepeatedRebalancesFailNoRequest) {
     c.use_loaded_model(cfg);
     c.set_training(false);
     LayerEngine layer(cfg.model, weights, c.experts(0));
+    LocalExperts local(cfg.model, weights, nullptr);  // engines keep state: one per thread
+    LayerEngine reference(cfg.model, weights, local);
     RandomStream rng(static_cast<uint64_t>(id), "serving");
     while (!stop) {
       const Tensor x = random_tokens(64, cfg.model.hidden_size, rng);
@@ -343,12 +345,15 @@ TEST(RebalanceFailure, WorkerKilledDuringMigrationKeepsTheOldEpoch) {
   EXPECT_NE(error.find("worker 2"), std::string::npos) << "error: " << error;
   EXPECT_EQ(client.placement().epoch, epoch);
   for (int more = 0; more < 3; ++more) step(n++);  // training goes on without worker 2
+  std::this_thread::sleep_for(500ms);                // heartbeats carry the replica counts
   const ClusterStatus st = query_cluster_status(cluster.coordinator->endpoint());
   EXPECT_EQ(st.placement_epoch, epoch);
   ASSERT_FALSE(st.rebalances.empty());
   EXPECT_EQ(st.rebalances[0].state, "failed");
   for (const WorkerStatus& w : st.workers) {
-    if (w.id < 2) EXPECT_EQ(w.experts, 8u) << "worker " << w.id;
+    if (w.id < 2) {
+      EXPECT_EQ(w.experts, 8u) << "worker " << w.id;
+    }
   }
 }
 

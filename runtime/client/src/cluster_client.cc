@@ -450,18 +450,20 @@ void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
   im.config = std::make_unique<Config>(load_config_string(yaml, "model"));
   // Per worker: its experts' weights, encoded one after the other (core/expert.h).
   std::map<int, std::vector<float>> payloads;
+  // Every worker gets the model (one holding no replica yet can receive some in a rebalance).
   std::map<int, Call> calls_of;
+  for (const auto& [worker, link] : im.links) {
+    Call& c = calls_of[worker];
+    c.worker = worker;
+    c.request.set_request_id(im.next_request++);
+    c.request.mutable_load_model()->set_model_yaml(yaml);
+    c.request.mutable_load_model()->set_placement_epoch(placed.placement_epoch());
+    *c.request.mutable_load_model()->mutable_placement() = placed.placement();
+  }
   for (const auto& [key, workers] : placement_.replicas) {
     const TensorMap w = extract_expert_weights(model, weights, key);
     for (int worker : workers) {
-      Call& c = calls_of[worker];
-      if (!c.request.has_load_model()) {
-        c.worker = worker;
-        c.request.set_request_id(im.next_request++);
-        c.request.mutable_load_model()->set_model_yaml(yaml);
-        c.request.mutable_load_model()->set_placement_epoch(placed.placement_epoch());
-        *c.request.mutable_load_model()->mutable_placement() = placed.placement();
-      }
+      Call& c = calls_of.at(worker);
       wire::key_to_pb(key, 1, c.request.mutable_load_model()->add_experts());
       encode_expert_weights(ExpertGeometry::of(model, key.stage), w, payloads[worker]);
     }
@@ -627,7 +629,7 @@ void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step
   std::vector<Call> optional;
   for (auto it = calls.begin(); it != calls.end();)
     if (placement_.experts_on(it->worker).empty()) {
-      optional.push_back(std::move(*it));
+      if (im.usable(it->worker)) optional.push_back(std::move(*it));  // a broken one is skipped
       it = calls.erase(it);
     } else {
       ++it;

@@ -189,7 +189,7 @@ Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::s
   last_epoch = mig.next.epoch;
   migration = std::move(mig);
   verdicts[last_epoch] = pb::EpochDecisionReply::PENDING;
-  SY_LOG(info, "runtime", "rebalance to epoch " << last_epoch << " (" << source << "): " << r.moved_replicas()
+  SY_LOG(info, "runtime", "rebalance to epoch " << last_epoch << " (" << source << "): " << migration->copies.size()
                                                 << " replicas to copy (" << moved_bytes << " bytes), " << dropped
                                                 << " to drop, planned balancedness " << before << " -> " << after);
   if (driver.joinable()) driver.join();  // the previous one has finished (migration was empty)

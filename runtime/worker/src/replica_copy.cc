@@ -12,7 +12,8 @@ namespace pb = wire::pb;
 using Clock = std::chrono::steady_clock;
 
 inline constexpr transport::Tag kMigrationTagBase = transport::Tag{1} << 32;
-constexpr size_t kChecksumFloats = sizeof(uint64_t) / sizeof(float);
+constexpr size_t kWordFloats = sizeof(uint64_t) / sizeof(float);
+constexpr size_t kTrailerFloats = 2 * kWordFloats;  // AdamW step count, then the checksum
 
 transport::Tag copy_tag(uint64_t epoch, size_t index) {
   return kMigrationTagBase + ((epoch & 0xff) << 24) + static_cast<transport::Tag>(index & 0xffffff);
@@ -28,27 +29,32 @@ struct Transfer {
   bool posted = false;
 };
 
-// The replica's state, encoded, with its checksum appended.
+// The replica's state, encoded, then its AdamW step count and the checksum of both.
 std::vector<float> snapshot(const ExpertStore& store, const ExpertKey& key) {
   const ExpertGeometry geometry = ExpertGeometry::of(store.model(), key.stage);
+  const ExpertTensors state = store.tensors_of(key);
   std::vector<float> out;
-  encode_expert(geometry, store.tensors_of(key), /*with_moments=*/true, out);
-  const uint64_t sum = fnv1a64(out.data(), out.size() * sizeof(float));
-  out.resize(out.size() + kChecksumFloats);
-  std::memcpy(out.data() + out.size() - kChecksumFloats, &sum, sizeof sum);
+  encode_expert(geometry, state, /*with_moments=*/true, out);
+  const size_t n = out.size();
+  out.resize(n + kTrailerFloats);
+  const int64_t step = state.step;
+  std::memcpy(out.data() + n, &step, sizeof step);
+  const uint64_t sum = fnv1a64(out.data(), (n + kWordFloats) * sizeof(float));
+  std::memcpy(out.data() + n + kWordFloats, &sum, sizeof sum);
   return out;
 }
 
 // Verifies, decodes and adds a received replica; throws an input error naming it.
 void accept(ExpertStore& store, const Transfer& t) {
   const std::string what = "replica " + t.key.to_string() + " from worker " + std::to_string(t.peer);
-  const size_t n = t.buffer.size() - kChecksumFloats;
+  const size_t n = t.buffer.size() - kTrailerFloats;
   uint64_t sum = 0;
-  std::memcpy(&sum, t.buffer.data() + n, sizeof sum);
-  if (sum != fnv1a64(t.buffer.data(), n * sizeof(float)))
+  std::memcpy(&sum, t.buffer.data() + n + kWordFloats, sizeof sum);
+  if (sum != fnv1a64(t.buffer.data(), (n + kWordFloats) * sizeof(float)))
     throw Error(ErrorKind::input, what + " does not verify (checksum mismatch)");
   const ExpertGeometry geometry = ExpertGeometry::of(store.model(), t.key.stage);
   ExpertTensors tensors = decode_expert(geometry, std::span<const float>(t.buffer.data(), n), true, what);
+  std::memcpy(&tensors.step, t.buffer.data() + n, sizeof tensors.step);
   store.add(t.key, std::move(tensors));
 }
 
@@ -74,7 +80,7 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
     } else if (c.to_worker() == self) {
       const ExpertGeometry geometry = ExpertGeometry::of(store.model(), key.stage);
       transfers.push_back({i, key, c.from_worker(), true,
-                           std::vector<float>(static_cast<size_t>(encoded_expert_floats(geometry, true)) + kChecksumFloats)});
+                           std::vector<float>(static_cast<size_t>(encoded_expert_floats(geometry, true)) + kTrailerFloats)});
     }
   }
   Status s;

@@ -3,9 +3,10 @@
 // A copy moves one replica's whole state — weights, AdamW moments and step count, the core/
 // expert.h codec with moments — from its current holder to a new one over the workers' data
 // plane (one tagged message per copy: tag kMigrationTagBase + epoch · 2^24 + the copy's index in
-// the rebalance, the same list on every worker). The payload ends with a 64-bit FNV-1a checksum
-// of the encoded state (two floats' worth of bytes); the receiver verifies it, decodes and
-// validates every tensor, and only then adds the replica to its store.
+// the rebalance, the same list on every worker). After the encoded tensors come the AdamW step
+// count (int64) and a 64-bit FNV-1a checksum of everything before it; the receiver verifies
+// the checksum, decodes and validates every tensor (ExpertTensors::validate: a negative step
+// count too), and only then adds the replica to its store.
 #pragma once
 
 #include <chrono>
