@@ -350,4 +350,10 @@ int cli_bench_exchange(const std::vector<std::string>& args) {
   return 0;
 }
 
+double ucx_perftest_tag_bw(const std::string& tls, int64_t mib, const std::string& perftest) {
+  BenchFlags f;
+  f.perftest = perftest;
+  return std::max(measure_perftest(f, tls, mib, 1, ""), measure_perftest(f, tls, mib, 1, " -E sleep"));
+}
+
 }  // namespace sy

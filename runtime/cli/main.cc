@@ -21,6 +21,7 @@
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/cli/toy_task.h"
 #include "bench_exchange.h"
+#include "bench_rebalance.h"
 #include "cluster_commands.h"
 #include "placement_commands.h"
 #include "flags.h"
@@ -242,6 +243,7 @@ cluster:
   switchyard shutdown --cluster HOST:PORT
   switchyard rebalance --cluster HOST:PORT (--placement P.yaml | --from-load) [--slots-per-worker K] [--max-moves M]
   switchyard placement load --cluster HOST:PORT --out L.npy      the coordinator's load window, [R, E]
+  switchyard bench rebalance --cluster HOST:PORT [--config C] [--skew S] [--steps N]   policy rebalance, migration bandwidth
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
 
 placement (docs/placement.md):
@@ -267,6 +269,7 @@ int run(int argc, char** argv) {
   if (cmd == "train-toy") return cmd_train_toy(rest);
   if (cmd == "demo") return cmd_demo(rest);
   if (cmd == "bench" && !rest.empty() && rest[0] == "serve") return cli_bench_serve({rest.begin() + 1, rest.end()});
+  if (cmd == "bench" && !rest.empty() && rest[0] == "rebalance") return cli_bench_rebalance({rest.begin() + 1, rest.end()});
   if (cmd == "bench") return cli_bench_exchange(rest);
   if (cmd == "up") return cli_up(rest);
   if (cmd == "coordinator") return cli_coordinator(rest);

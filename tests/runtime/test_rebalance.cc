@@ -271,6 +271,40 @@ TEST(RebalanceServing, RepeatedRebalancesFailNoRequest) {
   for (const WorkerStatus& w : st.workers) EXPECT_EQ(w.experts, w.id == 2 ? 2u : 3u) << "worker " << w.id << " kept old replicas";
 }
 
+// The policy (cluster.rebalance.every_steps): a skewed training job is rebalanced by the
+// coordinator itself, and the measured balance improves.
+TEST(RebalancePolicy, SkewedTrainingIsRebalancedAutomatically) {
+  const Config cfg = load_config(kModels + "topk.yaml");
+  ClusterConfig c = test_cluster_config(4, 1, "inprocess");
+  c.rebalance.every_steps = 6;
+  c.rebalance.window_steps = 5;
+  c.rebalance.min_gain = 0.02;
+  LocalCluster cluster(c);
+  TensorMap weights = init_layer_weights(cfg.model, 2);
+  const SkewedTokens skewed(cfg.model, 1.5, 1);
+  skewed.skew_router(weights, cfg.model, 1.0f);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  LayerEngine layer(cfg.model, weights, client.experts(0));
+  RandomStream rng(3, "policy");
+  double before = 0;
+  for (int n = 1; n <= 24; ++n) {
+    TensorMap grads = zeros_like(weights);
+    layer.forward(skewed.sample(256, rng));
+    layer.backward(random_tokens(256, cfg.model.hidden_size, rng), grads);
+    client.step({.lr = 1e-4}, 1, static_cast<uint64_t>(n));
+    if (n == 5) before = query_cluster_status(cluster.coordinator->endpoint()).load.balancedness;
+  }
+  const ClusterStatus st = query_cluster_status(cluster.coordinator->endpoint());
+  ASSERT_FALSE(st.rebalances.empty()) << "the policy never rebalanced (window balancedness " << before << ")";
+  const RebalanceInfo& first = st.rebalances.back();
+  EXPECT_EQ(first.source, "policy");
+  EXPECT_EQ(first.state, "committed") << first.error;
+  EXPECT_GE(first.balancedness_after, first.balancedness_before + c.rebalance.min_gain);
+  EXPECT_GT(st.placement_epoch, 1u);
+  EXPECT_GT(st.load.balancedness, before) << "measured balancedness did not improve";
+}
+
 // A rebalance that names a placement the cluster cannot hold fails at once, naming why, and
 // changes nothing.
 TEST(RebalanceErrors, BadPlacementIsRefusedNamingIt) {
