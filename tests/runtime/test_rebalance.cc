@@ -265,6 +265,7 @@ TEST(RebalanceServing, RepeatedRebalancesFailNoRequest) {
   s2.join();
   EXPECT_EQ(failed, 0);
   EXPECT_GT(served, 20);
+  std::this_thread::sleep_for(500ms);  // heartbeats carry the replica counts
   const ClusterStatus st = query_cluster_status(cluster.coordinator->endpoint());
   ASSERT_GE(st.rebalances.size(), 5u);
   EXPECT_EQ(st.placement.workers_for({0, 0, 1}), std::vector<int>{1});

@@ -1,6 +1,7 @@
 #include "replica_copy.h"
 
 #include <cstring>
+#include <future>
 #include <memory>
 
 #include "switchyard/core/error.h"
@@ -12,59 +13,127 @@ namespace pb = wire::pb;
 using Clock = std::chrono::steady_clock;
 
 inline constexpr transport::Tag kMigrationTagBase = transport::Tag{1} << 32;
-constexpr size_t kWordFloats = sizeof(uint64_t) / sizeof(float);
-constexpr size_t kTrailerFloats = 2 * kWordFloats;  // AdamW step count, then the checksum
+constexpr uint64_t kPrime = 1099511628211ull;
 
-transport::Tag copy_tag(uint64_t epoch, size_t index) {
-  return kMigrationTagBase + ((epoch & 0xff) << 24) + static_cast<transport::Tag>(index & 0xffffff);
+transport::Tag copy_tag(uint64_t epoch, size_t index, size_t message) {
+  return kMigrationTagBase + ((epoch & 0xff) << 24) + ((static_cast<transport::Tag>(index) << 4) & 0xfffff0) + message;
 }
 
+// One copy on this worker: the tensors in message order (a weight, its exp_avg, exp_avg_sq),
+// then the trailer (AdamW's step count and one checksum per tensor).
 struct Transfer {
   size_t index = 0;
   ExpertKey key;
   int peer = 0;
   bool incoming = false;
-  std::vector<float> buffer;  // encoded state + checksum
-  transport::RequestId request{};
-  bool posted = false;
+  ExpertTensors state;                                 // incoming: the receive buffers
+  std::vector<std::pair<const float*, size_t>> spans;  // per tensor: its storage, bytes
+  std::vector<uint64_t> trailer;
+  std::vector<transport::RequestId> requests;  // per tensor, then the trailer
+  size_t landed = 0;                           // requests done, in order
+  std::vector<std::future<uint64_t>> sums;     // incoming: checksums of the landed tensors
 };
 
-// The replica's state, encoded, then its AdamW step count and the checksum of both.
-std::vector<float> snapshot(const ExpertStore& store, const ExpertKey& key) {
-  const ExpertGeometry geometry = ExpertGeometry::of(store.model(), key.stage);
-  const ExpertTensors state = store.tensors_of(key);
-  std::vector<float> out;
-  encode_expert(geometry, state, /*with_moments=*/true, out);
-  const size_t n = out.size();
-  out.resize(n + kTrailerFloats);
-  const int64_t step = state.step;
-  std::memcpy(out.data() + n, &step, sizeof step);
-  const uint64_t sum = fnv1a64(out.data(), (n + kWordFloats) * sizeof(float));
-  std::memcpy(out.data() + n + kWordFloats, &sum, sizeof sum);
-  return out;
+// Tensors of the right shapes to receive a replica's state into.
+ExpertTensors receive_buffers(const ExpertGeometry& geometry) {
+  ExpertTensors t;
+  for (const std::string& name : geometry.tensor_names()) {
+    const Shape s = geometry.shape(name);
+    t.weights.emplace(name, Tensor(s));
+    t.moments.emplace(name + ".exp_avg", Tensor(s));
+    t.moments.emplace(name + ".exp_avg_sq", Tensor(s));
+  }
+  return t;
 }
 
-// Verifies, decodes and adds a received replica; throws an input error naming it.
-void accept(ExpertStore& store, const Transfer& t) {
-  const std::string what = "replica " + t.key.to_string() + " from worker " + std::to_string(t.peer);
-  const size_t n = t.buffer.size() - kTrailerFloats;
-  uint64_t sum = 0;
-  std::memcpy(&sum, t.buffer.data() + n + kWordFloats, sizeof sum);
-  if (sum != fnv1a64(t.buffer.data(), (n + kWordFloats) * sizeof(float)))
-    throw Error(ErrorKind::input, what + " does not verify (checksum mismatch)");
+void add_span(Transfer& t, const Tensor& tensor) {
+  t.spans.emplace_back(tensor.data(), static_cast<size_t>(tensor.numel()) * sizeof(float));
+}
+
+// Posts every message of one copy: the tensors straight from (or into) their storage, then the
+// trailer; a sender hashes its tensors while the receiver pulls them.
+Status post_copy(transport::Transport& transport, const ExpertStore& store, uint64_t epoch, Transfer& t,
+                 uint64_t& bytes) {
   const ExpertGeometry geometry = ExpertGeometry::of(store.model(), t.key.stage);
-  ExpertTensors tensors = decode_expert(geometry, std::span<const float>(t.buffer.data(), n), true, what);
-  std::memcpy(&tensors.step, t.buffer.data() + n, sizeof tensors.step);
-  store.add(t.key, std::move(tensors));
+  if (t.incoming) t.state = receive_buffers(geometry);
+  const TensorMap& w = t.incoming ? t.state.weights : store.weights(t.key);
+  const TensorMap& m = t.incoming ? t.state.moments : store.optimizer(t.key).state();
+  for (const std::string& name : geometry.tensor_names())
+    for (const Tensor* tensor : {&w.at(name), &m.at(name + ".exp_avg"), &m.at(name + ".exp_avg_sq")}) add_span(t, *tensor);
+  for (size_t j = 0; j < t.spans.size(); ++j) {
+    void* p = const_cast<float*>(t.spans[j].first);  // a send only reads it
+    auto r = t.incoming ? wire::post_recv(transport, t.peer, copy_tag(epoch, t.index, j), p, t.spans[j].second)
+                        : wire::post_send(transport, t.peer, copy_tag(epoch, t.index, j), p, t.spans[j].second);
+    if (!r) return r.status();
+    t.requests.push_back(*r);
+    bytes += t.spans[j].second;
+  }
+  t.trailer.assign(1 + t.spans.size(), 0);
+  if (!t.incoming) {
+    t.trailer[0] = static_cast<uint64_t>(store.optimizer(t.key).steps());
+    for (size_t j = 0; j < t.spans.size(); ++j) t.trailer[1 + j] = checksum64(t.spans[j].first, t.spans[j].second);
+  }
+  const size_t tb = t.trailer.size() * sizeof(uint64_t);
+  auto r = t.incoming ? wire::post_recv(transport, t.peer, copy_tag(epoch, t.index, 15), t.trailer.data(), tb)
+                      : wire::post_send(transport, t.peer, copy_tag(epoch, t.index, 15), t.trailer.data(), tb);
+  if (!r) return r.status();
+  t.requests.push_back(*r);
+  return Status::ok();
+}
+
+// Progresses until every request is done; each incoming tensor is hashed on a helper thread as
+// soon as it has landed, while the rest are still moving.
+Status await_copies(transport::Transport& transport, std::vector<Transfer>& transfers, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    transport.progress();
+    bool all = true;
+    for (Transfer& t : transfers) {
+      while (t.landed < t.requests.size()) {
+        auto done = transport.test(t.requests[t.landed]);
+        if (!done)
+          return Status(done.status().code(), "copy of " + t.key.to_string() + (t.incoming ? " from" : " to") +
+                                                  " worker " + std::to_string(t.peer) + ": " + done.status().to_string());
+        if (!done->done) break;
+        if (t.incoming && t.landed < t.spans.size()) {
+          const auto [p, n] = t.spans[t.landed];
+          t.sums.push_back(std::async(std::launch::async, [p, n] { return checksum64(p, n); }));
+        }
+        ++t.landed;
+      }
+      all &= t.landed == t.requests.size();
+    }
+    if (all) return Status::ok();
+    if (Clock::now() > deadline)
+      return Status(StatusCode::timeout, "replica copies did not finish within " + std::to_string(timeout.count()) + " ms");
+  }
+}
+
+// Verifies a received replica's checksums and adds it to the store; throws naming it.
+void accept(ExpertStore& store, Transfer& t) {
+  const std::string what = "replica " + t.key.to_string() + " from worker " + std::to_string(t.peer);
+  for (size_t j = 0; j < t.sums.size(); ++j)
+    if (t.sums[j].get() != t.trailer[1 + j]) throw Error(ErrorKind::input, what + " does not verify (checksum of tensor " + std::to_string(j) + ")");
+  t.state.step = static_cast<int64_t>(t.trailer[0]);
+  store.add(t.key, std::move(t.state));
 }
 
 }  // namespace
 
-uint64_t fnv1a64(const void* data, size_t bytes) {
-  uint64_t h = 1469598103934665603ull;
+uint64_t checksum64(const void* data, size_t bytes) {
   const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
+  uint64_t lane[4] = {1469598103934665603ull, 0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull, 0x94d049bb133111ebull};
+  size_t i = 0;
+  for (; i + 32 <= bytes; i += 32)
+    for (int k = 0; k < 4; ++k) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * k, 8);
+      lane[k] = (lane[k] ^ w) * kPrime;
+    }
+  uint64_t h = lane[0];
+  for (int k = 1; k < 4; ++k) h = (h ^ lane[k]) * kPrime;
+  for (; i < bytes; ++i) h = (h ^ p[i]) * kPrime;
+  return (h ^ bytes) * kPrime;
 }
 
 CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& store, int self, uint64_t epoch,
@@ -74,45 +143,30 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
   std::vector<Transfer> transfers;
   for (size_t i = 0; i < copies.size(); ++i) {
     const pb::ReplicaCopy& c = copies[i];
-    const ExpertKey key{c.layer(), c.stage(), c.expert()};
-    if (c.from_worker() == self) {
-      transfers.push_back({i, key, c.to_worker(), false, snapshot(store, key)});
-    } else if (c.to_worker() == self) {
-      const ExpertGeometry geometry = ExpertGeometry::of(store.model(), key.stage);
-      transfers.push_back({i, key, c.from_worker(), true,
-                           std::vector<float>(static_cast<size_t>(encoded_expert_floats(geometry, true)) + kTrailerFloats)});
-    }
+    if (c.from_worker() != self && c.to_worker() != self) continue;
+    Transfer& t = transfers.emplace_back();
+    t.index = i;
+    t.key = {c.layer(), c.stage(), c.expert()};
+    t.incoming = c.to_worker() == self;
+    t.peer = t.incoming ? c.from_worker() : c.to_worker();
   }
   Status s;
-  std::vector<transport::RequestId> requests;
   for (Transfer& t : transfers) {
+    if (s) s = post_copy(transport, store, epoch, t, t.incoming ? out.bytes_received : out.bytes_sent);
+    if (!s) s = Status(s.code(), "copy of " + t.key.to_string() + (t.incoming ? " from" : " to") + " worker " +
+                                     std::to_string(t.peer) + ": " + s.message());
     if (!s) break;
-    const size_t bytes = t.buffer.size() * sizeof(float);
-    auto r = t.incoming ? wire::post_recv(transport, t.peer, copy_tag(epoch, t.index), t.buffer.data(), bytes)
-                        : wire::post_send(transport, t.peer, copy_tag(epoch, t.index), t.buffer.data(), bytes);
-    if (!r) {
-      s = Status(r.status().code(), "copy of " + t.key.to_string() + (t.incoming ? " from" : " to") + " worker " +
-                                        std::to_string(t.peer) + ": " + r.status().to_string());
-      break;
-    }
-    t.request = *r;
-    t.posted = true;
-    requests.push_back(*r);
-    (t.incoming ? out.bytes_received : out.bytes_sent) += bytes;
   }
-  if (s) {
-    s = transport.wait_all(requests, timeout);
-    if (!s) s = Status(s.code(), "copying replicas with workers of epoch " + std::to_string(epoch) + ": " + s.message());
-  }
-  if (!s) {  // end every request while its buffer is alive
+  if (s) s = await_copies(transport, transfers, timeout);
+  if (!s) {  // end every unfinished request while its buffer is alive
     for (const Transfer& t : transfers)
-      if (t.posted) (void)transport.disconnect_peer(t.peer);
-    for (const Transfer& t : transfers)
-      if (t.posted) (void)transport.wait(t.request, timeout);
+      if (t.landed < t.requests.size()) (void)transport.disconnect_peer(t.peer);
+    for (Transfer& t : transfers)
+      for (size_t j = t.landed; j < t.requests.size(); ++j) (void)transport.wait(t.requests[j], timeout);
     out.ok = false;
     out.error = s.message();
   }
-  for (const Transfer& t : transfers) {
+  for (Transfer& t : transfers) {
     if (!out.ok || !t.incoming) continue;
     try {
       accept(store, t);

@@ -1,12 +1,14 @@
 // Replica copies between workers: the migration executor of a rebalance.
 //
-// A copy moves one replica's whole state — weights, AdamW moments and step count, the core/
-// expert.h codec with moments — from its current holder to a new one over the workers' data
-// plane (one tagged message per copy: tag kMigrationTagBase + epoch · 2^24 + the copy's index in
-// the rebalance, the same list on every worker). After the encoded tensors come the AdamW step
-// count (int64) and a 64-bit FNV-1a checksum of everything before it; the receiver verifies
-// the checksum, decodes and validates every tensor (ExpertTensors::validate: a negative step
-// count too), and only then adds the replica to its store.
+// A copy moves one replica's whole state — weights, AdamW moments and step count — from its
+// current holder to a new one over the workers' data plane, with no staging copy: each tensor
+// (canonical order: a weight, then its exp_avg and exp_avg_sq) goes as one tagged message straight
+// from the holder's store into the new tensor on the receiver, then a trailer with the AdamW step
+// count and one 64-bit checksum per tensor. Tags: kMigrationTagBase + epoch · 2^24 + the copy's
+// index in the rebalance (the same list on every worker) · 16 + the message. The checksums are
+// computed while the data moves (the receiver hashes each tensor on a helper thread as it lands);
+// the receiver verifies every one, then adds the replica to its store (which validates shapes and
+// finiteness).
 #pragma once
 
 #include <chrono>
@@ -37,7 +39,8 @@ struct CopyOutcome {
 CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& store, int self, uint64_t epoch,
                                const std::vector<wire::pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout);
 
-// 64-bit FNV-1a of `bytes` bytes at `data`.
-uint64_t fnv1a64(const void* data, size_t bytes);
+// A 64-bit checksum of `bytes` bytes: four interleaved FNV-1a-style lanes over 64-bit words
+// (xor, then multiply by the FNV prime), folded together with the tail; memory-bandwidth fast.
+uint64_t checksum64(const void* data, size_t bytes);
 
 }  // namespace sy
