@@ -24,6 +24,13 @@ endpoint=$(awk '/coordinator listening on/ {print $4}' "$out/up.log")
 "$build/switchyard" bench serve --cluster "$endpoint" --config configs/models/topk.yaml --clients 2 --requests 100 \
   | tee "$out/serve.txt"
 kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
+echo "== live rebalancing (policy rebalance of a skewed job, migration bandwidth)"
+"$build/switchyard" up --config configs/bench-rebalance.yaml >"$out/up-rebalance.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 1 600); do grep -q "cluster ready" "$out/up-rebalance.log" && break; sleep 0.1; done
+endpoint=$(awk '/coordinator listening on/ {print $4}' "$out/up-rebalance.log")
+"$build/switchyard" bench rebalance --cluster "$endpoint" --config configs/models/topk.yaml | tee "$out/rebalance.txt"
+kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
 if [ -x scripts/bench-exchange.sh ]; then
   echo "== exchange benchmark"
   scripts/bench-exchange.sh "$build" | tee "$out/exchange.txt"
