@@ -48,7 +48,8 @@ struct Coordinator::Impl {
     bool at_step = false;              // training: copies run inside step `at_step_n`
     uint64_t at_step_n = 0;            // 0 until the workers are prepared
     std::optional<Clock::time_point> step_reached;  // a client reported step at_step_n
-    std::map<int, pb::MigrationReportRequest> reports;
+    std::map<int, pb::MigrationReportRequest> ready;    // between requests: receive buffers allocated
+    std::map<int, pb::MigrationReportRequest> reports;  // copies done (or failed)
     pb::EpochDecisionReply::Verdict verdict = pb::EpochDecisionReply::PENDING;
     pb::RebalanceRecord record;
   };
@@ -103,6 +104,10 @@ struct Coordinator::Impl {
   // Caller holds mu: starts the driver thread for `next` (epoch set here).
   Result<uint64_t> start_rebalance(Placement next, const std::string& source, double before, double after);
   void drive(uint64_t next_epoch);
+  // Caller holds `lock`: until every involved worker reported (`ready`: its buffers; else its
+  // copies), one failed or died, or the deadline (2 × request_timeout_ms from `since`; a
+  // training rebalance waits up to startup_timeout_ms for its step first).
+  Status await_reports(std::unique_lock<std::mutex>& lock, bool ready, Clock::time_point since);
   void join_driver();
 };
 

@@ -230,7 +230,7 @@ Result<pb::EpochDecisionReply> Coordinator::Impl::epoch_decision(const pb::Epoch
 Result<pb::MigrationReportReply> Coordinator::Impl::migration_report(const pb::MigrationReportRequest& req) {
   std::lock_guard<std::mutex> lock(mu);
   if (migration && migration->next.epoch == req.epoch()) {
-    migration->reports[req.worker_id()] = req;
+    (req.ready() ? migration->ready : migration->reports)[req.worker_id()] = req;
     changed.notify_all();
   }
   return pb::MigrationReportReply{};
@@ -268,10 +268,47 @@ class WorkerCalls {
 
 }  // namespace
 
+Status Coordinator::Impl::await_reports(std::unique_lock<std::mutex>& lock, bool ready, Clock::time_point since) {
+  Migration& mig = *migration;
+  const auto& got = ready ? mig.ready : mig.reports;
+  const Millis grace(2 * cluster.request_timeout_ms);
+  for (;;) {
+    const auto now = Clock::now();
+    bool all = true;
+    for (int w : mig.involved) {
+      auto it = got.find(w);
+      if (it != got.end() && !it->second.ok())
+        return Status(StatusCode::peer_failed, "worker " + std::to_string(w) + ": " + it->second.error());
+      if (it != got.end()) continue;
+      all = false;
+      if (!members.count(w) || !alive(members.at(w), now))
+        return Status(StatusCode::peer_failed, "worker " + std::to_string(w) + " died during the rebalance (no heartbeat)");
+    }
+    if (all) return Status::ok();
+    const bool before_step = !ready && mig.at_step && !mig.step_reached;
+    const auto deadline = before_step ? since + Millis(cluster.startup_timeout_ms)
+                          : !ready && mig.at_step ? *mig.step_reached + grace
+                                                  : since + grace;
+    if (now > deadline) {
+      if (before_step)
+        return Status(StatusCode::timeout, "no training step reached step " + std::to_string(mig.at_step_n) +
+                                               " within cluster.startup_timeout_ms");
+      std::string silent;
+      for (int w : mig.involved)
+        if (!got.count(w)) silent += (silent.empty() ? "" : ", ") + std::to_string(w);
+      return Status(StatusCode::timeout, "worker " + silent + " did not report " +
+                                             (ready ? "its receive buffers ready" : "its copies") + " in time");
+    }
+    if (shutdown) return Status(StatusCode::unreachable, "the coordinator is shutting down");
+    changed.wait_for(lock, Millis(20));
+  }
+}
+
 void Coordinator::Impl::drive(uint64_t next_epoch) {
   WorkerCalls calls{Millis(cluster.request_timeout_ms)};
   std::map<int, std::string> endpoints;  // alive workers
   pb::MigrateRequest prepare;
+  bool at_step = false;
   {
     std::lock_guard<std::mutex> lock(mu);
     const auto now = Clock::now();
@@ -280,12 +317,24 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     prepare.set_epoch(next_epoch);
     wire::placement_to_pb(migration->next, prepare.mutable_placement());
     for (const pb::ReplicaCopy& c : migration->copies) *prepare.add_copies() = c;
-    prepare.set_at_step_boundary(migration->at_step);
+    at_step = migration->at_step;
+    prepare.set_at_step_boundary(at_step);
   }
   const auto started = Clock::now();
   Status outcome;
   for (const auto& [w, endpoint] : endpoints)
     if (outcome) outcome = calls.call<pb::MigrateRequest, pb::MigrateReply>(w, endpoint, prepare);
+  if (outcome && !at_step) {  // between requests: once every receiver has its buffers, go
+    std::unique_lock<std::mutex> lock(mu);
+    outcome = await_reports(lock, /*ready=*/true, Clock::now());
+    std::set<int> involved = migration->involved;
+    lock.unlock();
+    pb::EpochNoticeRequest go;
+    go.set_epoch(next_epoch);
+    go.set_action(pb::EpochNoticeRequest::COPY);
+    for (int w : involved)
+      if (outcome) outcome = calls.call<pb::EpochNoticeRequest, pb::EpochNoticeReply>(w, endpoints.at(w), go);
+  }
   {
     std::unique_lock<std::mutex> lock(mu);
     Migration& mig = *migration;
@@ -293,45 +342,9 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
       mig.at_step_n = max_training_step + 1;  // every client reports this step before its StepOp
       mig.record.set_at_step(mig.at_step_n);
     }
-    const auto prepared = Clock::now();
-    const Millis grace(2 * cluster.request_timeout_ms);
-    while (outcome) {
-      const auto now = Clock::now();
-      bool all = true;
-      for (int w : mig.involved) {
-        auto it = mig.reports.find(w);
-        if (it != mig.reports.end() && !it->second.ok()) {
-          outcome = Status(StatusCode::peer_failed, "worker " + std::to_string(w) + ": " + it->second.error());
-          break;
-        }
-        if (it != mig.reports.end()) continue;
-        all = false;
-        if (!members.count(w) || !alive(members.at(w), now))
-          outcome = Status(StatusCode::peer_failed, "worker " + std::to_string(w) + " died during the rebalance (no heartbeat)");
-      }
-      if (!outcome || all) break;
-      const auto deadline = !mig.at_step ? prepared + grace
-                            : mig.step_reached ? *mig.step_reached + grace
-                                               : prepared + Millis(cluster.startup_timeout_ms);
-      if (now > deadline) {
-        std::string silent;
-        for (int w : mig.involved)
-          if (!mig.reports.count(w)) silent += (silent.empty() ? "" : ", ") + std::to_string(w);
-        outcome = Status(StatusCode::timeout, mig.at_step && !mig.step_reached
-                                                  ? "no training step reached step " + std::to_string(mig.at_step_n) +
-                                                        " within cluster.startup_timeout_ms"
-                                                  : "worker " + silent + " did not report its copies in time");
-        break;
-      }
-      if (shutdown) outcome = Status(StatusCode::unreachable, "the coordinator is shutting down");
-      else changed.wait_for(lock, Millis(50));
-    }
+    if (outcome) outcome = await_reports(lock, /*ready=*/false, Clock::now());
     double pause = 0;
-    uint64_t bytes = 0;
-    for (const auto& [w, rep] : mig.reports) {
-      pause = std::max(pause, rep.seconds());
-      bytes += rep.bytes_received();
-    }
+    for (const auto& [w, rep] : mig.reports) pause = std::max(pause, rep.seconds());
     mig.record.set_pause_ms(pause * 1e3);
     mig.record.set_copy_seconds(std::chrono::duration<double>(Clock::now() - started).count());
     if (outcome) {

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "switchyard/core/error.h"
+#include "switchyard/core/log.h"
 
 namespace sy {
 namespace {
@@ -55,7 +56,7 @@ void add_span(Transfer& t, const Tensor& tensor) {
 Status post_copy(transport::Transport& transport, const ExpertStore& store, uint64_t epoch, Transfer& t,
                  uint64_t& bytes) {
   const ExpertGeometry geometry = ExpertGeometry::of(store.model(), t.key.stage);
-  if (t.incoming) t.state = receive_buffers(geometry);
+  if (t.incoming && t.state.weights.empty()) t.state = receive_buffers(geometry);
   const TensorMap& w = t.incoming ? t.state.weights : store.weights(t.key);
   const TensorMap& m = t.incoming ? t.state.moments : store.optimizer(t.key).state();
   for (const std::string& name : geometry.tensor_names())
@@ -136,8 +137,16 @@ uint64_t checksum64(const void* data, size_t bytes) {
   return (h ^ bytes) * kPrime;
 }
 
+ReceiveBuffers allocate_receive_buffers(const ModelConfig& model, int self, const std::vector<pb::ReplicaCopy>& copies) {
+  ReceiveBuffers out;
+  for (size_t i = 0; i < copies.size(); ++i)
+    if (copies[i].to_worker() == self) out.emplace(i, receive_buffers(ExpertGeometry::of(model, copies[i].stage())));
+  return out;
+}
+
 CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& store, int self, uint64_t epoch,
-                               const std::vector<pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout) {
+                               const std::vector<pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout,
+                               ReceiveBuffers buffers) {
   const auto start = Clock::now();
   CopyOutcome out;
   std::vector<Transfer> transfers;
@@ -149,6 +158,7 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
     t.key = {c.layer(), c.stage(), c.expert()};
     t.incoming = c.to_worker() == self;
     t.peer = t.incoming ? c.from_worker() : c.to_worker();
+    if (auto it = buffers.find(i); t.incoming && it != buffers.end()) t.state = std::move(it->second);
   }
   Status s;
   for (Transfer& t : transfers) {
@@ -157,7 +167,9 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
                                      std::to_string(t.peer) + ": " + s.message());
     if (!s) break;
   }
+  const auto posted = Clock::now();
   if (s) s = await_copies(transport, transfers, timeout);
+  const auto moved = Clock::now();
   if (!s) {  // end every unfinished request while its buffer is alive
     for (const Transfer& t : transfers)
       if (t.landed < t.requests.size()) (void)transport.disconnect_peer(t.peer);
@@ -177,6 +189,11 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
     }
   }
   out.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  SY_LOG(debug, "runtime", "worker " << self << ": copies of epoch " << epoch << ": post " << ms(start, posted)
+                                     << " ms, transfer " << ms(posted, moved) << " ms, verify+add "
+                                     << ms(moved, Clock::now()) << " ms, " << out.bytes_received << " bytes in, "
+                                     << out.bytes_sent << " out");
   return out;
 }
 

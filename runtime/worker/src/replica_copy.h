@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,12 +33,19 @@ struct CopyOutcome {
   double seconds = 0;
 };
 
+// Receive buffers of the copies this worker receives, by copy index: allocated ahead (when the
+// rebalance is prepared, off the serving thread), so the copy itself only moves and verifies.
+using ReceiveBuffers = std::map<size_t, ExpertTensors>;
+ReceiveBuffers allocate_receive_buffers(const ModelConfig& model, int self,
+                                        const std::vector<wire::pb::ReplicaCopy>& copies);
+
 // Runs this worker's part of `copies` (as sender and as receiver) and waits for all of it
 // within `timeout`. On failure the peers of the unfinished copies are disconnected (their
 // requests end while the buffers are alive), replicas already added stay in `added` for the
 // caller to discard, and the outcome names the peer.
 CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& store, int self, uint64_t epoch,
-                               const std::vector<wire::pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout);
+                               const std::vector<wire::pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout,
+                               ReceiveBuffers buffers = {});
 
 // A 64-bit checksum of `bytes` bytes: four interleaved FNV-1a-style lanes over 64-bit words
 // (xor, then multiply by the FNV prime), folded together with the tail; memory-bandwidth fast.

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <future>
 #include <variant>
 
 #include "switchyard/core/config.h"
@@ -55,6 +56,8 @@ struct Migration {
   uint64_t copied_at_step = 0;      // the step whose boundary they used (training)
   bool copied = false;
   std::vector<ExpertKey> added;     // replicas the copies made here (discarded on abort)
+  std::future<ReceiveBuffers> buffers;  // allocated off the serving thread from prepare on
+  bool ready_reported = false;
 };
 
 // Control-thread requests for the serving thread (which owns the store and the transport).
@@ -239,10 +242,25 @@ class Worker {
     m.next = wire::placement_from_pb(req.placement(), req.epoch());
     m.copies.assign(req.copies().begin(), req.copies().end());
     m.at_step = req.at_step_boundary();
+    m.buffers = std::async(std::launch::async, allocate_receive_buffers, config_->model, id_, m.copies);
     migration_ = std::move(m);
     SY_LOG(info, "runtime", label_ << ": prepared epoch " << req.epoch() << " (" << req.copies_size() << " copies, "
-                                   << (req.at_step_boundary() ? "at the next step boundary" : "now") << ")");
-    if (!migration_->at_step) copy_replicas();
+                                   << (req.at_step_boundary() ? "at the next step boundary" : "between requests") << ")");
+  }
+
+  // Between requests: once the receive buffers are allocated (the worker serves on meanwhile),
+  // tell the coordinator, which says COPY when every receiver is ready.
+  void report_when_ready() {
+    if (!migration_ || migration_->at_step || migration_->ready_reported) return;
+    if (migration_->buffers.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+    migration_->ready_reported = true;
+    pb::MigrationReportRequest r;
+    r.set_worker_id(id_);
+    r.set_epoch(migration_->epoch);
+    r.set_ok(true);
+    r.set_ready(true);
+    auto reply = coordinator_->call<pb::MigrationReportRequest, pb::MigrationReportReply>(r);
+    if (!reply) SY_LOG(warn, "runtime", label_ << ": reporting buffers ready: " << reply.status().to_string());
   }
 
   // This worker's part of the prepared epoch's copies, then its report to the coordinator.
@@ -252,7 +270,7 @@ class Worker {
     if (std::getenv("SWITCHYARD_TEST_EXIT_IN_COPY"))
       for (const pb::ReplicaCopy& c : m.copies)
         if (c.to_worker() == id_) ::_exit(17);
-    CopyOutcome out = run_replica_copies(*transport_, *store_, id_, m.epoch, m.copies, request_timeout_);
+    CopyOutcome out = run_replica_copies(*transport_, *store_, id_, m.epoch, m.copies, request_timeout_, m.buffers.get());
     m.copied = true;
     m.added = out.added;
     held_changed();
@@ -278,6 +296,9 @@ class Worker {
       case pb::EpochNoticeRequest::COMMIT: return commit_migration(n.epoch());
       case pb::EpochNoticeRequest::ABORT: return abort_migration(n.epoch());
       case pb::EpochNoticeRequest::DROP_OLD: return drop_old_replicas(n.epoch());
+      case pb::EpochNoticeRequest::COPY:
+        if (migration_ && migration_->epoch == n.epoch() && !migration_->copied) copy_replicas();
+        return;
       default: SY_LOG(warn, "runtime", label_ << ": epoch notice without an action");
     }
   }
@@ -320,6 +341,7 @@ class Worker {
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop_ && !coordinator_lost_) {
       run_tasks();
+      report_when_ready();
       take_attached();
       transport_->progress();
       bool busy = false;
