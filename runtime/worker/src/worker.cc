@@ -266,6 +266,15 @@ class Worker {
   // This worker's part of the prepared epoch's copies, then its report to the coordinator.
   void copy_replicas() {
     Migration& m = *migration_;
+    if (!m.at_step && std::chrono::steady_clock::now() - last_step_ < Millis(registration_.heartbeat_ms() * 6)) {
+      // Training is running: a copy between requests would miss the steps until clients switch.
+      CopyOutcome refused;
+      refused.ok = false;
+      refused.error = "training steps are running here; a rebalance of a training job must use a step boundary "
+                      "(retry once the coordinator has seen the job's load reports)";
+      m.copied = true;
+      return report_migration(m.epoch, refused);
+    }
     // Test hook (tests/runtime/test_rebalance.cc): die as a new holder is about to receive.
     if (std::getenv("SWITCHYARD_TEST_EXIT_IN_COPY"))
       for (const pb::ReplicaCopy& c : m.copies)
@@ -666,6 +675,7 @@ class Worker {
       const pb::AdamWSettings& a = op.adamw();
       store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
       ++steps_;
+      last_step_ = std::chrono::steady_clock::now();
     } catch (const std::exception& e) {
       error = wire::error_info(e, id_);
     }
@@ -700,6 +710,7 @@ class Worker {
   std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
   std::map<uint64_t, std::vector<PendingStep>> pending_steps_;
   std::optional<Migration> migration_;
+  std::chrono::steady_clock::time_point last_step_{};  // when this worker last applied a step
   std::mutex tasks_mu_;
   std::vector<Task> tasks_;  // from the control thread
   uint64_t next_store_request_ = 1;
