@@ -88,14 +88,31 @@ ExpertTensors ExpertTensors::fresh(const ExpertGeometry& geometry, TensorMap wei
   return t;
 }
 
+namespace {
+// Branch-free scans (they vectorize): a replica moved in a rebalance is validated on arrival.
+bool all_finite(std::span<const float> values) {
+  uint32_t bad = 0;
+  for (float v : values) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);  // exponent all ones: inf or NaN
+  }
+  return bad == 0;
+}
+bool any_negative(std::span<const float> values) {
+  uint32_t neg = 0;
+  for (float v : values) neg |= static_cast<uint32_t>(v < 0.0f);
+  return neg != 0;
+}
+}  // namespace
+
 void ExpertTensors::validate(const ExpertGeometry& geometry, const std::string& what) const {
   const auto check = [&](const TensorMap& map, const std::string& name, const Shape& want) {
     const Tensor& t = find_tensor(map, name, what);
     if (t.shape() != want)
       throw_input_error(what + ": tensor '" + name + "' has shape " + shape_to_string(t.shape()) + ", expected " +
                         shape_to_string(want));
-    for (float v : t.values())
-      if (!std::isfinite(v)) throw_input_error(what + ": tensor '" + name + "' is not finite");
+    if (!all_finite(t.values())) throw_input_error(what + ": tensor '" + name + "' is not finite");
   };
   const auto known = [&](const std::string& name, bool moment) {
     for (const std::string& w : geometry.tensor_names()) {
@@ -111,8 +128,8 @@ void ExpertTensors::validate(const ExpertGeometry& geometry, const std::string& 
     check(weights, name, geometry.shape(name));
     if (moments.empty()) continue;
     for (const char* suffix : kMomentSuffixes) check(moments, name + suffix, geometry.shape(name));
-    for (float v : moments.at(name + ".exp_avg_sq").values())
-      if (v < 0) throw_input_error(what + ": tensor '" + name + ".exp_avg_sq' holds a negative second moment");
+    if (any_negative(moments.at(name + ".exp_avg_sq").values()))
+      throw_input_error(what + ": tensor '" + name + ".exp_avg_sq' holds a negative second moment");
   }
   if (step < 0) throw_input_error(what + ": negative AdamW step count");
 }

@@ -38,6 +38,7 @@ struct ClientConnection {
   std::vector<char> header;  // outlives the receive posted into it (released before erase)
   transport::RequestId header_request{};
   bool connected = false, header_posted = false, dead = false;
+  std::chrono::steady_clock::time_point last_step{};  // its latest StepOp
 };
 
 struct PendingStep {
@@ -266,7 +267,7 @@ class Worker {
   // This worker's part of the prepared epoch's copies, then its report to the coordinator.
   void copy_replicas() {
     Migration& m = *migration_;
-    if (!m.at_step && std::chrono::steady_clock::now() - last_step_ < Millis(registration_.heartbeat_ms() * 6)) {
+    if (!m.at_step && training_client_attached()) {
       // Training is running: a copy between requests would miss the steps until clients switch.
       CopyOutcome refused;
       refused.ok = false;
@@ -284,6 +285,14 @@ class Worker {
     m.added = out.added;
     held_changed();
     report_migration(m.epoch, out);
+  }
+
+  // An attached client sent a StepOp within the last ~6 heartbeats (about dead_after_ms).
+  bool training_client_attached() const {
+    const auto recent = std::chrono::steady_clock::now() - Millis(registration_.heartbeat_ms() * 6);
+    for (const auto& c : clients_)
+      if (!c->dead && c->last_step > recent) return true;
+    return false;
   }
 
   void report_migration(uint64_t epoch, const CopyOutcome& out) {
@@ -469,6 +478,7 @@ class Worker {
         case pb::WorkerRequest::kForward: out = forward(c, req.forward(), payload); break;
         case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
         case pb::WorkerRequest::kStep:
+          c.last_step = std::chrono::steady_clock::now();
           pending_steps_[req.step().step()].push_back(
               {&c, req.request_id(), req.step().placement_epoch(), req.step().migrate_epoch()});
           if (pending_steps_[req.step().step()].size() >= std::max<uint32_t>(1, req.step().group_size())) step(req.step());
@@ -675,7 +685,6 @@ class Worker {
       const pb::AdamWSettings& a = op.adamw();
       store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
       ++steps_;
-      last_step_ = std::chrono::steady_clock::now();
     } catch (const std::exception& e) {
       error = wire::error_info(e, id_);
     }
@@ -710,7 +719,6 @@ class Worker {
   std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
   std::map<uint64_t, std::vector<PendingStep>> pending_steps_;
   std::optional<Migration> migration_;
-  std::chrono::steady_clock::time_point last_step_{};  // when this worker last applied a step
   std::mutex tasks_mu_;
   std::vector<Task> tasks_;  // from the control thread
   uint64_t next_store_request_ = 1;
