@@ -20,7 +20,7 @@
 #include "switchyard/transport/rendezvous.h"
 #include "switchyard/wire/wire.h"
 #include "switchyard/worker/expert_store.h"
-#include "replica_copy.h"
+#include "worker_migration.h"
 
 namespace sy {
 namespace {
@@ -48,22 +48,6 @@ struct PendingStep {
   uint64_t migrate_epoch;    // run this prepared epoch's copies after the step
 };
 
-// A rebalance this worker was told about (MigrateRequest), until its verdict.
-struct Migration {
-  uint64_t epoch = 0;
-  Placement next;
-  std::vector<pb::ReplicaCopy> copies;
-  bool at_step = false;             // copies run inside the step that asks for them
-  uint64_t copied_at_step = 0;      // the step whose boundary they used (training)
-  bool copied = false;
-  std::vector<ExpertKey> added;     // replicas the copies made here (discarded on abort)
-  std::future<ReceiveBuffers> buffers;  // allocated off the serving thread from prepare on
-  bool ready_reported = false;
-};
-
-// Control-thread requests for the serving thread (which owns the store and the transport).
-using Task = std::variant<pb::MigrateRequest, pb::EpochNoticeRequest>;
-
 // A request that fails with this is answered with its ErrorInfo; the client is kept.
 void require(bool ok, const std::string& message) {
   if (!ok) throw Error(ErrorKind::input, message);
@@ -77,6 +61,9 @@ class Worker {
     start_control_server();
     register_with_coordinator();
     join_workers_world();
+    migration_ = std::make_unique<WorkerMigration>(WorkerMigration::Env{
+        transport_.get(), &store_, &placement_, coordinator_.get(), id_, label_, request_timeout_,
+        [this] { return training_client_attached(); }, [this] { held_changed(); }});
     std::thread heartbeat([this] { heartbeat_loop(); });
     serve();
     heartbeat_stop_ = true;
@@ -213,78 +200,18 @@ class Worker {
     }
   }
 
-  void queue_task(Task task) {
+  // Rebalance requests from the control thread, run in order on the serving thread.
+  void queue_task(WorkerMigration::Task task) {
     std::lock_guard<std::mutex> lock(tasks_mu_);
     tasks_.push_back(std::move(task));
   }
-
-  // Runs the rebalance tasks the control thread queued, in order.
   void run_tasks() {
-    std::vector<Task> tasks;
+    std::vector<WorkerMigration::Task> tasks;
     {
       std::lock_guard<std::mutex> lock(tasks_mu_);
       tasks.swap(tasks_);
     }
-    for (Task& t : tasks) {
-      if (auto* m = std::get_if<pb::MigrateRequest>(&t)) prepare_migration(*m);
-      else epoch_notice(std::get<pb::EpochNoticeRequest>(t));
-    }
-  }
-
-  void prepare_migration(const pb::MigrateRequest& req) {
-    if (!store_) {
-      CopyOutcome refused;
-      refused.ok = false;
-      refused.error = "no model loaded on this worker";
-      return report_migration(req.epoch(), refused);
-    }
-    Migration m;
-    m.epoch = req.epoch();
-    m.next = wire::placement_from_pb(req.placement(), req.epoch());
-    m.copies.assign(req.copies().begin(), req.copies().end());
-    m.at_step = req.at_step_boundary();
-    m.buffers = std::async(std::launch::async, allocate_receive_buffers, config_->model, id_, m.copies);
-    migration_ = std::move(m);
-    SY_LOG(info, "runtime", label_ << ": prepared epoch " << req.epoch() << " (" << req.copies_size() << " copies, "
-                                   << (req.at_step_boundary() ? "at the next step boundary" : "between requests") << ")");
-  }
-
-  // Between requests: once the receive buffers are allocated (the worker serves on meanwhile),
-  // tell the coordinator, which says COPY when every receiver is ready.
-  void report_when_ready() {
-    if (!migration_ || migration_->at_step || migration_->ready_reported) return;
-    if (migration_->buffers.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
-    migration_->ready_reported = true;
-    pb::MigrationReportRequest r;
-    r.set_worker_id(id_);
-    r.set_epoch(migration_->epoch);
-    r.set_ok(true);
-    r.set_ready(true);
-    auto reply = coordinator_->call<pb::MigrationReportRequest, pb::MigrationReportReply>(r);
-    if (!reply) SY_LOG(warn, "runtime", label_ << ": reporting buffers ready: " << reply.status().to_string());
-  }
-
-  // This worker's part of the prepared epoch's copies, then its report to the coordinator.
-  void copy_replicas() {
-    Migration& m = *migration_;
-    if (!m.at_step && training_client_attached()) {
-      // Training is running: a copy between requests would miss the steps until clients switch.
-      CopyOutcome refused;
-      refused.ok = false;
-      refused.error = "training steps are running here; a rebalance of a training job must use a step boundary "
-                      "(retry once the coordinator has seen the job's load reports)";
-      m.copied = true;
-      return report_migration(m.epoch, refused);
-    }
-    // Test hook (tests/runtime/test_rebalance.cc): die as a new holder is about to receive.
-    if (std::getenv("SWITCHYARD_TEST_EXIT_IN_COPY"))
-      for (const pb::ReplicaCopy& c : m.copies)
-        if (c.to_worker() == id_) ::_exit(17);
-    CopyOutcome out = run_replica_copies(*transport_, *store_, id_, m.epoch, m.copies, request_timeout_, m.buffers.get());
-    m.copied = true;
-    m.added = out.added;
-    held_changed();
-    report_migration(m.epoch, out);
+    for (const WorkerMigration::Task& t : tasks) migration_->handle(t);
   }
 
   // An attached client sent a StepOp within the last ~6 heartbeats (about dead_after_ms).
@@ -293,61 +220,6 @@ class Worker {
     for (const auto& c : clients_)
       if (!c->dead && c->last_step > recent) return true;
     return false;
-  }
-
-  void report_migration(uint64_t epoch, const CopyOutcome& out) {
-    pb::MigrationReportRequest r;
-    r.set_worker_id(id_);
-    r.set_epoch(epoch);
-    r.set_ok(out.ok);
-    r.set_error(out.error);
-    r.set_received(static_cast<uint32_t>(out.added.size()));
-    r.set_bytes_received(out.bytes_received);
-    r.set_seconds(out.seconds);
-    if (!out.ok) SY_LOG(error, "runtime", label_ << ": copies of epoch " << epoch << " failed: " << out.error);
-    auto reply = coordinator_->call<pb::MigrationReportRequest, pb::MigrationReportReply>(r);
-    if (!reply) SY_LOG(warn, "runtime", label_ << ": reporting copies of epoch " << epoch << ": " << reply.status().to_string());
-  }
-
-  void epoch_notice(const pb::EpochNoticeRequest& n) {
-    switch (n.action()) {
-      case pb::EpochNoticeRequest::COMMIT: return commit_migration(n.epoch());
-      case pb::EpochNoticeRequest::ABORT: return abort_migration(n.epoch());
-      case pb::EpochNoticeRequest::DROP_OLD: return drop_old_replicas(n.epoch());
-      case pb::EpochNoticeRequest::COPY:
-        if (migration_ && migration_->epoch == n.epoch() && !migration_->copied) copy_replicas();
-        return;
-      default: SY_LOG(warn, "runtime", label_ << ": epoch notice without an action");
-    }
-  }
-
-  // The new epoch is in force: the replica reduction follows its placement.
-  void commit_migration(uint64_t epoch) {
-    if (!migration_ || migration_->epoch != epoch) return;
-    placement_ = std::move(migration_->next);
-    migration_.reset();
-  }
-
-  // The epoch failed: the replicas its copies made here go.
-  void abort_migration(uint64_t epoch) {
-    if (!migration_ || migration_->epoch != epoch) return;
-    for (const ExpertKey& k : migration_->added) store_->remove(k);
-    SY_LOG(info, "runtime", label_ << ": epoch " << epoch << " aborted, discarded " << migration_->added.size() << " replicas");
-    migration_.reset();
-    held_changed();
-  }
-
-  // Every client routes with `epoch`: replicas it no longer places here go.
-  void drop_old_replicas(uint64_t epoch) {
-    if (!store_ || placement_.epoch != epoch) return;
-    int dropped = 0;
-    for (const ExpertKey& k : store_->keys())
-      if (!placement_.holds(id_, k)) {
-        store_->remove(k);
-        ++dropped;
-      }
-    if (dropped) SY_LOG(info, "runtime", label_ << ": dropped " << dropped << " replicas epoch " << epoch << " no longer places here");
-    held_changed();
   }
 
   void held_changed() {
@@ -359,7 +231,7 @@ class Worker {
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop_ && !coordinator_lost_) {
       run_tasks();
-      report_when_ready();
+      migration_->report_when_ready();
       take_attached();
       transport_->progress();
       bool busy = false;
@@ -535,7 +407,7 @@ class Worker {
     }
     require(off == floats.size(), "LOAD_MODEL payload has trailing bytes");
     placement_ = wire::placement_from_pb(op.placement(), op.placement_epoch());
-    migration_.reset();
+    migration_->forget();
     config_ = std::move(config);
     store_ = std::move(store);
     forward_cache_.clear();
@@ -663,24 +535,15 @@ class Worker {
                                           st.to_string());
   }
 
-  // The epoch a step's clients routed with decides the replica reduction: a rebalance whose
-  // copies ran at an earlier step boundary is in force once the clients use its epoch, and was
-  // aborted when they still use an older one.
-  void follow_clients_epoch(const std::vector<PendingStep>& group) {
-    if (!migration_ || !migration_->copied || !migration_->at_step) return;
-    uint64_t routed = 0;
-    for (const PendingStep& p : group) routed = std::max(routed, p.placement_epoch);
-    if (routed >= migration_->epoch) commit_migration(migration_->epoch);
-    else abort_migration(migration_->epoch);
-  }
-
   void step(const pb::StepOp& op) {
     std::optional<pb::ErrorInfo> error;
     const std::vector<PendingStep>& group = pending_steps_[op.step()];
     try {
       ExpertStore& store = require_store();
       run_tasks();
-      follow_clients_epoch(group);
+      uint64_t routed = 0;  // the epoch this step's clients routed with decides the reduction
+      for (const PendingStep& p : group) routed = std::max(routed, p.placement_epoch);
+      migration_->follow_clients_epoch(routed);
       reduce_replicas();
       const pb::AdamWSettings& a = op.adamw();
       store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
@@ -688,12 +551,8 @@ class Worker {
     } catch (const std::exception& e) {
       error = wire::error_info(e, id_);
     }
-    bool migrate = false;
-    for (const PendingStep& p : group) migrate |= migration_ && p.migrate_epoch == migration_->epoch;
-    if (migrate && migration_->at_step && !migration_->copied) {
-      migration_->copied_at_step = op.step();
-      copy_replicas();  // the state after this step's AdamW, before any rows of the next
-    }
+    for (const PendingStep& p : group)
+      if (p.migrate_epoch) migration_->after_step(op.step(), p.migrate_epoch);
     for (const PendingStep& p : pending_steps_[op.step()]) reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
     pending_steps_.erase(op.step());
   }
@@ -718,9 +577,9 @@ class Worker {
   Placement placement_;  // of the loaded model, for the replica reduction
   std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
   std::map<uint64_t, std::vector<PendingStep>> pending_steps_;
-  std::optional<Migration> migration_;
+  std::unique_ptr<WorkerMigration> migration_;  // this worker's side of rebalances (serving thread)
   std::mutex tasks_mu_;
-  std::vector<Task> tasks_;  // from the control thread
+  std::vector<WorkerMigration::Task> tasks_;  // from the control thread
   uint64_t next_store_request_ = 1;
   std::atomic<uint64_t> rows_forward_{0}, rows_backward_{0}, steps_{0}, expert_bytes_{0};
   std::atomic<uint32_t> experts_held_{0};
