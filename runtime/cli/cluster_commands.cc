@@ -221,7 +221,10 @@ int cli_rebalance(const std::vector<std::string>& args) {
   RebalanceOptions o;
   if (flags.has("placement") == flags.has("from-load"))
     throw UsageError("rebalance: give exactly one of --placement P.yaml and --from-load");
-  if (flags.has("placement")) o.placement_yaml = read_yaml_file(flags.get("placement"), "placement file");
+  if (flags.has("placement")) {
+    o.placement_yaml = read_yaml_file(flags.get("placement"), "placement file");
+    o.placement_source = flags.get("placement");
+  }
   o.from_load = flags.has("from-load");
   o.slots_per_worker = static_cast<int>(flags.get_int("slots-per-worker", 0));
   o.max_moves = static_cast<int>(flags.get_int("max-moves", -2));

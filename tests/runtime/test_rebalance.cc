@@ -8,7 +8,11 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <thread>
+#include <tuple>
 
 #include "../support/local_cluster.h"
 #include "switchyard/client/cluster_client.h"
@@ -322,6 +326,31 @@ TEST(RebalanceErrors, BadPlacementIsRefusedNamingIt) {
   }
   RebalanceOptions none;
   EXPECT_THROW(rebalance_cluster(cluster.coordinator->endpoint(), none), Error);
+  // The CLI: exit 2, naming the file, line and entry; a missing file and a usage error likewise.
+  const std::string bad = ::testing::TempDir() + "/bad-placement.yaml";
+  {
+    const std::string y = placement_yaml({{0}, {1}, {5}, {0}, {1}, {0}, {1}, {0}});
+    FILE* f = std::fopen(bad.c_str(), "w");
+    std::fwrite(y.data(), 1, y.size(), f);
+    std::fclose(f);
+  }
+  const auto run = [](const std::string& args) {
+    std::string out;
+    FILE* p = ::popen((kBinary + " " + args + " 2>&1").c_str(), "r");
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+    return std::make_pair(WEXITSTATUS(::pclose(p)), out);
+  };
+  const std::string ep = cluster.coordinator->endpoint();
+  auto [code, out] = run("rebalance --cluster " + ep + " --placement " + bad);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find(bad + ":5: placement.experts[2].workers: worker 5 does not exist"), std::string::npos) << out;
+  std::tie(code, out) = run("rebalance --cluster " + ep + " --placement " + bad + "-missing");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("-missing"), std::string::npos) << out;
+  std::tie(code, out) = run("rebalance --cluster " + ep);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("exactly one of --placement P.yaml and --from-load"), std::string::npos) << out;
   EXPECT_EQ(query_cluster_status(cluster.coordinator->endpoint()).placement_epoch, c.placement().epoch);
 }
 

@@ -78,6 +78,7 @@ RebalanceInfo rebalance_cluster(const std::string& coordinator, const RebalanceO
   const pb::ClusterInfoReply info = fetch_info(*c, coordinator);
   pb::RebalanceRequest req;
   req.set_placement_yaml(options.placement_yaml);
+  req.set_placement_source(options.placement_source);
   req.set_from_load(options.from_load);
   req.set_slots_per_worker(options.slots_per_worker);
   req.set_max_moves(options.max_moves);

@@ -86,10 +86,10 @@ Result<pb::RebalanceReply> Coordinator::Impl::rebalance(const pb::RebalanceReque
   double after = 0;
   try {
     if (!req.placement_yaml().empty()) {
-      next = parse_placement(req.placement_yaml(), "rebalance placement", model->model, cluster.workers,
-                             cluster.worker_memory_bytes());
+      const std::string file = req.placement_source().empty() ? "rebalance placement" : req.placement_source();
+      next = parse_placement(req.placement_yaml(), file, model->model, cluster.workers, cluster.worker_memory_bytes());
       after = placement_balancedness(next, window, cluster.workers);
-      source = "placement file";
+      source = "placement file";  // the record's source kind
     } else if (req.from_load()) {
       if (load.steps() == 0) return Status(StatusCode::invalid_argument, "rebalance --from-load: no load measured yet");
       const int max_moves = req.max_moves() == -2 ? cluster.rebalance.max_moves : req.max_moves();

@@ -72,6 +72,7 @@ void request_cluster_shutdown(const std::string& coordinator);
 
 struct RebalanceOptions {
   std::string placement_yaml;  // the new placement (text), or
+  std::string placement_source = "";  // its file name, for errors
   bool from_load = false;      // plan it from the coordinator's load window
   int slots_per_worker = 0;    // 0: cluster.rebalance.slots_per_worker
   int max_moves = -2;          // -2: cluster.rebalance.max_moves
