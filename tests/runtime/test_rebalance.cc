@@ -20,6 +20,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
+#include "switchyard/placement/load_trace.h"
 
 namespace sy {
 namespace {
@@ -308,6 +309,54 @@ TEST(RebalancePolicy, SkewedTrainingIsRebalancedAutomatically) {
   EXPECT_GE(first.balancedness_after, first.balancedness_before + c.rebalance.min_gain);
   EXPECT_GT(st.placement_epoch, 1u);
   EXPECT_GT(st.load.balancedness, before) << "measured balancedness did not improve";
+}
+
+// `rebalance --from-load` plans from the window while the job trains, and `placement load`
+// writes that window as a [R, E] trace whose rows sum to what the clients computed.
+TEST(RebalanceFromLoad, PlansFromTheWindowAndWritesTheTrace) {
+  const Config cfg = load_config(kModels + "topk.yaml");
+  LocalCluster cluster(test_cluster_config(4, 1, "inprocess"));
+  TensorMap weights = init_layer_weights(cfg.model, 2);
+  const SkewedTokens skewed(cfg.model, 1.5, 1);
+  skewed.skew_router(weights, cfg.model, 1.0f);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  LayerEngine layer(cfg.model, weights, client.experts(0));
+  RandomStream rng(4, "from-load");
+  auto step = [&](uint64_t n) {
+    TensorMap grads = zeros_like(weights);
+    layer.forward(skewed.sample(256, rng));
+    layer.backward(random_tokens(256, cfg.model.hidden_size, rng), grads);
+    client.step({.lr = 1e-4}, 1, n);
+  };
+  for (uint64_t n = 1; n <= 4; ++n) step(n);
+  const std::string ep = cluster.coordinator->endpoint();
+  const std::string trace = ::testing::TempDir() + "/window.npy";
+  std::string out;
+  FILE* p = ::popen((kBinary + " placement load --cluster " + ep + " --out " + trace + " 2>&1").c_str(), "r");
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  ASSERT_EQ(WEXITSTATUS(::pclose(p)), 0) << out;
+  const LoadMatrix m = read_load_trace(trace, &cfg.model);
+  ASSERT_EQ(m.rows(), 1);
+  ASSERT_EQ(m.experts, 8);
+  double total = 0;
+  for (double v : m.counts) total += v;
+  EXPECT_EQ(total, 4.0 * 256 * 2) << "4 steps of 256 tokens, top-2";  // topk.yaml: k 2, no capacity
+  RebalanceInfo r;
+  std::thread driver([&] {
+    RebalanceOptions o;
+    o.from_load = true;
+    r = rebalance_cluster(ep, o);
+  });
+  uint64_t n = 5;
+  while (client.placement().epoch == 1 && n < 200) step(n++);
+  driver.join();
+  EXPECT_EQ(r.source, "from load");
+  EXPECT_EQ(r.state, "committed");
+  EXPECT_GT(r.balancedness_after, r.balancedness_before);
+  EXPECT_GT(r.at_step, 4u);
+  EXPECT_EQ(client.placement().epoch, r.epoch);
 }
 
 // A rebalance that names a placement the cluster cannot hold fails at once, naming why, and
