@@ -107,12 +107,24 @@ bool any_negative(std::span<const float> values) {
 }  // namespace
 
 void ExpertTensors::validate(const ExpertGeometry& geometry, const std::string& what) const {
+  validate_shapes(geometry, what);
+  for (const std::string& name : geometry.tensor_names()) {
+    if (!all_finite(weights.at(name).values())) throw_input_error(what + ": tensor '" + name + "' is not finite");
+    if (moments.empty()) continue;
+    for (const char* suffix : kMomentSuffixes)
+      if (!all_finite(moments.at(name + suffix).values()))
+        throw_input_error(what + ": tensor '" + name + suffix + "' is not finite");
+    if (any_negative(moments.at(name + ".exp_avg_sq").values()))
+      throw_input_error(what + ": tensor '" + name + ".exp_avg_sq' holds a negative second moment");
+  }
+}
+
+void ExpertTensors::validate_shapes(const ExpertGeometry& geometry, const std::string& what) const {
   const auto check = [&](const TensorMap& map, const std::string& name, const Shape& want) {
     const Tensor& t = find_tensor(map, name, what);
     if (t.shape() != want)
       throw_input_error(what + ": tensor '" + name + "' has shape " + shape_to_string(t.shape()) + ", expected " +
                         shape_to_string(want));
-    if (!all_finite(t.values())) throw_input_error(what + ": tensor '" + name + "' is not finite");
   };
   const auto known = [&](const std::string& name, bool moment) {
     for (const std::string& w : geometry.tensor_names()) {
@@ -128,8 +140,6 @@ void ExpertTensors::validate(const ExpertGeometry& geometry, const std::string& 
     check(weights, name, geometry.shape(name));
     if (moments.empty()) continue;
     for (const char* suffix : kMomentSuffixes) check(moments, name + suffix, geometry.shape(name));
-    if (any_negative(moments.at(name + ".exp_avg_sq").values()))
-      throw_input_error(what + ": tensor '" + name + ".exp_avg_sq' holds a negative second moment");
   }
   if (step < 0) throw_input_error(what + ": negative AdamW step count");
 }

@@ -58,8 +58,12 @@ bool same_except_lr(const AdamWConfig& a, const AdamWConfig& b) {
 
 }  // namespace
 
-ExpertStore::Replica::Replica(ExpertTensors t, Backend& backend)
-    : weights(std::move(t.weights)), grads(zeros_like(weights)), optimizer(AdamWConfig{}, backend) {
+ExpertStore::Replica::Replica(ExpertTensors t, Backend& backend) : Replica(std::move(t), TensorMap{}, backend) {}
+
+ExpertStore::Replica::Replica(ExpertTensors t, TensorMap zero_grads, Backend& backend)
+    : weights(std::move(t.weights)),
+      grads(zero_grads.empty() ? zeros_like(weights) : std::move(zero_grads)),
+      optimizer(AdamWConfig{}, backend) {
   optimizer.restore_state(t.step, std::move(t.moments));
 }
 
@@ -104,7 +108,22 @@ void ExpertStore::add(const ExpertKey& key, TensorMap weights) {
 void ExpertStore::add(const ExpertKey& key, ExpertTensors tensors) {
   if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
   tensors.validate(ExpertGeometry::of(model_, key.stage), "expert " + key.to_string());
-  auto r = std::make_unique<Replica>(std::move(tensors), backend_);
+  insert(key, std::make_unique<Replica>(std::move(tensors), backend_));
+}
+
+void ExpertStore::add_verified(const ExpertKey& key, ExpertTensors tensors, TensorMap zero_grads) {
+  if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
+  const ExpertGeometry geometry = ExpertGeometry::of(model_, key.stage);
+  tensors.validate_shapes(geometry, "expert " + key.to_string());
+  for (const std::string& name : geometry.tensor_names()) {
+    auto g = zero_grads.find(name);
+    if (g == zero_grads.end() || g->second.shape() != geometry.shape(name))
+      throw_input_error("expert " + key.to_string() + ": gradient buffer '" + name + "' is missing or misshapen");
+  }
+  insert(key, std::make_unique<Replica>(std::move(tensors), std::move(zero_grads), backend_));
+}
+
+void ExpertStore::insert(const ExpertKey& key, std::unique_ptr<Replica> r) {
   std::unique_lock lock(mutex_);
   if (!replicas_.emplace(key, std::move(r)).second)
     throw_input_error("expert store already holds a replica of " + key.to_string());

@@ -20,6 +20,12 @@ transport::Tag copy_tag(uint64_t epoch, size_t index, size_t message) {
   return kMigrationTagBase + ((epoch & 0xff) << 24) + ((static_cast<transport::Tag>(index) << 4) & 0xfffff0) + message;
 }
 
+// What the receiver learns of a landed tensor in one pass.
+struct Landed {
+  uint64_t sum = 0;
+  bool finite = true, negative = false;
+};
+
 // One copy on this worker: the tensors in message order (a weight, its exp_avg, exp_avg_sq),
 // then the trailer (AdamW's step count and one checksum per tensor).
 struct Transfer {
@@ -28,23 +34,71 @@ struct Transfer {
   int peer = 0;
   bool incoming = false;
   ExpertTensors state;                                 // incoming: the receive buffers
+  TensorMap grads;                                     // incoming: the new replica's zero gradients
   std::vector<std::pair<const float*, size_t>> spans;  // per tensor: its storage, bytes
   std::vector<uint64_t> trailer;
   std::vector<transport::RequestId> requests;  // per tensor, then the trailer
   size_t landed = 0;                           // requests done, in order
-  std::vector<std::future<uint64_t>> sums;     // incoming: checksums of the landed tensors
+  std::vector<std::future<Landed>> sums;       // incoming: checks of the landed tensors
 };
 
-// Tensors of the right shapes to receive a replica's state into.
-ExpertTensors receive_buffers(const ExpertGeometry& geometry) {
-  ExpertTensors t;
+// Tensors of the right shapes to receive a replica's state into, and its zero gradients.
+ReceiveBuffer receive_buffers(const ExpertGeometry& geometry) {
+  ReceiveBuffer b;
   for (const std::string& name : geometry.tensor_names()) {
     const Shape s = geometry.shape(name);
-    t.weights.emplace(name, Tensor(s));
-    t.moments.emplace(name + ".exp_avg", Tensor(s));
-    t.moments.emplace(name + ".exp_avg_sq", Tensor(s));
+    b.state.weights.emplace(name, Tensor(s));
+    b.state.moments.emplace(name + ".exp_avg", Tensor(s));
+    b.state.moments.emplace(name + ".exp_avg_sq", Tensor(s));
+    b.grads.emplace(name, Tensor(s));
   }
-  return t;
+  return b;
+}
+
+// The checksum's loop; with `flags`, the same pass also ORs "not finite" into flags[0] and
+// "negative" into flags[1] for every float.
+template <bool kInspect>
+uint64_t hash_pass(const void* data, size_t bytes, uint32_t* flags) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t lane[4] = {1469598103934665603ull, 0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull, 0x94d049bb133111ebull};
+  uint32_t bad = 0, neg = 0;
+  size_t i = 0;
+  for (; i + 32 <= bytes; i += 32) {
+    for (int k = 0; k < 4; ++k) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * k, 8);
+      lane[k] = (lane[k] ^ w) * kPrime;
+    }
+    if constexpr (kInspect)
+      for (int k = 0; k < 8; ++k) {
+        uint32_t bits;
+        std::memcpy(&bits, p + i + 4 * k, 4);
+        bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+        neg |= static_cast<uint32_t>((bits >> 31) != 0 && (bits & 0x7fffffffu) != 0);  // < 0, not -0
+      }
+  }
+  uint64_t h = lane[0];
+  for (int k = 1; k < 4; ++k) h = (h ^ lane[k]) * kPrime;
+  for (; i < bytes; ++i) h = (h ^ p[i]) * kPrime;
+  if constexpr (kInspect) {
+    for (size_t j = i - (bytes % 32); j + 4 <= bytes; j += 4) {  // the tail's floats
+      uint32_t bits;
+      std::memcpy(&bits, p + j, 4);
+      bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+      neg |= static_cast<uint32_t>((bits >> 31) != 0 && (bits & 0x7fffffffu) != 0);
+    }
+    flags[0] = bad;
+    flags[1] = neg;
+  }
+  return (h ^ bytes) * kPrime;
+}
+
+// One pass over a landed tensor: its checksum, whether every value is finite, whether any is
+// negative.
+Landed inspect(const float* data, size_t bytes) {
+  uint32_t flags[2] = {0, 0};
+  const uint64_t sum = hash_pass<true>(data, bytes, flags);
+  return {sum, flags[0] == 0, flags[1] != 0};
 }
 
 void add_span(Transfer& t, const Tensor& tensor) {
@@ -56,7 +110,11 @@ void add_span(Transfer& t, const Tensor& tensor) {
 Status post_copy(transport::Transport& transport, const ExpertStore& store, uint64_t epoch, Transfer& t,
                  uint64_t& bytes) {
   const ExpertGeometry geometry = ExpertGeometry::of(store.model(), t.key.stage);
-  if (t.incoming && t.state.weights.empty()) t.state = receive_buffers(geometry);
+  if (t.incoming && t.state.weights.empty()) {
+    ReceiveBuffer b = receive_buffers(geometry);
+    t.state = std::move(b.state);
+    t.grads = std::move(b.grads);
+  }
   const TensorMap& w = t.incoming ? t.state.weights : store.weights(t.key);
   const TensorMap& m = t.incoming ? t.state.moments : store.optimizer(t.key).state();
   for (const std::string& name : geometry.tensor_names())
@@ -98,7 +156,7 @@ Status await_copies(transport::Transport& transport, std::vector<Transfer>& tran
         if (!done->done) break;
         if (t.incoming && t.landed < t.spans.size()) {
           const auto [p, n] = t.spans[t.landed];
-          t.sums.push_back(std::async(std::launch::async, [p, n] { return checksum64(p, n); }));
+          t.sums.push_back(std::async(std::launch::async, [p, n] { return inspect(p, n); }));
         }
         ++t.landed;
       }
@@ -114,11 +172,17 @@ Status await_copies(transport::Transport& transport, std::vector<Transfer>& tran
 void accept(ExpertStore& store, Transfer& t) {
   const std::string what = "replica " + t.key.to_string() + " from worker " + std::to_string(t.peer);
   const auto start = Clock::now();
-  for (size_t j = 0; j < t.sums.size(); ++j)
-    if (t.sums[j].get() != t.trailer[1 + j]) throw Error(ErrorKind::input, what + " does not verify (checksum of tensor " + std::to_string(j) + ")");
+  for (size_t j = 0; j < t.sums.size(); ++j) {  // message order: a weight, its exp_avg, its exp_avg_sq
+    const Landed l = t.sums[j].get();
+    const std::string tensor = "tensor " + std::to_string(j);
+    if (l.sum != t.trailer[1 + j]) throw Error(ErrorKind::input, what + " does not verify (checksum of " + tensor + ")");
+    if (!l.finite) throw Error(ErrorKind::input, what + ": " + tensor + " is not finite");
+    if (j % 3 == 2 && l.negative) throw Error(ErrorKind::input, what + ": " + tensor + " holds a negative second moment");
+  }
   const auto verified = Clock::now();
   t.state.step = static_cast<int64_t>(t.trailer[0]);
-  store.add(t.key, std::move(t.state));
+  if (t.state.step < 0) throw Error(ErrorKind::input, what + ": negative AdamW step count");
+  store.add_verified(t.key, std::move(t.state), std::move(t.grads));
   const double verify_ms = std::chrono::duration<double, std::milli>(verified - start).count();
   const double add_ms = std::chrono::duration<double, std::milli>(Clock::now() - verified).count();
   SY_LOG(debug, "runtime", what << ": checksums " << verify_ms << " ms after the data, added in " << add_ms << " ms");
@@ -126,21 +190,7 @@ void accept(ExpertStore& store, Transfer& t) {
 
 }  // namespace
 
-uint64_t checksum64(const void* data, size_t bytes) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t lane[4] = {1469598103934665603ull, 0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull, 0x94d049bb133111ebull};
-  size_t i = 0;
-  for (; i + 32 <= bytes; i += 32)
-    for (int k = 0; k < 4; ++k) {
-      uint64_t w;
-      std::memcpy(&w, p + i + 8 * k, 8);
-      lane[k] = (lane[k] ^ w) * kPrime;
-    }
-  uint64_t h = lane[0];
-  for (int k = 1; k < 4; ++k) h = (h ^ lane[k]) * kPrime;
-  for (; i < bytes; ++i) h = (h ^ p[i]) * kPrime;
-  return (h ^ bytes) * kPrime;
-}
+uint64_t checksum64(const void* data, size_t bytes) { return hash_pass<false>(data, bytes, nullptr); }
 
 ReceiveBuffers allocate_receive_buffers(const ModelConfig& model, int self, const std::vector<pb::ReplicaCopy>& copies) {
   ReceiveBuffers out;
@@ -163,7 +213,10 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
     t.key = {c.layer(), c.stage(), c.expert()};
     t.incoming = c.to_worker() == self;
     t.peer = t.incoming ? c.from_worker() : c.to_worker();
-    if (auto it = buffers.find(i); t.incoming && it != buffers.end()) t.state = std::move(it->second);
+    if (auto it = buffers.find(i); t.incoming && it != buffers.end()) {
+      t.state = std::move(it->second.state);
+      t.grads = std::move(it->second.grads);
+    }
   }
   Status s;
   for (Transfer& t : transfers) {

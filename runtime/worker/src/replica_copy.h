@@ -6,9 +6,9 @@
 // from the holder's store into the new tensor on the receiver, then a trailer with the AdamW step
 // count and one 64-bit checksum per tensor. Tags: kMigrationTagBase + epoch · 2^24 + the copy's
 // index in the rebalance (the same list on every worker) · 16 + the message. The checksums are
-// computed while the data moves (the receiver hashes each tensor on a helper thread as it lands);
-// the receiver verifies every one, then adds the replica to its store (which validates shapes and
-// finiteness).
+// computed while the data moves (the receiver hashes each tensor on a helper thread as it lands,
+// checking in the same pass that it is finite, and second moments non-negative); the receiver
+// verifies every one, then adds the replica to its store (ExpertStore::add_verified).
 #pragma once
 
 #include <chrono>
@@ -35,7 +35,11 @@ struct CopyOutcome {
 
 // Receive buffers of the copies this worker receives, by copy index: allocated ahead (when the
 // rebalance is prepared, off the serving thread), so the copy itself only moves and verifies.
-using ReceiveBuffers = std::map<size_t, ExpertTensors>;
+struct ReceiveBuffer {
+  ExpertTensors state;  // weights and moments, received into
+  TensorMap grads;      // the new replica's zero gradients
+};
+using ReceiveBuffers = std::map<size_t, ReceiveBuffer>;
 ReceiveBuffers allocate_receive_buffers(const ModelConfig& model, int self,
                                         const std::vector<wire::pb::ReplicaCopy>& copies);
 

@@ -65,6 +65,9 @@ struct ExpertTensors {
   // Checks names, shapes and finiteness against `geometry` (moments too when present); throws
   // an input error "<what>: ..." naming the tensor.
   void validate(const ExpertGeometry& geometry, const std::string& what) const;
+  // Names and shapes only: for state whose values were checked where it was made (a replica
+  // copy verifies values as it lands).
+  void validate_shapes(const ExpertGeometry& geometry, const std::string& what) const;
 };
 
 // The codec: flat floats, tensor by tensor in canonical order: the weight, then (when

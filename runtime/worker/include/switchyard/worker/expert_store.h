@@ -63,6 +63,10 @@ class ExpertStore {
   void add(const ExpertKey& key, TensorMap weights);
   // Adds a replica with its whole state (weights, moments, step): checkpoint restore and migration.
   void add(const ExpertKey& key, ExpertTensors tensors);
+  // The same for a replica copy whose values the copy already verified (finite, non-negative
+  // second moments) as they landed: checks names and shapes only, and takes `zero_grads` (zeros
+  // of the weights' shapes, allocated ahead) as its gradients.
+  void add_verified(const ExpertKey& key, ExpertTensors tensors, TensorMap zero_grads);
   // A copy of the replica's state (weights, AdamW moments and step): fetch, checkpoint, migration.
   ExpertTensors tensors_of(const ExpertKey& key) const;
   // Drops a replica and any activations kept for it (after a migration moved it away).
@@ -112,6 +116,7 @@ class ExpertStore {
  private:
   struct Replica {
     Replica(ExpertTensors t, Backend& backend);
+    Replica(ExpertTensors t, TensorMap zero_grads, Backend& backend);
     TensorMap weights;  // short names
     TensorMap grads;
     AdamW optimizer;
@@ -123,6 +128,7 @@ class ExpertStore {
     std::vector<float> saved;  // FfnForwardArgs::saved
   };
   Replica& replica(const ExpertKey& key) const;  // caller holds mutex_
+  void insert(const ExpertKey& key, std::unique_ptr<Replica> r);  // fails when already held
   // Runs one op with an idle OpRunner of the pool (a new one when all are busy) and waits for it.
   void run_op(const OpArgs& args) const;
 
