@@ -359,6 +359,38 @@ TEST(RebalanceFromLoad, PlansFromTheWindowAndWritesTheTrace) {
   EXPECT_EQ(client.placement().epoch, r.epoch);
 }
 
+// A training client the coordinator has not heard from for startup_timeout_ms is not known to
+// train, so the copies would run between requests; the workers it is attached to refuse them
+// (they would miss its steps) and the old epoch stays.
+TEST(RebalanceGuard, WorkersRefuseCopiesBetweenRequestsWhileATrainingClientIsAttached) {
+  const Config cfg = load_config(kModels + "topk.yaml");
+  ClusterConfig c = test_cluster_config(3, 1, "inprocess");
+  c.startup_timeout_ms = 1000;
+  LocalCluster cluster(c);
+  const TensorMap weights = init_layer_weights(cfg.model, 5);
+  ClusterClient client(cluster.coordinator->endpoint(), "quiet trainer");
+  client.load_model(cfg, weights);
+  LayerEngine layer(cfg.model, weights, client.experts(0));
+  RandomStream rng(6, "guard");
+  auto step = [&](uint64_t n) {
+    TensorMap grads = zeros_like(weights);
+    layer.forward(random_tokens(64, cfg.model.hidden_size, rng));
+    layer.backward(random_tokens(64, cfg.model.hidden_size, rng), grads);
+    client.step({.lr = 1e-3}, 1, n);
+  };
+  step(1);
+  std::this_thread::sleep_for(1200ms);  // longer than startup_timeout_ms since its last report
+  try {
+    rebalance_cluster(cluster.coordinator->endpoint(), {placement_yaml({{1}, {2}, {0}, {1}, {2}, {0}, {1}, {2}})});
+    FAIL() << "copies ran between requests while a training client was attached";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training steps are running here"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(client.placement().epoch, 1u);
+  step(2);  // the job goes on with the old placement
+  EXPECT_EQ(query_cluster_status(cluster.coordinator->endpoint()).placement_epoch, 1u);
+}
+
 // A rebalance that names a placement the cluster cannot hold fails at once, naming why, and
 // changes nothing.
 TEST(RebalanceErrors, BadPlacementIsRefusedNamingIt) {

@@ -83,6 +83,13 @@ struct Coordinator::Impl {
   bool client_active(const Client& c, Clock::time_point now) const {
     return now - c.last_report < std::chrono::milliseconds(cluster.dead_after_ms);
   }
+  // A client reported a training step within startup_timeout_ms (steps may be slow): a
+  // rebalance then uses a step boundary.
+  bool training_client_active(Clock::time_point now) const {
+    for (const auto& [id, c] : clients)
+      if (c.info.training() && now - c.last_report < std::chrono::milliseconds(cluster.startup_timeout_ms)) return true;
+    return false;
+  }
 
   // coordinator.cc: membership, placement of a model, load statistics.
   Result<pb::RegisterWorkerReply> register_worker(const pb::RegisterWorkerRequest& req);

@@ -172,7 +172,7 @@ Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::s
       moved_bytes += static_cast<uint64_t>(expert_migration_bytes(m, key.stage));
     }
   }
-  for (const auto& [id, c] : clients) mig.at_step |= c.info.training() && client_active(c, now);
+  mig.at_step = training_client_active(now);
   if (mig.at_step)  // every worker takes part in the step boundary
     for (const auto& [id, member] : members)
       if (alive(member, now)) mig.involved.insert(id);

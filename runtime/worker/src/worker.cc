@@ -38,7 +38,7 @@ struct ClientConnection {
   std::vector<char> header;  // outlives the receive posted into it (released before erase)
   transport::RequestId header_request{};
   bool connected = false, header_posted = false, dead = false;
-  std::chrono::steady_clock::time_point last_step{};  // its latest StepOp
+  bool stepped = false;  // it has sent a StepOp: a training client
 };
 
 struct PendingStep {
@@ -214,11 +214,10 @@ class Worker {
     for (const WorkerMigration::Task& t : tasks) migration_->handle(t);
   }
 
-  // An attached client sent a StepOp within the last ~6 heartbeats (about dead_after_ms).
+  // An attached client has sent a StepOp: a training job is (still) attached.
   bool training_client_attached() const {
-    const auto recent = std::chrono::steady_clock::now() - Millis(registration_.heartbeat_ms() * 6);
     for (const auto& c : clients_)
-      if (!c->dead && c->last_step > recent) return true;
+      if (!c->dead && c->stepped) return true;
     return false;
   }
 
@@ -350,7 +349,7 @@ class Worker {
         case pb::WorkerRequest::kForward: out = forward(c, req.forward(), payload); break;
         case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
         case pb::WorkerRequest::kStep:
-          c.last_step = std::chrono::steady_clock::now();
+          c.stepped = true;
           pending_steps_[req.step().step()].push_back(
               {&c, req.request_id(), req.step().placement_epoch(), req.step().migrate_epoch()});
           if (pending_steps_[req.step().step()].size() >= std::max<uint32_t>(1, req.step().group_size())) step(req.step());
