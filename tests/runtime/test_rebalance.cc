@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -45,6 +46,49 @@ std::string placement_yaml(const std::vector<std::vector<int>>& experts,
   }
   return y;
 }
+
+// `text` into a file under the test's temp dir; returns its path.
+std::string write_temp(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fwrite(text.data(), 1, text.size(), f);
+  std::fclose(f);
+  return path;
+}
+
+// `switchyard ARGS`: exit code and everything it printed.
+std::pair<int, std::string> run_cli(const std::string& args) {
+  std::string out;
+  FILE* p = ::popen((kBinary + " " + args + " 2>&1").c_str(), "r");
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  return {WEXITSTATUS(::pclose(p)), out};
+}
+
+// One training client of one layer: per step, forward `tokens` rows (skewed when given),
+// backward a random output gradient, and step the experts (a group of one).
+struct SoloTrainer {
+  SoloTrainer(const std::string& endpoint, const Config& cfg, TensorMap w, const std::string& seed,
+              const SkewedTokens* skew = nullptr, int64_t rows = 64)
+      : model(cfg.model), weights(std::move(w)), skewed(skew), tokens(rows), client(endpoint, "trainer"),
+        rng(1, seed) {
+    client.load_model(cfg, weights);
+    layer = std::make_unique<LayerEngine>(model, weights, client.experts(0));
+  }
+  void step(uint64_t n, double lr = 1e-4) {
+    TensorMap grads = zeros_like(weights);
+    layer->forward(skewed ? skewed->sample(tokens, rng) : random_tokens(tokens, model.hidden_size, rng));
+    layer->backward(random_tokens(tokens, model.hidden_size, rng), grads);
+    client.step({.lr = lr}, 1, n);
+  }
+  ModelConfig model;
+  TensorMap weights;
+  const SkewedTokens* skewed;
+  int64_t tokens;
+  ClusterClient client;
+  RandomStream rng;
+  std::unique_ptr<LayerEngine> layer;
+};
 
 // Two data-parallel training clients of one layer; per step A then B run forward and backward
 // (in that order, so every worker accumulates their gradients in the same order in every run),
@@ -179,16 +223,8 @@ TEST(RebalanceTraining, ChangingReplicaCountsStaysWithinRounding) {
 TEST(RebalanceLoad, MeasuredWorkerRowsFollowPlannedShares) {
   const Config cfg = load_config(kModels + "topk.yaml");
   ClusterConfig c = test_cluster_config(2, 1, "inprocess");
-  const std::string path = ::testing::TempDir() + "/shares.yaml";
-  {
-    std::vector<std::vector<int>> all(8, {0, 1});
-    std::vector<std::vector<double>> shares(8, {0.8, 0.2});
-    FILE* f = std::fopen(path.c_str(), "w");
-    const std::string y = placement_yaml(all, shares);
-    std::fwrite(y.data(), 1, y.size(), f);
-    std::fclose(f);
-  }
-  c.placement = path;
+  c.placement = write_temp("shares.yaml", placement_yaml(std::vector<std::vector<int>>(8, {0, 1}),
+                                                         std::vector<std::vector<double>>(8, {0.8, 0.2})));
   LocalCluster cluster(c);
   const TensorMap weights = init_layer_weights(cfg.model, 3);
   ClusterClient client(cluster.coordinator->endpoint(), "server");
@@ -289,16 +325,10 @@ TEST(RebalancePolicy, SkewedTrainingIsRebalancedAutomatically) {
   TensorMap weights = init_layer_weights(cfg.model, 2);
   const SkewedTokens skewed(cfg.model, 1.5, 1);
   skewed.skew_router(weights, cfg.model, 1.0f);
-  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
-  client.load_model(cfg, weights);
-  LayerEngine layer(cfg.model, weights, client.experts(0));
-  RandomStream rng(3, "policy");
+  SoloTrainer t(cluster.coordinator->endpoint(), cfg, weights, "policy", &skewed, 256);
   double before = 0;
-  for (int n = 1; n <= 24; ++n) {
-    TensorMap grads = zeros_like(weights);
-    layer.forward(skewed.sample(256, rng));
-    layer.backward(random_tokens(256, cfg.model.hidden_size, rng), grads);
-    client.step({.lr = 1e-4}, 1, static_cast<uint64_t>(n));
+  for (uint64_t n = 1; n <= 24; ++n) {
+    t.step(n);
     if (n == 5) before = query_cluster_status(cluster.coordinator->endpoint()).load.balancedness;
   }
   const ClusterStatus st = query_cluster_status(cluster.coordinator->endpoint());
@@ -319,24 +349,12 @@ TEST(RebalanceFromLoad, PlansFromTheWindowAndWritesTheTrace) {
   TensorMap weights = init_layer_weights(cfg.model, 2);
   const SkewedTokens skewed(cfg.model, 1.5, 1);
   skewed.skew_router(weights, cfg.model, 1.0f);
-  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
-  client.load_model(cfg, weights);
-  LayerEngine layer(cfg.model, weights, client.experts(0));
-  RandomStream rng(4, "from-load");
-  auto step = [&](uint64_t n) {
-    TensorMap grads = zeros_like(weights);
-    layer.forward(skewed.sample(256, rng));
-    layer.backward(random_tokens(256, cfg.model.hidden_size, rng), grads);
-    client.step({.lr = 1e-4}, 1, n);
-  };
-  for (uint64_t n = 1; n <= 4; ++n) step(n);
+  SoloTrainer t(cluster.coordinator->endpoint(), cfg, weights, "from-load", &skewed, 256);
+  for (uint64_t n = 1; n <= 4; ++n) t.step(n);
   const std::string ep = cluster.coordinator->endpoint();
   const std::string trace = ::testing::TempDir() + "/window.npy";
-  std::string out;
-  FILE* p = ::popen((kBinary + " placement load --cluster " + ep + " --out " + trace + " 2>&1").c_str(), "r");
-  char buf[512];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  ASSERT_EQ(WEXITSTATUS(::pclose(p)), 0) << out;
+  const auto [code, out] = run_cli("placement load --cluster " + ep + " --out " + trace);
+  ASSERT_EQ(code, 0) << out;
   const LoadMatrix m = read_load_trace(trace, &cfg.model);
   ASSERT_EQ(m.rows(), 1);
   ASSERT_EQ(m.experts, 8);
@@ -350,13 +368,13 @@ TEST(RebalanceFromLoad, PlansFromTheWindowAndWritesTheTrace) {
     r = rebalance_cluster(ep, o);
   });
   uint64_t n = 5;
-  while (client.placement().epoch == 1 && n < 200) step(n++);
+  while (t.client.placement().epoch == 1 && n < 200) t.step(n++);
   driver.join();
   EXPECT_EQ(r.source, "from load");
   EXPECT_EQ(r.state, "committed");
   EXPECT_GT(r.balancedness_after, r.balancedness_before);
   EXPECT_GT(r.at_step, 4u);
-  EXPECT_EQ(client.placement().epoch, r.epoch);
+  EXPECT_EQ(t.client.placement().epoch, r.epoch);
 }
 
 // A training client the coordinator has not heard from for startup_timeout_ms is not known to
@@ -367,18 +385,8 @@ TEST(RebalanceGuard, WorkersRefuseCopiesBetweenRequestsWhileATrainingClientIsAtt
   ClusterConfig c = test_cluster_config(3, 1, "inprocess");
   c.startup_timeout_ms = 1000;
   LocalCluster cluster(c);
-  const TensorMap weights = init_layer_weights(cfg.model, 5);
-  ClusterClient client(cluster.coordinator->endpoint(), "quiet trainer");
-  client.load_model(cfg, weights);
-  LayerEngine layer(cfg.model, weights, client.experts(0));
-  RandomStream rng(6, "guard");
-  auto step = [&](uint64_t n) {
-    TensorMap grads = zeros_like(weights);
-    layer.forward(random_tokens(64, cfg.model.hidden_size, rng));
-    layer.backward(random_tokens(64, cfg.model.hidden_size, rng), grads);
-    client.step({.lr = 1e-3}, 1, n);
-  };
-  step(1);
+  SoloTrainer t(cluster.coordinator->endpoint(), cfg, init_layer_weights(cfg.model, 5), "guard");
+  t.step(1);
   std::this_thread::sleep_for(1200ms);  // longer than startup_timeout_ms since its last report
   try {
     rebalance_cluster(cluster.coordinator->endpoint(), {placement_yaml({{1}, {2}, {0}, {1}, {2}, {0}, {1}, {2}})});
@@ -386,8 +394,8 @@ TEST(RebalanceGuard, WorkersRefuseCopiesBetweenRequestsWhileATrainingClientIsAtt
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("training steps are running here"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(client.placement().epoch, 1u);
-  step(2);  // the job goes on with the old placement
+  EXPECT_EQ(t.client.placement().epoch, 1u);
+  t.step(2);  // the job goes on with the old placement
   EXPECT_EQ(query_cluster_status(cluster.coordinator->endpoint()).placement_epoch, 1u);
 }
 
@@ -408,20 +416,8 @@ TEST(RebalanceErrors, BadPlacementIsRefusedNamingIt) {
   RebalanceOptions none;
   EXPECT_THROW(rebalance_cluster(cluster.coordinator->endpoint(), none), Error);
   // The CLI: exit 2, naming the file, line and entry; a missing file and a usage error likewise.
-  const std::string bad = ::testing::TempDir() + "/bad-placement.yaml";
-  {
-    const std::string y = placement_yaml({{0}, {1}, {5}, {0}, {1}, {0}, {1}, {0}});
-    FILE* f = std::fopen(bad.c_str(), "w");
-    std::fwrite(y.data(), 1, y.size(), f);
-    std::fclose(f);
-  }
-  const auto run = [](const std::string& args) {
-    std::string out;
-    FILE* p = ::popen((kBinary + " " + args + " 2>&1").c_str(), "r");
-    char buf[512];
-    while (std::fgets(buf, sizeof buf, p)) out += buf;
-    return std::make_pair(WEXITSTATUS(::pclose(p)), out);
-  };
+  const std::string bad = write_temp("bad-placement.yaml", placement_yaml({{0}, {1}, {5}, {0}, {1}, {0}, {1}, {0}}));
+  const auto run = run_cli;
   const std::string ep = cluster.coordinator->endpoint();
   auto [code, out] = run("rebalance --cluster " + ep + " --placement " + bad);
   EXPECT_EQ(code, 2) << out;
@@ -445,32 +441,14 @@ TEST(RebalanceFailure, WorkerKilledDuringMigrationKeepsTheOldEpoch) {
   } restore;
   ClusterConfig c = test_cluster_config(3, 1, "ucx");
   c.dead_after_ms = 1500;
-  const std::string path = ::testing::TempDir() + "/two-workers.yaml";
-  {
-    const std::string y = placement_yaml(std::vector<std::vector<int>>(8, {0, 1}));
-    FILE* f = std::fopen(path.c_str(), "w");
-    std::fwrite(y.data(), 1, y.size(), f);
-    std::fclose(f);
-  }
-  c.placement = path;
+  c.placement = write_temp("two-workers.yaml", placement_yaml(std::vector<std::vector<int>>(8, {0, 1})));
   const std::vector<std::pair<std::string, std::string>> tcp = {{"UCX_TLS", "tcp,self"}};
   auto dying = tcp;
   dying.emplace_back("SWITCHYARD_TEST_EXIT_IN_COPY", "1");
   LocalCluster cluster(c, {tcp, tcp, dying});
-  const TensorMap weights = init_layer_weights(cfg.model, 4);
-  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
-  client.load_model(cfg, weights);
-  const uint64_t epoch = client.placement().epoch;
-  TensorMap dense = weights;
-  LayerEngine layer(cfg.model, dense, client.experts(0));
-  RandomStream rng(1, "failure");
-  auto step = [&](uint64_t n) {
-    TensorMap grads = zeros_like(dense);
-    layer.forward(random_tokens(64, cfg.model.hidden_size, rng));
-    layer.backward(random_tokens(64, cfg.model.hidden_size, rng), grads);
-    client.step({.lr = 1e-3}, 1, n);
-  };
-  step(1);
+  SoloTrainer t(cluster.coordinator->endpoint(), cfg, init_layer_weights(cfg.model, 4), "failure");
+  const uint64_t epoch = t.client.placement().epoch;
+  t.step(1);
   std::string error;
   std::thread driver([&] {
     try {
@@ -485,11 +463,11 @@ TEST(RebalanceFailure, WorkerKilledDuringMigrationKeepsTheOldEpoch) {
     finished = true;
   });
   uint64_t n = 2;
-  while (!finished && n < 400) step(n++);  // the copies run inside one of these steps
+  while (!finished && n < 400) t.step(n++);  // the copies run inside one of these steps
   waiter.join();
   EXPECT_NE(error.find("worker 2"), std::string::npos) << "error: " << error;
-  EXPECT_EQ(client.placement().epoch, epoch);
-  for (int more = 0; more < 3; ++more) step(n++);  // training goes on without worker 2
+  EXPECT_EQ(t.client.placement().epoch, epoch);
+  for (int more = 0; more < 3; ++more) t.step(n++);  // training goes on without worker 2
   std::this_thread::sleep_for(500ms);                // heartbeats carry the replica counts
   const ClusterStatus st = query_cluster_status(cluster.coordinator->endpoint());
   EXPECT_EQ(st.placement_epoch, epoch);

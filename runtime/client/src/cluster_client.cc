@@ -9,6 +9,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/core/expert.h"
 #include "switchyard/core/log.h"
+#include "switchyard/placement/load_trace.h"
 #include "switchyard/scheduler/dispatch_plan.h"
 #include "switchyard/transport/control.h"
 #include "switchyard/transport/factory.h"
@@ -503,17 +504,16 @@ void ClusterClient::use_loaded_model(const Config& config) {
 
 void ClusterClient::make_layer_experts(int layers) {
   Impl& im = *impl_;
-  const ModelConfig& m = im.config->model;
-  im.stages = static_cast<int>(m.layer.stages.size());
-  int widest = 0;
-  for (const StageConfig& st : m.layer.stages) widest = std::max(widest, st.experts);
+  const LoadMatrix rows = load_matrix_rows(im.config->model);  // the coordinator's report shape
+  im.stages = static_cast<int>(im.config->model.layer.stages.size());
+  const int widest = rows.experts;
   im.counts.Clear();
-  im.counts.set_rows(layers * im.stages);
+  im.counts.set_rows(rows.rows());
   im.counts.set_experts(widest);
   im.counts.set_workers(workers());
-  im.counts.mutable_routed()->Resize(layers * im.stages * widest, 0);
-  im.counts.mutable_computed()->Resize(layers * im.stages * widest, 0);
-  im.counts.mutable_worker_rows()->Resize(layers * im.stages * workers(), 0);
+  im.counts.mutable_routed()->Resize(rows.rows() * widest, 0);
+  im.counts.mutable_computed()->Resize(rows.rows() * widest, 0);
+  im.counts.mutable_worker_rows()->Resize(rows.rows() * workers(), 0);
   im.last_report = Clock::now();
   impl_->layer_experts.clear();
   for (int l = 0; l < layers; ++l) impl_->layer_experts.push_back(std::make_unique<RemoteExperts>(*this, l));

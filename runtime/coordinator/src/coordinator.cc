@@ -5,6 +5,7 @@
 #include "coordinator_impl.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/log.h"
+#include "switchyard/placement/load_trace.h"
 
 namespace sy {
 
@@ -130,11 +131,8 @@ Result<pb::PlanPlacementReply> Coordinator::Impl::plan(const pb::PlanPlacementRe
     Placement p = cluster_placement(cfg->model, cluster);  // YAML file or round-robin; memory checked
     p.validate(cfg->model, cluster.workers);
     placement = std::move(p);
-    const ModelConfig& m = cfg->model;
-    int widest = 0;
-    for (const StageConfig& st : m.layer.stages) widest = std::max(widest, st.experts);
-    load.reset(m.layers * static_cast<int>(m.layer.stages.size()), widest, cluster.workers,
-               cluster.rebalance.window_steps);
+    const LoadMatrix rows = load_matrix_rows(cfg->model);  // the reports' shape
+    load.reset(rows.rows(), rows.experts, cluster.workers, cluster.rebalance.window_steps);
     model = std::move(cfg);
   } catch (const Error& e) {
     return Status(StatusCode::invalid_argument, e.what());

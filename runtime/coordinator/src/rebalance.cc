@@ -17,6 +17,7 @@
 #include "coordinator_impl.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/log.h"
+#include "switchyard/placement/load_trace.h"
 #include "switchyard/placement/planner.h"
 
 namespace sy {
@@ -26,14 +27,7 @@ using Millis = std::chrono::milliseconds;
 
 // The window's computed rows as a planner load matrix of the model's (layer, stage) rows.
 LoadMatrix window_matrix(const ModelConfig& model, const LoadWindow& load) {
-  LoadMatrix m;
-  for (const StageConfig& st : model.layer.stages) m.experts = std::max(m.experts, st.experts);
-  for (int l = 0; l < model.layers; ++l)
-    for (size_t s = 0; s < model.layer.stages.size(); ++s) {
-      m.layer.push_back(l);
-      m.stage.push_back(static_cast<int>(s));
-      m.row_experts.push_back(model.layer.stages[s].experts);
-    }
+  LoadMatrix m = load_matrix_rows(model);
   m.counts = load.computed();
   return m;
 }
@@ -42,8 +36,7 @@ LoadMatrix window_matrix(const ModelConfig& model, const LoadWindow& load) {
 int slots_per_worker(const ModelConfig& model, const ClusterConfig& cluster, int requested) {
   if (requested > 0) return requested;
   if (cluster.rebalance.slots_per_worker > 0) return cluster.rebalance.slots_per_worker;
-  int widest = 0;
-  for (const StageConfig& st : model.layer.stages) widest = std::max(widest, st.experts);
+  const int widest = load_matrix_rows(model).experts;
   return std::min(widest, (widest + cluster.workers - 1) / cluster.workers + 1);
 }
 

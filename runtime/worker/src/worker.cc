@@ -551,7 +551,7 @@ class Worker {
       error = wire::error_info(e, id_);
     }
     for (const PendingStep& p : group)
-      if (p.migrate_epoch) migration_->after_step(op.step(), p.migrate_epoch);
+      if (p.migrate_epoch) migration_->after_step(p.migrate_epoch);
     for (const PendingStep& p : pending_steps_[op.step()]) reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
     pending_steps_.erase(op.step());
   }

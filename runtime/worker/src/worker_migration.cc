@@ -49,9 +49,8 @@ void WorkerMigration::follow_clients_epoch(uint64_t routed) {
   else abort(current_->epoch);
 }
 
-void WorkerMigration::after_step(uint64_t step, uint64_t asked_epoch) {
+void WorkerMigration::after_step(uint64_t asked_epoch) {
   if (!current_ || current_->epoch != asked_epoch || !current_->at_step || current_->copied) return;
-  current_->copied_at_step = step;
   copy();  // the state after this step's AdamW, before any rows of the next
 }
 

@@ -52,8 +52,8 @@ class WorkerMigration {
   // boundary is in force once the step's clients route with its epoch (`routed`), aborted while
   // they still route with an older one.
   void follow_clients_epoch(uint64_t routed);
-  // After the step's AdamW: run the copies when a StepOp of the step asked for `epoch`.
-  void after_step(uint64_t step, uint64_t asked_epoch);
+  // After the step's AdamW: run the copies when a StepOp of the step asked for `asked_epoch`.
+  void after_step(uint64_t asked_epoch);
   void forget();  // a new model was loaded
 
  private:
@@ -62,7 +62,6 @@ class WorkerMigration {
     Placement next;
     std::vector<wire::pb::ReplicaCopy> copies;
     bool at_step = false;             // copies run inside the step that asks for them
-    uint64_t copied_at_step = 0;      // the step whose boundary they used (training)
     bool copied = false;
     std::vector<ExpertKey> added;     // replicas the copies made here (discarded on abort)
     std::future<ReceiveBuffers> buffers;
