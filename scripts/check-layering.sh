@@ -18,6 +18,7 @@ rules=(
   "runtime/coordinator:core transport placement wire coordinator cluster.pb"
   "runtime/worker:core kernels engine transport placement wire worker cluster.pb"
   "runtime/client:core kernels engine transport placement scheduler wire client cluster.pb"
+  "runtime/capi:core kernels engine placement client"
 )
 
 bad=0

@@ -109,12 +109,12 @@ bool any_negative(std::span<const float> values) {
 void ExpertTensors::validate(const ExpertGeometry& geometry, const std::string& what) const {
   validate_shapes(geometry, what);
   for (const std::string& name : geometry.tensor_names()) {
-    if (!all_finite(weights.at(name).values())) throw_input_error(what + ": tensor '" + name + "' is not finite");
+    if (!all_finite(weights.at(name).span())) throw_input_error(what + ": tensor '" + name + "' is not finite");
     if (moments.empty()) continue;
     for (const char* suffix : kMomentSuffixes)
-      if (!all_finite(moments.at(name + suffix).values()))
+      if (!all_finite(moments.at(name + suffix).span()))
         throw_input_error(what + ": tensor '" + name + suffix + "' is not finite");
-    if (any_negative(moments.at(name + ".exp_avg_sq").values()))
+    if (any_negative(moments.at(name + ".exp_avg_sq").span()))
       throw_input_error(what + ": tensor '" + name + ".exp_avg_sq' holds a negative second moment");
   }
 }
@@ -154,7 +154,7 @@ void encode_expert(const ExpertGeometry& geometry, const ExpertTensors& tensors,
   out.reserve(out.size() + static_cast<size_t>(encoded_expert_floats(geometry, true)));
   const auto append = [&](const TensorMap& map, const std::string& n) {
     const Tensor& t = find_tensor(map, n, "encode_expert");
-    out.insert(out.end(), t.values().begin(), t.values().end());
+    out.insert(out.end(), t.data(), t.data() + t.numel());
   };
   for (const std::string& name : geometry.tensor_names()) {
     append(tensors.weights, name);
@@ -166,7 +166,7 @@ void encode_expert_weights(const ExpertGeometry& geometry, const TensorMap& weig
   out.reserve(out.size() + static_cast<size_t>(encoded_expert_floats(geometry, false)));
   for (const std::string& name : geometry.tensor_names()) {
     const Tensor& t = find_tensor(weights, name, "encode_expert");
-    out.insert(out.end(), t.values().begin(), t.values().end());
+    out.insert(out.end(), t.data(), t.data() + t.numel());
   }
 }
 

@@ -40,6 +40,13 @@ void softmax_backward(const float* dp, const float* p, int64_t n, int64_t e, flo
   }
 }
 
+void drop_top_experts(int n, Selection& sel) {
+  for (int64_t t = 0; t < sel.tokens; ++t) {  // select_experts lists each token's experts best first
+    const int64_t begin = sel.offsets[static_cast<size_t>(t)], end = sel.offsets[static_cast<size_t>(t + 1)];
+    for (int64_t j = begin; j < std::min(end, begin + n); ++j) sel.kept[static_cast<size_t>(j)] = 0;
+  }
+}
+
 Selection select_experts(const float* p, int64_t n, int64_t e, std::span<const int32_t> k_per_token) {
   SY_CHECK(static_cast<int64_t>(k_per_token.size()) == n, "one expert count per token");
   Selection sel;

@@ -1,5 +1,6 @@
 #include "switchyard/engine/layer_engine.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "switchyard/core/error.h"
@@ -140,6 +141,11 @@ float* LayerEngine::grad(TensorMap& grads, const std::string& name) const {
   return it->second.data();
 }
 
+void LayerEngine::set_drop_top_experts(int n) {
+  if (n < 0) throw_input_error("drop_top_experts must be >= 0, got " + std::to_string(n));
+  drop_top_ = n;
+}
+
 double LayerEngine::aux_loss() const {
   double total = 0.0;
   for (const StageStats& s : stats_) total += s.load_balance_loss + s.z_loss;
@@ -147,13 +153,22 @@ double LayerEngine::aux_loss() const {
 }
 
 Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) {
+  Tensor y({x.rank() == 2 ? x.dim(0) : 0, model_.hidden_size});
+  forward_into(x, y, importance);
+  return y;
+}
+
+void LayerEngine::forward_into(const Tensor& x, Tensor& y, const ImportanceInput& importance) {
   const int64_t d = model_.hidden_size;
   if (x.rank() != 2 || x.dim(1) != d)
     throw_input_error("layer input has shape " + shape_to_string(x.shape()) + ", expected [T, " +
                       std::to_string(d) + "] (hidden_size " + std::to_string(d) + ")");
   const int64_t T = x.dim(0);
+  if (y.shape() != x.shape())
+    throw_input_error("layer output buffer has shape " + shape_to_string(y.shape()) + ", expected " +
+                      shape_to_string(x.shape()));
   input_shape_ = x.shape();
-  Tensor y({T, d});
+  y.fill(0.0f);
   Tensor residual = x;  // r_{s-1}
   for (size_t si = 0; si < model_.layer.stages.size(); ++si) {
     const int s = static_cast<int>(si);
@@ -175,7 +190,6 @@ Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) 
     add_into(ops_, y, m);
     if (si + 1 < model_.layer.stages.size()) add_into(ops_, residual, m);
   }
-  return y;
 }
 
 Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput& importance) {
@@ -220,7 +234,7 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
       sequences = i.dim(0);
       length = i.dim(1);
     }
-    imp = i.values();
+    imp.assign(i.data(), i.data() + i.numel());
   } else {
     throw_input_error("stage " + std::to_string(s) +
                       " uses routing.kind: dynamic and needs token importance (--attention or --importance)");
@@ -252,6 +266,7 @@ void LayerEngine::route(int s, const Tensor& u, const std::vector<int32_t>& k) {
   ops_.run(SelectExpertsArgs{.p = st.p.data(), .n = T, .e = E, .k_per_token = k, .selection = &st.selection});
   ops_.run(ComputeGatesArgs{.p = st.p.data(), .normalize = cfg.routing.normalize, .selection = &st.selection});
   ops_.run(ApplyCapacityArgs{.capacity_factor = cfg.capacity_factor, .selection = &st.selection});
+  if (drop_top_ > 0) cpu::drop_top_experts(drop_top_, st.selection);
   st.layout = cpu::build_dispatch_layout(st.selection);
   st.nodes = cpu::build_node_list(st.selection, st.layout);
 }
@@ -347,6 +362,7 @@ void LayerEngine::record_stats(int s, const std::vector<int32_t>& k) {
   stats.dropped = st.selection.dropped;
   stats.k_histogram.assign(static_cast<size_t>(E + 1), 0);
   for (int32_t kt : k) ++stats.k_histogram[static_cast<size_t>(kt)];
+  stats.k = k;
   stats.mean_k = T ? static_cast<double>(stats.assignments) / static_cast<double>(T) : 0.0;
   stats.expert_rows.resize(static_cast<size_t>(E));
   for (int64_t i = 0; i < E; ++i) stats.expert_rows[static_cast<size_t>(i)] = st.layout.expert_rows(i);
@@ -364,21 +380,31 @@ void LayerEngine::record_stats(int s, const std::vector<int32_t>& k) {
                      .loss = &stats.z_loss});
 }
 
-Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
+Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads, double aux_scale) {
+  Tensor dx(input_shape_);
+  backward_into(grad_y, grads, dx, aux_scale);
+  return dx;
+}
+
+void LayerEngine::backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& grad_x, double aux_scale) {
   const int64_t d = model_.hidden_size;
   if (grad_y.shape() != input_shape_)
     throw_input_error("grad_output has shape " + shape_to_string(grad_y.shape()) + ", the layer output has " +
                       shape_to_string(input_shape_));
+  if (grad_x.shape() != input_shape_)
+    throw_input_error("grad_input buffer has shape " + shape_to_string(grad_x.shape()) + ", the layer input has " +
+                      shape_to_string(input_shape_));
   const int64_t T = input_shape_.at(0);
   Tensor dr_next({T, d});  // dL/dr_s from later stages
-  Tensor dx;
   for (size_t si = model_.layer.stages.size(); si-- > 0;) {
     const int s = static_cast<int>(si);
     StageState& st = *states_[si];
     Tensor dm = grad_y;
     add_into(ops_, dm, dr_next);
-    Tensor du = stage_backward(s, dm, grads);
-    Tensor dr_prev = dr_next;  // r_s = r_{s-1} + m_s
+    Tensor du = stage_backward(s, dm, grads, aux_scale);
+    Tensor scratch;  // r_s = r_{s-1} + m_s; stage 0's dL/dr_{-1} is dL/dx, written in place
+    Tensor& dr_prev = si == 0 ? grad_x : (scratch = Tensor({T, d}));
+    std::copy(dr_next.data(), dr_next.data() + dr_next.numel(), dr_prev.data());
     if (st.normed) {
       const std::string wname = s == 0 ? "input_norm.weight" : "stages." + std::to_string(s) + ".norm.weight";
       ops_.run(RmsNormBackwardArgs{.dy = du.data(),
@@ -392,13 +418,11 @@ Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads) {
     } else {
       add_into(ops_, dr_prev, du);
     }
-    dr_next = std::move(dr_prev);
+    if (si > 0) dr_next = std::move(scratch);
   }
-  dx = std::move(dr_next);
-  return dx;
 }
 
-Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
+Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, double aux_scale) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const std::string sp = "stages." + std::to_string(s) + ".";
@@ -506,11 +530,13 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads) {
                              .normalize = cfg.routing.normalize,
                              .dgate = dgate.data(),
                              .dp = dp.data()});
-  ops_.run(LoadBalanceLossArgs{
-      .p = st.p.data(), .selection = &st.selection, .alpha = cfg.aux_loss.load_balance, .dp = dp.data()});
+  ops_.run(LoadBalanceLossArgs{.p = st.p.data(),
+                               .selection = &st.selection,
+                               .alpha = cfg.aux_loss.load_balance * aux_scale,
+                               .dp = dp.data()});
   ops_.run(SoftmaxBackwardArgs{.dp = dp.data(), .p = st.p.data(), .n = T, .e = E, .dz = dz.data()});
   ops_.run(
-      ZLossArgs{.p = st.p.data(), .lse = st.lse.data(), .n = T, .e = E, .beta = cfg.aux_loss.z_loss, .dz = dz.data()});
+      ZLossArgs{.p = st.p.data(), .lse = st.lse.data(), .n = T, .e = E, .beta = cfg.aux_loss.z_loss * aux_scale, .dz = dz.data()});
   ops_.run(LinearBackwardWeightArgs{
       .dy = dz.data(), .x = u, .n = T, .out = E, .in = d, .dw = grad(grads, sp + "router.weight")});
   ops_.run(LinearBackwardInputArgs{

@@ -73,6 +73,42 @@ void MoeModel::step(const AdamWConfig& adamw, int group_size) {
   for (auto& [name, g] : grads_) g.fill(0.0f);
 }
 
+void MoeModel::forward_layer(int layer, const Tensor& x, Tensor& y, const ImportanceInput& importance) {
+  if (layer < 0 || layer >= static_cast<int>(layers_.size()))
+    throw_input_error("layer " + std::to_string(layer) + " out of range: the model has " +
+                      std::to_string(layers_.size()) + " layers");
+  layers_[static_cast<size_t>(layer)]->forward_into(x, y, importance);
+}
+
+void MoeModel::backward_layer(int layer, const Tensor& grad_y, Tensor& grad_x, TensorMap* grads, double aux_scale) {
+  if (layer < 0 || layer >= static_cast<int>(layers_.size()))
+    throw_input_error("layer " + std::to_string(layer) + " out of range: the model has " +
+                      std::to_string(layers_.size()) + " layers");
+  TensorMap& target = grads ? *grads : grads_;
+  LocalExperts* local = remote_ ? nullptr : local_experts_[static_cast<size_t>(layer)].get();
+  if (local) local->set_grads(&target);
+  try {
+    layers_[static_cast<size_t>(layer)]->backward_into(grad_y, target, grad_x, aux_scale);
+  } catch (...) {
+    if (local) local->set_grads(&grads_);
+    throw;
+  }
+  if (local) local->set_grads(&grads_);
+}
+
+void MoeModel::step_experts(const AdamWConfig& adamw, int group_size) {
+  if (!remote_) throw_runtime_error("step_experts: this model's experts are local; step them with the dense parameters");
+  ++steps_;
+  remote_->step(adamw, group_size, steps_);
+}
+
+void MoeModel::rebind_weight(const std::string& name, float* data) {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) throw_input_error("no parameter '" + name + "' to rebind");
+  Shape shape = it->second.shape();
+  it->second = Tensor::borrow(data, std::move(shape));
+}
+
 double MoeModel::aux_loss() const {
   double total = 0;
   for (const auto& layer : layers_) total += layer->aux_loss();

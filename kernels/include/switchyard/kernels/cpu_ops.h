@@ -79,6 +79,9 @@ void compute_gates(const float* p, bool normalize, Selection& sel);
 // capacity_factor > 0: each expert keeps at most ceil(cf · N_assign / E) assignments, highest
 // gate first (ties: lower token). Marks kept=0 and counts `dropped`. cf == 0: no-op.
 void apply_capacity(double capacity_factor, Selection& sel);
+// Evaluation only (the robustness test of CartesianMoE): marks each token's `n` highest-
+// probability selected experts kept=0, as capacity drops are (gates not renormalised).
+void drop_top_experts(int n, Selection& sel);
 // dp += ∂L/∂p given dgate per slot (zero for dropped slots is implied).
 void gates_backward(const float* p, const Selection& sel, bool normalize, const float* dgate, float* dp);
 

@@ -76,6 +76,7 @@ struct StageStats {
   int64_t dropped = 0;      // assignments removed by capacity
   double mean_k = 0.0;      // mean K_t (before capacity)
   std::vector<int64_t> k_histogram;  // [experts + 1]: tokens with K_t = k
+  std::vector<int32_t> k;            // [tokens]: K_t of each token (before capacity)
   std::vector<int64_t> expert_rows;  // [experts]: rows each expert computed
   double load_balance_loss = 0.0;
   double z_loss = 0.0;
@@ -91,11 +92,18 @@ class LayerEngine {
 
   // y = Σ_s m_s for x [T, d]. Keeps what backward needs.
   Tensor forward(const Tensor& x, const ImportanceInput& importance = {});
-  // dL/dx for L = Σ y ⊙ grad_y + aux_loss(); dense gradients accumulate into `grads`
-  // (which must hold zeros_like(weights) or earlier gradients), expert gradients go through
-  // the ExpertCompute.
-  Tensor backward(const Tensor& grad_y, TensorMap& grads);
+  // The same into `y` [T, d] (overwritten; e.g. a caller's buffer through Tensor::borrow).
+  void forward_into(const Tensor& x, Tensor& y, const ImportanceInput& importance = {});
+  // dL/dx for L = Σ y ⊙ grad_y + aux_scale · aux_loss(); dense gradients accumulate into
+  // `grads` (which must hold zeros_like(weights) or earlier gradients), expert gradients go
+  // through the ExpertCompute.
+  Tensor backward(const Tensor& grad_y, TensorMap& grads, double aux_scale = 1.0);
+  // The same into `grad_x` [T, d] (overwritten).
+  void backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& grad_x, double aux_scale = 1.0);
 
+  // Evaluation option: every stage drops each token's `n` best experts (cpu::drop_top_experts);
+  // 0 (default) routes normally. For robustness measurements, not for training.
+  void set_drop_top_experts(int n);
   double aux_loss() const;  // Σ over stages of load-balance + z losses of the last forward
   const std::vector<StageStats>& stats() const { return stats_; }
 
@@ -109,7 +117,7 @@ class LayerEngine {
   void aggregate(int s, const Tensor& u);
   Tensor mix_shared_expert(int s, const Tensor& u);
   void record_stats(int s, const std::vector<int32_t>& k);
-  Tensor stage_backward(int s, const Tensor& dm, TensorMap& grads);
+  Tensor stage_backward(int s, const Tensor& dm, TensorMap& grads, double aux_scale);
   const Tensor& param(const std::string& name) const;
   float* grad(TensorMap& grads, const std::string& name) const;
 
@@ -121,6 +129,7 @@ class LayerEngine {
   std::vector<std::unique_ptr<StageState>> states_;
   std::vector<StageStats> stats_;
   Shape input_shape_;  // of the last forward's input, checked against grad_y
+  int drop_top_ = 0;
 };
 
 }  // namespace sy

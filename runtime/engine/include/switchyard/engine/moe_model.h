@@ -48,6 +48,22 @@ class MoeModel {
   // `group_size` data-parallel ranks must all call step for the experts to move.
   void step(const AdamWConfig& adamw, int group_size = 1);
   double aux_loss() const;
+
+  // One layer alone, for trainers that put their own modules between the MoE layers (the C
+  // API, the PyTorch module): y_n = layer_n(x) into `y`, and its backward into `grad_x`.
+  // `grads` null: the model's gradient map; else a caller's map of the same names (e.g.
+  // borrowed buffers) that this backward accumulates into, local experts' gradients included.
+  void forward_layer(int layer, const Tensor& x, Tensor& y, const ImportanceInput& importance = {});
+  void backward_layer(int layer, const Tensor& grad_y, Tensor& grad_x, TensorMap* grads = nullptr,
+                      double aux_scale = 1.0);
+  // AdamW on the experts where they live (a provider's workers) only: the caller's optimizer
+  // owns the dense parameters. Throws a runtime error when the experts are local.
+  void step_experts(const AdamWConfig& adamw, int group_size = 1);
+  // Points parameter `name` at caller memory of the same shape (a framework that moved it).
+  void rebind_weight(const std::string& name, float* data);
+  TensorMap& mutable_grads() { return grads_; }
+  bool experts_local() const { return remote_ == nullptr; }
+  const Config& config() const { return config_; }
   const TensorMap& weights() const { return weights_; }  // dense only when on a cluster
   const TensorMap& grads() const { return grads_; }
   const std::vector<std::unique_ptr<LayerEngine>>& layers() const { return layers_; }
@@ -57,7 +73,7 @@ class MoeModel {
   Config config_;
   TensorMap weights_, grads_;
   ExpertProvider* remote_ = nullptr;
-  std::vector<std::unique_ptr<ExpertCompute>> local_experts_;
+  std::vector<std::unique_ptr<LocalExperts>> local_experts_;
   std::vector<std::unique_ptr<LayerEngine>> layers_;
   std::unique_ptr<AdamW> adam_;
   uint64_t steps_ = 0;
