@@ -9,7 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
   libucx-dev ucx-utils iproute2
-  python3 python3-torch fortunes
+  python3 python3-torch python3-yaml fortunes
 )
 
 missing=()
