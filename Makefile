@@ -3,11 +3,12 @@
 #   make test    build (warnings as errors) and run every test
 #   make test-sanitize   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench   build optimised and run the benchmarks; ends with `name: value` lines
+#   make install libswitchyard.so, switchyard.h and the Python package under /usr/local
 JOBS ?= $(shell nproc)
 BUILD ?= build
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test test-sanitize demo bench clean format
+.PHONY: all deps build test test-sanitize demo bench install clean format
 
 all: build
 
@@ -35,6 +36,10 @@ demo: build
 
 bench: build
 	scripts/run-bench.sh $(BUILD)
+
+install: build
+	cmake --install $(BUILD) --prefix /usr/local
+	ldconfig
 
 format:
 	git ls-files '*.cc' '*.h' '*.cu' | xargs clang-format -i

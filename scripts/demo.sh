@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# make demo: a local cluster (coordinator + 4 UCX workers) trains the toy task through the
-# cluster — all three methods at once (configs/models/combined.yaml) — then stops cleanly.
+# make demo: a local cluster (coordinator + 4 UCX workers) holds the experts of a small
+# byte-level MoE language model (python/examples/train_lm.py: PyTorch attention, Switchyard
+# MoE FFN layers configured as configs/models/combined.yaml — all three methods at once) that
+# trains on Debian's `fortunes` corpus for a few minutes; validation perplexity before and
+# after, a generated sample, the cluster's status, then a clean stop.
+# The former toy demo is `switchyard train-toy --config configs/models/combined.yaml`.
 set -euo pipefail
 build=${1:-build}
 model=${DEMO_MODEL:-configs/models/combined.yaml}
-steps=${DEMO_STEPS:-800}
+steps=${DEMO_STEPS:-500}
+python=${PYTHON:-/usr/bin/python3}
 log=$(mktemp)
 "$build/switchyard" up --config configs/local.yaml >"$log" 2>&1 &
 up_pid=$!
@@ -20,8 +25,9 @@ for _ in $(seq 1 600); do
 done
 cat "$log"
 endpoint=$(awk '/coordinator listening on/ {print $4}' "$log")
-echo "== training $model through the cluster at $endpoint"
-"$build/switchyard" train-toy --config "$model" --cluster "$endpoint" --steps "$steps"
+echo "== training a byte-level MoE language model ($model layers) with its experts on the cluster at $endpoint"
+SWITCHYARD_LIB="$build/libswitchyard.so" PYTHONPATH=python \
+  "$python" python/examples/train_lm.py --moe "$model" --cluster "$endpoint" --steps "$steps" --sample 300
 echo "== cluster status after training"
 "$build/switchyard" status --cluster "$endpoint"
 echo "== stopping the cluster"
