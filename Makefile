@@ -21,21 +21,24 @@ $(BUILD)/CMakeCache.txt: | deps
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
+# scripts/with-blas-core.sh: OpenBLAS's fast kernels where it would fall back to generic ones.
+BLAS := $(CURDIR)/scripts/with-blas-core.sh
+
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD) && $(BLAS) ctest --output-on-failure -j $(JOBS)
 
 test-sanitize: deps
 	cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_WERROR=ON -DSWITCHYARD_SANITIZE=ON \
 	  -DSWITCHYARD_CUDA=OFF -DSWITCHYARD_BUILD_BENCH=OFF
 	cmake --build build-sanitize -j $(JOBS)
 	cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest --output-on-failure -j $(JOBS) -LE learning
+	  $(BLAS) ctest --output-on-failure -j $(JOBS) -LE learning
 
 demo: build
-	scripts/demo.sh $(BUILD)
+	$(BLAS) scripts/demo.sh $(BUILD)
 
 bench: build
-	scripts/run-bench.sh $(BUILD)
+	$(BLAS) scripts/run-bench.sh $(BUILD)
 
 install: build
 	cmake --install $(BUILD) --prefix /usr/local

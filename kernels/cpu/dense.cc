@@ -158,4 +158,6 @@ void layernorm_backward(const float* dy, const float* x, int64_t n, int64_t d, c
   }
 }
 
+const char* blas_core_name() { return openblas_get_corename(); }
+
 }  // namespace sy::cpu

@@ -13,6 +13,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/core/io.h"
 #include "switchyard/engine/moe_model.h"
+#include "switchyard/kernels/cpu_ops.h"
 
 struct sy_tensors {
   sy::TensorMap map;
@@ -137,6 +138,8 @@ extern "C" {
 int sy_api_version(void) { return SY_API_VERSION; }
 
 const char* sy_last_error(void) { return g_last_error.c_str(); }
+
+const char* sy_blas_core(void) { return sy::cpu::blas_core_name(); }
 
 sy_adamw sy_adamw_defaults(void) {
   const sy::AdamWConfig d;

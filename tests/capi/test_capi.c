@@ -214,6 +214,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   CHECK(sy_api_version() == SY_API_VERSION, "library version %d, header %d", sy_api_version(), SY_API_VERSION);
+  CHECK(sy_blas_core() != NULL && sy_blas_core()[0] != 0, "no BLAS core name");
   test_config(argv[1], "topk.yaml", 0);
   test_config(argv[1], "dag.yaml", 0);
   test_config(argv[1], "cartesian.yaml", 0);

@@ -41,6 +41,10 @@ int sy_api_version(void);
 /* The message of this thread's last failed call ("" after none). Valid until the next call. */
 const char* sy_last_error(void);
 
+/* The GEMM library's kernel family (OpenBLAS core name, e.g. "SkylakeX"; "Prescott" is its
+ * generic fallback, ~3x slower on AVX-512 CPUs: set OPENBLAS_CORETYPE before loading). */
+const char* sy_blas_core(void);
+
 /* A CPU float32 contiguous tensor the caller owns. */
 typedef struct sy_tensor {
   float* data;

@@ -21,6 +21,10 @@
 
 namespace sy::cpu {
 
+// The GEMM library's kernel family (OpenBLAS's core name, e.g. "SkylakeX"; "Prescott" is its
+// generic SSE3 fallback on CPUs it does not recognise: scripts/with-blas-core.sh).
+const char* blas_core_name();
+
 // ---------- dense building blocks ----------
 
 // y = x Wᵀ (+ y if accumulate). x: [n, in], W: [out, in], y: [n, out].
