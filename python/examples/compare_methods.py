@@ -87,19 +87,25 @@ def main():
             print(f"seed {seed} {n:12s} val ppl {ppl:.3f}{extra} ({r['seconds']:.0f} s)", flush=True)
     tokens = args.steps * lm_args.batch * lm_args.seq
     ppl = {n: [math.exp(r["val_loss_after"]) for r in results[n]] for n in names}
-    lines = [f"Byte-level LM on `fortunes` (train_lm.py: d={args.d_model}, 2 blocks, 4 heads, seq 64, batch 16), "
+    lines = [f"Byte-level LM on `fortunes` (train_lm.py: d={args.d_model}, 2 blocks, 4 heads, seq 64, batch 16, "
+             f"lr 3e-3 warm-up 30 + cosine), "
              f"{args.steps} steps = {tokens} training tokens per run, {args.seeds} seeds, validation perplexity "
-             f"(mean ± std), produced by `python3 python/examples/compare_methods.py --seeds {args.seeds} "
-             f"--steps {args.steps}` in {time.monotonic() - t0:.0f} s.", "",
-             "| method | config | validation perplexity | top-1 disabled: perplexity | ratio |",
-             "|---|---|---|---|---|"]
-    desc = {"top2": "top-2 of 8, weighted sum, f=%d" % args.ffn, "dag": "top-2 of 8, DAG aggregation L=2",
-            "dynamic": "DA-MoE k_avg=2 (1..4) from attention", "finegrained": "top-4 of 16, f/2, shared f",
+             f"(mean ± std over seeds; Δ: the paired difference to the pair's baseline, same seed, same data "
+             f"order), produced by `scripts/with-blas-core.sh python3 python/examples/compare_methods.py "
+             f"--seeds {args.seeds} --steps {args.steps} --d-model {args.d_model} --ffn {args.ffn}` in "
+             f"{time.monotonic() - t0:.0f} s.", "",
+             "| method | config | validation perplexity | Δ vs baseline | top-1 disabled: perplexity | ratio |",
+             "|---|---|---|---|---|---|"]
+    desc = {"top2": "top-2 of 8, weighted sum, f=%d (baseline)" % args.ffn, "dag": "top-2 of 8, DAG aggregation L=2",
+            "dynamic": "DA-MoE k_avg=2 (1..4) from attention", "finegrained": "top-4 of 16, f/2, shared f (baseline)",
             "cartesian": "2 stages x top-2 of 8, f/2, shared f/2 each"}
+    baseline = {"dag": "top2", "dynamic": "top2", "cartesian": "finegrained"}
     for n in names:
         drop = [math.exp(r["val_loss_drop_top"]) for r in results[n] if "val_loss_drop_top" in r]
         ratio = [d / q for d, q in zip(drop, ppl[n])]
-        lines.append(f"| {n} | {desc[n]} | {fmt(ppl[n], 3)} | {fmt(drop) if drop else ''} | "
+        b = baseline.get(n)
+        delta = f"{fmt([x - y for x, y in zip(ppl[n], ppl[b])], 3)} (vs {b})" if b in ppl else ""
+        lines.append(f"| {n} | {desc[n]} | {fmt(ppl[n], 3)} | {delta} | {fmt(drop) if drop else ''} | "
                      f"{fmt(ratio, 3) if ratio else ''} |")
     table = "\n".join(lines)
     print(table)
