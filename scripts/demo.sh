@@ -8,7 +8,7 @@
 set -euo pipefail
 build=${1:-build}
 model=${DEMO_MODEL:-configs/models/combined.yaml}
-steps=${DEMO_STEPS:-500}
+steps=${DEMO_STEPS:-1500}
 python=${PYTHON:-/usr/bin/python3}
 log=$(mktemp)
 "$build/switchyard" up --config configs/local.yaml >"$log" 2>&1 &
