@@ -8,10 +8,10 @@
 #   scripts/with-blas-core.sh COMMAND [ARGS...]
 set -euo pipefail
 if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  lib=$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $NF; exit}')
+  lib=$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 / && !found {print $NF; found = 1}' || true)
   core=""
   if [ -n "$lib" ]; then
-    core=$(OPENBLAS_VERBOSE=2 /usr/bin/python3 -c "import ctypes; ctypes.CDLL('$lib')" 2>&1 | awk '/^Core:/{print $2; exit}' || true)
+    core=$(OPENBLAS_VERBOSE=2 /usr/bin/python3 -c "import ctypes; ctypes.CDLL('$lib')" 2>&1 | awk '/^Core:/ && !found {print $2; found = 1}' || true)
   fi
   if [ "$core" = "Prescott" ]; then
     flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
