@@ -6,7 +6,8 @@
            index_add_), autograd
   engine   the same Switchyard model through the C API alone (ctypes calls on preallocated
            buffers, the model's own gradient buffers, no autograd): the C++ engine's step
-at a small shape where per-expert overhead shows and a large GEMM-bound one. Medians.
+at a small shape where per-expert overhead shows and a large GEMM-bound one. Medians, the three
+timed in turn within each round.
 
     python3 bench/bench_torch.py [--reps N] [--threads T]
 """
@@ -43,14 +44,18 @@ def eager_moe(x, router, experts, k):
     return out
 
 
-def median_ms(fn, reps):
-    fn()  # warm-up
-    times = []
+def median_ms(fns, reps):
+    """Median ms of each function, timed round-robin (one call of each per round) so that the
+    shared machine's slow phases fall on all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def bench_shape(name, E, k, d, f, T, reps):
@@ -86,8 +91,7 @@ def bench_shape(name, E, k, d, f, T, reps):
     # Same numbers first: the module and the plain layer agree (float round-off).
     with torch.no_grad():
         diff = (layer(x) - eager_moe(x, router, experts, k)).abs().max().item()
-    ms = {"module": median_ms(module_step, reps), "eager": median_ms(eager_step, reps),
-          "engine": median_ms(engine_step, reps)}
+    ms = median_ms({"module": module_step, "eager": eager_step, "engine": engine_step}, reps)
     print(f"{name}: E={E} k={k} d={d} f={f} T={T}: module {ms['module']:.2f} ms, eager {ms['eager']:.2f} ms, "
           f"engine (C API) {ms['engine']:.2f} ms per forward+backward (median of {reps}); "
           f"max |module - eager| = {diff:.2e}", flush=True)
@@ -96,13 +100,13 @@ def bench_shape(name, E, k, d, f, T, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
     small = bench_shape("small", reps=args.reps, **SHAPES["small"])
-    large = bench_shape("large", reps=max(3, args.reps // 3), **SHAPES["large"])
+    large = bench_shape("large", reps=max(3, args.reps // 4), **SHAPES["large"])
     print(f"torch_module_vs_eager: {small['eager'] / small['module']:.3f}")
     print(f"torch_module_vs_eager_large: {large['eager'] / large['module']:.3f}")
     print(f"torch_module_overhead: {small['module'] / small['engine']:.3f}")
