@@ -183,8 +183,7 @@ def save_checkpoint(path, lm, opt, step, gen, attached):
     tmp = path + ".tmp"
     torch.save({"step": step, "model": lm.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state()}, tmp)
     os.replace(tmp, path)
-    if attached:  # the experts' weights and AdamW state are on the workers (same filesystem here)
-        os.makedirs(path + ".experts", exist_ok=True)
+    if attached:  # the experts' weights and AdamW state: each worker writes its own file there
         lm.moe.save_expert_checkpoint(path + ".experts")
 
 

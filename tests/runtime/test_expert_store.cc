@@ -324,6 +324,24 @@ ExpertStore& trained(ExpertStore& store, const ModelConfig& m) {
   return store;
 }
 
+// A checkpoint into a directory that does not exist yet creates it (and writes no temporary
+// of a temporary: the file is written once, atomically).
+TEST(ExpertStoreCheckpoint, SaveCreatesTheDirectory) {
+  const ModelConfig m = model();
+  ExpertStore a(m);
+  trained(a, m);
+  const std::string dir = temp_path("new_ckpt_dir") + "/nested";
+  std::filesystem::remove_all(std::filesystem::path(dir).parent_path());
+  const std::string path = dir + "/worker-0.safetensors";
+  a.save(path);
+  EXPECT_TRUE(std::filesystem::exists(path));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator{}), 1);
+  ExpertStore b(m);
+  b.load(path);
+  EXPECT_EQ(b.keys(), a.keys());
+  std::filesystem::remove_all(std::filesystem::path(dir).parent_path());
+}
+
 TEST(ExpertStoreCheckpoint, SaveLoadRoundTripIsExact) {
   const ModelConfig m = model();
   ExpertStore a(m);

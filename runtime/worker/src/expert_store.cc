@@ -292,11 +292,12 @@ void ExpertStore::save(const std::string& path) const {
       for (auto& [name, tensor] : *part) tensors.emplace(expert_param_name(model_, key, name), std::move(tensor));
     metadata.emplace(kStepsPrefix + key.to_string(), std::to_string(t.step));
   }
-  const std::string tmp = path + ".tmp";
-  write_safetensors(tmp, tensors, metadata);
+  // write_safetensors is atomic itself (path.tmp, fsync, rename); the directory is made here.
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
   std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw_input_error("expert checkpoint '" + path + "': cannot rename " + tmp + ": " + ec.message());
+  if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+  if (ec) throw_input_error("expert checkpoint '" + path + "': cannot create directory " + dir.string() + ": " + ec.message());
+  write_safetensors(path, tensors, metadata);
 }
 
 namespace {
