@@ -214,6 +214,29 @@ struct StHeader {
 
 const char* json_type(const nlohmann::json& j) { return j.type_name(); }
 
+// The deepest nesting of arrays and objects in JSON text (outside strings). A safetensors
+// header is three levels deep; a hostile one nested 10^5 deep overflowed the stack when an error
+// message printed part of it, so such headers are refused before they are parsed.
+constexpr int kMaxJsonDepth = 16;
+int json_nesting_depth(const std::string& text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 // A JSON integer as int64 (rejecting floats, bools and values beyond int64).
 bool json_to_int64(const nlohmann::json& j, int64_t* out) {
   if (j.is_number_unsigned()) {
@@ -309,6 +332,9 @@ StHeader read_st_header(const InputFile& f, const std::string& path) {
   // nlohmann stops at a NUL byte as if the input ended there; JSON never contains a raw NUL.
   if (const size_t nul = text.find('\0'); nul != std::string::npos)
     fail(kSt, path, "header is not valid JSON: NUL byte at header offset " + std::to_string(nul));
+  if (const int depth = json_nesting_depth(text); depth > kMaxJsonDepth)
+    fail(kSt, path, "header nests arrays or objects " + std::to_string(depth) + " levels deep (limit " +
+                        std::to_string(kMaxJsonDepth) + "; a safetensors header needs 3)");
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(text);

@@ -404,6 +404,21 @@ TEST_F(IoTest, SafetensorsInvalidJson) {
   }
 }
 
+// A header nested 100 000 deep is refused by its depth, not a stack overflow (issue 12).
+TEST_F(IoTest, SafetensorsDeeplyNestedHeaderIsRefused) {
+  const std::string deep = "{\"a\": {\"dtype\": \"F32\", \"shape\": " + std::string(100000, '[') +
+                           std::string(100000, ']') + ", \"data_offsets\": [0, 0]}}";
+  const std::string p = path("deep.safetensors");
+  write_bytes(p, safetensors_bytes(deep, ""));
+  const std::string msg = input_error([&] { sy::read_safetensors(p); });
+  EXPECT_TRUE(Contains(msg, p));
+  EXPECT_TRUE(Contains(msg, "100002 levels deep"));
+  // Brackets inside strings do not count.
+  const std::string quoted = "{\"[[[[[[[[[[[[[[[[[[[[\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
+  write_bytes(p, safetensors_bytes(quoted, float_bytes({1})));
+  EXPECT_EQ(sy::read_safetensors(p).size(), 1u);
+}
+
 TEST_F(IoTest, SafetensorsHeaderNotAnObject) {
   for (const std::string header : {"[1,2,3]", "42", "\"str\"", "null"}) {
     SCOPED_TRACE(header);
