@@ -751,6 +751,12 @@ Config load_config_string(const std::string& yaml_text, const std::string& sourc
   return config;
 }
 
+bool needs_importance(const ModelConfig& model) {
+  for (const StageConfig& s : model.layer.stages)
+    if (s.routing.kind == RoutingKind::dynamic) return true;
+  return false;
+}
+
 const ModelConfig& Config::require_model() const {
   if (!has_model) {
     throw_config_error(source + ": no `model:` section; this command needs a model config (e.g. "

@@ -84,6 +84,8 @@ _SIGNATURES = {
     "sy_tensors_name": (ctypes.c_int, [_P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_char_p)]),
     "sy_tensors_get": (ctypes.c_int, [_P, ctypes.c_char_p, _T]),
     "sy_tensors_destroy": (None, [_P]),
+    "sy_npy_save": (ctypes.c_int, [ctypes.c_char_p, _T]),
+    "sy_npy_load": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_P)]),
     "sy_model_create": (ctypes.c_int, [ctypes.c_char_p, _P, ctypes.POINTER(ModelOptions), ctypes.POINTER(_P)]),
     "sy_model_destroy": (None, [_P]),
     "sy_model_get_info": (ctypes.c_int, [_P, ctypes.POINTER(ModelInfo)]),

@@ -56,6 +56,14 @@ def _require_cpu_f32(t, what):
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _copy_array(ptr, n, dtype, ctype):
+    """An owning torch copy of n C values."""
+    t = torch.empty(n, dtype=dtype)
+    if n:
+        ctypes.memmove(t.data_ptr(), ptr, n * ctypes.sizeof(ctype))
+    return t
+
+
 def _to_torch(view):
     """An owning torch copy of a sy_tensor."""
     shape = [view.shape[i] for i in range(view.ndim)]
@@ -194,19 +202,12 @@ class _Model:
         for s in range(self.info.stages):
             st = _capi.StageStats()
             _capi.call("sy_model_stage_stats", self.handle, layer, s, ctypes.byref(st))
-
-            def copy(ptr, n, dtype, ctype):
-                t = torch.empty(n, dtype=dtype)
-                if n:
-                    ctypes.memmove(t.data_ptr(), ptr, n * ctypes.sizeof(ctype))
-                return t
-
             out.append({
                 "tokens": st.tokens, "assignments": st.assignments, "dropped": st.dropped, "mean_k": st.mean_k,
                 "load_balance_loss": st.load_balance_loss, "z_loss": st.z_loss,
-                "k": copy(st.k, st.tokens, torch.int32, ctypes.c_int32),
-                "k_histogram": copy(st.k_histogram, st.experts + 1, torch.int64, ctypes.c_int64),
-                "expert_rows": copy(st.expert_rows, st.experts, torch.int64, ctypes.c_int64),
+                "k": _copy_array(st.k, st.tokens, torch.int32, ctypes.c_int32),
+                "k_histogram": _copy_array(st.k_histogram, st.experts + 1, torch.int64, ctypes.c_int64),
+                "expert_rows": _copy_array(st.expert_rows, st.experts, torch.int64, ctypes.c_int64),
             })
         return out
 

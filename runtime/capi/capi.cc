@@ -115,11 +115,7 @@ sy::Tensor& find(sy::TensorMap& map, const char* name, const char* what) {
 }
 
 const sy::StageStats& stage_stats(const sy_model& m, int32_t layer, int32_t stage) {
-  const auto& layers = m.model->layers();
-  if (layer < 0 || layer >= static_cast<int32_t>(layers.size()))
-    sy::throw_input_error("layer " + std::to_string(layer) + " out of range (" + std::to_string(layers.size()) +
-                          " layers)");
-  const auto& stats = layers[static_cast<size_t>(layer)]->stats();
+  const auto& stats = m.model->layer(layer).stats();
   if (stage < 0 || stage >= static_cast<int32_t>(stats.size()))
     sy::throw_input_error("stage " + std::to_string(stage) + " out of range (" + std::to_string(stats.size()) +
                           " stages)");
@@ -205,6 +201,18 @@ sy_status sy_tensors_get(const sy_tensors* tensors, const char* name, sy_tensor*
 
 void sy_tensors_destroy(sy_tensors* tensors) { delete tensors; }
 
+sy_status sy_npy_save(const char* path, const sy_tensor* tensor) {
+  return guarded("sy_npy_save", [&] { sy::write_npy(require_text(path, "path"), borrow(tensor, "tensor")); });
+}
+
+sy_status sy_npy_load(const char* path, sy_tensors** out) {
+  return guarded("sy_npy_load", [&] {
+    auto t = std::make_unique<sy_tensors>();
+    t->map.emplace("array", sy::read_npy(require_text(path, "path")));
+    require(out, "out") = t.release();
+  });
+}
+
 // ---- Models ----
 
 sy_status sy_model_create(const char* config_yaml, const sy_tensors* weights, const sy_model_options* options,
@@ -231,12 +239,7 @@ sy_status sy_model_create(const char* config_yaml, const sy_tensors* weights, co
   });
 }
 
-void sy_model_destroy(sy_model* model) {
-  try {
-    delete model;
-  } catch (...) {  // a destructor that failed to say goodbye to the cluster: nothing to report to
-  }
-}
+void sy_model_destroy(sy_model* model) { delete model; }  // destructors do not throw
 
 sy_status sy_model_get_info(const sy_model* model, sy_model_info* out) {
   return guarded("sy_model_get_info", [&] {
@@ -245,9 +248,7 @@ sy_status sy_model_get_info(const sy_model* model, sy_model_info* out) {
     info.layers = mc.layers;
     info.stages = static_cast<int32_t>(mc.layer.stages.size());
     info.hidden_size = mc.hidden_size;
-    info.needs_importance = 0;
-    for (const sy::StageConfig& s : mc.layer.stages)
-      if (s.routing.kind == sy::RoutingKind::dynamic) info.needs_importance = 1;
+    info.needs_importance = sy::needs_importance(mc) ? 1 : 0;
     info.experts_local = model->model->experts_local() ? 1 : 0;
   });
 }
@@ -284,16 +285,8 @@ sy_status sy_model_backward(sy_model* model, int32_t layer, const sy_tensor* gra
 }
 
 sy_status sy_model_aux_loss(const sy_model* model, int32_t layer, double* loss) {
-  return guarded("sy_model_aux_loss", [&] {
-    const sy_model& m = require(model, "model");
-    const int32_t stages = static_cast<int32_t>(m.config.model.layer.stages.size());
-    double total = 0.0;
-    for (int32_t s = 0; s < stages; ++s) {
-      const sy::StageStats& st = stage_stats(m, layer, s);
-      total += st.load_balance_loss + st.z_loss;
-    }
-    require(loss, "loss") = total;
-  });
+  return guarded("sy_model_aux_loss",
+                 [&] { require(loss, "loss") = require(model, "model").model->layer(layer).aux_loss(); });
 }
 
 sy_status sy_model_stage_stats(const sy_model* model, int32_t layer, int32_t stage, sy_stage_stats* out) {

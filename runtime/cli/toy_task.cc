@@ -37,12 +37,6 @@ Tensor random_attention(int64_t b, int64_t h, int64_t l, float scale, RandomStre
   return a;
 }
 
-bool needs_importance(const ModelConfig& model) {
-  for (const StageConfig& s : model.layer.stages)
-    if (s.routing.kind == RoutingKind::dynamic) return true;
-  return false;
-}
-
 SkewedTokens::SkewedTokens(const ModelConfig& model, double skew, uint64_t seed) : d(model.hidden_size) {
   const int clusters = model.layer.stages.at(0).experts;
   RandomStream rng(seed, "toy-skew");

@@ -73,27 +73,29 @@ void MoeModel::step(const AdamWConfig& adamw, int group_size) {
   for (auto& [name, g] : grads_) g.fill(0.0f);
 }
 
-void MoeModel::forward_layer(int layer, const Tensor& x, Tensor& y, const ImportanceInput& importance) {
-  if (layer < 0 || layer >= static_cast<int>(layers_.size()))
-    throw_input_error("layer " + std::to_string(layer) + " out of range: the model has " +
-                      std::to_string(layers_.size()) + " layers");
-  layers_[static_cast<size_t>(layer)]->forward_into(x, y, importance);
+LayerEngine& MoeModel::layer(int n) const {
+  if (n < 0 || n >= static_cast<int>(layers_.size()))
+    throw_input_error("layer " + std::to_string(n) + " out of range: the model has " + std::to_string(layers_.size()) +
+                      " layers");
+  return *layers_[static_cast<size_t>(n)];
 }
 
-void MoeModel::backward_layer(int layer, const Tensor& grad_y, Tensor& grad_x, TensorMap* grads, double aux_scale) {
-  if (layer < 0 || layer >= static_cast<int>(layers_.size()))
-    throw_input_error("layer " + std::to_string(layer) + " out of range: the model has " +
-                      std::to_string(layers_.size()) + " layers");
+void MoeModel::forward_layer(int n, const Tensor& x, Tensor& y, const ImportanceInput& importance) {
+  layer(n).forward_into(x, y, importance);
+}
+
+void MoeModel::backward_layer(int n, const Tensor& grad_y, Tensor& grad_x, TensorMap* grads, double aux_scale) {
+  LayerEngine& engine = layer(n);
   TensorMap& target = grads ? *grads : grads_;
-  LocalExperts* local = remote_ ? nullptr : local_experts_[static_cast<size_t>(layer)].get();
-  if (local) local->set_grads(&target);
-  try {
-    layers_[static_cast<size_t>(layer)]->backward_into(grad_y, target, grad_x, aux_scale);
-  } catch (...) {
-    if (local) local->set_grads(&grads_);
-    throw;
-  }
-  if (local) local->set_grads(&grads_);
+  if (remote_) return engine.backward_into(grad_y, target, grad_x, aux_scale);
+  // Local experts accumulate into the same map for this call, and into the model's after it.
+  struct Redirect {
+    LocalExperts& experts;
+    TensorMap& home;
+    ~Redirect() { experts.set_grads(&home); }
+  } redirect{*local_experts_[static_cast<size_t>(n)], grads_};
+  redirect.experts.set_grads(&target);
+  engine.backward_into(grad_y, target, grad_x, aux_scale);
 }
 
 void MoeModel::step_experts(const AdamWConfig& adamw, int group_size) {

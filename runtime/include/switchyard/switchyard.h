@@ -70,6 +70,11 @@ sy_status sy_tensors_name(const sy_tensors* tensors, size_t i, const char** name
 sy_status sy_tensors_get(const sy_tensors* tensors, const char* name, sy_tensor* out);
 void sy_tensors_destroy(sy_tensors* tensors);
 
+/* .npy files (little-endian float32, C order) as the CLI reads and writes them. */
+sy_status sy_npy_save(const char* path, const sy_tensor* tensor);
+/* A new owned map holding the file's array under the name "array". */
+sy_status sy_npy_load(const char* path, sy_tensors** out);
+
 /* ---- Models ---- */
 typedef struct sy_model sy_model;
 

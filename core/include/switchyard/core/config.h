@@ -118,6 +118,9 @@ struct Config {
   const ModelConfig& require_model() const;
 };
 
+// True when some stage of the layer routes dynamically (DA-MoE) and so needs token importance.
+bool needs_importance(const ModelConfig& model);
+
 // "host:port" with host a name, an IPv4 address or a bracketed IPv6 address ("[::1]:5000"),
 // and port 0..65535. Brackets are removed from `host`.
 struct HostPort {

@@ -19,8 +19,6 @@ class ClusterClient;
 Tensor random_tokens(int64_t tokens, int64_t d, RandomStream& rng);
 // Attention probabilities [b, h, l, l]: causal rows, softmax of N(0, scale²) logits.
 Tensor random_attention(int64_t b, int64_t h, int64_t l, float scale, RandomStream& rng);
-// True when some stage of the layer uses dynamic routing (and therefore needs attention).
-bool needs_importance(const ModelConfig& model);
 
 struct ToyTaskOptions {
   int steps = 4000;

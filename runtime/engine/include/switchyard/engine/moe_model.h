@@ -53,8 +53,8 @@ class MoeModel {
   // API, the PyTorch module): y_n = layer_n(x) into `y`, and its backward into `grad_x`.
   // `grads` null: the model's gradient map; else a caller's map of the same names (e.g.
   // borrowed buffers) that this backward accumulates into, local experts' gradients included.
-  void forward_layer(int layer, const Tensor& x, Tensor& y, const ImportanceInput& importance = {});
-  void backward_layer(int layer, const Tensor& grad_y, Tensor& grad_x, TensorMap* grads = nullptr,
+  void forward_layer(int n, const Tensor& x, Tensor& y, const ImportanceInput& importance = {});
+  void backward_layer(int n, const Tensor& grad_y, Tensor& grad_x, TensorMap* grads = nullptr,
                       double aux_scale = 1.0);
   // AdamW on the experts where they live (a provider's workers) only: the caller's optimizer
   // owns the dense parameters. Throws a runtime error when the experts are local.
@@ -67,6 +67,8 @@ class MoeModel {
   const TensorMap& weights() const { return weights_; }  // dense only when on a cluster
   const TensorMap& grads() const { return grads_; }
   const std::vector<std::unique_ptr<LayerEngine>>& layers() const { return layers_; }
+  // Layer n; an input error naming n and the layer count when out of range.
+  LayerEngine& layer(int n) const;
 
  private:
   void build();
