@@ -303,6 +303,15 @@ const Field kSchema[] = {
    .help = "While a client waits on workers it asks the coordinator this often which are alive, so a dead "
            "worker fails the request within about dead_after_ms, not request_timeout_ms.",
    .slot = SY_CLUSTER(liveness_check_ms)},
+  {.path = "cluster.coordinator_timeout_ms", .def = "15000", .bound = Bound::gt,
+   .help = "How long workers and clients go on without the coordinator (the data plane keeps working) "
+           "before they fail saying so; a coordinator restarted within it, from state_file, takes over.",
+   .slot = SY_CLUSTER(coordinator_timeout_ms)},
+  {.path = "cluster.state_file", .type = Type::path, .def = "",
+   .help = "Where the coordinator keeps membership, the committed placement and the model (rewritten "
+           "atomically on each change); a coordinator started on the same port with it resumes the "
+           "cluster without a new model load. Relative to this file; empty = a restart loses the cluster.",
+   .slot = SY_CLUSTER(state_file)},
   {.path = "cluster.transport", .type = Type::string, .def = "ucx",
    .help = "Data plane between clients and workers: ucx (processes, any host), or inprocess (coordinator, "
            "workers and clients as threads of one process: tests).",

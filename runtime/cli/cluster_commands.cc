@@ -164,6 +164,8 @@ void print_load(const ClusterStatus& s) {
               << std::setprecision(1) << r.pause_ms << " ms, planned balancedness " << std::setprecision(3)
               << r.balancedness_before << " -> " << r.balancedness_after;
     if (r.at_step) std::cout << ", at step " << r.at_step;
+    if (r.since_loss_seconds > 0)
+      std::cout << ", full replica count " << std::setprecision(2) << r.since_loss_seconds << " s after the loss";
     if (!r.error.empty()) std::cout << ": " << r.error;
     std::cout << "\n";
   }
@@ -181,10 +183,11 @@ int cli_status(const std::vector<std::string>& args) {
             << "experts" << std::setw(12) << "rows_fwd" << std::setw(12) << "rows_bwd" << std::setw(8) << "steps"
             << std::setw(12) << "rows/s" << "endpoint\n";
   for (const WorkerStatus& w : s.workers) {
-    std::cout << std::left << std::setw(8) << w.id << std::setw(8) << w.pid << std::setw(7) << (w.alive ? "alive" : "DEAD")
+    std::cout << std::left << std::setw(8) << w.id << std::setw(8) << w.pid << std::setw(7) << (w.alive ? "alive" : w.fenced ? "LOST" : "DEAD")
               << std::setw(9) << w.experts << std::setw(12) << w.rows_forward << std::setw(12) << w.rows_backward
               << std::setw(8) << w.steps << std::setw(12) << static_cast<int64_t>(w.rows_per_s) << w.control_endpoint;
-    if (!w.alive) std::cout << "  (no heartbeat for " << w.ms_since_heartbeat << " ms)";
+    if (w.fenced) std::cout << "  (fenced: a client lost it; its replicas are recovered elsewhere)";
+    else if (!w.alive) std::cout << "  (no heartbeat for " << w.ms_since_heartbeat << " ms)";
     std::cout << "\n";
   }
   print_load(s);

@@ -131,5 +131,39 @@ TEST(DispatchPlan, ReplanWithoutADeadWorkerMovesItsRowsToSurvivors) {
   EXPECT_EQ(missing.status().code(), StatusCode::invalid_argument);
 }
 
+TEST(DispatchPlan, FailoverReplansOnlyTheLostChunksOverSurvivingReplicas) {
+  Placement p;
+  p.replicas[{0, 1, 0}] = {0, 1, 2};
+  p.replicas[{0, 1, 1}] = {1, 2};
+  p.replicas[{0, 1, 2}] = {1};
+  WorkerLoad load;
+  auto plan = plan_dispatch(std::vector<int64_t>{0, 9, 13, 14}, 0, 1, p, {0, 1, 2}, load);
+  ASSERT_TRUE(plan.is_ok());
+  ASSERT_EQ(plan->workers[1].worker, 1);  // worker 1: expert 0 rows 3-5, expert 1 rows 9-10, expert 2 row 13
+  const std::vector<DispatchChunk> lost = plan->workers[1].chunks;
+  ASSERT_EQ(lost.size(), 3u);
+  WorkerLoad unused, after;
+  // Without worker 1, expert 2 has no replica: named, unreachable.
+  auto none = plan_failover(lost, 0, 1, p, {0, 2}, unused);
+  ASSERT_FALSE(none.is_ok());
+  EXPECT_EQ(none.status().code(), StatusCode::unreachable);
+  EXPECT_NE(none.status().message().find("layers.0.stages.1.experts.2 (its workers 1 are all dead)"), std::string::npos)
+      << none.status().message();
+  p.replicas[{0, 1, 2}] = {1, 0};
+  auto moved = plan_failover(lost, 0, 1, p, {0, 2}, after);
+  ASSERT_TRUE(moved.is_ok()) << moved.status().to_string();
+  EXPECT_EQ(moved->rows, 6);
+  EXPECT_EQ(after, (WorkerLoad{3, 0, 3}));  // expert 0's 3 rows split 2/1, expert 1's 2 to worker 2
+  ASSERT_EQ(moved->workers.size(), 2u);
+  // The rows keep their layout positions: results land where worker 1's would have.
+  EXPECT_EQ(moved->workers[0].chunks[0].first_row, 3);
+  EXPECT_EQ(moved->workers[0].chunks[0].rows, 2);
+  EXPECT_EQ(moved->workers[1].chunks[0].first_row, 5);
+  EXPECT_EQ(moved->workers[1].chunks[1].expert, 1);
+  EXPECT_EQ(moved->workers[1].chunks[1].first_row, 9);
+  EXPECT_EQ(moved->workers[0].chunks.back().expert, 2);
+  EXPECT_EQ(moved->workers[0].chunks.back().first_row, 13);
+}
+
 }  // namespace
 }  // namespace sy

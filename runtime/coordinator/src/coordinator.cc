@@ -29,6 +29,7 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   m.info.set_control_endpoint(req.control_endpoint());
   m.last_heartbeat = m.previous_heartbeat = Clock::now();
   members[id] = m;
+  save_state();
   SY_LOG(info, "runtime", "worker " << id << " registered: pid " << req.pid() << " at " << req.control_endpoint());
   pb::RegisterWorkerReply reply;
   reply.set_worker_id(id);
@@ -38,6 +39,7 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   reply.set_request_timeout_ms(static_cast<uint32_t>(cluster.request_timeout_ms));
   reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
   reply.set_transport(cluster.transport);
+  reply.set_coordinator_timeout_ms(static_cast<uint32_t>(cluster.coordinator_timeout_ms));
   return reply;
 }
 
@@ -53,6 +55,7 @@ Result<pb::RegisterClientReply> Coordinator::Impl::register_client(const pb::Reg
   c.info.set_client_id(reply.client_id());
   c.info.set_name(req.name());
   c.last_report = Clock::now();
+  save_state();
   SY_LOG(info, "runtime", "client '" << req.name() << "' registered as data-plane id " << reply.client_id());
   return reply;
 }
@@ -69,6 +72,15 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   auto it = members.find(req.worker_id());
   if (it == members.end()) return Status(StatusCode::invalid_argument, "heartbeat from unregistered worker " + std::to_string(req.worker_id()));
   Member& m = it->second;
+  if (req.pid() != 0 && req.pid() != m.info.pid())
+    return Status(StatusCode::invalid_argument, "heartbeat for worker " + std::to_string(req.worker_id()) + " from pid " +
+                                                    std::to_string(req.pid()) + ", but pid " +
+                                                    std::to_string(m.info.pid()) + " holds that id");
+  if (!m.fenced.empty()) {
+    pb::HeartbeatReply reply;
+    reply.set_fenced(m.fenced);
+    return reply;
+  }
   const auto now = Clock::now();
   const double secs = std::chrono::duration<double>(now - m.previous_heartbeat).count();
   const uint64_t rows = req.rows_forward() + req.rows_backward();
@@ -87,6 +99,23 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   pb::HeartbeatReply reply;
   reply.set_placement_epoch(epoch);
   return reply;
+}
+
+Result<pb::WorkerLostReply> Coordinator::Impl::worker_lost(const pb::WorkerLostRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = members.find(req.worker_id());
+  if (it == members.end())
+    return Status(StatusCode::invalid_argument, "worker " + std::to_string(req.worker_id()) + " is not a member");
+  Member& m = it->second;
+  if (m.fenced.empty()) {
+    m.fenced = "client " + std::to_string(req.client_id()) + " lost it: " + req.reason();
+    m.info.set_fenced(true);
+    SY_LOG(error, "runtime", "worker " << req.worker_id() << " (pid " << m.info.pid() << ") is fenced: " << m.fenced);
+    save_state();
+    maybe_recover();
+  }
+  changed.notify_all();
+  return pb::WorkerLostReply{};
 }
 
 Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
@@ -117,6 +146,7 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
   reply.set_liveness_check_ms(static_cast<uint32_t>(cluster.liveness_check_ms));
   reply.set_transport(cluster.transport);
+  reply.set_coordinator_timeout_ms(static_cast<uint32_t>(cluster.coordinator_timeout_ms));
   if (model) *reply.mutable_load() = load.to_pb();
   if (migration) *reply.add_rebalances() = migration->record;
   for (const pb::RebalanceRecord& r : history) *reply.add_rebalances() = r;
@@ -141,6 +171,7 @@ Result<pb::PlanPlacementReply> Coordinator::Impl::plan(const pb::PlanPlacementRe
   model_yaml = req.model_yaml();
   committed = false;
   max_training_step = last_policy_step = 0;
+  save_state();
   SY_LOG(info, "runtime", "placement epoch " << epoch << ": " << placement.replicas.size() << " experts");
   pb::PlanPlacementReply reply;
   reply.set_placement_epoch(epoch);
@@ -154,6 +185,7 @@ Result<pb::CommitPlacementReply> Coordinator::Impl::commit(const pb::CommitPlace
     return Status(StatusCode::invalid_argument, "commit of placement epoch " + std::to_string(req.placement_epoch()) +
                                                     " but the current epoch is " + std::to_string(epoch));
   committed = true;
+  save_state();
   return pb::CommitPlacementReply{};
 }
 
@@ -173,6 +205,7 @@ Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportR
       migration->step_reached = Clock::now();
     maybe_rebalance_by_policy(req.step());
   }
+  maybe_recover();
   changed.notify_all();
   pb::LoadReportReply reply;
   reply.set_placement_epoch(epoch);
@@ -186,6 +219,7 @@ Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportR
 
 Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<Impl>()) {
   impl_->cluster = cluster;
+  impl_->load_state();
   const std::optional<HostPort> listen = parse_host_port(cluster.coordinator);
   if (!listen) throw Error(ErrorKind::config, "cluster.coordinator: '" + cluster.coordinator + "' is not host:port");
   control::ControlServer::Options so;
@@ -202,6 +236,7 @@ Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<
   SY_HANDLE(RegisterClientRequest, RegisterClientReply, register_client);
   SY_HANDLE(UnregisterClientRequest, UnregisterClientReply, unregister_client);
   SY_HANDLE(HeartbeatRequest, HeartbeatReply, heartbeat);
+  SY_HANDLE(WorkerLostRequest, WorkerLostReply, worker_lost);
   SY_HANDLE(PlanPlacementRequest, PlanPlacementReply, plan);
   SY_HANDLE(CommitPlacementRequest, CommitPlacementReply, commit);
   SY_HANDLE(LoadReportRequest, LoadReportReply, report_load);

@@ -35,6 +35,7 @@ struct Coordinator::Impl {
     Clock::time_point previous_heartbeat;
     uint64_t previous_rows = 0;
     bool reported_dead = false;
+    std::string fenced;  // why a client lost it; non-empty: never alive again (a restart registers anew)
   };
   struct Client {
     pb::ClientInfo info;
@@ -72,13 +73,15 @@ struct Coordinator::Impl {
   uint64_t last_policy_step = 0;
   std::optional<Migration> migration;
   std::deque<pb::RebalanceRecord> history;  // latest first
+  std::optional<Clock::time_point> lost_since;  // a fenced worker is still in the placement since
+  std::optional<Clock::time_point> recovery_failed_at;  // retried after request_timeout_ms
   std::map<uint64_t, pb::EpochDecisionReply::Verdict> verdicts;  // epoch → how its rebalance ended
   std::thread driver;
   std::atomic<bool> shutdown{false};
   int next_client_id = wire::kFirstClientId;
 
   bool alive(const Member& m, Clock::time_point now) const {
-    return now - m.last_heartbeat < std::chrono::milliseconds(cluster.dead_after_ms);
+    return m.fenced.empty() && now - m.last_heartbeat < std::chrono::milliseconds(cluster.dead_after_ms);
   }
   bool client_active(const Client& c, Clock::time_point now) const {
     return now - c.last_report < std::chrono::milliseconds(cluster.dead_after_ms);
@@ -96,6 +99,7 @@ struct Coordinator::Impl {
   Result<pb::RegisterClientReply> register_client(const pb::RegisterClientRequest& req);
   Result<pb::UnregisterClientReply> unregister_client(const pb::UnregisterClientRequest& req);
   Result<pb::HeartbeatReply> heartbeat(const pb::HeartbeatRequest& req);
+  Result<pb::WorkerLostReply> worker_lost(const pb::WorkerLostRequest& req);
   Result<pb::ClusterInfoReply> info() const;
   Result<pb::PlanPlacementReply> plan(const pb::PlanPlacementRequest& req);
   Result<pb::CommitPlacementReply> commit(const pb::CommitPlacementRequest& req);
@@ -108,6 +112,10 @@ struct Coordinator::Impl {
   Result<pb::MigrationReportReply> migration_report(const pb::MigrationReportRequest& req);
   // Caller holds mu: the policy's check after a training report of `step`.
   void maybe_rebalance_by_policy(uint64_t step);
+  // Caller holds mu: after a worker was fenced, a rebalance that drops it from the placement and
+  // gives each expert that lost a replica a new one on a live worker with room (copied, weights
+  // and AdamW state, from a surviving replica), when no rebalance is running.
+  void maybe_recover();
   // Caller holds mu: starts the driver thread for `next` (epoch set here).
   Result<uint64_t> start_rebalance(Placement next, const std::string& source, double before, double after);
   void drive(uint64_t next_epoch);
@@ -116,6 +124,10 @@ struct Coordinator::Impl {
   // training rebalance waits up to startup_timeout_ms for its step first).
   Status await_reports(std::unique_lock<std::mutex>& lock, bool ready, Clock::time_point since);
   void join_driver();
+
+  // state_file.cc: cluster.state_file. save_state: caller holds mu.
+  void save_state() const;
+  void load_state();
 };
 
 }  // namespace sy

@@ -125,6 +125,49 @@ void Coordinator::Impl::maybe_rebalance_by_policy(uint64_t step) {
   }
 }
 
+void Coordinator::Impl::maybe_recover() {
+  const auto now = Clock::now();
+  if (migration || !committed || !model) return;
+  if (recovery_failed_at && now - *recovery_failed_at < Millis(cluster.request_timeout_ms)) return;
+  // Fenced workers (a client lost them) leave the placement; new replicas go to live ones.
+  auto kept = [&](int w) { return members.count(w) && members.at(w).fenced.empty(); };
+  Placement next = placement;
+  std::map<int, int> held;  // replicas per live worker in `next`
+  for (const auto& [id, m] : members)
+    if (alive(m, now)) held[id] = 0;
+  for (const auto& [key, workers] : placement.replicas)
+    for (int w : workers)
+      if (held.count(w)) ++held[w];
+  int restored = 0, lost = 0;
+  for (auto& [key, workers] : next.replicas) {
+    const size_t want = workers.size();
+    std::erase_if(workers, [&](int w) { return !kept(w); });
+    if (workers.size() == want) continue;
+    next.shares.erase(key);  // an even split over the replicas it has now
+    lost += static_cast<int>(want - workers.size());
+    if (workers.empty()) continue;  // nothing to copy from: the job fails naming it
+    while (workers.size() < want) {
+      int best = -1;
+      for (const auto& [w, n] : held)
+        if (std::find(workers.begin(), workers.end(), w) == workers.end() && (best < 0 || n < held[best])) best = w;
+      if (best < 0) break;  // every live worker holds it already
+      workers.push_back(best);
+      ++held[best];
+      ++restored;
+    }
+  }
+  if (lost == 0) return;
+  if (!lost_since) lost_since = now;
+  auto started = start_rebalance(next, "recovery", 0, 0);
+  if (!started) {
+    recovery_failed_at = now;
+    SY_LOG(error, "runtime", "recovery of " << lost << " lost replicas: " << started.status().message());
+    return;
+  }
+  SY_LOG(warn, "runtime", "recovery to epoch " << *started << ": " << lost << " replicas were on lost workers, "
+                                               << restored << " are copied to live workers");
+}
+
 Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::string& source, double before,
                                                     double after) {
   const ModelConfig& m = model->model;
@@ -343,8 +386,15 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     if (outcome) {
       placement = mig.next;
       this->epoch = next_epoch;
+      save_state();
       mig.verdict = pb::EpochDecisionReply::COMMITTED;
       mig.record.set_state("committed");
+      if (mig.record.source() == "recovery" && lost_since) {
+        mig.record.set_since_loss_seconds(std::chrono::duration<double>(Clock::now() - *lost_since).count());
+        lost_since.reset();
+        SY_LOG(info, "runtime", "recovery: every expert is back at its replica count "
+                                    << mig.record.since_loss_seconds() << " s after the first loss");
+      }
     } else {
       mig.verdict = pb::EpochDecisionReply::ABORTED;
       mig.record.set_state("failed");
@@ -388,9 +438,10 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
                                                << " dropped, pause " << r.pause_ms() << " ms");
   else
     SY_LOG(error, "runtime", "rebalance to epoch " << next_epoch << " failed, epoch " << this->epoch << " stays: " << r.error());
+  if (r.source() == "recovery" && !outcome) recovery_failed_at = Clock::now();
   history.push_front(r);
   if (history.size() > 16) history.pop_back();
-  migration.reset();
+  migration.reset();  // a worker lost meanwhile is recovered at the next load report
   changed.notify_all();
 }
 

@@ -35,7 +35,13 @@ LocalProcess LocalProcess::spawn(const std::vector<std::string>& argv,
   for (std::string& s : argv_copy) args.push_back(s.data());
   args.push_back(nullptr);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), envp.data());
+  // The child gets stdin/out/err only: an inherited descriptor (the coordinator's listening
+  // socket, under `switchyard up`) would keep its port bound after the parent closed it.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) throw Error(ErrorKind::transport, "spawn of " + argv[0] + " failed: " + std::strerror(rc));
   LocalProcess p;
   p.pid_ = pid;

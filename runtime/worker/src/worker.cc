@@ -10,6 +10,8 @@
 #include <mutex>
 #include <thread>
 #include <future>
+#include <set>
+#include <tuple>
 #include <variant>
 
 #include "switchyard/core/config.h"
@@ -44,9 +46,19 @@ struct ClientConnection {
 struct PendingStep {
   ClientConnection* client;
   uint64_t request_id;
-  uint64_t placement_epoch;  // the epoch the client routed this step with
-  uint64_t migrate_epoch;    // run this prepared epoch's copies after the step
+  pb::StepOp op;  // the epoch the client routed with, the prepared epoch to migrate to, its dead workers
 };
+
+// A phase of one optimizer step: (step, phase, attempt); the group of clients asking for it.
+using StepKey = std::tuple<uint64_t, int, uint32_t>;
+StepKey step_key(const pb::StepOp& op) { return {op.step(), static_cast<int>(op.phase()), op.attempt()}; }
+
+// The tag of one expert's gradient exchange: distinct per step (mod 2^14), attempt (mod 2^4) and
+// expert, so a message left over from a failed attempt never matches a later one.
+transport::Tag reduce_tag(uint64_t step, uint32_t attempt, int expert_index) {
+  return wire::kReplicaReduceTagBase + ((((step & 0x3fff) << 4) | (attempt & 0xf)) << 20) +
+         static_cast<transport::Tag>(expert_index);
+}
 
 // A request that fails with this is answered with its ErrorInfo; the client is kept.
 void require(bool ok, const std::string& message) {
@@ -62,14 +74,15 @@ class Worker {
     register_with_coordinator();
     join_workers_world();
     migration_ = std::make_unique<WorkerMigration>(WorkerMigration::Env{
-        transport_.get(), &store_, &placement_, coordinator_.get(), id_, label_, request_timeout_,
+        transport_.get(), &store_, &placement_, [this]() -> control::ControlClient& { return coordinator(); }, id_,
+        label_, request_timeout_,
         [this] { return training_client_attached(); }, [this] { held_changed(); }});
     std::thread heartbeat([this] { heartbeat_loop(); });
     serve();
     heartbeat_stop_ = true;
     heartbeat.join();
     server_->stop();
-    return 0;
+    return fenced_ || coordinator_lost_ ? 4 : 0;
   }
 
  private:
@@ -169,35 +182,77 @@ class Worker {
     return reply;
   }
 
+  control::ControlClient::Options coordinator_options(const std::string& what) const {
+    control::ControlClient::Options co;
+    co.name = label_ + " " + what;
+    co.call_timeout = request_timeout_;
+    co.connect_timeout = Millis(registration_.heartbeat_ms());
+    return co;
+  }
+
+  // The serving thread's channel to the coordinator, reconnected after a coordinator restart.
+  control::ControlClient& coordinator() {
+    if (coordinator_->broken()) {
+      auto [host, port] = control::parse_endpoint(options_.coordinator);
+      if (auto c = control::ControlClient::connect(host, port, coordinator_options("")); c) coordinator_ = std::move(c).value();
+    }
+    return *coordinator_;
+  }
+
+  // Heartbeats every heartbeat_ms. While the coordinator is away (a restart) the data plane goes
+  // on and this reconnects; after cluster.coordinator_timeout_ms without it (and a few heartbeats
+  // more, so that clients, which give up at the timeout, name the coordinator as the cause and not
+  // a worker that left) the worker exits.
   void heartbeat_loop() {
     auto [host, port] = control::parse_endpoint(options_.coordinator);
-    control::ControlClient::Options co;
-    co.name = label_ + " heartbeat";
-    co.call_timeout = request_timeout_;
-    auto client = control::ControlClient::connect(host, port, co);
-    if (!client) {
-      SY_LOG(error, "runtime", label_ << ": heartbeat connection failed: " << client.status().to_string());
-      return;
-    }
+    std::unique_ptr<control::ControlClient> client;
+    const Millis grace(registration_.coordinator_timeout_ms() + 4 * registration_.heartbeat_ms());
+    auto last_ok = std::chrono::steady_clock::now();
     while (!heartbeat_stop_) {
-      pb::HeartbeatRequest hb;
-      hb.set_worker_id(id_);
-      hb.set_rows_forward(rows_forward_.load());
-      hb.set_rows_backward(rows_backward_.load());
-      hb.set_experts(experts_held_.load());
-      hb.set_expert_bytes(expert_bytes_.load());
-      hb.set_steps(steps_.load());
-      auto reply = (*client)->call<pb::HeartbeatRequest, pb::HeartbeatReply>(hb);
-      if (!reply) {
-        SY_LOG(warn, "runtime", label_ << ": heartbeat failed: " << reply.status().to_string());
-        if ((*client)->broken()) {
-          coordinator_lost_ = true;
-          return;
-        }
+      if (!client || client->broken()) {
+        auto c = control::ControlClient::connect(host, port, coordinator_options("heartbeat"));
+        client = c ? std::move(c).value() : nullptr;
+      }
+      if (client && beat(*client)) last_ok = std::chrono::steady_clock::now();
+      if (fenced_ || coordinator_lost_) return;
+      const auto away = std::chrono::steady_clock::now() - last_ok;
+      if (away > grace) {
+        SY_LOG(error, "runtime", label_ << ": the coordinator " << options_.coordinator << " has been unreachable for "
+                                        << std::chrono::duration_cast<Millis>(away).count()
+                                        << " ms (cluster.coordinator_timeout_ms " << grace.count() << ")");
+        coordinator_lost_ = true;
+        return;
       }
       for (uint32_t waited = 0; waited < registration_.heartbeat_ms() && !heartbeat_stop_; waited += 10)
         std::this_thread::sleep_for(10ms);
     }
+  }
+
+  // One heartbeat; false when the coordinator did not take it.
+  bool beat(control::ControlClient& client) {
+    pb::HeartbeatRequest hb;
+    hb.set_worker_id(id_);
+    hb.set_rows_forward(rows_forward_.load());
+    hb.set_rows_backward(rows_backward_.load());
+    hb.set_experts(experts_held_.load());
+    hb.set_expert_bytes(expert_bytes_.load());
+    hb.set_steps(steps_.load());
+    hb.set_pid(static_cast<uint32_t>(::getpid()));
+    auto reply = client.call<pb::HeartbeatRequest, pb::HeartbeatReply>(hb);
+    if (!reply) {
+      if (client.broken()) return false;  // away: reconnect next time
+      // It answers but does not know this worker: restarted without cluster.state_file.
+      SY_LOG(error, "runtime", label_ << ": the coordinator refused a heartbeat (" << reply.status().message()
+                                      << "); it restarted without this cluster's state (cluster.state_file)");
+      coordinator_lost_ = true;
+      return false;
+    }
+    if (!reply->fenced().empty()) {
+      SY_LOG(error, "runtime", label_ << ": fenced by the coordinator (" << reply->fenced()
+                                      << "); its replicas are no longer used, exiting");
+      fenced_ = true;
+    }
+    return true;
   }
 
   // Rebalance requests from the control thread, run in order on the serving thread.
@@ -228,7 +283,7 @@ class Worker {
 
   void serve() {
     auto idle_since = std::chrono::steady_clock::now();
-    while (!stop_ && !coordinator_lost_) {
+    while (!stop_ && !coordinator_lost_ && !fenced_) {
       run_tasks();
       migration_->report_when_ready();
       take_attached();
@@ -348,12 +403,14 @@ class Worker {
         case pb::WorkerRequest::kLoadModel: load_model(req.load_model(), payload); break;
         case pb::WorkerRequest::kForward: out = forward(c, req.forward(), payload); break;
         case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
-        case pb::WorkerRequest::kStep:
+        case pb::WorkerRequest::kStep: {
           c.stepped = true;
-          pending_steps_[req.step().step()].push_back(
-              {&c, req.request_id(), req.step().placement_epoch(), req.step().migrate_epoch()});
-          if (pending_steps_[req.step().step()].size() >= std::max<uint32_t>(1, req.step().group_size())) step(req.step());
+          const StepKey key = step_key(req.step());
+          std::vector<PendingStep>& group = pending_steps_[key];
+          group.push_back({&c, req.request_id(), req.step()});
+          if (group.size() >= std::max<uint32_t>(1, req.step().group_size())) step(key);
           return;  // replies go out in step()
+        }
         case pb::WorkerRequest::kFetch: out = fetch_tensors(req.fetch()); break;
         case pb::WorkerRequest::kZeroGrads: require_store().zero_grads(); break;
         case pb::WorkerRequest::kCheckpoint: checkpoint(req.checkpoint()); break;
@@ -486,74 +543,143 @@ class Worker {
     return out;
   }
 
-  // Sum gradients among the replicas of each replicated expert held here, in worker-id order,
-  // so every replica ends with bit-identical gradients (and therefore weights).
-  void reduce_replicas() {
+  // REDUCE: the sum of each replicated expert's gradients among its live replicas held here, in
+  // worker-id order, so every replica ends with bit-identical gradients (and therefore weights).
+  // Kept pending until APPLY: a failed reduction changes nothing.
+  std::map<ExpertKey, std::vector<float>> reduce_replicas(uint64_t step, uint32_t attempt, const std::set<int>& dead) {
+    std::map<ExpertKey, std::vector<float>> sums;
     int index = 0;
     for (const auto& [key, workers] : placement_.replicas) {
       ++index;
-      if (workers.size() < 2 || !placement_.holds(id_, key) || !store_->holds(key)) continue;
-      TensorMap& g = store_->grads(key);
+      std::vector<int> live;
+      for (int w : workers)
+        if (!dead.count(w)) live.push_back(w);
+      if (live.size() < 2 || !placement_.holds(id_, key) || dead.count(id_) || !store_->holds(key)) continue;
       std::vector<float> mine;
-      for (const auto& [name, t] : g) mine.insert(mine.end(), t.values().begin(), t.values().end());
+      for (const auto& [name, t] : store_->grads(key)) mine.insert(mine.end(), t.values().begin(), t.values().end());
       std::map<int, std::vector<float>> all;
-      exchange_with_replicas(key, workers, wire::kReplicaReduceTagBase + static_cast<uint64_t>(index), mine, all);
+      exchange_with_replicas(key, live, reduce_tag(step, attempt, index), mine, all);
       all[id_] = std::move(mine);
       std::vector<float> sum(all.begin()->second.size(), 0.0f);
       for (const auto& [w, v] : all)  // ascending worker id on every replica
         for (size_t i = 0; i < v.size(); ++i) sum[i] += v[i];
+      sums.emplace(key, std::move(sum));
+    }
+    return sums;
+  }
+
+  void apply_sums(const std::map<ExpertKey, std::vector<float>>& sums) {
+    for (const auto& [key, sum] : sums) {
       size_t off = 0;
-      for (auto& [name, t] : g) {
+      for (auto& [name, t] : store_->grads(key)) {
         std::memcpy(t.data(), sum.data() + off, sizeof(float) * static_cast<size_t>(t.numel()));
         off += static_cast<size_t>(t.numel());
       }
     }
   }
 
-  // Sends `mine` to every other replica holder and receives theirs into `all`. On failure the
-  // peers are disconnected while the buffers are alive (their requests end), then it throws.
+  // Sends `mine` to every other live replica holder and receives theirs into `all`, failing as
+  // soon as one of them fails or the coordinator declares it dead. On failure the peers are
+  // disconnected while the buffers are alive (their requests end), then it throws.
   void exchange_with_replicas(const ExpertKey& key, const std::vector<int>& workers, transport::Tag tag,
                               const std::vector<float>& mine, std::map<int, std::vector<float>>& all) {
-    std::vector<transport::RequestId> reqs;
+    std::vector<std::pair<int, transport::RequestId>> reqs;
     Status st;
     for (int w : workers) {
       if (w == id_ || !st) continue;
       all[w].resize(mine.size());
       auto s = wire::post_send(*transport_, w, tag, mine.data(), mine.size() * sizeof(float));
       auto r = s ? wire::post_recv(*transport_, w, tag, all[w].data(), mine.size() * sizeof(float)) : s;
-      if (s) reqs.push_back(*s);
-      if (r && s) reqs.push_back(*r);
+      if (s) reqs.emplace_back(w, *s);
+      if (r && s) reqs.emplace_back(w, *r);
       st = !s ? s.status() : r.status();
     }
-    if (st) st = transport_->wait_all(reqs, request_timeout_);
+    if (st) st = await_peers(reqs);
     if (st) return;
     for (int w : workers)
       if (w != id_) (void)transport_->disconnect_peer(w);
-    for (transport::RequestId r : reqs) (void)transport_->wait(r, request_timeout_);
+    for (const auto& [w, r] : reqs) (void)transport_->wait(r, request_timeout_);
     throw Error(ErrorKind::transport, label_ + ": reducing gradients of " + key.to_string() + " among its replicas: " +
                                           st.to_string());
   }
 
-  void step(const pb::StepOp& op) {
+  // Until every request completed, one failed, its worker is declared dead by the coordinator
+  // (UCX may never report it), or the request timeout.
+  Status await_peers(std::vector<std::pair<int, transport::RequestId>>& reqs) {
+    const auto start = std::chrono::steady_clock::now();
+    auto next_check = start + Millis(registration_.heartbeat_ms());
+    std::vector<bool> done(reqs.size(), false);
+    for (size_t left = reqs.size(); left > 0;) {
+      transport_->progress();
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        if (done[i]) continue;
+        auto t = transport_->test(reqs[i].second);
+        if (!t) return t.status();
+        if (t->done) done[i] = true, --left;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (left == 0) break;
+      if (now - start > request_timeout_)
+        return Status(StatusCode::timeout, "no answer within " + std::to_string(request_timeout_.count()) + " ms");
+      if (now < next_check) continue;
+      next_check = now + Millis(registration_.heartbeat_ms());
+      auto info = coordinator().call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
+      if (!info) continue;  // away (a restart?): UCX errors and the request timeout still bound the wait
+      for (const pb::WorkerInfo& w : info->workers())
+        for (size_t i = 0; i < reqs.size(); ++i)
+          if (!done[i] && reqs[i].first == w.worker_id() && !w.alive())
+            return Status(StatusCode::peer_failed, "worker " + std::to_string(w.worker_id()) + " is dead (" +
+                                                       (w.fenced() ? "fenced" : "no heartbeat for " +
+                                                                                    std::to_string(w.ms_since_heartbeat()) + " ms") +
+                                                       ", says the coordinator)");
+    }
+    return Status::ok();
+  }
+
+  // One phase of an optimizer step, once its whole group asked. REDUCE replaces the pending sums
+  // (a retry reduces again, with the rows of a dead worker re-sent to survivors in between);
+  // APPLY writes them and runs AdamW. Replies go to every client of the group.
+  void step(const StepKey& key) {
     std::optional<pb::ErrorInfo> error;
-    const std::vector<PendingStep>& group = pending_steps_[op.step()];
+    const std::vector<PendingStep>& group = pending_steps_[key];
+    const pb::StepOp& op = group.front().op;
     try {
       ExpertStore& store = require_store();
-      run_tasks();
-      uint64_t routed = 0;  // the epoch this step's clients routed with decides the reduction
-      for (const PendingStep& p : group) routed = std::max(routed, p.placement_epoch);
-      migration_->follow_clients_epoch(routed);
-      reduce_replicas();
-      const pb::AdamWSettings& a = op.adamw();
-      store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
-      ++steps_;
+      if (op.phase() == pb::StepOp::REDUCE) {
+        run_tasks();
+        uint64_t routed = 0;  // the epoch this step's clients routed with decides the reduction
+        std::set<int> dead;
+        for (const PendingStep& p : group) {
+          routed = std::max(routed, p.op.placement_epoch());
+          dead.insert(p.op.dead_workers().begin(), p.op.dead_workers().end());
+        }
+        migration_->follow_clients_epoch(routed);
+        pending_sums_.reset();
+        pending_sums_ = {op.step(), reduce_replicas(op.step(), op.attempt(), dead)};
+      } else {
+        require(pending_sums_ && pending_sums_->first == op.step(),
+                "APPLY of step " + std::to_string(op.step()) + " without its REDUCE");
+        apply_sums(pending_sums_->second);
+        pending_sums_.reset();
+        const pb::AdamWSettings& a = op.adamw();
+        store.step(AdamWConfig{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()});
+        ++steps_;
+      }
     } catch (const std::exception& e) {
       error = wire::error_info(e, id_);
     }
-    for (const PendingStep& p : group)
-      if (p.migrate_epoch) migration_->after_step(p.migrate_epoch);
-    for (const PendingStep& p : pending_steps_[op.step()]) reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
-    pending_steps_.erase(op.step());
+    if (op.phase() == pb::StepOp::APPLY)
+      for (const PendingStep& p : group)
+        if (p.op.migrate_epoch()) migration_->after_step(p.op.migrate_epoch());
+    for (const PendingStep& p : pending_steps_[key]) {
+      try {
+        reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
+      } catch (const Error& e) {  // that client is gone; the others still get theirs
+        SY_LOG(warn, "runtime", label_ << ": dropping client '" << p.client->name << "': " << e.what());
+        p.client->dead = true;
+      }
+    }
+    pending_steps_.erase(key);
   }
 
   WorkerOptions options_;
@@ -567,7 +693,7 @@ class Worker {
   int id_ = -1;
   std::string label_ = "worker";
   Millis request_timeout_{10000};
-  std::atomic<bool> heartbeat_stop_{false}, coordinator_lost_{false};
+  std::atomic<bool> heartbeat_stop_{false}, coordinator_lost_{false}, fenced_{false};
   std::mutex attach_mu_;
   std::vector<std::unique_ptr<ClientConnection>> attached_;  // handed from the control thread
   std::vector<std::unique_ptr<ClientConnection>> clients_;   // owned by the serving thread
@@ -575,7 +701,8 @@ class Worker {
   std::unique_ptr<ExpertStore> store_;
   Placement placement_;  // of the loaded model, for the replica reduction
   std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
-  std::map<uint64_t, std::vector<PendingStep>> pending_steps_;
+  std::map<StepKey, std::vector<PendingStep>> pending_steps_;
+  std::optional<std::pair<uint64_t, std::map<ExpertKey, std::vector<float>>>> pending_sums_;  // REDUCE → APPLY
   std::unique_ptr<WorkerMigration> migration_;  // this worker's side of rebalances (serving thread)
   std::mutex tasks_mu_;
   std::vector<WorkerMigration::Task> tasks_;  // from the control thread

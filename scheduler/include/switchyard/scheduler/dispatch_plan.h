@@ -12,7 +12,8 @@
 // `load` accumulates the rows planned per worker (e.g. over the stages of a step).
 // Dead workers (not in `live`) get nothing: re-planning without a worker is how a failed worker's
 // rows move to its surviving replicas. The plan is computed once per forward and reused by the
-// backward of the same dispatch (the handle keeps it), so both move the same rows.
+// backward of the same dispatch (the handle keeps it), so both move the same rows; a worker lost
+// in between gets its rows re-planned alone (plan_failover), the rest of the plan stands.
 #pragma once
 
 #include <cstdint>
@@ -55,5 +56,11 @@ using WorkerLoad = std::vector<int64_t>;
 // (invalid_argument) or none of its replicas is live (unreachable). `load` grows by the plan.
 Result<DispatchPlan> plan_dispatch(std::span<const int64_t> expert_offsets, int layer, int stage,
                                    const Placement& placement, const std::set<int>& live, WorkerLoad& load);
+
+// Failover: the chunks a lost worker was given (or computed, when backward needs them again),
+// split over the live replicas of their experts by the same rule. Chunks keep their layout rows,
+// so results land where the lost worker's would have; `rows` of the plan = Σ lost rows.
+Result<DispatchPlan> plan_failover(std::span<const DispatchChunk> lost, int layer, int stage, const Placement& placement,
+                                   const std::set<int>& live, WorkerLoad& load);
 
 }  // namespace sy

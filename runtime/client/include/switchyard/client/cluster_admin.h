@@ -22,6 +22,7 @@ struct WorkerStatus {
   uint64_t expert_bytes = 0;
   double rows_per_s = 0;
   uint64_t ms_since_heartbeat = 0;
+  bool fenced = false;  // a client lost it: never used again (a restart registers anew)
 };
 
 struct ClientStatus {
@@ -47,11 +48,12 @@ struct ClusterLoad {
 struct RebalanceInfo {
   uint64_t epoch = 0;
   std::string state;   // "copying", "committed", "failed"
-  std::string source;  // "placement file", "from load", "policy"
+  std::string source;  // "placement file", "from load", "policy", "recovery"
   std::string error;
   uint32_t moved_replicas = 0, dropped_replicas = 0;
   uint64_t moved_bytes = 0, at_step = 0;
   double pause_ms = 0, copy_seconds = 0, balancedness_before = 0, balancedness_after = 0;
+  double since_loss_seconds = 0;  // recovery: first lost worker → this epoch committed
 };
 
 struct ClusterStatus {

@@ -6,8 +6,11 @@
 //   plan (scheduler: plan_dispatch) → dispatch(plan, rows) → handle → combine(handle)
 //
 // packing each worker's rows once, in the plan's order; backward reuses the forward's plan.
-// Every wait is bounded (cluster.request_timeout_ms); a dead or silent worker fails the call
-// with an error naming it. Public calls throw sy::Error: input when a worker refused the data
+// Every wait is bounded (cluster.request_timeout_ms). A worker that dies (a data-plane failure,
+// or the coordinator declares it dead) is lost: its rows go to surviving replicas of their
+// experts and the step goes on (failover, runtime/client/src/remote_experts.cc); the
+// coordinator fences it. An expert left without a live replica fails the call naming it and the
+// lost worker; a silent worker the coordinator still sees alive fails it at the timeout. Public calls throw sy::Error: input when a worker refused the data
 // given (bad weights, a bad checkpoint), transport for dead peers and timeouts, runtime else.
 #pragma once
 
@@ -74,6 +77,8 @@ class ClusterClient final : public ExpertProvider {
   double worker_compute_seconds() const;
   const Placement& placement() const { return placement_; }
   int workers() const;
+  // Workers this client lost (failed over to surviving replicas) since construction.
+  uint64_t workers_lost() const;
 
   struct Impl;
 

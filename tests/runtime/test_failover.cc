@@ -1,0 +1,387 @@
+// Failover within a step: with every expert on two of three workers, a worker killed at any
+// point of a training step (before the forward, between forward and backward, after the
+// backward, during the replica reduction) does not fail the step, and the losses go on as in an
+// undisturbed run within float round-off; the survivors' replicas stay bit-identical. A serving
+// client loses no request through a kill, and a client that attaches afterwards works on the
+// survivors. (An expert left without a replica fails naming it: test_cluster's ClusterFailure.)
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include "switchyard/cli/toy_task.h"
+#include "switchyard/client/cluster_admin.h"
+#include "switchyard/client/cluster_client.h"
+#include "switchyard/core/error.h"
+#include "switchyard/engine/layer_engine.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/engine/moe_model.h"
+#include "../support/local_cluster.h"
+
+namespace sy {
+namespace {
+
+using namespace std::chrono_literals;
+
+Config two_layer_model() {
+  return load_config_string(
+      "model:\n  hidden_size: 16\n  layers: 2\n  layer:\n    input_norm: rmsnorm\n    stages:\n"
+      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 2}, aggregation: {kind: dag, levels: 1, dim: 4}}\n"
+      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 1}, shared_expert: {ffn_hidden_size: 8, mix: coefficient}}\n",
+      "two-layer");
+}
+
+enum class Point { before_forward, before_backward, before_step, during_step };
+const char* name_of(Point p) {
+  switch (p) {
+    case Point::before_forward: return "BeforeForward";
+    case Point::before_backward: return "BetweenForwardAndBackward";
+    case Point::before_step: return "AfterBackward";
+    case Point::during_step: return "DuringReplicaReduction";
+  }
+  return "?";
+}
+
+struct TrainRun {
+  std::vector<double> losses;
+  std::vector<std::vector<int64_t>> expert_rows;  // per step: every stage's rows per expert
+  uint64_t workers_lost = 0;
+  std::map<int, TensorMap> replicas;  // per surviving worker: the expert weights it holds
+};
+
+void expect_close(const Tensor& a, const Tensor& b, const std::string& what) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  double scale = 1e-6, worst = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+  EXPECT_LE(worst, 1e-5 * scale) << what;
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double s = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+// `steps` training steps of the two-layer model through 3 workers, every expert on 2 of them;
+// with `kill`, worker 1 is killed at that point of step 2.
+TrainRun train(int steps, std::optional<Point> kill) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(3, 2);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  TrainRun run;
+  auto at = [&](int step, Point p) {
+    if (kill && *kill == p && step == 2) cluster.workers[1].kill();
+  };
+  for (int step = 0; step < steps; ++step) {
+    RandomStream rng(100 + static_cast<uint64_t>(step), "failover");
+    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
+    at(step, Point::before_forward);
+    const Tensor h = model.forward(x);
+    run.losses.push_back(dot(h, g) + model.aux_loss());
+    run.expert_rows.emplace_back();
+    for (int l = 0; l < cfg.model.layers; ++l)
+      for (const StageStats& st : model.layer(l).stats())
+        run.expert_rows.back().insert(run.expert_rows.back().end(), st.expert_rows.begin(), st.expert_rows.end());
+    at(step, Point::before_backward);
+    model.backward(g);
+    at(step, Point::before_step);
+    std::thread killer;
+    if (kill && *kill == Point::during_step && step == 2) {  // stopped: the survivors wait in the reduction
+      ::kill(cluster.workers[1].pid(), SIGSTOP);
+      killer = std::thread([&] {
+        std::this_thread::sleep_for(300ms);
+        cluster.workers[1].kill();
+      });
+    }
+    model.step(AdamWConfig{.lr = 1e-2});
+    if (killer.joinable()) killer.join();
+  }
+  run.workers_lost = client.workers_lost();
+  for (int w = 0; w < 3; ++w)
+    if (!kill || w != 1) run.replicas[w] = client.fetch_replica_weights(w);
+  return run;
+}
+
+class TrainingFailover : public ::testing::TestWithParam<Point> {};
+
+// Through the failover step and the next two. Beyond that an undisturbed run is no reference:
+// top-k routing is discontinuous, and the rounding of a sum taken in another order (a lost
+// worker's rows summed on a survivor) eventually flips a near tie (measured here: from the
+// third step after the kill, the rows per expert differ and the losses part).
+TEST_P(TrainingFailover, StepCompletesOnSurvivorsAndLossesMatchAnUndisturbedRun) {
+  const int steps = 4;
+  static const TrainRun reference = train(steps, std::nullopt);
+  ASSERT_EQ(reference.workers_lost, 0u);
+  const TrainRun killed = train(steps, GetParam());
+  EXPECT_EQ(killed.workers_lost, 1u);
+  ASSERT_EQ(killed.losses.size(), reference.losses.size());
+  for (size_t s = 0; s < killed.losses.size(); ++s) {
+    ASSERT_EQ(killed.expert_rows[s], reference.expert_rows[s]) << "step " << s << ": the routing differs";
+    const double scale = std::max(1.0, std::fabs(reference.losses[s]));
+    EXPECT_LE(std::fabs(killed.losses[s] - reference.losses[s]), 1e-5 * scale)
+        << "step " << s << ": " << killed.losses[s] << " vs " << reference.losses[s] << " undisturbed";
+  }
+  // The survivors' experts against the undisturbed run's, and the experts that worker 1 shared
+  // with each: bit-identical replicas on workers 0 and 2.
+  TensorMap undisturbed;  // every expert, from whichever worker held it (replicas are identical)
+  for (const auto& [w, held] : reference.replicas) undisturbed.insert(held.begin(), held.end());
+  for (int w : {0, 2})
+    for (const auto& [name, t] : killed.replicas.at(w)) {  // recovery may have copied more here
+      const Tensor& r = undisturbed.at(name);
+      double worst = 0;
+      for (int64_t i = 0; i < t.numel(); ++i) worst = std::max(worst, std::fabs(double(t[i]) - r[i]));
+      EXPECT_LE(worst, 1e-6) << "worker " << w << " " << name << " after the run";
+    }
+  const TensorMap& a = killed.replicas.at(0);
+  const TensorMap& b = killed.replicas.at(2);
+  int shared = 0;
+  for (const auto& [name, t] : a) {
+    auto it = b.find(name);
+    if (it == b.end()) continue;
+    ++shared;
+    EXPECT_EQ(t.values(), it->second.values()) << name << " differs between the survivors";
+  }
+  EXPECT_GT(shared, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(KillWorker1, TrainingFailover,
+                         ::testing::Values(Point::before_forward, Point::before_backward, Point::before_step,
+                                           Point::during_step),
+                         [](const ::testing::TestParamInfo<Point>& p) { return name_of(p.param); });
+
+// Recovery: the coordinator drops the lost worker from the placement and copies each replica it
+// held (weights and AdamW state) from a survivor to a live worker with room, at a step boundary
+// of the running job, as a new epoch; the job goes on with every expert at two replicas again.
+TEST(Recovery, LostReplicasAreCopiedToLiveWorkersWhileTrainingGoesOn) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(4, 2);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  const Placement before = client.placement();
+  std::optional<RebalanceInfo> recovery;
+  int step = 0;
+  std::chrono::steady_clock::time_point killed_at;
+  for (; step < 40 && !recovery; ++step) {
+    RandomStream rng(200 + static_cast<uint64_t>(step), "recovery");
+    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
+    if (step == 2) {
+      cluster.workers[1].kill();
+      killed_at = std::chrono::steady_clock::now();
+    }
+    model.forward(x);
+    model.backward(g);
+    model.step(AdamWConfig{.lr = 1e-2});
+    for (const RebalanceInfo& r : query_cluster_status(cluster.coordinator->endpoint()).rebalances)
+      if (r.source == "recovery" && r.state == "committed") recovery = r;
+  }
+  ASSERT_TRUE(recovery) << "no recovery committed within " << step << " steps";
+  const double seen = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+  std::printf("[ info ] recovery: %u replicas copied (%llu bytes) at step %llu, committed %.3f s after the loss was "
+              "detected; seen committed %.2f s after the kill\n",
+              recovery->moved_replicas, static_cast<unsigned long long>(recovery->moved_bytes),
+              static_cast<unsigned long long>(recovery->at_step), recovery->since_loss_seconds, seen);
+  EXPECT_GT(recovery->since_loss_seconds, 0.0);
+  const ClusterStatus status = query_cluster_status(cluster.coordinator->endpoint());
+  EXPECT_TRUE(status.workers.at(1).fenced);
+  EXPECT_EQ(client.placement().epoch, status.placement_epoch);  // the client follows the new epoch
+  size_t copied = 0;
+  for (const auto& [key, workers] : status.placement.replicas) {
+    EXPECT_EQ(workers.size(), 2u) << key.to_string();
+    EXPECT_EQ(std::count(workers.begin(), workers.end(), 1), 0) << key.to_string() << " still placed on the lost worker";
+    copied += std::count(before.workers_for(key).begin(), before.workers_for(key).end(), 1);
+  }
+  EXPECT_EQ(recovery->moved_replicas, copied);
+  // One more step on the new epoch, then every expert's replicas are bit-identical.
+  RandomStream rng(999, "recovery");
+  model.forward(random_tokens(48, cfg.model.hidden_size, rng));
+  model.backward(random_tokens(48, cfg.model.hidden_size, rng));
+  model.step(AdamWConfig{.lr = 1e-2});
+  std::map<int, TensorMap> held;
+  for (int w : {0, 2, 3}) held[w] = client.fetch_replica_weights(w);
+  for (const auto& [key, workers] : status.placement.replicas) {
+    const std::string name = layer_prefix(cfg.model, key.layer) + "stages." + std::to_string(key.stage) + ".experts." +
+                             std::to_string(key.expert) + ".up_proj.weight";
+    EXPECT_EQ(held.at(workers[0]).at(name).values(), held.at(workers[1]).at(name).values())
+        << name << " differs between workers " << workers[0] << " and " << workers[1];
+  }
+}
+
+// A free TCP port on loopback (the coordinator must come back on the same one).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+ClusterConfig restartable_cluster(const std::string& state_file) {
+  ClusterConfig c = test_cluster_config(3, 2);
+  c.coordinator = "127.0.0.1:" + std::to_string(free_port());
+  c.state_file = state_file;
+  return c;
+}
+
+// Coordinator restart: the data plane goes on while the coordinator is away, and one restarted on
+// the same port from cluster.state_file resumes the cluster (membership, placement, model, client
+// ids): the run's losses equal an undisturbed run's bit for bit and a new client attaches.
+TEST(CoordinatorRestart, TrainingGoesOnAndARestartedCoordinatorResumesFromItsStateFile) {
+  const int steps = 6;
+  const TrainRun reference = train(steps, std::nullopt);
+  const std::string state = ::testing::TempDir() + "/coordinator-restart.state";
+  std::filesystem::remove(state);
+  const ClusterConfig c = restartable_cluster(state);
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(c);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  for (int step = 0; step < steps; ++step) {
+    if (step == 2) cluster.coordinator.reset();                               // gone for steps 2 and 3
+    if (step == 4) cluster.coordinator = std::make_unique<Coordinator>(c);  // back, from its state file
+    RandomStream rng(100 + static_cast<uint64_t>(step), "failover");
+    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
+    const Tensor h = model.forward(x);
+    EXPECT_EQ(dot(h, g) + model.aux_loss(), reference.losses[static_cast<size_t>(step)]) << "step " << step;
+    model.backward(g);
+    model.step(AdamWConfig{.lr = 1e-2});
+  }
+  const ClusterStatus status = query_cluster_status(cluster.coordinator->endpoint());
+  EXPECT_TRUE(status.model_loaded);
+  ASSERT_EQ(status.workers.size(), 3u);
+  for (const WorkerStatus& w : status.workers) EXPECT_TRUE(w.alive) << "worker " << w.id;
+  EXPECT_EQ(status.placement.replicas, client.placement().replicas);
+  ClusterClient late(cluster.coordinator->endpoint(), "late client");
+  late.use_loaded_model(cfg);
+  late.set_training(false);
+  LayerEngine layer0(cfg.model, weights, late.experts(0), "layers.0.");
+  RandomStream rng(7, "late");
+  EXPECT_EQ(layer0.forward(random_tokens(16, cfg.model.hidden_size, rng)).dim(0), 16);
+}
+
+// A coordinator that does not come back: the job fails within coordinator_timeout_ms with an
+// error that names the coordinator, and every worker exits (code 4) saying so.
+TEST(CoordinatorRestart, ACoordinatorThatStaysAwayFailsEveryProcessSayingSo) {
+  ClusterConfig c = restartable_cluster("");
+  c.coordinator_timeout_ms = 1500;
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(c);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  cluster.coordinator.reset();
+  const auto start = std::chrono::steady_clock::now();
+  std::string error;
+  for (int step = 0; step < 1000 && error.empty(); ++step) {
+    RandomStream rng(static_cast<uint64_t>(step), "away");
+    try {
+      model.forward(random_tokens(16, cfg.model.hidden_size, rng));
+      model.backward(random_tokens(16, cfg.model.hidden_size, rng));
+      model.step(AdamWConfig{.lr = 1e-3});
+      std::this_thread::sleep_for(50ms);
+    } catch (const Error& e) {
+      error = e.what();
+      EXPECT_EQ(e.kind(), ErrorKind::transport);
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(error.find("the coordinator " + c.coordinator + " has been unreachable"), std::string::npos) << error;
+  EXPECT_GE(secs, 1.5) << "failed before cluster.coordinator_timeout_ms: " << error;
+  for (auto& w : cluster.workers) {
+    auto code = w.wait(10s);
+    ASSERT_TRUE(code.is_ok()) << "a worker did not exit without its coordinator";
+    EXPECT_EQ(*code, 4);
+  }
+}
+
+// One layer: a worker killed between forward and backward; grad_input (recomputed on the
+// survivors) equals the engine in one process.
+TEST(LayerFailover, BackwardRecomputesTheLostActivationsOnSurvivors) {
+  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/combined.yaml");
+  const TensorMap weights = init_layer_weights(cfg.model, 9);
+  LocalCluster cluster(3, 2);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  TensorMap grads = zeros_like(weights), local_grads = zeros_like(weights);
+  LayerEngine remote(cfg.model, weights, client.experts(0));
+  LocalExperts local_experts(cfg.model, weights, &local_grads);
+  LayerEngine local(cfg.model, weights, local_experts);
+  RandomStream rng(11, "layer-failover");
+  const Tensor attention = random_attention(2, 2, 32, 1.5f, rng);
+  const ImportanceInput imp{needs_importance(cfg.model) ? &attention : nullptr, nullptr};
+  const Tensor x = random_tokens(64, cfg.model.hidden_size, rng), g = random_tokens(64, cfg.model.hidden_size, rng);
+  expect_close(remote.forward(x, imp), local.forward(x, imp), "forward");
+  cluster.workers[1].kill();
+  expect_close(remote.backward(g, grads), local.backward(g, local_grads), "grad_input");
+  for (const auto& [name, t] : local_grads)
+    if (grads.count(name) && name.find(".experts.") == std::string::npos) expect_close(grads.at(name), t, name);
+}
+
+// Serving: requests keep their answers through a kill (zero failed), equal to the engine in one
+// process; a client attaching after the loss serves from the survivors.
+TEST(ServingFailover, NoRequestFailsThroughAKillAndANewClientAttachesToSurvivors) {
+  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/combined.yaml");
+  const TensorMap weights = init_layer_weights(cfg.model, 9);
+  LocalCluster cluster(3, 2);
+  ClusterClient client(cluster.coordinator->endpoint(), "server");
+  client.load_model(cfg, weights);
+  client.set_training(false);
+  LayerEngine remote(cfg.model, weights, client.experts(0));
+  LocalExperts local_experts(cfg.model, weights, nullptr);
+  LayerEngine local(cfg.model, weights, local_experts);
+  RandomStream rng(11, "serving-failover");
+  const Tensor attention = random_attention(2, 2, 32, 1.5f, rng);
+  const ImportanceInput imp{needs_importance(cfg.model) ? &attention : nullptr, nullptr};
+  int failed = 0;
+  std::vector<double> ms;
+  for (int r = 0; r < 24; ++r) {
+    if (r == 8) cluster.workers[1].kill();
+    const Tensor x = random_tokens(64, cfg.model.hidden_size, rng);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      const Tensor y = remote.forward(x, imp);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      const Tensor ref = local.forward(x, imp);
+      expect_close(y, ref, "request " + std::to_string(r));
+    } catch (const Error& e) {
+      ++failed;
+      ADD_FAILURE() << "request " << r << " failed: " << e.what();
+    }
+  }
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(client.workers_lost(), 1u);
+  std::sort(ms.begin(), ms.end());
+  std::printf("[ info ] %zu requests, 0 failed; latency p50 %.2f ms, max %.2f ms (the failover)\n", ms.size(),
+              ms[ms.size() / 2], ms.back());
+  ClusterClient late(cluster.coordinator->endpoint(), "late server");
+  late.use_loaded_model(cfg);
+  late.set_training(false);
+  LayerEngine late_remote(cfg.model, weights, late.experts(0));
+  const Tensor x = random_tokens(64, cfg.model.hidden_size, rng);
+  expect_close(late_remote.forward(x, imp), local.forward(x, imp), "a request of the late client");
+}
+
+}  // namespace
+}  // namespace sy
