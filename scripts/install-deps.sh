@@ -8,7 +8,7 @@ packages=(
   libyaml-cpp-dev libopenblas-openmp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
-  libucx-dev ucx-utils iproute2
+  libucx-dev ucx-utils iproute2 libssl-dev
   python3 python3-torch python3-yaml fortunes
 )
 

@@ -355,6 +355,13 @@ const Field kSchema[] = {
   {.path = "cluster.rebalance.max_moves", .def = "-1", .bound = Bound::ge, .limit = -1,
    .help = "Replicas one rebalance may create (copy to a new holder); -1 = no cap.",
    .slot = SY_CLUSTER(rebalance.max_moves)},
+  {.path = "cluster.auth", .type = Type::map,
+   .help = "Authentication of the control channel (README \"Security\")."},
+  {.path = "cluster.auth.secret_file", .type = Type::path, .def = "",
+   .help = "File (mode 600, relative to this file) holding the cluster's shared secret, at least 16 bytes; "
+           "every control connection proves it (mutual HMAC-SHA256). Empty = the SWITCHYARD_SECRET "
+           "environment variable, or no authentication and loopback-only servers.",
+   .slot = SY_CLUSTER(auth_secret_file)},
 };
 // clang-format on
 

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "flags.h"
+#include "switchyard/core/secret.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/yaml_text.h"
@@ -92,6 +93,9 @@ int cli_up(const std::vector<std::string>& args) {
   std::cout << "coordinator listening on " << endpoint << std::endl;
   std::vector<std::pair<std::string, std::string>> env;
   if (!cfg.cluster.ucx_tls.empty()) env.emplace_back("UCX_TLS", cfg.cluster.ucx_tls);
+  // The workers learn the secret the coordinator uses (cluster.auth.secret_file or the same
+  // variable) through their environment.
+  if (const std::string secret = cluster_secret(cfg.cluster); !secret.empty()) env.emplace_back(kSecretEnv, secret);
   // Share the cores among the local workers (unless the user chose): N workers on few cores
   // with a full OpenMP pool each would oversubscribe.
   if (!std::getenv("OMP_NUM_THREADS"))

@@ -716,7 +716,9 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.rebalance.window_steps",
                                          "cluster.rebalance.min_gain",
                                          "cluster.rebalance.slots_per_worker",
-                                         "cluster.rebalance.max_moves"};
+                                         "cluster.rebalance.max_moves",
+                                         "cluster.auth",
+                                         "cluster.auth.secret_file"};
   for (const std::string& key : keys) EXPECT_NE(md.find("| `" + key + "` |"), std::string::npos) << key;
   EXPECT_EQ(count(md, "\n| `"), keys.size()) << md;  // one row per setting, nothing else
   EXPECT_NE(md.find("| `model.hidden_size` | int > 0 | required |"), std::string::npos) << md;

@@ -19,7 +19,11 @@
 #include <tuple>
 
 #include "switchyard/core/error.h"
+#include "switchyard/core/secret.h"
+#include "switchyard/client/cluster_admin.h"
 #include "switchyard/client/cluster_client.h"
+#include "switchyard/transport/control.h"
+#include "switchyard/wire/wire.h"
 #include "switchyard/coordinator/coordinator.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
@@ -154,7 +158,7 @@ INSTANTIATE_TEST_SUITE_P(Models, ClusterEquivalence,
 
 // A two-layer model (client library): the residual composition of two layer engines, and the
 // same numbers through the cluster for forward, backward and three training steps.
-TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) {
+void two_layers_local_and_cluster_agree(const std::string& transport) {
   Config cfg = load_config_string(
       "model:\n  hidden_size: 16\n  layers: 2\n  layer:\n    input_norm: rmsnorm\n    stages:\n"
       "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 2}, aggregation: {kind: dag, levels: 1, dim: 4}}\n"
@@ -163,7 +167,7 @@ TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) {
   const TensorMap weights = init_model_weights(cfg.model, 5);
   ASSERT_TRUE(weights.count("layers.1.stages.1.router.weight"));
   MoeModel local(cfg, weights);
-  LocalCluster cluster(2, 1);
+  LocalCluster cluster(2, 1, 3000, true, {}, transport);
   ClusterClient client(cluster.coordinator->endpoint(), "model client");
   client.load_model(cfg, weights);
   MoeModel remote(cfg, weights, client);
@@ -187,6 +191,121 @@ TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) {
     local.step(AdamWConfig{.lr = 1e-2});
     remote.step(AdamWConfig{.lr = 1e-2});
   }
+}
+
+TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) { two_layers_local_and_cluster_agree("ucx"); }
+
+// SWITCHYARD_SECRET set for the test process (and so for its worker processes): the same
+// cluster with every control connection authenticated.
+struct SecretEnv {
+  explicit SecretEnv(const std::string& s) { ::setenv(kSecretEnv, s.c_str(), 1); }
+  ~SecretEnv() { ::unsetenv(kSecretEnv); }
+};
+const std::string kTestSecret = "test-cluster-secret-0123456789";
+
+TEST(ClusterAuth, TwoLayersThroughAnAuthenticatedClusterAgree) {
+  SecretEnv env(kTestSecret);
+  two_layers_local_and_cluster_agree("ucx");
+}
+
+// An Attach to a worker's control server from a peer without the secret, or with another one,
+// never reaches the worker: its data plane only ever connects clients that authenticated.
+TEST(ClusterAuth, UnauthenticatedAttachToAWorkerIsRefused) {
+  SecretEnv env(kTestSecret);
+  LocalCluster cluster(2, 1);
+  for (int i = 0; i < 6000 && cluster.coordinator->alive_workers() < 2; ++i) std::this_thread::sleep_for(10ms);
+  const ClusterStatus status = query_cluster_status(cluster.coordinator->endpoint());
+  ASSERT_EQ(status.workers.size(), 2u) << "the workers did not register (authenticated) within 60 s";
+  for (const std::string& secret : {std::string(), std::string("not-the-cluster-secret-at-all")}) {
+    auto [host, port] = control::parse_endpoint(status.workers[0].control_endpoint);
+    control::ControlClient::Options o;
+    o.name = "intruder";
+    o.secret = secret;
+    auto c = control::ControlClient::connect(host, port, o);
+    ASSERT_FALSE(c) << "an unauthenticated peer got a connection to worker 0";
+    EXPECT_NE(c.status().message().find(secret.empty() ? "has no shared secret" : "authentication refused"),
+              std::string::npos)
+        << c.status().to_string();
+  }
+  // The coordinator refuses it just the same (no Register, no Publish into the rendezvous).
+  auto [chost, cport] = control::parse_endpoint(cluster.coordinator->endpoint());
+  auto c = control::ControlClient::connect(chost, cport, control::ControlClient::Options{});
+  ASSERT_FALSE(c);
+  // A client with the secret attaches and computes.
+  two_layers_local_and_cluster_agree("inprocess");
+}
+
+// The coordinator's limits: a PlanPlacementRequest above its limit is refused by size before
+// any parsing; one within it is parsed on the handler thread while heartbeats go on.
+TEST(CoordinatorLimits, OversizedPlanRefusedAndHeartbeatsAnsweredDuringAPlan) {
+  ClusterConfig c = test_cluster_config(1, 1, "inprocess");
+  Coordinator coordinator(c);
+  auto [host, port] = control::parse_endpoint(coordinator.endpoint());
+  control::ControlClient::Options o;
+  o.name = "limits test";
+  o.call_timeout = 120s;
+  auto worker = control::ControlClient::connect(host, port, o);
+  ASSERT_TRUE(worker) << worker.status().to_string();
+  wire::pb::RegisterWorkerRequest reg;
+  reg.set_requested_id(0);
+  auto r = (*worker)->call<wire::pb::RegisterWorkerRequest, wire::pb::RegisterWorkerReply>(reg);
+  ASSERT_TRUE(r) << r.status().to_string();
+  // 15 MB, the measurement: beyond every request type's limit, so dropped on its length
+  // alone (nothing allocated for it, the connection closed); 2 MiB: refused by the plan's own
+  // limit, naming the type, and that connection stays usable.
+  {
+    auto reckless = control::ControlClient::connect(host, port, o);
+    ASSERT_TRUE(reckless);
+    wire::pb::PlanPlacementRequest huge;
+    huge.set_model_yaml("x: [" + std::string(15 << 20, '1') + "]");
+    auto dropped = (*reckless)->call<wire::pb::PlanPlacementRequest, wire::pb::PlanPlacementReply>(huge);
+    ASSERT_FALSE(dropped);
+    EXPECT_TRUE((*reckless)->broken()) << dropped.status().to_string();
+  }
+  auto planner = control::ControlClient::connect(host, port, o);
+  ASSERT_TRUE(planner);
+  wire::pb::PlanPlacementRequest two_mib;
+  two_mib.set_model_yaml(std::string(2 << 20, '#'));
+  auto refused = (*planner)->call<wire::pb::PlanPlacementRequest, wire::pb::PlanPlacementReply>(two_mib);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.status().code(), StatusCode::invalid_argument);
+  EXPECT_NE(refused.status().message().find("PlanPlacementRequest of 2097157 bytes exceeds its limit of 1048576 bytes"),
+            std::string::npos)
+      << refused.status().to_string();
+  EXPECT_FALSE((*planner)->broken());
+  // Within the limit: a 1 MiB YAML sequence, parsed (and refused: no `model:`) beside the I/O thread.
+  std::string items;
+  while (items.size() < (1000u << 10)) items += "1,";
+  wire::pb::PlanPlacementRequest big;
+  big.set_model_yaml("x: [" + items + "1]");
+  std::atomic<bool> planning{true};
+  const auto start = std::chrono::steady_clock::now();
+  std::thread plan([&] {
+    auto reply = (*planner)->call<wire::pb::PlanPlacementRequest, wire::pb::PlanPlacementReply>(big);
+    EXPECT_FALSE(reply);  // not a model
+    EXPECT_EQ(reply.status().code(), StatusCode::invalid_argument) << reply.status().to_string();
+    planning = false;
+  });
+  int beats = 0, beats_during = 0;
+  double worst_ms = 0;
+  while (planning || beats == 0) {
+    wire::pb::HeartbeatRequest hb;
+    hb.set_worker_id(0);
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool was_planning = planning;
+    auto beat = (*worker)->call<wire::pb::HeartbeatRequest, wire::pb::HeartbeatReply>(hb);
+    ASSERT_TRUE(beat) << beat.status().to_string();
+    worst_ms = std::max(worst_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ++beats;
+    beats_during += was_planning && planning;
+    std::this_thread::sleep_for(20ms);
+  }
+  plan.join();
+  const double plan_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  std::cout << "plan of a " << big.model_yaml().size() << "-byte YAML: " << plan_ms << " ms; " << beats_during
+            << " heartbeats answered during it, the slowest in " << worst_ms << " ms\n";
+  RecordProperty("plan_ms", std::to_string(plan_ms));
+  RecordProperty("heartbeat_worst_ms", std::to_string(worst_ms));
 }
 
 // Hosts stood in for by loopback addresses: the coordinator on 127.0.0.2, workers bound to
@@ -394,6 +513,67 @@ TEST(ClusterCli, UpStatusLayerForwardAndSigint) {
   waitpid(pid, &wstatus, 0);
   EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << rest;
   EXPECT_NE(rest.find("cluster stopped"), std::string::npos) << rest;
+  std::filesystem::remove_all(dir);
+}
+
+// `switchyard up` with cluster.auth.secret_file: its workers get the secret (they register and
+// heartbeat), admin commands need SWITCHYARD_SECRET to be served, and a wrong one is refused.
+TEST(ClusterCli, UpWithASecretFile) {
+  ::unsetenv(kSecretEnv);
+  const std::string dir = ::testing::TempDir() + "/sy_up_auth_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string secret_path = dir + "/secret";
+  std::ofstream(secret_path) << kTestSecret << "\n";
+  std::filesystem::permissions(secret_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  const std::string cfg_path = dir + "/cluster.yaml";
+  std::ofstream(cfg_path) << "cluster:\n  workers: 2\n  auth:\n    secret_file: secret\n";
+  int out_pipe[2];
+  ASSERT_EQ(pipe(out_pipe), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out_pipe[1], STDOUT_FILENO);
+    close(out_pipe[0]);
+    execl(kBinary.c_str(), kBinary.c_str(), "up", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  FILE* out = fdopen(out_pipe[0], "r");
+  std::string endpoint;
+  bool ready = false;
+  char line[512];
+  while (!ready && fgets(line, sizeof line, out)) {
+    const std::string l = line;
+    if (l.rfind("coordinator listening on ", 0) == 0) endpoint = l.substr(25, l.size() - 26);
+    if (l.rfind("cluster ready", 0) == 0) ready = true;
+  }
+  ASSERT_TRUE(ready) << "no 'cluster ready' line: the workers did not authenticate";
+  auto run = [](const std::string& env, const std::string& args) {
+    const std::string cmd = env + " " + kBinary + " " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+    const int st = pclose(p);
+    return std::pair<int, std::string>{WIFEXITED(st) ? WEXITSTATUS(st) : -1, text};
+  };
+  auto [no_code, no_text] = run("", "status --cluster " + endpoint);
+  EXPECT_EQ(no_code, 4) << no_text;
+  EXPECT_NE(no_text.find("SWITCHYARD_SECRET"), std::string::npos) << no_text;
+  auto [wrong_code, wrong_text] = run("SWITCHYARD_SECRET=a-wrong-secret-of-enough-bytes", "status --cluster " + endpoint);
+  EXPECT_EQ(wrong_code, 4) << wrong_text;
+  EXPECT_NE(wrong_text.find("authentication refused"), std::string::npos) << wrong_text;
+  const std::string with = "SWITCHYARD_SECRET=" + kTestSecret;
+  auto [code, status] = run(with, "status --cluster " + endpoint);
+  EXPECT_EQ(code, 0) << status;
+  EXPECT_NE(status.find("workers 2/2"), std::string::npos) << status;
+  EXPECT_EQ(run(with, "shutdown --cluster " + endpoint).first, 0);
+  std::string rest;
+  while (fgets(line, sizeof line, out)) rest += line;
+  fclose(out);
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << rest;
   std::filesystem::remove_all(dir);
 }
 

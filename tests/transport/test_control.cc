@@ -6,8 +6,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <future>
 #include <mutex>
 #include <thread>
+
+#include "switchyard/core/error.h"
 
 #include "control.pb.h"
 #include "switchyard/core/log.h"
@@ -57,8 +62,9 @@ class LogCapture {
 };
 
 ControlClient::Options client_options(const std::string& name, std::chrono::milliseconds call_timeout = 10000ms,
-                                      uint32_t version = kProtocolVersion) {
+                                      uint32_t version = kProtocolVersion, const std::string& secret = "") {
   ControlClient::Options o;
+  o.secret = secret;
   o.name = name;
   o.call_timeout = call_timeout;
   o.connect_timeout = 1000ms;
@@ -66,8 +72,10 @@ ControlClient::Options client_options(const std::string& name, std::chrono::mill
   return o;
 }
 
-ControlServer::Options server_options(const std::string& name, ChannelLimits limits = {}) {
+ControlServer::Options server_options(const std::string& name, ChannelLimits limits = {},
+                                      const std::string& secret = "") {
   ControlServer::Options o;
+  o.secret = secret;
   o.name = name;
   o.limits = limits;
   return o;
@@ -81,19 +89,26 @@ ChannelLimits limits_with(size_t max_frame, std::chrono::milliseconds timeouts) 
   return l;
 }
 
-// A server answering PublishRequest with PublishReply (or an error for round "fail").
+// A server answering PublishRequest with PublishReply (or an error for round "fail"); counts
+// the requests its handler saw.
 struct EchoServer {
-  explicit EchoServer(ChannelLimits limits = {}) : server(server_options("test-server", limits)) {
+  explicit EchoServer(ChannelLimits limits = {}, const std::string& secret = "", Route route = {})
+      : server(server_options("test-server", limits, secret)) {
     server.on<pb::PublishRequest, pb::PublishReply>(
-        [](const pb::PublishRequest& req, const PeerInfo&) -> Result<pb::PublishReply> {
+        [this](const pb::PublishRequest& req, const PeerInfo&) -> Result<pb::PublishReply> {
+          ++handled;
           if (req.round() == "fail") return Status(StatusCode::invalid_argument, "round 'fail' is refused");
           if (req.round() == "slow") std::this_thread::sleep_for(400ms);
           return pb::PublishReply{};
-        });
+        },
+        route);
     server.start();
   }
+  std::atomic<int> handled{0};
   ControlServer server;
 };
+
+const std::string kSecret = "correct horse battery staple";
 
 // Raw TCP connection for misbehaving peers.
 int raw_connect(uint16_t port) {
@@ -204,7 +219,7 @@ TEST(ControlChannel, OversizedFrameIsDropped) {
   EXPECT_TRUE(closed_by_server(fd, 3000ms));
   close(fd);
   wait_for_drops(echo.server, 1);
-  EXPECT_TRUE(log.contains("oversized frame of 1073741824 bytes (limit 1024)")) << log.all();
+  EXPECT_TRUE(log.contains("oversized frame of 1073741824 bytes (limit 1024 before the handshake)")) << log.all();
   expect_serves(echo.server.port());
 }
 
@@ -304,6 +319,344 @@ TEST(ControlChannel, RendezvousAllGather) {
   auto lonely = sy::transport::rendezvous_allgather(**client, "round-b", 0, 3, "x", 100ms);
   ASSERT_FALSE(lonely);
   EXPECT_NE(lonely.status().message().find("only 1 of 3 ranks"), std::string::npos) << lonely.status().to_string();
+}
+
+
+// ---- authentication --------------------------------------------------------------------------
+
+pb::PublishRequest ok_request() {
+  pb::PublishRequest req;
+  req.set_round("ok");
+  return req;
+}
+
+TEST(ControlAuth, SameSecretOnBothSidesServes) {
+  LogCapture log;
+  EchoServer echo({}, kSecret);
+  auto client = ControlClient::connect("127.0.0.1", echo.server.port(), client_options("member", 10000ms, kProtocolVersion, kSecret));
+  ASSERT_TRUE(client) << client.status().to_string();
+  EXPECT_TRUE(((*client)->call<pb::PublishRequest, pb::PublishReply>(ok_request())));
+  EXPECT_EQ(echo.handled, 1);
+  EXPECT_EQ(echo.server.counters().accepted, 1u);
+  EXPECT_EQ(echo.server.counters().refused, 0u);
+}
+
+TEST(ControlAuth, WrongSecretIsRefusedLoggedAndNeverReachesAHandler) {
+  LogCapture log;
+  EchoServer echo({}, kSecret);
+  auto client = ControlClient::connect("127.0.0.1", echo.server.port(),
+                                       client_options("intruder", 10000ms, kProtocolVersion, "another secret of 16+ bytes"));
+  ASSERT_FALSE(client);
+  EXPECT_NE(client.status().message().find("authentication refused"), std::string::npos) << client.status().to_string();
+  wait_for_drops(echo.server, 1);
+  EXPECT_EQ(echo.server.counters().refused, 1u);
+  EXPECT_EQ(echo.server.counters().accepted, 0u);
+  EXPECT_TRUE(log.contains("refusing unauthenticated peer 127.0.0.1:")) << log.all();
+  EXPECT_TRUE(log.contains("(intruder): authentication failed")) << log.all();
+  EXPECT_EQ(echo.handled, 0);
+}
+
+TEST(ControlAuth, ClientWithoutSecretIsRefusedByAServerWithOne) {
+  LogCapture log;
+  EchoServer echo({}, kSecret);
+  auto client = good_client(echo.server.port());  // no secret
+  ASSERT_FALSE(client);
+  EXPECT_NE(client.status().message().find("has no shared secret"), std::string::npos) << client.status().to_string();
+  EXPECT_NE(client.status().message().find("SWITCHYARD_SECRET"), std::string::npos) << client.status().to_string();
+  wait_for_drops(echo.server, 1);
+  EXPECT_EQ(echo.server.counters().refused, 1u);
+  EXPECT_TRUE(log.contains("refusing unauthenticated peer 127.0.0.1:")) << log.all();
+  // And a raw peer that skips the handshake and sends a request is refused before any handler.
+  pb::Frame frame;
+  frame.set_type("switchyard.control.PublishRequest");
+  frame.set_body(ok_request().SerializeAsString());
+  const std::string body = frame.SerializeAsString();
+  const int fd = raw_connect(echo.server.port());
+  raw_send(fd, length_prefix(static_cast<uint32_t>(body.size())) + body);
+  EXPECT_TRUE(closed_by_server(fd, 3000ms));
+  close(fd);
+  EXPECT_EQ(echo.handled, 0);
+}
+
+TEST(ControlAuth, ClientWithSecretRefusesAServerWithout) {
+  EchoServer echo;  // no secret: cannot prove anything
+  auto client = ControlClient::connect("127.0.0.1", echo.server.port(), client_options("member", 10000ms, kProtocolVersion, kSecret));
+  ASSERT_FALSE(client);
+  EXPECT_NE(client.status().message().find("does not authenticate"), std::string::npos) << client.status().to_string();
+  EXPECT_EQ(echo.handled, 0);
+}
+
+// A TCP relay that records what the client sent, to replay it later.
+struct RecordingProxy {
+  explicit RecordingProxy(uint16_t target) {
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(listen(listener, 1), 0);
+    socklen_t len = sizeof a;
+    getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    thread = std::thread([this, target] {
+      const int client = accept(listener, nullptr, nullptr);
+      const int server = raw_connect(target);
+      std::thread back([client, server] {  // server -> client
+        char buf[4096];
+        for (ssize_t n; (n = recv(server, buf, sizeof buf, 0)) > 0;) send(client, buf, static_cast<size_t>(n), MSG_NOSIGNAL);
+        shutdown(client, SHUT_WR);
+      });
+      char buf[4096];
+      for (ssize_t n; (n = recv(client, buf, sizeof buf, 0)) > 0;) {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          recorded.append(buf, static_cast<size_t>(n));
+        }
+        send(server, buf, static_cast<size_t>(n), MSG_NOSIGNAL);
+      }
+      shutdown(server, SHUT_WR);
+      back.join();
+      close(client);
+      close(server);
+    });
+  }
+  ~RecordingProxy() {
+    thread.join();
+    close(listener);
+  }
+  std::string bytes() {
+    std::lock_guard<std::mutex> lock(mu);
+    return recorded;
+  }
+  int listener = -1;
+  uint16_t port = 0;
+  std::mutex mu;
+  std::string recorded;
+  std::thread thread;
+};
+
+TEST(ControlAuth, ReplayedHandshakeIsRefused) {
+  LogCapture log;
+  EchoServer echo({}, kSecret);
+  std::string recorded;
+  {
+    RecordingProxy proxy(echo.server.port());
+    auto client = ControlClient::connect("127.0.0.1", proxy.port, client_options("member", 10000ms, kProtocolVersion, kSecret));
+    ASSERT_TRUE(client) << client.status().to_string();
+    ASSERT_TRUE(((*client)->call<pb::PublishRequest, pb::PublishReply>(ok_request())));
+    recorded = proxy.bytes();
+    client->reset();  // closes: the proxy ends
+  }
+  ASSERT_EQ(echo.handled, 1);
+  ASSERT_EQ(echo.server.counters().accepted, 1u);
+  // Hello + AuthProof + the request, byte for byte, on a new connection: the server's nonce is
+  // new, so the recorded proof is wrong and the request never runs.
+  const int fd = raw_connect(echo.server.port());
+  ASSERT_GE(fd, 0);
+  raw_send(fd, recorded);
+  EXPECT_TRUE(closed_by_server(fd, 3000ms));
+  close(fd);
+  wait_for_drops(echo.server, 1);
+  EXPECT_EQ(echo.server.counters().refused, 1u);
+  EXPECT_EQ(echo.server.counters().accepted, 1u);
+  EXPECT_EQ(echo.handled, 1);
+  EXPECT_TRUE(log.contains("wrong proof of the shared secret")) << log.all();
+}
+
+TEST(ControlAuth, NonLoopbackBindWithoutSecretIsAConfigError) {
+  ControlServer::Options o = server_options("exposed");
+  o.bind_address = "0.0.0.0";
+  ControlServer open_server(o);
+  try {
+    open_server.start();
+    FAIL() << "bound 0.0.0.0 without a secret";
+  } catch (const sy::Error& e) {
+    EXPECT_EQ(e.kind(), sy::ErrorKind::config);
+    const std::string m = e.what();
+    EXPECT_NE(m.find("0.0.0.0"), std::string::npos) << m;
+    EXPECT_NE(m.find("cluster.auth.secret_file"), std::string::npos) << m;
+    EXPECT_NE(m.find("SWITCHYARD_SECRET"), std::string::npos) << m;
+  }
+  o.secret = kSecret;  // with one it binds
+  ControlServer guarded(o);
+  guarded.start();
+  EXPECT_GT(guarded.port(), 0);
+}
+
+// ---- control-plane limits --------------------------------------------------------------------
+
+// A raw peer that completes the unauthenticated handshake by hand.
+int raw_handshaken(uint16_t port) {
+  const int fd = raw_connect(port);
+  pb::Hello hello;
+  hello.set_protocol_version(kProtocolVersion);
+  hello.set_peer_name("raw");
+  pb::Frame frame;
+  frame.set_request_id(1);
+  frame.set_type("switchyard.control.Hello");
+  frame.set_body(hello.SerializeAsString());
+  const std::string body = frame.SerializeAsString();
+  raw_send(fd, length_prefix(static_cast<uint32_t>(body.size())) + body);
+  unsigned char header[4];
+  EXPECT_EQ(recv(fd, header, 4, MSG_WAITALL), 4);
+  const uint32_t n = (uint32_t{header[0]} << 24) | (uint32_t{header[1]} << 16) | (uint32_t{header[2]} << 8) | header[3];
+  std::string reply(n, '\0');
+  EXPECT_EQ(recv(fd, reply.data(), n, MSG_WAITALL), ssize_t(n));
+  pb::Frame rf;
+  pb::HelloReply hr;
+  EXPECT_TRUE(rf.ParseFromString(reply) && hr.ParseFromString(rf.body()) && hr.accepted());
+  return fd;
+}
+
+TEST(ControlLimits, OversizedPreHandshakeFrameIsDroppedBeforeAllocating) {
+  LogCapture log;
+  EchoServer echo;  // default limits: 16 MiB after the handshake, 4 KiB before
+  const int fd = raw_connect(echo.server.port());
+  raw_send(fd, length_prefix(16u << 20));  // claims 16 MiB, sends nothing more
+  EXPECT_TRUE(closed_by_server(fd, 3000ms));
+  close(fd);
+  // Dropped on the length alone: the body buffer is never sized for it.
+  EXPECT_TRUE(log.contains("oversized frame of 16777216 bytes (limit 4096 before the handshake)")) << log.all();
+  expect_serves(echo.server.port());
+}
+
+TEST(ControlLimits, PartialHeaderAfterHandshakeTimesOut) {
+  LogCapture log;
+  ChannelLimits l;
+  l.frame_timeout = 200ms;
+  l.idle_timeout = 0ms;  // never idle-dropped: only the partial header may time out
+  EchoServer echo(l);
+  const int fd = raw_handshaken(echo.server.port());
+  raw_send(fd, std::string(3, '\0'));  // 3 of the 4 length bytes
+  EXPECT_TRUE(closed_by_server(fd, 5000ms));
+  close(fd);
+  EXPECT_TRUE(log.contains("timed out after 200 ms waiting for the rest of a frame")) << log.all();
+  expect_serves(echo.server.port());
+}
+
+TEST(ControlLimits, IdlePeersAreDroppedAndClientsReconnectTransparently) {
+  LogCapture log;
+  ChannelLimits l;
+  l.idle_timeout = 200ms;
+  EchoServer echo(l);
+  const int fd = raw_handshaken(echo.server.port());
+  EXPECT_TRUE(closed_by_server(fd, 5000ms));
+  close(fd);
+  EXPECT_TRUE(log.contains("timed out after 200 ms waiting for the next request")) << log.all();
+  auto client = good_client(echo.server.port());
+  ASSERT_TRUE(client);
+  ASSERT_TRUE(((*client)->call<pb::PublishRequest, pb::PublishReply>(ok_request())));
+  EXPECT_EQ((*client)->reconnects(), 0u);
+  std::this_thread::sleep_for(300ms);  // past the server's idle timeout: it dropped us
+  auto again = (*client)->call<pb::PublishRequest, pb::PublishReply>(ok_request());
+  EXPECT_TRUE(again) << again.status().to_string();
+  EXPECT_EQ((*client)->reconnects(), 1u);
+  EXPECT_EQ(echo.handled, 2);
+}
+
+TEST(ControlLimits, PerTypeLimitRefusesTheRequestAndKeepsTheConnection) {
+  EchoServer echo({}, "", Route{.max_request_bytes = 100});
+  auto client = good_client(echo.server.port());
+  ASSERT_TRUE(client);
+  pb::PublishRequest big = ok_request();
+  big.set_blob(std::string(200, 'b'));
+  auto refused = (*client)->call<pb::PublishRequest, pb::PublishReply>(big);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.status().code(), StatusCode::invalid_argument);
+  EXPECT_NE(refused.status().message().find("switchyard.control.PublishRequest of 207 bytes exceeds its limit of 100 bytes"),
+            std::string::npos)
+      << refused.status().to_string();
+  EXPECT_EQ(echo.handled, 0);
+  EXPECT_TRUE(((*client)->call<pb::PublishRequest, pb::PublishReply>(ok_request())));
+  // A frame beyond every route's limit (plus the envelope) is not read at all.
+  LogCapture log;
+  const int fd = raw_handshaken(echo.server.port());
+  raw_send(fd, length_prefix(1 << 20));
+  EXPECT_TRUE(closed_by_server(fd, 3000ms));
+  close(fd);
+  EXPECT_TRUE(log.contains("oversized frame of 1048576 bytes (limit 612)")) << log.all();
+}
+
+// A heavy handler blocked until released: another client's request is answered meanwhile, by
+// ordering (the blocked call is still in its handler when the other one returns).
+TEST(ControlLimits, HeavyRequestDoesNotDelayOthers) {
+  ControlServer server(server_options("heavy"));
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, released = false;
+  server.on<pb::PublishRequest, pb::PublishReply>(
+      [&](const pb::PublishRequest&, const PeerInfo&) -> Result<pb::PublishReply> {
+        std::unique_lock<std::mutex> lock(mu);
+        entered = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return released; });
+        return pb::PublishReply{};
+      },
+      Route{.heavy = true});
+  std::atomic<int> quick_calls{0};
+  server.on<pb::CollectRequest, pb::CollectReply>([&](const pb::CollectRequest&, const PeerInfo&) -> Result<pb::CollectReply> {
+    ++quick_calls;
+    return pb::CollectReply{};
+  });
+  server.start();
+  std::atomic<bool> heavy_done{false};
+  std::thread heavy([&] {
+    auto c = ControlClient::connect("127.0.0.1", server.port(), client_options("planner"));
+    ASSERT_TRUE(c);
+    auto r = (*c)->call<pb::PublishRequest, pb::PublishReply>(ok_request());
+    EXPECT_TRUE(r) << r.status().to_string();
+    heavy_done = true;
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return entered; });
+  }
+  auto other = ControlClient::connect("127.0.0.1", server.port(), client_options("heartbeat"));
+  ASSERT_TRUE(other) << other.status().to_string();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(((*other)->call<pb::CollectRequest, pb::CollectReply>(pb::CollectRequest{})));
+  EXPECT_EQ(quick_calls, 10);
+  EXPECT_FALSE(heavy_done) << "the heavy call returned before it was released";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+  }
+  cv.notify_all();
+  heavy.join();
+  EXPECT_TRUE(heavy_done);
+}
+
+TEST(ControlLimits, RendezvousStateIsBounded) {
+  ControlServer server(server_options("rendezvous"));
+  sy::transport::RendezvousService::Limits l;
+  l.max_rounds = 2;
+  l.max_blob_bytes = 16;
+  l.max_total_bytes = 40;
+  l.max_world_size = 8;
+  sy::transport::RendezvousService rendezvous(server, l);
+  server.start();
+  auto client = good_client(server.port());
+  ASSERT_TRUE(client);
+  auto publish = [&](const std::string& round, uint32_t rank, uint32_t world, const std::string& blob) {
+    pb::PublishRequest req;
+    req.set_round(round);
+    req.set_rank(rank);
+    req.set_world_size(world);
+    req.set_blob(blob);
+    return (*client)->call<pb::PublishRequest, pb::PublishReply>(req);
+  };
+  auto expect_refused = [](const Result<pb::PublishReply>& r, const std::string& what) {
+    ASSERT_FALSE(r) << what;
+    EXPECT_EQ(r.status().code(), StatusCode::no_resource) << r.status().to_string();
+    EXPECT_NE(r.status().message().find(what), std::string::npos) << r.status().to_string();
+  };
+  ASSERT_TRUE(publish("a", 0, 2, std::string(16, 'x')));
+  expect_refused(publish("a", 1, 2, std::string(17, 'x')), "a blob of 17 bytes exceeds the limit of 16");
+  expect_refused(publish("b", 0, 9, "x"), "world size 9 exceeds the limit of 8");
+  ASSERT_TRUE(publish("b", 0, 2, std::string(16, 'y')));
+  expect_refused(publish("c", 0, 1, "z"), "its limit of 2 rounds");
+  expect_refused(publish("a", 1, 2, std::string(16, 'w')), "exceed its limit of 40");
+  ASSERT_TRUE(publish("a", 1, 2, std::string(6, 'w')));  // within the total: the round completes
+  EXPECT_EQ(rendezvous.blobs("a").size(), 2u);
 }
 
 }  // namespace

@@ -8,14 +8,37 @@ namespace sy::transport {
 
 namespace pb = switchyard::control;
 
-RendezvousService::RendezvousService(control::ControlServer& server) {
+RendezvousService::RendezvousService(control::ControlServer& server, Limits limits) : limits_(limits) {
+  const control::Route publish_route{.max_request_bytes = limits.max_blob_bytes + limits.max_round_name_bytes + 64};
+  const control::Route collect_route{.max_request_bytes = limits.max_round_name_bytes + 16};
   server.on<pb::PublishRequest, pb::PublishReply>(
-      [this](const pb::PublishRequest& req, const control::PeerInfo&) -> Result<pb::PublishReply> {
+      [this](const pb::PublishRequest& req, const control::PeerInfo& peer) -> Result<pb::PublishReply> {
         if (req.world_size() == 0 || req.rank() >= req.world_size())
           return Status(StatusCode::invalid_argument, "rank " + std::to_string(req.rank()) + " outside a world of " +
                                                           std::to_string(req.world_size()));
+        const auto refuse = [&](const std::string& what) {
+          return Status(StatusCode::no_resource, "rendezvous: " + peer.endpoint + " publishing in round '" +
+                                                     req.round().substr(0, 64) + "': " + what);
+        };
+        if (req.round().size() > limits_.max_round_name_bytes)
+          return refuse("the round name has " + std::to_string(req.round().size()) + " bytes (limit " +
+                        std::to_string(limits_.max_round_name_bytes) + ")");
+        if (req.world_size() > limits_.max_world_size)
+          return refuse("world size " + std::to_string(req.world_size()) + " exceeds the limit of " +
+                        std::to_string(limits_.max_world_size));
+        if (req.blob().size() > limits_.max_blob_bytes)
+          return refuse("a blob of " + std::to_string(req.blob().size()) + " bytes exceeds the limit of " +
+                        std::to_string(limits_.max_blob_bytes));
         std::lock_guard<std::mutex> lock(mutex_);
+        const bool new_round = !rounds_.count(req.round());
+        if (new_round && rounds_.size() >= limits_.max_rounds)
+          return refuse("the service holds its limit of " + std::to_string(limits_.max_rounds) + " rounds");
+        const size_t adds = req.blob().size() + (new_round ? req.round().size() : 0);
+        if (total_bytes_ + adds > limits_.max_total_bytes)
+          return refuse("the service holds " + std::to_string(total_bytes_) + " bytes; " + std::to_string(adds) +
+                        " more exceed its limit of " + std::to_string(limits_.max_total_bytes));
         Round& round = rounds_[req.round()];
+        if (new_round) total_bytes_ += req.round().size();
         if (round.world_size == 0) round.world_size = req.world_size();
         if (round.world_size != req.world_size())
           return Status(StatusCode::invalid_argument, "round '" + req.round() + "' has world size " +
@@ -23,12 +46,14 @@ RendezvousService::RendezvousService(control::ControlServer& server) {
                                                           std::to_string(req.rank()) + " says " +
                                                           std::to_string(req.world_size()));
         auto [it, inserted] = round.blobs.emplace(req.rank(), req.blob());
+        if (inserted) total_bytes_ += req.blob().size();
         if (!inserted && it->second != req.blob())
           return Status(StatusCode::invalid_argument, "rank " + std::to_string(req.rank()) +
                                                           " published a different blob twice in round '" +
                                                           req.round() + "'");
         return pb::PublishReply{};
-      });
+      },
+      publish_route);
   server.on<pb::CollectRequest, pb::CollectReply>(
       [this](const pb::CollectRequest& req, const control::PeerInfo&) -> Result<pb::CollectReply> {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -43,7 +68,8 @@ RendezvousService::RendezvousService(control::ControlServer& server) {
           for (const auto& [rank, blob] : round.blobs) reply.add_blobs(blob);
         }
         return reply;
-      });
+      },
+      collect_route);
 }
 
 size_t RendezvousService::published(const std::string& round) const {

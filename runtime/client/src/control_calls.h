@@ -7,6 +7,7 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/error.h"
+#include "switchyard/core/secret.h"
 #include "switchyard/transport/control.h"
 #include "switchyard/wire/wire.h"
 
@@ -24,13 +25,15 @@ inline Reply call_or_throw(control::ControlClient& c, const Request& request, co
 }
 
 // Control calls wait up to cluster.request_timeout_ms (its schema default until the coordinator
-// has told the client the configured value).
+// has told the client the configured value). The secret is $SWITCHYARD_SECRET (core/secret.h):
+// clients, the C API, Python and the admin commands all connect through here.
 inline std::unique_ptr<control::ControlClient> connect_control(const std::string& endpoint, const std::string& name,
                                                         Millis call_timeout = Millis(ClusterConfig{}.request_timeout_ms)) {
   auto [host, port] = control::parse_endpoint(endpoint);
   control::ControlClient::Options o;
   o.name = name;
   o.call_timeout = call_timeout;
+  o.secret = cluster_secret_from_env();
   auto c = control::ControlClient::connect(host, port, o);
   if (!c) throw Error(ErrorKind::transport, "coordinator " + endpoint + ": " + c.status().to_string());
   return std::move(c).value();

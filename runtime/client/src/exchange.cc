@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "client_impl.h"
+#include "switchyard/core/secret.h"
 #include "switchyard/core/log.h"
 
 namespace sy {
@@ -164,6 +165,7 @@ bool ClusterClient::Impl::reconnect_coordinator() {
   o.name = name;
   o.call_timeout = request_timeout;
   o.connect_timeout = liveness_check;
+  o.secret = cluster_secret_from_env();
   auto c = control::ControlClient::connect(host, port, o);
   if (!c) return false;
   coordinator = std::move(c).value();

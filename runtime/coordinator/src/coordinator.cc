@@ -5,6 +5,7 @@
 #include "coordinator_impl.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/log.h"
+#include "switchyard/core/secret.h"
 #include "switchyard/placement/load_trace.h"
 
 namespace sy {
@@ -153,20 +154,29 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   return reply;
 }
 
+// Heavy (the handler thread): parsing the model and planning run without the lock, so
+// heartbeats and every other request go on meanwhile; the result is installed under it.
 Result<pb::PlanPlacementReply> Coordinator::Impl::plan(const pb::PlanPlacementRequest& req) {
-  std::lock_guard<std::mutex> lock(mu);
-  if (migration) return Status(StatusCode::invalid_argument, "a rebalance to epoch " + std::to_string(migration->next.epoch) + " is in progress");
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (migration) return Status(StatusCode::invalid_argument, "a rebalance to epoch " + std::to_string(migration->next.epoch) + " is in progress");
+  }
+  std::unique_ptr<Config> cfg;
+  Placement p;
+  LoadMatrix rows;
   try {
-    auto cfg = std::make_unique<Config>(load_config_string(req.model_yaml(), "model from client"));
-    Placement p = cluster_placement(cfg->model, cluster);  // YAML file or round-robin; memory checked
+    cfg = std::make_unique<Config>(load_config_string(req.model_yaml(), "model from client"));
+    p = cluster_placement(cfg->model, cluster);  // YAML file or round-robin; memory checked
     p.validate(cfg->model, cluster.workers);
-    placement = std::move(p);
-    const LoadMatrix rows = load_matrix_rows(cfg->model);  // the reports' shape
-    load.reset(rows.rows(), rows.experts, cluster.workers, cluster.rebalance.window_steps);
-    model = std::move(cfg);
+    rows = load_matrix_rows(cfg->model);  // the reports' shape
   } catch (const Error& e) {
     return Status(StatusCode::invalid_argument, e.what());
   }
+  std::lock_guard<std::mutex> lock(mu);
+  if (migration) return Status(StatusCode::invalid_argument, "a rebalance to epoch " + std::to_string(migration->next.epoch) + " is in progress");
+  placement = std::move(p);
+  load.reset(rows.rows(), rows.experts, cluster.workers, cluster.rebalance.window_steps);
+  model = std::move(cfg);
   placement.epoch = epoch = last_epoch = last_epoch + 1;
   model_yaml = req.model_yaml();
   committed = false;
@@ -226,32 +236,39 @@ Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<
   so.bind_address = listen->host;
   so.port = static_cast<uint16_t>(listen->port);
   so.name = "switchyard-coordinator";
+  so.secret = impl_->secret = cluster_secret(cluster);
   impl_->server = std::make_unique<control::ControlServer>(so);
   impl_->rendezvous = std::make_unique<transport::RendezvousService>(*impl_->server);
   Impl* im = impl_.get();
   control::ControlServer& sv = *impl_->server;
-#define SY_HANDLE(Req, Rep, method) \
-  sv.on<pb::Req, pb::Rep>([im](const pb::Req& r, const control::PeerInfo&) { return im->method(r); })
-  SY_HANDLE(RegisterWorkerRequest, RegisterWorkerReply, register_worker);
-  SY_HANDLE(RegisterClientRequest, RegisterClientReply, register_client);
-  SY_HANDLE(UnregisterClientRequest, UnregisterClientReply, unregister_client);
-  SY_HANDLE(HeartbeatRequest, HeartbeatReply, heartbeat);
-  SY_HANDLE(WorkerLostRequest, WorkerLostReply, worker_lost);
-  SY_HANDLE(PlanPlacementRequest, PlanPlacementReply, plan);
-  SY_HANDLE(CommitPlacementRequest, CommitPlacementReply, commit);
-  SY_HANDLE(LoadReportRequest, LoadReportReply, report_load);
-  SY_HANDLE(RebalanceRequest, RebalanceReply, rebalance);
-  SY_HANDLE(RebalanceStatusRequest, RebalanceStatusReply, rebalance_status);
-  SY_HANDLE(EpochDecisionRequest, EpochDecisionReply, epoch_decision);
-  SY_HANDLE(MigrationReportRequest, MigrationReportReply, migration_report);
+  // Every request type once: its size limit (the serialized request) and whether it is heavy
+  // (runs beside the I/O thread: parsing a model or a placement, planning).
+  constexpr size_t KiB = 1024, MiB = 1024 * 1024;
+  constexpr bool heavy = true, quick = false;
+#define SY_HANDLE(Req, Rep, method, limit, kind)                                                               \
+  sv.on<pb::Req, pb::Rep>([im](const pb::Req& r, const control::PeerInfo&) { return im->method(r); }, \
+                          control::Route{.max_request_bytes = (limit), .heavy = (kind)})
+  SY_HANDLE(RegisterWorkerRequest, RegisterWorkerReply, register_worker, 16 * KiB, quick);
+  SY_HANDLE(RegisterClientRequest, RegisterClientReply, register_client, 16 * KiB, quick);
+  SY_HANDLE(UnregisterClientRequest, UnregisterClientReply, unregister_client, 1 * KiB, quick);
+  SY_HANDLE(HeartbeatRequest, HeartbeatReply, heartbeat, 1 * KiB, quick);
+  SY_HANDLE(WorkerLostRequest, WorkerLostReply, worker_lost, 16 * KiB, quick);
+  SY_HANDLE(PlanPlacementRequest, PlanPlacementReply, plan, 1 * MiB, heavy);  // the model's YAML
+  SY_HANDLE(CommitPlacementRequest, CommitPlacementReply, commit, 1 * KiB, quick);
+  SY_HANDLE(LoadReportRequest, LoadReportReply, report_load, 8 * MiB, quick);  // rows per (layer, stage, expert)
+  SY_HANDLE(RebalanceRequest, RebalanceReply, rebalance, 8 * MiB, heavy);      // a placement YAML, or planning
+  SY_HANDLE(RebalanceStatusRequest, RebalanceStatusReply, rebalance_status, 1 * KiB, quick);
+  SY_HANDLE(EpochDecisionRequest, EpochDecisionReply, epoch_decision, 1 * KiB, quick);
+  SY_HANDLE(MigrationReportRequest, MigrationReportReply, migration_report, 1 * MiB, quick);
 #undef SY_HANDLE
   sv.on<pb::ClusterInfoRequest, pb::ClusterInfoReply>(
-      [im](const pb::ClusterInfoRequest&, const control::PeerInfo&) { return im->info(); });
+      [im](const pb::ClusterInfoRequest&, const control::PeerInfo&) { return im->info(); },
+      control::Route{.max_request_bytes = 1 * KiB});
   sv.on<pb::ShutdownRequest, pb::ShutdownReply>([im](const pb::ShutdownRequest&, const control::PeerInfo& peer) {
     SY_LOG(info, "runtime", "shutdown requested by " << peer.name << " (" << peer.endpoint << ")");
     im->shutdown = true;
     return Result<pb::ShutdownReply>(pb::ShutdownReply{});
-  });
+  }, control::Route{.max_request_bytes = 1 * KiB});
   sv.start();
 }
 

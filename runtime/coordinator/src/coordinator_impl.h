@@ -1,7 +1,8 @@
 // The coordinator's state, shared by its two halves: membership and control handlers
 // (coordinator.cc) and the rebalance driver (rebalance.cc). One mutex guards it; the control
-// server's single I/O thread runs the handlers (quick, never waiting), the driver runs on its
-// own thread and waits on `changed`.
+// server's I/O thread runs the quick handlers (never waiting), its handler thread the heavy
+// ones (plan, rebalance: they parse and plan without the lock, so heartbeats go on), the driver
+// runs on its own thread and waits on `changed`.
 #pragma once
 
 #include <chrono>
@@ -56,6 +57,7 @@ struct Coordinator::Impl {
   };
 
   ClusterConfig cluster;
+  std::string secret;  // the cluster's shared secret (core/secret.h): the control server and the driver's calls
   std::unique_ptr<control::ControlServer> server;
   std::unique_ptr<transport::RendezvousService> rendezvous;
   mutable std::mutex mu;

@@ -66,27 +66,39 @@ Placement union_of(const Placement& a, const Placement& b) {
 
 }  // namespace
 
+// Heavy (the handler thread): the placement is parsed or planned from a snapshot taken under the
+// lock, without it, so heartbeats go on; the rebalance starts only if nothing changed meanwhile.
 Result<pb::RebalanceReply> Coordinator::Impl::rebalance(const pb::RebalanceRequest& req) {
-  std::lock_guard<std::mutex> lock(mu);
-  if (!model || !committed) return Status(StatusCode::invalid_argument, "rebalance: no model is loaded on the cluster");
-  if (migration)
-    return Status(StatusCode::invalid_argument,
-                  "rebalance: the rebalance to epoch " + std::to_string(migration->next.epoch) + " is still running");
-  const LoadMatrix window = window_matrix(model->model, load);
-  const double before = placement_balancedness(placement, window, cluster.workers);
+  ModelConfig model_now;
+  Placement current;
+  LoadWindow window_now;
+  uint64_t epoch_now = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!model || !committed) return Status(StatusCode::invalid_argument, "rebalance: no model is loaded on the cluster");
+    if (migration)
+      return Status(StatusCode::invalid_argument,
+                    "rebalance: the rebalance to epoch " + std::to_string(migration->next.epoch) + " is still running");
+    model_now = model->model;
+    current = placement;
+    window_now = load;
+    epoch_now = epoch;
+  }
+  const LoadMatrix window = window_matrix(model_now, window_now);
+  const double before = placement_balancedness(current, window, cluster.workers);
   Placement next;
   std::string source;
   double after = 0;
   try {
     if (!req.placement_yaml().empty()) {
       const std::string file = req.placement_source().empty() ? "rebalance placement" : req.placement_source();
-      next = parse_placement(req.placement_yaml(), file, model->model, cluster.workers, cluster.worker_memory_bytes());
+      next = parse_placement(req.placement_yaml(), file, model_now, cluster.workers, cluster.worker_memory_bytes());
       after = placement_balancedness(next, window, cluster.workers);
       source = "placement file";  // the record's source kind
     } else if (req.from_load()) {
-      if (load.steps() == 0) return Status(StatusCode::invalid_argument, "rebalance --from-load: no load measured yet");
+      if (window_now.steps() == 0) return Status(StatusCode::invalid_argument, "rebalance --from-load: no load measured yet");
       const int max_moves = req.max_moves() == -2 ? cluster.rebalance.max_moves : req.max_moves();
-      PlanResult plan = plan_from_window(model->model, cluster, load, placement, req.slots_per_worker(), max_moves);
+      PlanResult plan = plan_from_window(model_now, cluster, window_now, current, req.slots_per_worker(), max_moves);
       next = std::move(plan.placement);
       after = plan.balancedness;
       source = "from load";
@@ -96,6 +108,13 @@ Result<pb::RebalanceReply> Coordinator::Impl::rebalance(const pb::RebalanceReque
   } catch (const Error& e) {
     return Status(StatusCode::invalid_argument, e.what());
   }
+  std::lock_guard<std::mutex> lock(mu);
+  if (migration)
+    return Status(StatusCode::invalid_argument,
+                  "rebalance: the rebalance to epoch " + std::to_string(migration->next.epoch) + " is still running");
+  if (epoch != epoch_now || !model || !committed)
+    return Status(StatusCode::invalid_argument, "rebalance: the placement changed (epoch " + std::to_string(epoch_now) +
+                                                    " -> " + std::to_string(epoch) + ") while this one was planned; retry");
   auto epoch_started = start_rebalance(std::move(next), source, before, after);
   if (!epoch_started) return epoch_started.status();
   pb::RebalanceReply reply;
@@ -279,7 +298,7 @@ namespace {
 // Control calls from the driver to the workers' control servers, one connection per worker.
 class WorkerCalls {
  public:
-  WorkerCalls(Millis timeout) : timeout_(timeout) {}
+  WorkerCalls(Millis timeout, std::string secret) : timeout_(timeout), secret_(std::move(secret)) {}
   template <class Req, class Rep>
   Status call(int worker, const std::string& endpoint, const Req& req) {
     auto& link = links_[worker];
@@ -288,6 +307,7 @@ class WorkerCalls {
       control::ControlClient::Options o;
       o.name = "coordinator (rebalance)";
       o.call_timeout = timeout_;
+      o.secret = secret_;
       auto c = control::ControlClient::connect(host, port, o);
       if (!c) return Status(c.status().code(), "worker " + std::to_string(worker) + ": " + c.status().to_string());
       link = std::move(c).value();
@@ -299,6 +319,7 @@ class WorkerCalls {
 
  private:
   Millis timeout_;
+  std::string secret_;
   std::map<int, std::unique_ptr<control::ControlClient>> links_;
 };
 
@@ -341,7 +362,7 @@ Status Coordinator::Impl::await_reports(std::unique_lock<std::mutex>& lock, bool
 }
 
 void Coordinator::Impl::drive(uint64_t next_epoch) {
-  WorkerCalls calls{Millis(cluster.request_timeout_ms)};
+  WorkerCalls calls{Millis(cluster.request_timeout_ms), secret};
   std::map<int, std::string> endpoints;  // alive workers
   pb::MigrateRequest prepare;
   bool at_step = false;

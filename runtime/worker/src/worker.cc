@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "switchyard/core/config.h"
+#include "switchyard/core/secret.h"
 #include "switchyard/core/log.h"
 #include "switchyard/placement/placement.h"
 #include "switchyard/transport/control.h"
@@ -91,6 +92,7 @@ class Worker {
     control::ControlServer::Options so;
     so.bind_address = options_.bind_host;
     so.name = "switchyard-worker";
+    so.secret = cluster_secret_from_env();
     server_ = std::make_unique<control::ControlServer>(so);
     server_->on<pb::AttachRequest, pb::AttachReply>(
         [this](const pb::AttachRequest& req, const control::PeerInfo&) { return attach(req); });
@@ -110,6 +112,7 @@ class Worker {
     auto [host, port] = control::parse_endpoint(options_.coordinator);
     control::ControlClient::Options co;
     co.name = "worker pid " + std::to_string(::getpid());
+    co.secret = cluster_secret_from_env();
     // Launchers start every rank at once: the coordinator may not listen yet. Retry.
     const auto connect_deadline = std::chrono::steady_clock::now() + Millis(options_.connect_timeout_ms);
     for (;;) {
@@ -187,6 +190,7 @@ class Worker {
     co.name = label_ + " " + what;
     co.call_timeout = request_timeout_;
     co.connect_timeout = Millis(registration_.heartbeat_ms());
+    co.secret = cluster_secret_from_env();
     return co;
   }
 

@@ -105,6 +105,7 @@ struct ClusterConfig {
   std::string placement;                    // placement YAML, absolute path; "" = round-robin default
   int replicas = 1;                         // replicas per expert of the default placement, <= workers
   RebalancePolicy rebalance;
+  std::string auth_secret_file;             // cluster.auth.secret_file, absolute; "" = $SWITCHYARD_SECRET or none
 
   int64_t worker_memory_bytes() const { return int64_t{worker_memory_mb} << 20; }
 };

@@ -5,16 +5,26 @@
 //
 //   ControlServer server(ControlServer::Options{});  // port 0: any free port
 //   server.on<PublishRequest, PublishReply>([&](const PublishRequest& req, const PeerInfo& peer)
-//       -> Result<PublishReply> { ...; return PublishReply{}; });
+//       -> Result<PublishReply> { ...; return PublishReply{}; }, {.max_request_bytes = 4096});
 //   server.start();                                   // serves on its own I/O thread
 //   auto client = ControlClient::connect("127.0.0.1", server.port(), ControlClient::Options{});
 //   Result<PublishReply> reply = (*client)->call<PublishRequest, PublishReply>(req);
 //
+// Authentication: with `secret` set on both sides, every connection runs a mutual HMAC-SHA256
+// challenge-response over fresh nonces from both sides before any request (proto/control.proto,
+// src/auth.h); a peer that cannot prove the secret is refused, logged with its endpoint, and
+// never reaches a handler. A server without a secret only binds to loopback addresses.
+//
 // Robustness: the server drops (and logs, once, with the cause) a peer that sends a frame
-// larger than `max_frame_bytes`, bytes that are not a Frame, a first frame that is not a Hello,
-// a Hello with another protocol version (after telling it why), stalls for longer than the
-// timeouts, or disconnects in the middle of a frame. Every other peer keeps being served.
-// Clients never wait without a deadline; their errors name the server's endpoint.
+// larger than the limits (`handshake_frame_bytes` until the handshake is done: nothing larger
+// is ever allocated for an unauthenticated peer), bytes that are not a Frame, a first frame
+// that is not a Hello, a Hello with another protocol version (after telling it why), a wrong
+// proof, stalls for longer than the timeouts (a frame started, header included, must complete
+// within `frame_timeout`; an authenticated peer silent for `idle_timeout` is dropped), or
+// disconnects in the middle of a frame. A request larger than its type's `max_request_bytes`
+// is answered with an error. Every other peer keeps being served. Clients never wait without a
+// deadline; their errors name the server's endpoint; a client idle for half the server's idle
+// timeout reconnects (with a new handshake) before its next call.
 #pragma once
 
 #include <google/protobuf/message.h>
@@ -34,13 +44,23 @@ using transport::Status;
 using transport::StatusCode;
 
 // Bumped on incompatible wire changes; peers with another version are refused at the handshake.
-inline constexpr uint32_t kProtocolVersion = 2;  // 2: cluster.proto worker requests as a oneof
+// 2: cluster.proto worker requests as a oneof; 3: the authenticated handshake (AuthProof/AuthResult).
+inline constexpr uint32_t kProtocolVersion = 3;
 
 struct ChannelLimits {
-  size_t max_frame_bytes = size_t{16} << 20;
-  std::chrono::milliseconds handshake_timeout{5000};  // connect -> accepted Hello
-  std::chrono::milliseconds frame_timeout{5000};      // a started frame must be complete within this
-  std::chrono::milliseconds idle_timeout{0};          // server: drop peers silent this long; 0 = never
+  size_t max_frame_bytes = size_t{16} << 20;          // any frame after the handshake
+  size_t handshake_frame_bytes = 4096;                // any frame before the handshake is done
+  std::chrono::milliseconds handshake_timeout{5000};  // connect -> authenticated
+  std::chrono::milliseconds frame_timeout{5000};      // a started frame (header included) must be complete within this
+  std::chrono::milliseconds idle_timeout{300000};     // server: drop authenticated peers silent this long; 0 = never
+};
+
+// How the server treats one request type (ControlServer::on).
+struct Route {
+  size_t max_request_bytes = 0;  // serialized request; 0 = limits.max_frame_bytes
+  // Runs on the server's handler thread instead of the I/O thread, so that a slow request
+  // (parsing, planning) never delays the others; the reply is sent when it returns.
+  bool heavy = false;
 };
 
 // Who sent a request, as the server's handlers see it.
@@ -64,6 +84,9 @@ class ControlServer {
     std::string name = "switchyard";
     ChannelLimits limits;
     uint32_t protocol_version = kProtocolVersion;
+    // The cluster's shared secret (core/secret.h); empty = no authentication, loopback only.
+    std::string secret;
+    int heavy_threads = 1;  // threads running Route::heavy handlers
   };
 
   explicit ControlServer(Options options);
@@ -72,12 +95,13 @@ class ControlServer {
   ControlServer& operator=(const ControlServer&) = delete;
 
   // Registers the handler for requests of type `Request`; call before start(). Handlers run on
-  // the server's single I/O thread, one at a time; they should be quick (no waiting on other
-  // peers: let clients poll instead). An error Result, or an exception, goes back to the caller
-  // as an error reply; the connection stays up.
+  // the server's single I/O thread, one at a time, and should be quick (no waiting on other
+  // peers: let clients poll instead); `route.heavy` ones run on the handler thread(s), beside
+  // the I/O thread. An error Result, or an exception, goes back to the caller as an error
+  // reply; the connection stays up.
   template <class Request, class Reply>
-  void on(std::function<Result<Reply>(const Request&, const PeerInfo&)> handler) {
-    add_handler(Request::descriptor()->full_name(),
+  void on(std::function<Result<Reply>(const Request&, const PeerInfo&)> handler, Route route = {}) {
+    add_handler(Request::descriptor()->full_name(), route,
                 [handler](const std::string& body, const PeerInfo& peer) -> Result<Payload> {
                   Request request;
                   if (!request.ParseFromString(body))
@@ -88,7 +112,8 @@ class ControlServer {
                 });
   }
 
-  // Binds, listens and starts the I/O thread. Throws sy::Error(transport) when it cannot bind.
+  // Binds, listens and starts the I/O thread. Throws sy::Error(transport) when it cannot bind,
+  // sy::Error(config) for a non-loopback address without a secret (naming how to set one).
   void start();
   // Closes the listener and every connection and joins the I/O thread. Idempotent.
   void stop();
@@ -99,13 +124,14 @@ class ControlServer {
   struct Counters {
     uint64_t accepted = 0;  // connections that passed the handshake
     uint64_t dropped = 0;   // connections dropped for a protocol violation or timeout
+    uint64_t refused = 0;   // of those, refused at authentication (no, or a wrong, proof)
     uint64_t requests = 0;  // requests answered
   };
   Counters counters() const;
 
  private:
   using RawHandler = std::function<Result<Payload>(const std::string& body, const PeerInfo&)>;
-  void add_handler(const std::string& type, RawHandler handler);
+  void add_handler(const std::string& type, Route route, RawHandler handler);
   struct Impl;
   friend class ServerSession;
   std::unique_ptr<Impl> impl_;
@@ -119,9 +145,13 @@ class ControlClient {
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds call_timeout{10000};
     uint32_t protocol_version = kProtocolVersion;
+    // The cluster's shared secret (core/secret.h). Set: the server must prove it too, or the
+    // connection is refused. Empty: only servers without a secret accept this client.
+    std::string secret;
   };
 
-  // Connects and performs the version handshake. Errors name "host:port".
+  // Connects and performs the handshake (version; with a secret, the mutual proof). Errors name
+  // "host:port"; a refusal says why (no secret, a wrong one, the server's side of it).
   static Result<std::unique_ptr<ControlClient>> connect(const std::string& host, uint16_t port, Options options);
   ~ControlClient();
   ControlClient(const ControlClient&) = delete;
@@ -129,7 +159,8 @@ class ControlClient {
 
   // One request, one reply, within `call_timeout`. After a transport-level failure (timeout,
   // disconnect, malformed reply) the client is broken and every later call fails at once; an
-  // error reply from the handler leaves it usable.
+  // error reply from the handler leaves it usable. A client idle for half the server's idle
+  // timeout first reconnects (a failed reconnect is such a failure).
   template <class Request, class Reply>
   Result<Reply> call(const Request& request) {
     Result<Payload> raw = call_raw(Payload{Request::descriptor()->full_name(), request.SerializeAsString()});
@@ -145,6 +176,7 @@ class ControlClient {
   const std::string& server_endpoint() const;
   const std::string& server_name() const;
   bool broken() const;
+  uint64_t reconnects() const;  // idle reconnects so far
 
  private:
   struct Impl;

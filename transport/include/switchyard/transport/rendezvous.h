@@ -20,8 +20,19 @@ namespace sy::transport {
 
 class RendezvousService {
  public:
+  // Bounds on what peers may store: a Publish beyond them is refused (no_resource) naming the
+  // bound. Nothing is ever removed, so these bound the service's memory for good.
+  struct Limits {
+    size_t max_rounds = 1024;
+    size_t max_round_name_bytes = 256;
+    uint32_t max_world_size = 65536;
+    size_t max_blob_bytes = 64 << 10;       // a UCX worker address is a few hundred bytes to a few KiB
+    size_t max_total_bytes = size_t{64} << 20;  // every round name and blob together
+  };
+
   // Registers the Publish/Collect handlers on `server` (before server.start()).
-  explicit RendezvousService(control::ControlServer& server);
+  explicit RendezvousService(control::ControlServer& server) : RendezvousService(server, Limits{}) {}
+  RendezvousService(control::ControlServer& server, Limits limits);
 
   // How many ranks have published in `round` so far (for drivers that wait on their ranks).
   size_t published(const std::string& round) const;
@@ -33,8 +44,10 @@ class RendezvousService {
     uint32_t world_size = 0;
     std::map<uint32_t, std::string> blobs;
   };
+  Limits limits_;
   mutable std::mutex mutex_;
   std::map<std::string, Round> rounds_;
+  size_t total_bytes_ = 0;
 };
 
 // Publishes `blob` as `rank` of `world_size` in `round`, then polls until every rank has and
