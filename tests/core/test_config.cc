@@ -707,6 +707,8 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.request_timeout_ms",
                                          "cluster.startup_timeout_ms",
                                          "cluster.liveness_check_ms",
+                                         "cluster.coordinator_timeout_ms",
+                                         "cluster.state_file",
                                          "cluster.transport",
                                          "cluster.worker_memory_mb",
                                          "cluster.placement",
