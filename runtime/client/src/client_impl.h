@@ -75,6 +75,8 @@ struct ClusterClient::Impl {
   Clock::time_point last_report;
   std::vector<BackwardRecord> journal;  // this step's backward parts, while failover is possible
   uint64_t workers_lost = 0;
+  bool training = true;  // mirrors ClusterClient::set_training
+  std::map<int, std::string> lost_unreported;  // lost while the coordinator was away: told when it is back
 
   Millis coordinator_timeout{15000};
   std::optional<Clock::time_point> coordinator_away_since;  // load reports have failed since
@@ -106,6 +108,7 @@ struct ClusterClient::Impl {
   // Closes the link to `w`, releases `c`'s requests, and tells the coordinator.
   void lose(Call& c, const std::string& reason);
   void lose_worker(int w, const std::string& reason);
+  void report_lost_workers();  // those the coordinator could not be told about
   // Workers among `ids` the coordinator declares dead (with why); empty when it does not answer.
   std::map<int, std::string> dead_among(const std::set<int>& ids);
 

@@ -128,6 +128,8 @@ ClusterClient::~ClusterClient() {
 
 int ClusterClient::workers() const { return impl_->workers_expected; }
 
+void ClusterClient::set_training(bool training) { training_ = impl_->training = training; }
+
 uint64_t ClusterClient::workers_lost() const { return impl_->workers_lost; }
 
 void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
@@ -272,6 +274,7 @@ ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
     SY_LOG(info, "runtime", im.name << ": the coordinator " << im.coordinator_endpoint << " answers again");
     im.coordinator_away_since.reset();
   }
+  im.report_lost_workers();
   const pb::LoadReportReply& reply = *reported;
   if (reply.placement_epoch() > placement_.epoch && reply.placement_size() > 0)
     switch_placement(wire::placement_from_pb(reply.placement(), reply.placement_epoch()));
@@ -299,6 +302,16 @@ void ClusterClient::await_epoch(uint64_t epoch) {
     pb::EpochDecisionRequest req;
     req.set_epoch(epoch);
     auto decided = im.coordinator_call<pb::EpochDecisionRequest, pb::EpochDecisionReply>(req);
+    if (!decided && im.coordinator->broken()) {  // away: ask again (a restart forgets the rebalance)
+      im.coordinator_away(decided.status());
+      std::this_thread::sleep_for(im.liveness_check);
+      continue;
+    }
+    if (!decided && decided.status().code() == StatusCode::invalid_argument) {
+      SY_LOG(warn, "runtime", im.name << ": the coordinator does not know epoch " << epoch << " (restarted?): "
+                                      << "staying on epoch " << placement_.epoch);
+      return;  // the workers abort a prepared epoch that the clients do not route with
+    }
     if (!decided)
       throw Error(ErrorKind::transport, "asking " + im.coordinator_endpoint + " about epoch " + std::to_string(epoch) +
                                             ": " + decided.status().to_string());
@@ -333,7 +346,9 @@ struct StepPhase {
 void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step_number) {
   Impl& im = *impl_;
   const MigrateAsk load = report_load(step_number);
-  const bool migrate = load.epoch > 0 && load.at_step == step_number;
+  // At the step the coordinator named, or at once when past it (a restarted coordinator names a
+  // boundary from the steps it has seen since).
+  const bool migrate = load.epoch > 0 && load.at_step <= step_number;
   const std::string what = "STEP " + std::to_string(step_number);
   auto holds = [&](int w) { return !placement_.experts_on(w).empty(); };
   auto run_phase = [&](pb::StepOp::Phase phase, uint32_t attempt) {

@@ -215,8 +215,23 @@ void ClusterClient::Impl::lose_worker(int w, const std::string& reason) {
   req.set_worker_id(w);
   req.set_client_id(client_id);
   req.set_reason(reason);
+  req.set_training(training);
   auto r = coordinator_call<pb::WorkerLostRequest, pb::WorkerLostReply>(req);
-  if (!r) SY_LOG(warn, "runtime", name << ": could not tell the coordinator: " << r.status().to_string());
+  if (r) return;
+  SY_LOG(warn, "runtime", name << ": could not tell the coordinator (again once it answers): " << r.status().to_string());
+  lost_unreported[w] = reason;
+}
+
+void ClusterClient::Impl::report_lost_workers() {
+  for (auto it = lost_unreported.begin(); it != lost_unreported.end();) {
+    pb::WorkerLostRequest req;
+    req.set_worker_id(it->first);
+    req.set_client_id(client_id);
+    req.set_reason(it->second);
+    req.set_training(training);
+    if (!coordinator_call<pb::WorkerLostRequest, pb::WorkerLostReply>(req)) return;
+    it = lost_unreported.erase(it);
+  }
 }
 
 // After a failed round trip: disconnect the workers of these calls, so requests still in

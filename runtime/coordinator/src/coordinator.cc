@@ -108,11 +108,16 @@ Result<pb::WorkerLostReply> Coordinator::Impl::worker_lost(const pb::WorkerLostR
   if (it == members.end())
     return Status(StatusCode::invalid_argument, "worker " + std::to_string(req.worker_id()) + " is not a member");
   Member& m = it->second;
+  Client& c = clients[req.client_id()];  // a restarted coordinator may hear of the client here first
+  c.info.set_client_id(req.client_id());
+  c.info.set_training(req.training());
+  c.last_report = Clock::now();
   if (m.fenced.empty()) {
     m.fenced = "client " + std::to_string(req.client_id()) + " lost it: " + req.reason();
     m.info.set_fenced(true);
     SY_LOG(error, "runtime", "worker " << req.worker_id() << " (pid " << m.info.pid() << ") is fenced: " << m.fenced);
     save_state();
+    recovery_failed_at.reset();  // news: plan the recovery again now
     maybe_recover();
   }
   changed.notify_all();

@@ -147,7 +147,7 @@ void Coordinator::Impl::maybe_rebalance_by_policy(uint64_t step) {
 void Coordinator::Impl::maybe_recover() {
   const auto now = Clock::now();
   if (migration || !committed || !model) return;
-  if (recovery_failed_at && now - *recovery_failed_at < Millis(cluster.request_timeout_ms)) return;
+  if (recovery_failed_at && now - *recovery_failed_at < Millis(cluster.dead_after_ms)) return;
   // Fenced workers (a client lost them) leave the placement; new replicas go to live ones.
   auto kept = [&](int w) { return members.count(w) && members.at(w).fenced.empty(); };
   Placement next = placement;
@@ -177,6 +177,14 @@ void Coordinator::Impl::maybe_recover() {
   }
   if (lost == 0) return;
   if (!lost_since) lost_since = now;
+  std::string gone;
+  for (const auto& [key, workers] : next.replicas)
+    if (workers.empty()) gone += (gone.empty() ? "" : ", ") + key.to_string();
+  if (!gone.empty()) {  // the clients fail naming them; `switchyard checkpoint restore` brings them back
+    recovery_failed_at = now;
+    SY_LOG(error, "runtime", "recovery impossible: no replica left of " << gone);
+    return;
+  }
   auto started = start_rebalance(next, "recovery", 0, 0);
   if (!started) {
     recovery_failed_at = now;

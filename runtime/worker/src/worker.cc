@@ -75,8 +75,9 @@ class Worker {
     register_with_coordinator();
     join_workers_world();
     migration_ = std::make_unique<WorkerMigration>(WorkerMigration::Env{
-        transport_.get(), &store_, &placement_, [this]() -> control::ControlClient& { return coordinator(); }, id_,
-        label_, request_timeout_,
+        transport_.get(), &store_, &placement_,
+        [this](const pb::MigrationReportRequest& r) { return coordinator_call<pb::MigrationReportRequest, pb::MigrationReportReply>(r).status(); },
+        id_, label_, request_timeout_,
         [this] { return training_client_attached(); }, [this] { held_changed(); }});
     std::thread heartbeat([this] { heartbeat_loop(); });
     serve();
@@ -194,13 +195,20 @@ class Worker {
     return co;
   }
 
-  // The serving thread's channel to the coordinator, reconnected after a coordinator restart.
-  control::ControlClient& coordinator() {
-    if (coordinator_->broken()) {
+  // A call on the serving thread's channel to the coordinator; a broken channel (the
+  // coordinator restarted) is reconnected, and a call that broke it is made once more.
+  template <class Request, class Reply>
+  Result<Reply> coordinator_call(const Request& request) {
+    auto reconnect = [&] {
       auto [host, port] = control::parse_endpoint(options_.coordinator);
-      if (auto c = control::ControlClient::connect(host, port, coordinator_options("")); c) coordinator_ = std::move(c).value();
-    }
-    return *coordinator_;
+      auto c = control::ControlClient::connect(host, port, coordinator_options(""));
+      if (c) coordinator_ = std::move(c).value();
+      return c.is_ok();
+    };
+    if (coordinator_->broken()) reconnect();
+    auto r = coordinator_->call<Request, Reply>(request);
+    if (r || !coordinator_->broken() || !reconnect()) return r;
+    return coordinator_->call<Request, Reply>(request);
   }
 
   // Heartbeats every heartbeat_ms. While the coordinator is away (a restart) the data plane goes
@@ -551,6 +559,7 @@ class Worker {
   // worker-id order, so every replica ends with bit-identical gradients (and therefore weights).
   // Kept pending until APPLY: a failed reduction changes nothing.
   std::map<ExpertKey, std::vector<float>> reduce_replicas(uint64_t step, uint32_t attempt, const std::set<int>& dead) {
+    release_abandoned();
     std::map<ExpertKey, std::vector<float>> sums;
     int index = 0;
     for (const auto& [key, workers] : placement_.replicas) {
@@ -562,7 +571,7 @@ class Worker {
       std::vector<float> mine;
       for (const auto& [name, t] : store_->grads(key)) mine.insert(mine.end(), t.values().begin(), t.values().end());
       std::map<int, std::vector<float>> all;
-      exchange_with_replicas(key, live, reduce_tag(step, attempt, index), mine, all);
+      exchange_with_replicas(key, live, reduce_tag(step, attempt, index), mine, all, dead);
       all[id_] = std::move(mine);
       std::vector<float> sum(all.begin()->second.size(), 0.0f);
       for (const auto& [w, v] : all)  // ascending worker id on every replica
@@ -570,6 +579,17 @@ class Worker {
       sums.emplace(key, std::move(sum));
     }
     return sums;
+  }
+
+  // The buffers of failed exchanges, once none of their requests is pending any more.
+  void release_abandoned() {
+    transport_->progress();
+    for (Abandoned& a : abandoned_)
+      std::erase_if(a.requests, [&](transport::RequestId r) {
+        auto t = transport_->test(r);
+        return !t || t->done;  // failed (released) or done
+      });
+    std::erase_if(abandoned_, [](const Abandoned& a) { return a.requests.empty(); });
   }
 
   void apply_sums(const std::map<ExpertKey, std::vector<float>>& sums) {
@@ -583,10 +603,12 @@ class Worker {
   }
 
   // Sends `mine` to every other live replica holder and receives theirs into `all`, failing as
-  // soon as one of them fails or the coordinator declares it dead. On failure the peers are
-  // disconnected while the buffers are alive (their requests end), then it throws.
+  // soon as one of them fails or the coordinator declares it dead. On failure the live peers stay
+  // connected (the next attempt needs them): the buffers that requests may still point into are
+  // kept (abandoned_) until those requests end, then it throws.
   void exchange_with_replicas(const ExpertKey& key, const std::vector<int>& workers, transport::Tag tag,
-                              const std::vector<float>& mine, std::map<int, std::vector<float>>& all) {
+                              std::vector<float>& mine, std::map<int, std::vector<float>>& all,
+                              const std::set<int>& dead) {
     std::vector<std::pair<int, transport::RequestId>> reqs;
     Status st;
     for (int w : workers) {
@@ -598,18 +620,20 @@ class Worker {
       if (r && s) reqs.emplace_back(w, *r);
       st = !s ? s.status() : r.status();
     }
-    if (st) st = await_peers(reqs);
+    if (st) st = await_peers(reqs, dead);
     if (st) return;
-    for (int w : workers)
-      if (w != id_) (void)transport_->disconnect_peer(w);
-    for (const auto& [w, r] : reqs) (void)transport_->wait(r, request_timeout_);
+    Abandoned a{std::move(mine), std::move(all), {}};
+    for (const auto& [w, r] : reqs) a.requests.push_back(r);
+    abandoned_.push_back(std::move(a));
     throw Error(ErrorKind::transport, label_ + ": reducing gradients of " + key.to_string() + " among its replicas: " +
                                           st.to_string());
   }
 
-  // Until every request completed, one failed, its worker is declared dead by the coordinator
-  // (UCX may never report it), or the request timeout.
-  Status await_peers(std::vector<std::pair<int, transport::RequestId>>& reqs) {
+  // Until every request completed, one failed, or the coordinator declares dead a replica holder
+  // the step's clients did not know dead (`dead`): the attempt is void then, on every survivor
+  // (one waiting on a peer that gave up on the dead worker would wait forever), and the clients
+  // reduce again without it. UCX may never report a dead peer, hence the coordinator.
+  Status await_peers(std::vector<std::pair<int, transport::RequestId>>& reqs, const std::set<int>& dead) {
     const auto start = std::chrono::steady_clock::now();
     auto next_check = start + Millis(registration_.heartbeat_ms());
     std::vector<bool> done(reqs.size(), false);
@@ -627,15 +651,14 @@ class Worker {
         return Status(StatusCode::timeout, "no answer within " + std::to_string(request_timeout_.count()) + " ms");
       if (now < next_check) continue;
       next_check = now + Millis(registration_.heartbeat_ms());
-      auto info = coordinator().call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
+      auto info = coordinator_call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
       if (!info) continue;  // away (a restart?): UCX errors and the request timeout still bound the wait
       for (const pb::WorkerInfo& w : info->workers())
-        for (size_t i = 0; i < reqs.size(); ++i)
-          if (!done[i] && reqs[i].first == w.worker_id() && !w.alive())
-            return Status(StatusCode::peer_failed, "worker " + std::to_string(w.worker_id()) + " is dead (" +
-                                                       (w.fenced() ? "fenced" : "no heartbeat for " +
-                                                                                    std::to_string(w.ms_since_heartbeat()) + " ms") +
-                                                       ", says the coordinator)");
+        if (!w.alive() && !dead.count(w.worker_id()) && !placement_.experts_on(w.worker_id()).empty())
+          return Status(StatusCode::peer_failed, "worker " + std::to_string(w.worker_id()) + " is dead (" +
+                                                     (w.fenced() ? "fenced" : "no heartbeat for " +
+                                                                                  std::to_string(w.ms_since_heartbeat()) + " ms") +
+                                                     ", says the coordinator)");
     }
     return Status::ok();
   }
@@ -706,6 +729,12 @@ class Worker {
   Placement placement_;  // of the loaded model, for the replica reduction
   std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
   std::map<StepKey, std::vector<PendingStep>> pending_steps_;
+  struct Abandoned {  // a failed gradient exchange: what its requests may still read or write
+    std::vector<float> mine;
+    std::map<int, std::vector<float>> all;
+    std::vector<transport::RequestId> requests;
+  };
+  std::vector<Abandoned> abandoned_;
   std::optional<std::pair<uint64_t, std::map<ExpertKey, std::vector<float>>>> pending_sums_;  // REDUCE → APPLY
   std::unique_ptr<WorkerMigration> migration_;  // this worker's side of rebalances (serving thread)
   std::mutex tasks_mu_;

@@ -83,8 +83,7 @@ void WorkerMigration::report(uint64_t epoch, const CopyOutcome& out, bool ready)
   r.set_bytes_received(out.bytes_received);
   r.set_seconds(out.seconds);
   if (!out.ok) SY_LOG(error, "runtime", env_.label << ": copies of epoch " << epoch << " failed: " << out.error);
-  auto reply = env_.coordinator().call<pb::MigrationReportRequest, pb::MigrationReportReply>(r);
-  if (!reply) SY_LOG(warn, "runtime", env_.label << ": reporting on epoch " << epoch << ": " << reply.status().to_string());
+  if (Status s = env_.report(r); !s) SY_LOG(warn, "runtime", env_.label << ": reporting on epoch " << epoch << ": " << s.to_string());
 }
 
 void WorkerMigration::notice(const pb::EpochNoticeRequest& n) {

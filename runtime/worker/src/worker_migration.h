@@ -34,7 +34,7 @@ class WorkerMigration {
     transport::Transport* transport = nullptr;
     std::unique_ptr<ExpertStore>* store = nullptr;  // empty before a model is loaded
     Placement* placement = nullptr;                 // the replica reduction's; replaced on commit
-    std::function<control::ControlClient&()> coordinator;  // for reports (serving thread only)
+    std::function<Status(const wire::pb::MigrationReportRequest&)> report;  // to the coordinator (serving thread)
     int id = -1;
     std::string label;
     std::chrono::milliseconds timeout{10000};

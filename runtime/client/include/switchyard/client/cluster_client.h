@@ -53,7 +53,7 @@ class ClusterClient final : public ExpertProvider {
   // The routed experts of layer `layer`, for a LayerEngine. `training` keeps the workers'
   // activations for backward; serving requests do not.
   ExpertCompute& experts(int layer) override;
-  void set_training(bool training) { training_ = training; }
+  void set_training(bool training);
 
   // Optimizer step of the expert replicas: every worker applies AdamW once `group_size`
   // clients (data-parallel ranks) asked for step number `step`; replicas' gradients are
