@@ -26,6 +26,7 @@
 #include "switchyard/client/cluster_client.h"
 #include "switchyard/core/error.h"
 #include "switchyard/engine/moe_model.h"
+#include "../support/free_port.h"
 #include "../support/local_cluster.h"
 
 namespace sy {
@@ -42,17 +43,6 @@ Config model_config() {
       "chaos");
 }
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 enum class Point { before_forward, before_backward, before_step, during_step };
 const char* name_of(Point p) {

@@ -31,6 +31,7 @@
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/launch/local_launch.h"
 #include "switchyard/worker/worker.h"
+#include "../support/free_port.h"
 #include "../support/local_cluster.h"
 
 namespace sy {
@@ -311,17 +312,6 @@ TEST(CoordinatorLimits, OversizedPlanRefusedAndHeartbeatsAnsweredDuringAPlan) {
 // Hosts stood in for by loopback addresses: the coordinator on 127.0.0.2, workers bound to
 // 127.0.0.3 and 127.0.0.4, UCX over TCP, each worker's rank and coordinator taken from the
 // environment of a different launcher (torchrun, Open MPI, Slurm).
-int free_port(const char* host) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  ::inet_pton(AF_INET, host, &a.sin_addr);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 TEST(ClusterLaunchers, TorchrunMpirunSlurmEnvironmentsOnLoopbackHosts) {
   const std::string dir = ::testing::TempDir() + "/sy_launch_" + std::to_string(::getpid());

@@ -26,6 +26,7 @@
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/moe_model.h"
+#include "../support/free_port.h"
 #include "../support/local_cluster.h"
 
 namespace sy {
@@ -222,18 +223,6 @@ TEST(Recovery, LostReplicasAreCopiedToLiveWorkersWhileTrainingGoesOn) {
   }
 }
 
-// A free TCP port on loopback (the coordinator must come back on the same one).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 ClusterConfig restartable_cluster(const std::string& state_file) {
   ClusterConfig c = test_cluster_config(3, 2);
