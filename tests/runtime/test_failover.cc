@@ -305,6 +305,30 @@ TEST(CoordinatorRestart, ACoordinatorThatStaysAwayFailsEveryProcessSayingSo) {
   }
 }
 
+// A worker stopped (SIGSTOP) for 5 s mid-training: declared dead after dead_after_ms, lost and
+// fenced; the job goes on on the survivors (once, the client aborted in a UCX assertion while
+// closing the endpoint of a stopped peer); resumed, the worker learns it is fenced and exits 4.
+TEST(StoppedWorker, IsFailedOverAndFencedAndExitsWhenResumed) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(3, 2);
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  for (int step = 0; step < 6; ++step) {
+    RandomStream rng(400 + static_cast<uint64_t>(step), "stopped");
+    if (step == 1) ::kill(cluster.workers[1].pid(), SIGSTOP);
+    model.forward(random_tokens(48, cfg.model.hidden_size, rng));
+    model.backward(random_tokens(48, cfg.model.hidden_size, rng));
+    model.step(AdamWConfig{.lr = 1e-2});
+    if (step == 3) ::kill(cluster.workers[1].pid(), SIGCONT);
+  }
+  EXPECT_EQ(client.workers_lost(), 1u);
+  auto code = cluster.workers[1].wait(10s);
+  ASSERT_TRUE(code.is_ok()) << "the resumed worker did not exit";
+  EXPECT_EQ(*code, 4);
+}
+
 // One layer: a worker killed between forward and backward; grad_input (recomputed on the
 // survivors) equals the engine in one process.
 TEST(LayerFailover, BackwardRecomputesTheLostActivationsOnSurvivors) {
