@@ -355,6 +355,16 @@ const Field kSchema[] = {
   {.path = "cluster.rebalance.max_moves", .def = "-1", .bound = Bound::ge, .limit = -1,
    .help = "Replicas one rebalance may create (copy to a new holder); -1 = no cap.",
    .slot = SY_CLUSTER(rebalance.max_moves)},
+  {.path = "cluster.rebalance.min_replicas", .def = "1", .bound = Bound::ge, .limit = 1,
+   .help = "Placements planned from load keep every expert on at least this many workers (standby "
+           "replicas with share 0 where balance needs fewer), so that losing min_replicas - 1 workers "
+           "loses no expert; at most `workers`.",
+   .slot = SY_CLUSTER(rebalance.min_replicas),
+   .check = [](const Scope& s) -> std::string {
+     const ClusterConfig& c = s.config->cluster;
+     if (c.rebalance.min_replicas <= c.workers) return "";
+     return std::to_string(c.rebalance.min_replicas) + " exceeds workers (" + std::to_string(c.workers) + ")";
+   }},
   {.path = "cluster.auth", .type = Type::map,
    .help = "Authentication of the control channel (README \"Security\")."},
   {.path = "cluster.auth.secret_file", .type = Type::path, .def = "",

@@ -174,6 +174,9 @@ void check_options(const LoadMatrix& load, const PlannerOptions& o) {
   if (o.slots_per_worker < 1) throw_input_error("planner: slots per worker must be >= 1, got " + std::to_string(o.slots_per_worker));
   if (o.nodes < 1 || o.workers % o.nodes != 0)
     throw_input_error("planner: nodes (" + std::to_string(o.nodes) + ") must be >= 1 and divide the workers (" + std::to_string(o.workers) + ")");
+  if (o.min_replicas < 1 || o.min_replicas > o.workers)
+    throw_input_error("planner: min_replicas must be 1.." + std::to_string(o.workers) + " (the workers), got " +
+                      std::to_string(o.min_replicas));
   if (o.max_moves < -1) throw_input_error("planner: max_moves must be >= 0 (or -1: no cap), got " + std::to_string(o.max_moves));
   if (!o.replica_bytes.empty() && o.replica_bytes.size() != static_cast<size_t>(load.rows()))
     throw_input_error("planner: replica_bytes lists " + std::to_string(o.replica_bytes.size()) + " rows, the load has " + std::to_string(load.rows()));
@@ -242,6 +245,45 @@ std::vector<int> row_order(const LoadMatrix& load, const PlannerOptions& o) {
   return order;
 }
 
+// Standby replicas (share 0) until every expert has min_replicas distinct workers and, with
+// nodes, spans two of them: on a worker that holds it in `current` if any, else on the one with
+// the fewest replicas of the row, another node first.
+void spread(Placement& p, const LoadMatrix& load, int r, const PlannerOptions& o) {
+  const int per_node = o.workers / o.nodes;
+  std::vector<int> held(static_cast<size_t>(o.workers), 0);
+  for (int e = 0; e < load.row_experts[static_cast<size_t>(r)]; ++e)
+    for (int w : p.replicas.at(key_of(load, r, e))) ++held[static_cast<size_t>(w)];
+  for (int e = 0; e < load.row_experts[static_cast<size_t>(r)]; ++e) {
+    const ExpertKey key = key_of(load, r, e);
+    std::vector<int>& ws = p.replicas.at(key);
+    auto one_node = [&] {
+      return std::all_of(ws.begin(), ws.end(), [&](int w) { return w / per_node == ws.front() / per_node; });
+    };
+    auto wanted = [&] {
+      return static_cast<int>(ws.size()) < o.min_replicas || (o.nodes > 1 && o.min_replicas >= 2 && one_node());
+    };
+    while (wanted()) {
+      int best = -1;
+      auto better = [&](int w) {
+        if (best < 0) return true;
+        const bool cur_w = o.current && o.current->holds(w, key), cur_b = o.current && o.current->holds(best, key);
+        if (cur_w != cur_b) return cur_w;
+        const bool new_node_w = w / per_node != ws.front() / per_node, new_node_b = best / per_node != ws.front() / per_node;
+        if (o.nodes > 1 && new_node_w != new_node_b) return new_node_w;
+        return held[static_cast<size_t>(w)] < held[static_cast<size_t>(best)];
+      };
+      for (int w = 0; w < o.workers; ++w)
+        if (std::find(ws.begin(), ws.end(), w) == ws.end() && better(w)) best = w;
+      if (best < 0) break;  // every worker holds it
+      std::vector<double> shares = p.shares_of(key);
+      ws.push_back(best);
+      shares.push_back(0.0);
+      p.shares[key] = std::move(shares);
+      ++held[static_cast<size_t>(best)];
+    }
+  }
+}
+
 void account(PlanResult& result, const LoadMatrix& load, const PlannerOptions& o) {
   const int per_node = o.workers / o.nodes;
   double crossing = 0, all = 0, bound_sum = 0, mean_sum = 0;
@@ -276,7 +318,10 @@ PlanResult plan_placement(const LoadMatrix& load, const PlannerOptions& options)
   for (int r : row_order(load, options))
     plans[static_cast<size_t>(r)] = options.current ? plan_against_current(load, r, options, &budget) : fresh_row(row_loads(load, r), options).plan;
   PlanResult result;
-  for (int r = 0; r < load.rows(); ++r) add_row(result.placement, load, r, plans[static_cast<size_t>(r)]);
+  for (int r = 0; r < load.rows(); ++r) {
+    add_row(result.placement, load, r, plans[static_cast<size_t>(r)]);
+    spread(result.placement, load, r, options);
+  }
   account(result, load, options);
   result.plan_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -719,6 +719,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.rebalance.min_gain",
                                          "cluster.rebalance.slots_per_worker",
                                          "cluster.rebalance.max_moves",
+                                         "cluster.rebalance.min_replicas",
                                          "cluster.auth",
                                          "cluster.auth.secret_file"};
   for (const std::string& key : keys) EXPECT_NE(md.find("| `" + key + "` |"), std::string::npos) << key;

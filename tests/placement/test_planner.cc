@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <set>
 
 #include "switchyard/core/error.h"
@@ -194,6 +195,37 @@ TEST(Planner, NodesKeepReplicasInsideANodeWhereBalanceAllows) {
   EXPECT_GT(b.cross_node_fraction, 0.0);
   EXPECT_GE(b.balancedness, 0.95 * b.bound);
   EXPECT_GE(b.balancedness, placement_balancedness(hierarchical_placement(hot, 16, 8, 4), hot, 16));
+}
+
+// Fault tolerance: with min_replicas 2 every expert is on two distinct workers (and, with
+// nodes, two nodes), so any single worker (or node) loss leaves it a replica; the standbys the
+// balance did not ask for get share 0, so the planned balancedness is unchanged.
+TEST(Planner, MinReplicasSpreadsEveryExpertOverWorkersAndNodes) {
+  const LoadMatrix hot = zipf(2, 16, 1.5, 43);
+  PlannerOptions o;
+  o.workers = 8;
+  o.slots_per_worker = 6;
+  const PlanResult plain = plan_placement(hot, o);
+  o.min_replicas = 2;
+  const PlanResult spread = plan_placement(hot, o);
+  EXPECT_NEAR(spread.balancedness, plain.balancedness, 1e-12);
+  o.nodes = 2;
+  const PlanResult by_node = plan_placement(hot, o);
+  for (const PlanResult* res : {&spread, &by_node})
+    for (const auto& [key, ws] : res->placement.replicas) {
+      ASSERT_GE(ws.size(), 2u) << key.to_string();
+      EXPECT_EQ(std::set<int>(ws.begin(), ws.end()).size(), ws.size()) << key.to_string();
+      EXPECT_NO_THROW(check_shares(key, res->placement.shares_of(key), ws.size()));
+      for (int dead = 0; dead < 8; ++dead)  // any one worker lost: a replica with rows or a standby
+        EXPECT_TRUE(std::any_of(ws.begin(), ws.end(), [&](int w) { return w != dead; })) << key.to_string();
+      if (res == &by_node) {
+        std::set<int> nodes;
+        for (int w : ws) nodes.insert(w / 4);
+        EXPECT_GE(nodes.size(), 2u) << key.to_string() << " on one node";
+      }
+    }
+  o.min_replicas = 9;
+  EXPECT_THROW(plan_placement(hot, o), Error);
 }
 
 TEST(Planner, IsDeterministic) {

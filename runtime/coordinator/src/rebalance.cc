@@ -47,6 +47,7 @@ PlanResult plan_from_window(const ModelConfig& model, const ClusterConfig& clust
   o.slots_per_worker = slots_per_worker(model, cluster, slots);
   o.current = &current;
   o.max_moves = max_moves;
+  o.min_replicas = std::min(cluster.rebalance.min_replicas, cluster.workers);
   const LoadMatrix m = window_matrix(model, load);
   for (int r = 0; r < m.rows(); ++r) o.replica_bytes.push_back(expert_migration_bytes(model, m.stage[static_cast<size_t>(r)]));
   return plan_placement(m, o);

@@ -86,6 +86,7 @@ struct RebalancePolicy {
   double min_gain = 0.05;   // rebalance when planned balancedness beats the current by this
   int slots_per_worker = 0; // K, replicas per worker per (layer, stage); 0 = ceil(experts / workers) + 1
   int max_moves = -1;       // replicas a rebalance may create; -1 = no cap
+  int min_replicas = 1;     // planned placements keep every expert on at least this many workers
 };
 
 struct ClusterConfig {

@@ -38,6 +38,11 @@ struct PlannerOptions {
   const Placement* current = nullptr;  // keep its replicas where balance allows
   int max_moves = -1;                  // new replicas (not in `current`) at most; -1: no cap (only with `current`)
   std::vector<int64_t> replica_bytes;  // [R]: bytes one replica of the row's stage moves (weights + AdamW moments); empty: 0
+  // Fault tolerance: every expert on at least this many distinct workers (and, with nodes and
+  // min_replicas >= 2, on two nodes), so that losing any min_replicas - 1 workers (or a node)
+  // leaves it a replica. Replicas the balance did not ask for are standbys with share 0: they
+  // compute no rows while another replica lives, and step like the others. At most G.
+  int min_replicas = 1;
 };
 
 struct PlanResult {
