@@ -5,6 +5,7 @@
 // Adding a setting = adding one row to `kSchema` (and the member to config.h). Rows are in
 // document order; a row may only depend on rows above it (its `when` discriminator, the
 // settings its computed default or its cross-field check reads).
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -766,16 +768,16 @@ std::string markdown_cell(std::string text) {
 
 Config load_config_string(const std::string& yaml_text, const std::string& source_name) {
   const Reader reader(source_name);
-  std::vector<YAML::Node> docs;
+  YamlDocuments docs;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    docs = yaml_load_documents(yaml_text);
   } catch (const YAML::Exception& e) {
     throw_config_error(source_name + ":" + std::to_string(line_of(e.mark, 1)) + ": YAML syntax error: " + e.msg);
   }
-  if (docs.size() > 1) {
-    reader.fail(line_of(docs[1].Mark(), 1), "", "expected one YAML document, found " + std::to_string(docs.size()));
+  if (docs.count > 1) {
+    reader.fail(line_of(docs.second, 1), "", "expected one YAML document, found " + std::to_string(docs.count));
   }
-  const YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
+  const YAML::Node root = docs.first;
   if (!root.IsMap() && !root.IsNull())
     reader.fail(line_of(root.Mark(), 1), "", "expected a map, got " + describe(root));
 
@@ -899,6 +901,45 @@ const char* to_string(AggregationKind v) { return spelling(v, kAggregationKindNa
 const char* to_string(DagEdges v) { return spelling(v, kDagEdgesNames); }
 const char* to_string(SharedMix v) { return spelling(v, kSharedMixNames); }
 const char* to_string(InputNorm v) { return spelling(v, kInputNormNames); }
+
+namespace {
+// Records where each document starts, nothing else (no nodes are built).
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+}  // namespace
+
+YamlDocuments yaml_load_documents(const std::string& text) {
+  YamlDocuments out;
+  std::stringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts starts;
+  while (parser.HandleNextDocument(starts)) {
+    const size_t n = starts.starts.size();
+    if (n >= 2 && starts.starts[n - 1].pos <= starts.starts[n - 2].pos) {
+      const YAML::Mark& at = starts.starts[n - 1];
+      const size_t pos = static_cast<size_t>(std::max(at.pos, 0));
+      const unsigned char c = pos < text.size() ? static_cast<unsigned char>(text[pos]) : 0;
+      throw YAML::ParserException(at, pos >= text.size()       ? std::string("unexpected end of text")
+                                      : c >= 0x20 && c < 0x7f ? std::string("unexpected '") + static_cast<char>(c) + "'"
+                                                              : "unexpected byte " + std::to_string(c));
+    }
+  }
+  out.count = starts.starts.size();
+  if (out.count >= 2) out.second = starts.starts[1];
+  if (out.count >= 1) out.first = YAML::Load(text);  // the first document, as LoadAll's docs[0]
+  return out;
+}
 
 int yaml_line(const YAML::Mark& mark, int fallback) { return mark.line >= 0 ? mark.line + 1 : fallback; }
 

@@ -440,6 +440,11 @@ TEST(ConfigError, YamlSyntaxAndDocumentShape) {
   expect_config_error("model:\n  hidden_size: 64\n  layer: {stages: [1, 2}\n", "cfg.yaml:3: ", "YAML syntax error");
   expect_config_error("model:\n  hidden_size: 64\n layers: 2\n", "cfg.yaml:3: ", "YAML syntax error");
   expect_config_error(one_stage("") + "---\nmodel: {}\n", "cfg.yaml:", "expected one YAML document, found 2");
+  // Found by fuzz_model_config (issue 12): yaml-cpp's LoadAll never returned on a lone ","
+  // (a new empty document forever, the list of them growing until memory ran out).
+  expect_config_error(",", "cfg.yaml:1: YAML syntax error: ", "unexpected ','");
+  expect_config_error("model:\n  hidden_size: 8\n---\n,\n", "cfg.yaml:4: YAML syntax error: ", "unexpected ','");
+  expect_config_error("---\n---\n", "cfg.yaml:2: ", "expected one YAML document, found 2");
 }
 
 TEST(ConfigError, FilesNameThemselves) {
