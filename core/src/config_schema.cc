@@ -133,6 +133,9 @@ constexpr double kMaxExperts = 1 << 16;  // experts of one stage
 constexpr double kMaxLayers = 1 << 12;
 constexpr double kMaxLevels = 1 << 10;   // aggregation.levels
 constexpr double kMaxWorkers = 1 << 16;  // cluster.workers, slots_per_worker
+// capacity_factor: any value >= experts is already dropless; a huge one overflowed the int64
+// capacity ceil(cf * assignments / E) the router computes (undefined behaviour).
+constexpr double kMaxCapacityFactor = 1e6;
 constexpr int64_t kMaxStageParams = int64_t{1} << 40;  // one stage's parameters over all layers
 
 // a * b, or false when it overflows int64.
@@ -291,6 +294,7 @@ const Field kSchema[] = {
    .slot = SY_STAGE(shared_expert.mix)},
 
   {.path = "model.layer.stages[].capacity_factor", .type = Type::real, .def = "0", .bound = Bound::ge,
+   .upper = kMaxCapacityFactor,
    .help = "Per-expert capacity ceil(cf * assignments / E); 0 = dropless.",
    .slot = SY_STAGE(capacity_factor)},
   {.path = "model.layer.stages[].aux_loss", .type = Type::map,

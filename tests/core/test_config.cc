@@ -365,6 +365,8 @@ TEST(ConfigError, HugeSizesAreConfigErrorsNamingTheKey) {
   expect_config_error(one_stage("shared_expert: {ffn_hidden_size: 2147483647}"),
                       "cfg.yaml:7: model.layer.stages[0].shared_expert.ffn_hidden_size: ", "must be <= 1048576");
   expect_config_error("cluster:\n  workers: 2147483647\n", "cfg.yaml:2: cluster.workers: ", "must be <= 65536");
+  expect_config_error(one_stage("capacity_factor: 1e300"), "cfg.yaml:7: model.layer.stages[0].capacity_factor: ",
+                      "must be <= 1e+06, got 1e300");
   // Each size within its bound, their product not: 65536 x 3 x 2^20 x 2^20 floats per layer.
   expect_config_error("model:\n  hidden_size: 1048576\n  layer:\n    stages:\n"
                       "      - {experts: 65536, ffn_hidden_size: 1048576}\n",
