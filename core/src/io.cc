@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -802,6 +803,26 @@ Tensor read_npy_data(const InputFile& f, const std::string& path, uint64_t size,
 }
 
 }  // namespace
+
+void check_finite(const Tensor& tensor, const std::string& what) {
+  const float* p = tensor.data();
+  for (int64_t i = 0; i < tensor.numel(); ++i) {
+    if (std::isfinite(p[i])) continue;
+    std::string element = "[";
+    int64_t rest = i;
+    const Shape& shape = tensor.shape();
+    std::vector<int64_t> index(shape.size());
+    for (size_t k = shape.size(); k-- > 0;) {
+      index[k] = rest % shape[k];
+      rest /= shape[k];
+    }
+    for (size_t k = 0; k < index.size(); ++k) element += (k ? ", " : "") + std::to_string(index[k]);
+    element += "]";
+    const std::string value = std::isnan(p[i]) ? "nan" : (p[i] > 0 ? "inf" : "-inf");
+    throw_input_error(what + ": value " + value + " at index " + std::to_string(i) + " (element " + element +
+                      " of shape " + shape_to_string(shape) + ") is not finite");
+  }
+}
 
 Tensor read_npy(const std::string& path) {
   const InputFile f(kNpy, path);
