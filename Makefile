@@ -4,11 +4,16 @@
 #   make test-sanitize   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench   build optimised and run the benchmarks; ends with `name: value` lines
 #   make install libswitchyard.so, switchyard.h and the Python package under /usr/local
+#   make fuzz    build the libFuzzer harnesses (clang) and run each FUZZ_SECONDS; fails on a crash
 JOBS ?= $(shell nproc)
 BUILD ?= build
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test test-sanitize demo bench install clean format
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TARGETS ?=
+
+.PHONY: all deps build test test-sanitize fuzz demo bench install clean format
 
 all: build
 
@@ -34,6 +39,13 @@ test-sanitize: deps
 	cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(BLAS) ctest --output-on-failure -j $(JOBS) -LE learning
 
+# libFuzzer + ASan + UBSan over the parsers and the servers' message checks (fuzz/).
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSWITCHYARD_FUZZ=ON \
+	  -DSWITCHYARD_CUDA=OFF -DSWITCHYARD_BUILD_TESTS=OFF -DSWITCHYARD_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all
+	scripts/run-fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 demo: build
 	$(BLAS) scripts/demo.sh $(BUILD)
 
@@ -48,4 +60,4 @@ format:
 	git ls-files '*.cc' '*.h' '*.cu' | xargs clang-format -i
 
 clean:
-	rm -rf $(BUILD) build-sanitize
+	rm -rf $(BUILD) build-sanitize $(FUZZ_BUILD)

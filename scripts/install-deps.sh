@@ -10,6 +10,7 @@ packages=(
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
   libucx-dev ucx-utils iproute2 libssl-dev
   python3 python3-torch python3-yaml fortunes
+  clang libclang-rt-14-dev libomp-14-dev   # make fuzz: clang, libFuzzer, OpenMP for clang
 )
 
 missing=()

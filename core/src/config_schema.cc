@@ -5,6 +5,7 @@
 // Adding a setting = adding one row to `kSchema` (and the member to config.h). Rows are in
 // document order; a row may only depend on rows above it (its `when` discriminator, the
 // settings its computed default or its cross-field check reads).
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -109,6 +111,7 @@ struct Field {
   std::string_view def{};  // defaulted: the default as YAML text; computed: how it is derived
   Bound bound = Bound::none;
   double limit = 0;
+  double upper = 0;  // > 0: also value <= upper (sizes, so that the products below cannot overflow)
   std::span<const std::string_view> choices{};  // Type::choice: allowed spellings, in enum order
   std::string_view when{};                      // "kind: dynamic": only applies when the sibling `kind` is `dynamic`
   std::string_view help{};
@@ -121,6 +124,44 @@ std::string format_real(double v) {
   char buf[64];
   auto r = std::to_chars(buf, buf + sizeof buf, v);
   return std::string(buf, r.ptr);
+}
+
+// Upper bounds of the sizes, so that their products (tensor sizes, the placement's byte
+// counts) stay far from int64 overflow; a model past kMaxStageParams is refused naming the key.
+constexpr double kMaxWidth = 1 << 20;    // hidden_size, ffn_hidden_size, aggregation.dim
+constexpr double kMaxExperts = 1 << 16;  // experts of one stage
+constexpr double kMaxLayers = 1 << 12;
+constexpr double kMaxLevels = 1 << 10;   // aggregation.levels
+constexpr double kMaxWorkers = 1 << 16;  // cluster.workers, slots_per_worker
+// capacity_factor: any value >= experts is already dropless; a huge one overflowed the int64
+// capacity ceil(cf * assignments / E) the router computes (undefined behaviour).
+constexpr double kMaxCapacityFactor = 1e6;
+constexpr int64_t kMaxStageParams = int64_t{1} << 40;  // one stage's parameters over all layers
+
+// a * b, or false when it overflows int64.
+bool mul(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+// The parameters of one stage over all layers (router, routed experts, shared expert, DAG), as
+// layer_param_specs lays them out; "" when within kMaxStageParams, else what is too large.
+std::string check_stage_size(const ModelConfig& m, const StageConfig& st) {
+  const int64_t d = m.hidden_size, e = st.experts, f = st.ffn_hidden_size;
+  const int64_t mats = st.activation == Activation::swiglu ? 3 : 2;
+  int64_t experts = 0, per_layer = 0, total = 0;
+  bool ok = mul(e, mats, &experts) && mul(experts, f, &experts) && mul(experts, d, &experts);
+  int64_t extra = e * d + d;  // router, norm: both within the bounds above
+  if (st.shared_expert.enabled) extra += 3 * int64_t{st.shared_expert.ffn_hidden_size} * d + 2 * d + 2;
+  if (st.aggregation.kind == AggregationKind::dag) {
+    const int64_t dg = st.aggregation.dim;
+    int64_t dag = 0;
+    ok = ok && mul(2 * d + 2 * dg * d + 4 * dg * dg, st.aggregation.levels, &dag);
+    extra += ok ? dag : 0;
+  }
+  ok = ok && !__builtin_add_overflow(experts, extra, &per_layer) && mul(per_layer, m.layers, &total);
+  if (ok && total <= kMaxStageParams) return "";
+  return "the stage needs " + (ok ? std::to_string(total) : std::string("more than 2^63")) + " parameters over " +
+         std::to_string(m.layers) + " layer(s) (" + std::to_string(e) + " experts x " + std::to_string(mats) + " x ffn_hidden_size " +
+         std::to_string(f) + " x hidden_size " + std::to_string(d) +
+         " each, plus router, shared expert and DAG), over the limit of 2^40 = " + std::to_string(kMaxStageParams);
 }
 
 const std::string kDynamicChain = "; dynamic routing needs 1 <= k_min <= k_avg <= k_max <= experts";
@@ -153,9 +194,9 @@ const Field kSchema[] = {
   {.path = "model", .type = Type::map, .need = Need::optional, .def = "absent",
    .help = "The model: its width and its MoE layer. A file holds `model`, `cluster` or both.",
    .slot = SY_CONFIG(has_model)},
-  {.path = "model.hidden_size", .need = Need::required, .bound = Bound::gt,
+  {.path = "model.hidden_size", .need = Need::required, .bound = Bound::gt, .upper = kMaxWidth,
    .help = "Model width d (token vector size).", .slot = SY_MODEL(hidden_size)},
-  {.path = "model.layers", .def = "1", .bound = Bound::ge, .limit = 1,
+  {.path = "model.layers", .def = "1", .bound = Bound::ge, .limit = 1, .upper = kMaxLayers,
    .help = "Number of MoE layers, all configured like `layer`.", .slot = SY_MODEL(layers)},
   {.path = "model.layer", .type = Type::map, .need = Need::required,
    .help = "One MoE layer: an input norm and one or more stages."},
@@ -167,8 +208,9 @@ const Field kSchema[] = {
    .slot = SY_MODEL(layer.stages)},
 
   {.path = "model.layer.stages[].experts", .need = Need::required, .bound = Bound::ge, .limit = 1,
-   .help = "Number of routed experts E.", .slot = SY_STAGE(experts)},
-  {.path = "model.layer.stages[].ffn_hidden_size", .need = Need::required, .bound = Bound::gt,
+   .upper = kMaxExperts, .help = "Number of routed experts E.", .slot = SY_STAGE(experts),
+   .check = [](const Scope& s) { return check_stage_size(s.config->model, *s.stage); }},
+  {.path = "model.layer.stages[].ffn_hidden_size", .need = Need::required, .bound = Bound::gt, .upper = kMaxWidth,
    .help = "Hidden width f of each routed expert.", .slot = SY_STAGE(ffn_hidden_size)},
   {.path = "model.layer.stages[].activation", .type = Type::choice, .def = "swiglu",
    .choices = kActivationNames, .help = "Routed expert FFN activation.", .slot = SY_STAGE(activation)},
@@ -228,11 +270,12 @@ const Field kSchema[] = {
   {.path = "model.layer.stages[].aggregation.kind", .type = Type::choice, .def = "weighted_sum",
    .choices = kAggregationKindNames, .help = "weighted_sum: gate-weighted sum; dag: DAG-MoE levels.",
    .slot = SY_STAGE(aggregation.kind)},
-  {.path = "model.layer.stages[].aggregation.levels", .def = "2", .bound = Bound::ge, .when = "kind: dag",
+  {.path = "model.layer.stages[].aggregation.levels", .def = "2", .bound = Bound::ge, .upper = kMaxLevels,
+   .when = "kind: dag",
    .help = "Number of DAG message-passing levels (0: sum plus input).",
    .slot = SY_STAGE(aggregation.levels)},
   {.path = "model.layer.stages[].aggregation.dim", .need = Need::computed,
-   .def = "`hidden_size` / 4, at least 1", .bound = Bound::gt, .when = "kind: dag",
+   .def = "`hidden_size` / 4, at least 1", .bound = Bound::gt, .upper = kMaxWidth, .when = "kind: dag",
    .help = "Width d_g of the DAG node projections.", .slot = SY_STAGE(aggregation.dim),
    .compute = [](const Scope& s) { return std::max(1, s.config->model.hidden_size / 4); }},
   {.path = "model.layer.stages[].aggregation.edges", .type = Type::choice, .def = "all",
@@ -244,13 +287,14 @@ const Field kSchema[] = {
    .def = "absent", .help = "A swiglu expert applied to every token; present = enabled.",
    .slot = SY_STAGE(shared_expert.enabled)},
   {.path = "model.layer.stages[].shared_expert.ffn_hidden_size", .need = Need::required,
-   .bound = Bound::gt, .help = "Hidden width of the shared expert.",
+   .bound = Bound::gt, .upper = kMaxWidth, .help = "Hidden width of the shared expert.",
    .slot = SY_STAGE(shared_expert.ffn_hidden_size)},
   {.path = "model.layer.stages[].shared_expert.mix", .type = Type::choice, .def = "add",
    .choices = kSharedMixNames, .help = "add: m + S(u); coefficient: learned 2-way softmax mix.",
    .slot = SY_STAGE(shared_expert.mix)},
 
   {.path = "model.layer.stages[].capacity_factor", .type = Type::real, .def = "0", .bound = Bound::ge,
+   .upper = kMaxCapacityFactor,
    .help = "Per-expert capacity ceil(cf * assignments / E); 0 = dropless.",
    .slot = SY_STAGE(capacity_factor)},
   {.path = "model.layer.stages[].aux_loss", .type = Type::map,
@@ -263,7 +307,7 @@ const Field kSchema[] = {
   {.path = "cluster", .type = Type::map, .need = Need::optional, .def = "absent",
    .help = "The cluster: processes, addresses, failure detection, memory and expert placement.",
    .slot = SY_CONFIG(has_cluster)},
-  {.path = "cluster.workers", .def = "4", .bound = Bound::ge, .limit = 1,
+  {.path = "cluster.workers", .def = "4", .bound = Bound::ge, .limit = 1, .upper = kMaxWorkers,
    .help = "Worker processes `switchyard up` starts on this machine.", .slot = SY_CLUSTER(workers)},
   {.path = "cluster.coordinator", .type = Type::string, .def = "127.0.0.1:0",
    .help = "Coordinator address host:port ([v6]:port for IPv6); port 0 = any free port.",
@@ -349,7 +393,7 @@ const Field kSchema[] = {
   {.path = "cluster.rebalance.min_gain", .type = Type::real, .def = "0.05", .bound = Bound::ge,
    .help = "Rebalance when the planned balancedness exceeds the current one by at least this.",
    .slot = SY_CLUSTER(rebalance.min_gain)},
-  {.path = "cluster.rebalance.slots_per_worker", .def = "0", .bound = Bound::ge, .limit = 0,
+  {.path = "cluster.rebalance.slots_per_worker", .def = "0", .bound = Bound::ge, .limit = 0, .upper = kMaxWorkers,
    .help = "Replicas one worker may hold per (layer, stage) in a planned placement; 0 = ceil(experts / "
            "workers) + 1.", .slot = SY_CLUSTER(rebalance.slots_per_worker)},
   {.path = "cluster.rebalance.max_moves", .def = "-1", .bound = Bound::ge, .limit = -1,
@@ -457,8 +501,10 @@ std::string type_name(const Field& f) {
 }
 
 std::string bound_text(const Field& f) {
-  if (f.bound == Bound::none) return "";
-  return std::string(f.bound == Bound::ge ? ">= " : "> ") + format_real(f.limit);
+  std::string out;
+  if (f.bound != Bound::none) out = std::string(f.bound == Bound::ge ? ">= " : "> ") + format_real(f.limit);
+  if (f.upper > 0) out += (out.empty() ? "<= " : ", <= ") + format_real(f.upper);
+  return out;
 }
 
 // ---- Scalar conversion: text -> member, shared by YAML values and the table's defaults ----
@@ -512,8 +558,10 @@ std::string store_scalar(const Field& f, const Scope& s, std::string_view text) 
     case Type::map:
     case Type::map_list: return "not a scalar setting";
   }
-  const bool ok = f.bound == Bound::none || (f.bound == Bound::ge ? value >= f.limit : value > f.limit);
-  return ok ? "" : "must be " + bound_text(f) + ", got " + std::string(text);
+  const bool low_ok = f.bound == Bound::none || (f.bound == Bound::ge ? value >= f.limit : value > f.limit);
+  if (!low_ok) return "must be " + std::string(f.bound == Bound::ge ? ">= " : "> ") + format_real(f.limit) + ", got " + std::string(text);
+  if (f.upper > 0 && value > f.upper) return "must be <= " + format_real(f.upper) + ", got " + std::string(text);
+  return "";
 }
 
 // A YAML double-quoted scalar.
@@ -750,16 +798,16 @@ std::string markdown_cell(std::string text) {
 
 Config load_config_string(const std::string& yaml_text, const std::string& source_name) {
   const Reader reader(source_name);
-  std::vector<YAML::Node> docs;
+  YamlDocuments docs;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    docs = yaml_load_documents(yaml_text);
   } catch (const YAML::Exception& e) {
     throw_config_error(source_name + ":" + std::to_string(line_of(e.mark, 1)) + ": YAML syntax error: " + e.msg);
   }
-  if (docs.size() > 1) {
-    reader.fail(line_of(docs[1].Mark(), 1), "", "expected one YAML document, found " + std::to_string(docs.size()));
+  if (docs.count > 1) {
+    reader.fail(line_of(docs.second, 1), "", "expected one YAML document, found " + std::to_string(docs.count));
   }
-  const YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
+  const YAML::Node root = docs.first;
   if (!root.IsMap() && !root.IsNull())
     reader.fail(line_of(root.Mark(), 1), "", "expected a map, got " + describe(root));
 
@@ -853,7 +901,7 @@ std::string config_reference_markdown() {
       case Type::map: type = f.need == Need::optional ? "map, optional" : "map"; break;
       case Type::map_list: type = "list of maps, non-empty"; break;
     }
-    if (f.bound != Bound::none) type += " " + bound_text(f);
+    if (f.bound != Bound::none || f.upper > 0) type += " " + bound_text(f);
     std::string def;
     switch (f.need) {
       case Need::required: def = "required"; break;
@@ -883,6 +931,45 @@ const char* to_string(AggregationKind v) { return spelling(v, kAggregationKindNa
 const char* to_string(DagEdges v) { return spelling(v, kDagEdgesNames); }
 const char* to_string(SharedMix v) { return spelling(v, kSharedMixNames); }
 const char* to_string(InputNorm v) { return spelling(v, kInputNormNames); }
+
+namespace {
+// Records where each document starts, nothing else (no nodes are built).
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+}  // namespace
+
+YamlDocuments yaml_load_documents(const std::string& text) {
+  YamlDocuments out;
+  std::stringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts starts;
+  while (parser.HandleNextDocument(starts)) {
+    const size_t n = starts.starts.size();
+    if (n >= 2 && starts.starts[n - 1].pos <= starts.starts[n - 2].pos) {
+      const YAML::Mark& at = starts.starts[n - 1];
+      const size_t pos = static_cast<size_t>(std::max(at.pos, 0));
+      const unsigned char c = pos < text.size() ? static_cast<unsigned char>(text[pos]) : 0;
+      throw YAML::ParserException(at, pos >= text.size()       ? std::string("unexpected end of text")
+                                      : c >= 0x20 && c < 0x7f ? std::string("unexpected '") + static_cast<char>(c) + "'"
+                                                              : "unexpected byte " + std::to_string(c));
+    }
+  }
+  out.count = starts.starts.size();
+  if (out.count >= 2) out.second = starts.starts[1];
+  if (out.count >= 1) out.first = YAML::Load(text);  // the first document, as LoadAll's docs[0]
+  return out;
+}
 
 int yaml_line(const YAML::Mark& mark, int fallback) { return mark.line >= 0 ? mark.line + 1 : fallback; }
 

@@ -231,18 +231,19 @@ class PlacementReader {
 Placement parse_placement(const std::string& yaml_text, const std::string& source, const ModelConfig& model,
                           int workers, int64_t worker_memory_bytes) {
   if (workers < 1) throw_config_error(source + ": placement needs at least one worker, got " + std::to_string(workers));
-  std::vector<YAML::Node> docs;
+  YamlDocuments docs;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    docs = yaml_load_documents(yaml_text);
   } catch (const YAML::Exception& e) {
     throw_config_error(source + ":" + std::to_string(e.mark.line >= 0 ? e.mark.line + 1 : 1) +
                        ": YAML syntax error: " + e.msg);
   }
   const PlacementReader reader(source, model, workers);
-  if (docs.size() > 1) reader.fail(line_of(docs[1], 1), "(top level)", "expected one YAML document, found " + std::to_string(docs.size()));
+  if (docs.count > 1)
+    reader.fail(yaml_line(docs.second, 1), "(top level)", "expected one YAML document, found " + std::to_string(docs.count));
   Placement p;
   try {
-    p = reader.read(docs.empty() ? YAML::Node() : docs[0]);
+    p = reader.read(docs.first);
   } catch (const YAML::Exception& e) {  // not expected: only non-throwing accessors are used
     throw_config_error(source + ":" + std::to_string(e.mark.line >= 0 ? e.mark.line + 1 : 1) + ": " + e.msg);
   }

@@ -18,6 +18,7 @@
 #include "switchyard/core/yaml_text.h"
 #include "switchyard/client/cluster_client.h"
 #include "switchyard/placement/load_trace.h"
+#include "switchyard/placement/placement.h"
 #include "switchyard/placement/planner.h"
 #include "switchyard/coordinator/coordinator.h"
 #include "switchyard/launch/launch_env.h"
@@ -87,6 +88,10 @@ int cli_worker(const std::vector<std::string>& args) {
 int cli_up(const std::vector<std::string>& args) {
   Flags flags(args, "up", {"config"});
   const Config cfg = load_config(flags.get("config"));
+  // A bad cluster.placement is a config error now, not when a client first places a model:
+  // with a model in the file the whole placement is checked, else the file must at least read.
+  if (cfg.has_model) (void)cluster_placement(cfg.model, cfg.cluster);
+  else if (!cfg.cluster.placement.empty()) (void)read_yaml_file(cfg.cluster.placement, "placement file");
   install_stop_handlers();
   Coordinator coordinator(cfg.cluster);
   const std::string endpoint = coordinator.endpoint();

@@ -55,13 +55,22 @@ struct LayerInputs {
   }
 };
 
+// A user tensor from `--flag FILE.npy`, refused (input error, exit 3) when it holds a NaN or
+// Inf: the layer would run through and return NaN with exit 0.
+Tensor read_input_npy(const Flags& flags, const std::string& flag) {
+  const std::string path = flags.get(flag);
+  Tensor t = read_npy(path);
+  check_finite(t, "--" + flag + " '" + path + "'");
+  return t;
+}
+
 LayerInputs read_layer_inputs(const Flags& flags) {
   LayerInputs in;
-  in.x = read_npy(flags.get("input"));
+  in.x = read_input_npy(flags, "input");
   if (flags.has("attention") && flags.has("importance"))
     throw UsageError("give either --attention or --importance, not both");
-  if (flags.has("attention")) in.attention = read_npy(flags.get("attention"));
-  if (flags.has("importance")) in.importance = read_npy(flags.get("importance"));
+  if (flags.has("attention")) in.attention = read_input_npy(flags, "attention");
+  if (flags.has("importance")) in.importance = read_input_npy(flags, "importance");
   return in;
 }
 
@@ -124,7 +133,7 @@ int cmd_layer(const std::vector<std::string>& args) {
     const Config cfg = load_config(flags.get("config"));
     const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
     const LayerInputs in = read_layer_inputs(flags);
-    const Tensor g = read_npy(flags.get("grad-output"));
+    const Tensor g = read_input_npy(flags, "grad-output");
     TensorMap grads = zeros_like(w);
     LocalExperts local(cfg.model, w, &grads);
     std::unique_ptr<ClusterClient> client;

@@ -347,6 +347,39 @@ TEST(ConfigError, OutOfRangeValues) {
                       "cfg.yaml:7: model.layer.stages[0].shared_expert.ffn_hidden_size: ", "must be > 0");
 }
 
+// Issue 12: sizes whose products overflow (or cannot be held) were an internal error (exit 1)
+// when the layer was built; they are config errors naming the key.
+TEST(ConfigError, HugeSizesAreConfigErrorsNamingTheKey) {
+  expect_config_error("model:\n  hidden_size: 2147483647\n", "cfg.yaml:2: model.hidden_size: ",
+                      "must be <= 1048576, got 2147483647");
+  expect_config_error("model:\n  hidden_size: 64\n  layers: 100000\n", "cfg.yaml:3: model.layers: ",
+                      "must be <= 4096, got 100000");
+  expect_config_error(stage_yaml("experts: 8\nffn_hidden_size: 2147483647"),
+                      "cfg.yaml:6: model.layer.stages[0].ffn_hidden_size: ", "must be <= 1048576");
+  expect_config_error(stage_yaml("experts: 2000000000\nffn_hidden_size: 96"),
+                      "cfg.yaml:5: model.layer.stages[0].experts: ", "must be <= 65536");
+  expect_config_error(one_stage("aggregation: {kind: dag, dim: 2147483647}"),
+                      "cfg.yaml:7: model.layer.stages[0].aggregation.dim: ", "must be <= 1048576");
+  expect_config_error(one_stage("aggregation: {kind: dag, levels: 2147483647}"),
+                      "cfg.yaml:7: model.layer.stages[0].aggregation.levels: ", "must be <= 1024");
+  expect_config_error(one_stage("shared_expert: {ffn_hidden_size: 2147483647}"),
+                      "cfg.yaml:7: model.layer.stages[0].shared_expert.ffn_hidden_size: ", "must be <= 1048576");
+  expect_config_error("cluster:\n  workers: 2147483647\n", "cfg.yaml:2: cluster.workers: ", "must be <= 65536");
+  expect_config_error(one_stage("capacity_factor: 1e300"), "cfg.yaml:7: model.layer.stages[0].capacity_factor: ",
+                      "must be <= 1e+06, got 1e300");
+  // Each size within its bound, their product not: 65536 x 3 x 2^20 x 2^20 floats per layer.
+  expect_config_error("model:\n  hidden_size: 1048576\n  layer:\n    stages:\n"
+                      "      - {experts: 65536, ffn_hidden_size: 1048576}\n",
+                      "cfg.yaml:5: model.layer.stages[0].experts: ", "over the limit of 2^40");
+  expect_config_error("model:\n  hidden_size: 4096\n  layers: 4096\n  layer:\n    stages:\n"
+                      "      - {experts: 64, ffn_hidden_size: 16384}\n",
+                      "cfg.yaml:6: model.layer.stages[0].experts: ", "parameters over 4096 layer(s)");
+  // The largest sizes still load when their product is small enough.
+  const Config c = load_config_string("model:\n  hidden_size: 1048576\n  layer:\n    stages:\n"
+                                      "      - {experts: 2, ffn_hidden_size: 1}\n");
+  EXPECT_EQ(c.model.hidden_size, 1048576);
+}
+
 TEST(ConfigError, BadEnumValuesListTheAllowedOnes) {
   expect_config_error(one_stage("activation: relu"),
                       "cfg.yaml:7: model.layer.stages[0].activation: ", "\"relu\" is not one of: swiglu, gelu");
@@ -409,6 +442,11 @@ TEST(ConfigError, YamlSyntaxAndDocumentShape) {
   expect_config_error("model:\n  hidden_size: 64\n  layer: {stages: [1, 2}\n", "cfg.yaml:3: ", "YAML syntax error");
   expect_config_error("model:\n  hidden_size: 64\n layers: 2\n", "cfg.yaml:3: ", "YAML syntax error");
   expect_config_error(one_stage("") + "---\nmodel: {}\n", "cfg.yaml:", "expected one YAML document, found 2");
+  // Found by fuzz_model_config (issue 12): yaml-cpp's LoadAll never returned on a lone ","
+  // (a new empty document forever, the list of them growing until memory ran out).
+  expect_config_error(",", "cfg.yaml:1: YAML syntax error: ", "unexpected ','");
+  expect_config_error("model:\n  hidden_size: 8\n---\n,\n", "cfg.yaml:4: YAML syntax error: ", "unexpected ','");
+  expect_config_error("---\n---\n", "cfg.yaml:2: ", "expected one YAML document, found 2");
 }
 
 TEST(ConfigError, FilesNameThemselves) {
@@ -724,11 +762,11 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.auth.secret_file"};
   for (const std::string& key : keys) EXPECT_NE(md.find("| `" + key + "` |"), std::string::npos) << key;
   EXPECT_EQ(count(md, "\n| `"), keys.size()) << md;  // one row per setting, nothing else
-  EXPECT_NE(md.find("| `model.hidden_size` | int > 0 | required |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `model.hidden_size` | int > 0, <= 1048576 | required |"), std::string::npos) << md;
   EXPECT_NE(md.find("Only with `routing.kind: dynamic`"), std::string::npos) << md;
   EXPECT_NE(md.find("| `model` | map, optional | absent |"), std::string::npos) << md;
   EXPECT_NE(md.find("| `cluster` | map, optional | absent |"), std::string::npos) << md;
-  EXPECT_NE(md.find("| `cluster.workers` | int >= 1 | `4` |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `cluster.workers` | int >= 1, <= 65536 | `4` |"), std::string::npos) << md;
   EXPECT_NE(md.find("| `cluster.coordinator` | string | `127.0.0.1:0` |"), std::string::npos) << md;
   EXPECT_NE(md.find("| `cluster.ucx_tls` | string | `\"\"` |"), std::string::npos) << md;
   EXPECT_NE(md.find("| `cluster.placement` | path | `\"\"` |"), std::string::npos) << md;

@@ -143,6 +143,11 @@ TEST(PlacementYaml, ErrorsNameFileLineAndEntry) {
   expect_error("placement:\n", "p.yaml:1: placement: ", "expected a map");
   expect_error("placement: {experts: {a: 1}}\n", "p.yaml:1: placement.experts: ", "expected a non-empty list");
   expect_error("placement: {experts: [}\n", "p.yaml:1: ", "YAML syntax error");
+  // Found by fuzz_placement_yaml (issue 12): a stray "," hung yaml-cpp's LoadAll.
+  expect_error(",", "p.yaml:1: YAML syntax error: ", "unexpected ','");
+  expect_error(kHead + "    - {layer: 0, stage: 0, experts: all, workers: [0]}\n---\n,\n", "p.yaml:5: YAML syntax error: ",
+               "unexpected ','");
+  expect_error(kHead + "---\n", "p.yaml:3: (top level): ", "expected one YAML document, found 2");
 }
 
 TEST(PlacementYaml, MemoryMustFitEveryWorker) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "switchyard/core/io.h"
@@ -149,6 +150,67 @@ TEST_F(Cli, BadFilesAreInputErrorsNamingTheFile) {
   EXPECT_EQ(r.code, 3) << r.output;
   EXPECT_NE(r.output.find("importance"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(path("y.npy")));  // nothing half-written
+}
+
+// Issue 12: NaN/Inf in a user tensor ran through and wrote NaN with exit 0; now an input error
+// (exit 3) naming the flag, the file and the first bad index, before anything is written.
+TEST_F(Cli, NonFiniteInputsAreInputErrorsNamingTensorAndIndex) {
+  const std::string cfg = kModels + "topk.yaml";
+  ASSERT_EQ(run("layer init --config " + cfg + " --out " + path("w.safetensors")).code, 0);
+  Tensor x({4, 64}, 0.5f);
+  write_npy(path("x.npy"), x);
+  x[64 + 7] = std::numeric_limits<float>::quiet_NaN();
+  write_npy(path("x_nan.npy"), x);
+  Tensor g({4, 64}, 1.0f);
+  g[3] = -std::numeric_limits<float>::infinity();
+  write_npy(path("g_inf.npy"), g);
+  const std::string common = "--config " + cfg + " --weights " + path("w.safetensors") + " --input ";
+  Result r = run("layer forward " + common + path("x_nan.npy") + " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("--input '" + path("x_nan.npy") + "': value nan at index 71 (element [1, 7] of shape [4, 64])"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(path("y.npy")));
+  r = run("layer backward " + common + path("x.npy") + " --grad-output " + path("g_inf.npy") + " --out-dir " + path("d"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("--grad-output '" + path("g_inf.npy") + "': value -inf at index 3"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("d/grad_input.npy")));
+  // Weights loaded from a file are checked the same way, naming the tensor.
+  TensorMap w = read_safetensors(path("w.safetensors"));
+  w.begin()->second[1] = std::numeric_limits<float>::infinity();
+  write_safetensors(path("w_inf.safetensors"), w);
+  r = run("layer forward --config " + cfg + " --weights " + path("w_inf.safetensors") + " --input " + path("x.npy") +
+          " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("'" + w.begin()->first + "' holds a non-finite value at index 1"), std::string::npos) << r.output;
+  // Importance too (a dynamic layer).
+  ASSERT_EQ(run("layer init --config " + kModels + "dynamic.yaml --out " + path("wd.safetensors")).code, 0);
+  Tensor imp({4}, 1.0f);
+  imp[2] = std::numeric_limits<float>::quiet_NaN();
+  write_npy(path("imp.npy"), imp);
+  r = run("layer forward --config " + kModels + "dynamic.yaml --weights " + path("wd.safetensors") + " --input " +
+          path("x.npy") + " --importance " + path("imp.npy") + " --output " + path("y.npy"));
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("--importance '" + path("imp.npy") + "': value nan at index 2"), std::string::npos) << r.output;
+}
+
+// Issue 12: a bad cluster.placement surfaced as exit 4 once a client asked the coordinator to
+// place the model. `switchyard up` with a model refuses it before starting anything (exit 2,
+// naming the file); the client-side mapping is tested in test_cluster (ClusterPlacementErrors).
+TEST_F(Cli, UpRefusesABadPlacementAsAConfigError) {
+  const std::string placement = write("p.yaml", "placement:\n  experts:\n    - {layer: 0, stage: 0, experts: all, workers: [5]}\n");
+  const std::string cfg = write("c.yaml", "model:\n  hidden_size: 8\n  layer:\n    stages:\n"
+                                          "      - {experts: 4, ffn_hidden_size: 8}\n"
+                                          "cluster:\n  workers: 2\n  placement: p.yaml\n");
+  Result r = run("up --config " + cfg);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(placement + ":3: placement.experts[0].workers: worker 5 does not exist"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("coordinator listening"), std::string::npos) << r.output;
+  const std::string missing = write("m.yaml", "cluster:\n  workers: 2\n  placement: nowhere.yaml\n");
+  r = run("up --config " + missing);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(path("nowhere.yaml") + ": cannot open placement file"), std::string::npos) << r.output;
 }
 
 TEST_F(Cli, TrainToyPrintsCurveAndLossDrop) {

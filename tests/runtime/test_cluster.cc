@@ -441,6 +441,49 @@ TEST(ClusterCheckpoint, SaveRestoreRoundTrip) {
   std::filesystem::remove_all(dir);
 }
 
+// Issue 12: errors that come back from the cluster keep their exit codes. A placement the
+// coordinator cannot use (cluster.placement names a worker the cluster lacks) was exit 4 on the
+// client; it is a config error naming the file. A worker's input error (a checkpoint directory
+// without the files) is exit 3 on the client, naming the worker and the file.
+TEST(ClusterErrors, BadPlacementIsConfigAndWorkerInputErrorIsInput) {
+  const std::string dir = ::testing::TempDir() + "/sy_errors_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const Config cfg = load_config(kModels + "topk.yaml");
+  const TensorMap weights = init_layer_weights(cfg.model, 3);
+  {
+    ClusterConfig c = test_cluster_config(2, 1, "inprocess");
+    c.placement = dir + "/p.yaml";
+    std::ofstream(c.placement) << "placement:\n  experts:\n    - {layer: 0, stage: 0, experts: all, workers: [5]}\n";
+    LocalCluster cluster(c);
+    ClusterClient client(cluster.coordinator->endpoint(), "client");
+    try {
+      client.load_model(cfg, weights);
+      ADD_FAILURE() << "load_model accepted a placement naming worker 5 of 2";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::config) << e.what();
+      EXPECT_EQ(e.exit_code(), 2);
+      EXPECT_NE(std::string(e.what()).find(c.placement + ":3: placement.experts[0].workers: worker 5 does not exist"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  {
+    LocalCluster cluster(test_cluster_config(2, 1, "inprocess"));
+    ClusterClient client(cluster.coordinator->endpoint(), "client");
+    client.load_model(cfg, weights);
+    try {
+      client.restore_checkpoint(dir + "/no-such-checkpoint");
+      ADD_FAILURE() << "restored from a directory without checkpoint files";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::input) << e.what();
+      EXPECT_EQ(e.exit_code(), 3);
+      EXPECT_NE(std::string(e.what()).find("no-such-checkpoint/worker-"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("file does not exist"), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // `switchyard up` prints its endpoint and readiness, answers `status`, runs `layer forward
 // --cluster` equal to the local command, and stops cleanly on SIGINT.
 TEST(ClusterCli, UpStatusLayerForwardAndSigint) {

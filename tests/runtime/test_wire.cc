@@ -103,6 +103,44 @@ TEST(WireErrors, TheClientTellsDeadPeerFromBadRequestFromInternal) {
   EXPECT_EQ(kind_of(wire::status_from(bad)), ErrorKind::input);
   EXPECT_EQ(kind_of(Status(StatusCode::peer_failed, "w")), ErrorKind::transport);
   EXPECT_EQ(kind_of(Status(StatusCode::internal, "w")), ErrorKind::runtime);
+  // Issue 12: every ErrorInfo a worker sends for a bad request — input or config, by error or
+  // by Status — is exit code 3 on the client, never 1 (internal) or 4.
+  for (const pb::ErrorInfo& e : {wire::error_info(Error(ErrorKind::input, "x.npy: bad"), 1),
+                                 wire::error_info(Error(ErrorKind::config, "model from client:3: bad"), 1),
+                                 wire::error_info(Status(StatusCode::invalid_argument, "negative rows"), 1),
+                                 wire::error_info(Status(StatusCode::protocol, "malformed"), 1)}) {
+    SCOPED_TRACE(e.message());
+    // The ErrorInfo crosses the wire as bytes.
+    pb::ErrorInfo received;
+    ASSERT_TRUE(received.ParseFromString(e.SerializeAsString()));
+    EXPECT_EQ(kind_of(wire::status_from(received)), ErrorKind::input);
+    try {
+      wire::throw_error(wire::status_from(received));
+    } catch (const Error& x) {
+      EXPECT_EQ(x.exit_code(), 3);
+      EXPECT_NE(std::string(x.what()).find("worker 1: "), std::string::npos) << x.what();
+    }
+  }
+}
+
+// Issue 12: a control request the server refused (invalid_argument: a bad model config or
+// placement in the coordinator's plan handler) is a config error, exit 2, with the server's
+// message; a failed channel stays a transport error, exit 4.
+TEST(WireErrors, RefusedControlRequestsAreConfigErrors) {
+  auto caught = [](const Status& s) {
+    try {
+      wire::throw_control_error("placing the model", s);
+    } catch (const Error& e) {
+      return std::pair<int, std::string>{e.exit_code(), e.what()};
+    }
+    return std::pair<int, std::string>{-1, ""};
+  };
+  const auto refused = caught(Status(StatusCode::invalid_argument, "/c/p.yaml:3: placement.experts[0].workers: worker 5 does not exist"));
+  EXPECT_EQ(refused.first, 2);
+  EXPECT_EQ(refused.second, "placing the model: invalid_argument: /c/p.yaml:3: placement.experts[0].workers: worker 5 does not exist");
+  EXPECT_EQ(caught(Status(StatusCode::timeout, "no reply")).first, 4);
+  EXPECT_EQ(caught(Status(StatusCode::peer_failed, "reset")).first, 4);
+  EXPECT_EQ(caught(Status(StatusCode::protocol, "malformed reply")).first, 4);
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ using Millis = std::chrono::milliseconds;
 template <class Request, class Reply>
 inline Reply call_or_throw(control::ControlClient& c, const Request& request, const std::string& what) {
   auto reply = c.call<Request, Reply>(request);
-  if (!reply) throw Error(ErrorKind::transport, what + ": " + reply.status().to_string());
+  if (!reply) wire::throw_control_error(what, reply.status());
   return std::move(reply).value();
 }
 

@@ -90,6 +90,11 @@ void throw_error(const Status& status) {
   }
 }
 
+void throw_control_error(const std::string& what, const Status& status) {
+  const bool refused = status.code() == StatusCode::invalid_argument;
+  throw Error(refused ? ErrorKind::config : ErrorKind::transport, what + ": " + status.to_string());
+}
+
 Result<RequestId> post_send(Transport& t, int peer, Tag tag, const void* data, size_t bytes) {
   for (;;) {
     auto r = t.post_send(peer, tag, data, bytes);

@@ -29,4 +29,8 @@ std::map<std::string, std::string> read_safetensors_metadata(const std::string& 
 void write_npy(const std::string& path, const Tensor& tensor);
 Tensor read_npy(const std::string& path);
 
+// User tensors entering a computation (CLI inputs) must be finite: the first NaN or Inf throws
+// sy::Error(input) "<what>: value nan at index 5 (element [1, 2] of shape [2, 3]) is not finite".
+void check_finite(const Tensor& tensor, const std::string& what);
+
 }  // namespace sy

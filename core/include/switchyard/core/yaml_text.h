@@ -20,6 +20,17 @@ std::string describe_yaml_value(const YAML::Node& node);
 // The whole text of a YAML file; a config error "<path>: cannot open|read <what>: <errno text>".
 std::string read_yaml_file(const std::string& path, const std::string& what);
 
+// The first document of a YAML text and how many it has, as YAML::LoadAll would give them but
+// without its hang: yaml-cpp 0.7's LoadAll never returns on some malformed text (a lone ","
+// makes its parser start a new empty document forever, without consuming input, while the list
+// of documents grows). Text that does not advance is a syntax error here. Throws YAML::Exception.
+struct YamlDocuments {
+  YAML::Node first;    // null when the text has no document
+  size_t count = 0;    // documents in the text
+  YAML::Mark second;   // where the second one starts (count >= 2)
+};
+YamlDocuments yaml_load_documents(const std::string& text);
+
 // How a reader reports an error: "<source>:<line>: <where>: <message>". Must throw.
 using YamlFail = std::function<void(int line, const std::string& where, const std::string& message)>;
 

@@ -51,6 +51,13 @@ Status status_from(const pb::ErrorInfo& error);
 // the user gave) → sy::Error(input); peer_failed, timeout, unreachable → sy::Error(transport);
 // anything else → sy::Error(runtime).
 [[noreturn]] void throw_error(const Status& status);
+// A control call (to the coordinator or a worker's control server) that failed, at the API
+// edge: invalid_argument means the server refused the request itself — a bad model config, a
+// placement that does not fit the model or the cluster (the coordinator's plan handler), an
+// unknown worker id — and is a config error (exit 2) carrying the server's message, which names
+// the key or file; anything else (timeout, dead or unreachable server, malformed reply) is a
+// transport error (exit 4). Messages: "<what>: <status>".
+[[noreturn]] void throw_control_error(const std::string& what, const Status& status);
 
 // ---- message discipline ----------------------------------------------------------------------
 // Posts, progressing and retrying on backpressure; any other failure is returned.
