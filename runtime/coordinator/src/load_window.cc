@@ -1,15 +1,22 @@
 #include "load_window.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 namespace sy {
 namespace {
 namespace pb = wire::pb;
 
+// Counts are >= 0; sums saturate instead of overflowing (a report is bounded, a window of many
+// clients' reports of many steps need not be).
+int64_t sat_add(int64_t a, int64_t b) { return a > std::numeric_limits<int64_t>::max() - b ? std::numeric_limits<int64_t>::max() : a + b; }
+
 void add_into(std::vector<int64_t>& sum, const google::protobuf::RepeatedField<int64_t>& values) {
-  for (int i = 0; i < values.size(); ++i) sum[static_cast<size_t>(i)] += values[i];
+  for (int i = 0; i < values.size(); ++i) sum[static_cast<size_t>(i)] = sat_add(sum[static_cast<size_t>(i)], values[i]);
 }
+
+constexpr int64_t kMaxReportedRows = int64_t{1} << 40;  // rows of one (layer, stage) in one report
 }  // namespace
 
 double worker_rows_balancedness(const std::vector<int64_t>& worker_rows, int rows, int workers, double* worst_row) {
@@ -18,7 +25,7 @@ double worker_rows_balancedness(const std::vector<int64_t>& worker_rows, int row
     int64_t total = 0, most = 0;
     for (int w = 0; w < workers; ++w) {
       const int64_t v = worker_rows[static_cast<size_t>(r * workers + w)];
-      total += v;
+      total = sat_add(total, v);
       most = std::max(most, v);
     }
     if (most == 0) continue;
@@ -63,9 +70,10 @@ Status LoadWindow::add(const pb::LoadReportRequest& report) {
                       std::to_string(experts_) + " x " + std::to_string(workers_));
   for (const auto* field : {&c.routed(), &c.computed(), &c.worker_rows()})
     for (int64_t v : *field)
-      if (v < 0)
-        return Status(StatusCode::invalid_argument,
-                      "load report of client " + std::to_string(report.client_id()) + " has a negative count");
+      if (v < 0 || v > kMaxReportedRows)
+        return Status(StatusCode::invalid_argument, "load report of client " + std::to_string(report.client_id()) +
+                                                        " has a count of " + std::to_string(v) + " rows (allowed 0.." +
+                                                        std::to_string(kMaxReportedRows) + ")");
   Entry& e = entry_for(report);
   add_into(e.routed, c.routed());
   add_into(e.computed, c.computed());
@@ -92,11 +100,11 @@ pb::LoadWindow LoadWindow::to_pb() const {
       worker_rows(static_cast<size_t>(rows_ * workers_));
   for (const Entry& e : entries_)
     for (size_t i = 0; i < routed.size(); ++i) {
-      routed[i] += e.routed[i];
-      computed[i] += e.computed[i];
+      routed[i] = sat_add(routed[i], e.routed[i]);
+      computed[i] = sat_add(computed[i], e.computed[i]);
     }
   for (const Entry& e : entries_)
-    for (size_t i = 0; i < worker_rows.size(); ++i) worker_rows[i] += e.worker_rows[i];
+    for (size_t i = 0; i < worker_rows.size(); ++i) worker_rows[i] = sat_add(worker_rows[i], e.worker_rows[i]);
   *sum->mutable_routed() = {routed.begin(), routed.end()};
   *sum->mutable_computed() = {computed.begin(), computed.end()};
   *sum->mutable_worker_rows() = {worker_rows.begin(), worker_rows.end()};
