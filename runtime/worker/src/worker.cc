@@ -95,17 +95,24 @@ class Worker {
     so.name = "switchyard-worker";
     so.secret = cluster_secret_from_env();
     server_ = std::make_unique<control::ControlServer>(so);
+    // Size limits per request type, as the coordinator's table: an attach carries a name and a
+    // UCX address, a migration the next placement and its copies (as a rebalance request).
+    constexpr size_t KiB = 1024, MiB = 1024 * 1024;
     server_->on<pb::AttachRequest, pb::AttachReply>(
-        [this](const pb::AttachRequest& req, const control::PeerInfo&) { return attach(req); });
-    server_->on<pb::MigrateRequest, pb::MigrateReply>([this](const pb::MigrateRequest& req, const control::PeerInfo&) {
-      queue_task(req);
-      return Result<pb::MigrateReply>(pb::MigrateReply{});
-    });
+        [this](const pb::AttachRequest& req, const control::PeerInfo&) { return attach(req); },
+        control::Route{.max_request_bytes = 16 * KiB});
+    server_->on<pb::MigrateRequest, pb::MigrateReply>(
+        [this](const pb::MigrateRequest& req, const control::PeerInfo&) {
+          queue_task(req);
+          return Result<pb::MigrateReply>(pb::MigrateReply{});
+        },
+        control::Route{.max_request_bytes = 8 * MiB});
     server_->on<pb::EpochNoticeRequest, pb::EpochNoticeReply>(
         [this](const pb::EpochNoticeRequest& req, const control::PeerInfo&) {
           queue_task(req);
           return Result<pb::EpochNoticeReply>(pb::EpochNoticeReply{});
-        });
+        },
+        control::Route{.max_request_bytes = 1 * KiB});
     server_->start();
   }
 
