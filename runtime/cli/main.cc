@@ -2,6 +2,7 @@
 // errors as `switchyard: error: ...` and exits with the error's code (config 2, input 3).
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "switchyard/core/config.h"
+#include "switchyard/core/secret.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/io.h"
 #include "switchyard/kernels/backend.h"
@@ -265,8 +267,26 @@ placement (docs/placement.md):
 )";
 }
 
+// A command that attaches to a cluster (`--cluster`) with a config file (`--config`) uses that
+// file's cluster.auth.secret_file, as the coordinator does, unless $SWITCHYARD_SECRET is set: its
+// control channels read the secret from the environment (core/secret.h).
+void adopt_config_secret(const std::vector<std::string>& args) {
+  std::string config;
+  bool cluster = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    cluster |= args[i] == "--cluster" || args[i].rfind("--cluster=", 0) == 0;
+    if (args[i] == "--config" && i + 1 < args.size()) config = args[i + 1];
+    if (args[i].rfind("--config=", 0) == 0) config = args[i].substr(9);
+  }
+  if (!cluster || config.empty() || std::getenv(kSecretEnv)) return;
+  const Config cfg = load_config(config);  // a bad file is the command's config error either way
+  if (cfg.cluster.auth_secret_file.empty()) return;
+  ::setenv(kSecretEnv, cluster_secret(cfg.cluster).c_str(), 1);
+}
+
 int run(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  adopt_config_secret(args);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     print_usage();
     return args.empty() ? kUsageExit : 0;

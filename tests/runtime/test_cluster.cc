@@ -600,6 +600,15 @@ TEST(ClusterCli, UpWithASecretFile) {
   auto [code, status] = run(with, "status --cluster " + endpoint);
   EXPECT_EQ(code, 0) << status;
   EXPECT_NE(status.find("workers 2/2"), std::string::npos) << status;
+  // A client command with a config naming the secret file needs no SWITCHYARD_SECRET.
+  const std::string bench_cfg = dir + "/bench.yaml";
+  {
+    std::ifstream model(kModels + "topk.yaml");
+    std::ofstream(bench_cfg) << model.rdbuf() << "\ncluster:\n  workers: 2\n  auth:\n    secret_file: secret\n";
+  }
+  auto [bench_code, bench_text] =
+      run("", "bench serve --cluster " + endpoint + " --config " + bench_cfg + " --clients 1 --requests 2 --tokens 64");
+  EXPECT_EQ(bench_code, 0) << bench_text;
   EXPECT_EQ(run(with, "shutdown --cluster " + endpoint).first, 0);
   std::string rest;
   while (fgets(line, sizeof line, out)) rest += line;
