@@ -118,6 +118,7 @@ Result<pb::WorkerLostReply> Coordinator::Impl::worker_lost(const pb::WorkerLostR
     SY_LOG(error, "runtime", "worker " << req.worker_id() << " (pid " << m.info.pid() << ") is fenced: " << m.fenced);
     save_state();
     recovery_failed_at.reset();  // news: plan the recovery again now
+    recovery_due = true;
     maybe_recover();
   }
   changed.notify_all();

@@ -77,6 +77,7 @@ struct Coordinator::Impl {
   std::deque<pb::RebalanceRecord> history;  // latest first
   std::optional<Clock::time_point> lost_since;  // a fenced worker is still in the placement since
   std::optional<Clock::time_point> recovery_failed_at;  // retried after dead_after_ms, or at a new loss
+  bool recovery_due = false;  // a worker was fenced (or a recovery failed) since the last plan
   std::map<uint64_t, pb::EpochDecisionReply::Verdict> verdicts;  // epoch → how its rebalance ended
   std::thread driver;
   std::atomic<bool> shutdown{false};

@@ -147,7 +147,7 @@ void Coordinator::Impl::maybe_rebalance_by_policy(uint64_t step) {
 
 void Coordinator::Impl::maybe_recover() {
   const auto now = Clock::now();
-  if (migration || !committed || !model) return;
+  if (!recovery_due || migration || !committed || !model) return;  // load reports call this: cheap when nothing is due
   if (recovery_failed_at && now - *recovery_failed_at < Millis(cluster.dead_after_ms)) return;
   // Fenced workers (a client lost them) leave the placement; new replicas go to live ones.
   auto kept = [&](int w) { return members.count(w) && members.at(w).fenced.empty(); };
@@ -176,7 +176,10 @@ void Coordinator::Impl::maybe_recover() {
       ++restored;
     }
   }
-  if (lost == 0) return;
+  if (lost == 0) {
+    recovery_due = false;
+    return;
+  }
   if (!lost_since) lost_since = now;
   std::string gone;
   for (const auto& [key, workers] : next.replicas)
@@ -187,6 +190,7 @@ void Coordinator::Impl::maybe_recover() {
     return;
   }
   auto started = start_rebalance(next, "recovery", 0, 0);
+  recovery_due = !started;  // a failed start is tried again; a failed recovery sets it when it ends
   if (!started) {
     recovery_failed_at = now;
     SY_LOG(error, "runtime", "recovery of " << lost << " lost replicas: " << started.status().message());
@@ -468,7 +472,10 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
                                                << " dropped, pause " << r.pause_ms() << " ms");
   else
     SY_LOG(error, "runtime", "rebalance to epoch " << next_epoch << " failed, epoch " << this->epoch << " stays: " << r.error());
-  if (r.source() == "recovery" && !outcome) recovery_failed_at = Clock::now();
+  if (r.source() == "recovery" && !outcome) {
+    recovery_failed_at = Clock::now();
+    recovery_due = true;
+  }
   history.push_front(r);
   if (history.size() > 16) history.pop_back();
   migration.reset();  // a worker lost meanwhile is recovered at the next load report

@@ -59,6 +59,7 @@ void Coordinator::Impl::load_state() {
     m.info = w;
     m.fenced = st.fenced_reasons(i);
     m.last_heartbeat = m.previous_heartbeat = now;  // dead_after_ms to heartbeat the new coordinator
+    recovery_due |= !m.fenced.empty();
   }
   next_client_id = std::max(next_client_id, st.next_client_id());
   epoch = st.placement_epoch();
