@@ -180,6 +180,33 @@ TEST(ControlChannel, RequestReplyAndHandlerError) {
   EXPECT_EQ(echo.server.counters().dropped, 0u);
 }
 
+// reconnect(): a client broken by its server's exit reaches a server restarted on the port (what
+// workers and clients do through a coordinator restart); while nobody listens it fails.
+TEST(ControlChannel, ReconnectReachesAServerRestartedOnThePort) {
+  auto first = std::make_unique<EchoServer>();
+  const uint16_t port = first->server.port();
+  auto client = good_client(port);
+  ASSERT_TRUE(client) << client.status().to_string();
+  pb::PublishRequest req;
+  req.set_round("ok");
+  ASSERT_TRUE(((*client)->call<pb::PublishRequest, pb::PublishReply>(req)));
+  first.reset();
+  EXPECT_FALSE(((*client)->call<pb::PublishRequest, pb::PublishReply>(req)));
+  EXPECT_TRUE((*client)->broken());
+  EXPECT_FALSE((*client)->reconnect()) << "nobody listens";
+  ControlServer::Options o = server_options("restarted-server", {}, "");
+  o.port = port;
+  ControlServer second(o);
+  second.on<pb::PublishRequest, pb::PublishReply>(
+      [](const pb::PublishRequest&, const PeerInfo&) -> Result<pb::PublishReply> { return pb::PublishReply{}; });
+  second.start();
+  const Status again = (*client)->reconnect();
+  ASSERT_TRUE(again) << again.to_string();
+  EXPECT_FALSE((*client)->broken());
+  EXPECT_EQ((*client)->server_name(), "restarted-server");
+  EXPECT_TRUE(((*client)->call<pb::PublishRequest, pb::PublishReply>(req)));
+}
+
 TEST(ControlChannel, WrongVersionIsRefusedAndLogged) {
   LogCapture log;
   EchoServer echo;

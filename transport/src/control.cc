@@ -718,6 +718,8 @@ Result<Payload> ControlClient::call_raw(const Payload& request) {
   return Payload{reply->type(), reply->body()};
 }
 
+Status ControlClient::reconnect() { return impl_->open(); }
+
 const std::string& ControlClient::server_endpoint() const { return impl_->endpoint; }
 const std::string& ControlClient::server_name() const { return impl_->server_name; }
 bool ControlClient::broken() const { return impl_->broken; }

@@ -76,7 +76,7 @@ struct ClusterClient::Impl {
   std::vector<BackwardRecord> journal;  // this step's backward parts, while failover is possible
   uint64_t workers_lost = 0;
   bool training = true;  // mirrors ClusterClient::set_training
-  std::map<int, std::string> lost_unreported;  // lost while the coordinator was away: told when it is back
+  std::map<int, std::string> lost_unreported;  // lost workers the coordinator has not been told about yet
 
   Millis coordinator_timeout{15000};
   std::optional<Clock::time_point> coordinator_away_since;  // load reports have failed since

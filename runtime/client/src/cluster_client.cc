@@ -333,7 +333,6 @@ namespace {
 // One phase of an optimizer step: the phase's requests to every live worker, exchanged.
 struct StepPhase {
   std::vector<Call> calls;
-  Status failed;        // the exchange itself failed (a timeout, a malformed reply)
   bool retry = false;   // REDUCE: a replica holder was lost, or a reduction met a dead peer
   Status cause;         // why, for the error when retries run out
 };
@@ -371,8 +370,7 @@ void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step
       a->set_eps(adamw.eps);
       a->set_weight_decay(adamw.weight_decay);
     });
-    p.failed = im.exchange(p.calls, what, &exchange_seconds_);
-    if (!p.failed) wire::throw_error(p.failed);
+    if (Status s = im.exchange(p.calls, what, &exchange_seconds_); !s) wire::throw_error(s);  // a timeout, a malformed reply
     for (const Call& c : p.calls) {
       if (c.lost && holds(c.worker)) p.retry = true, p.cause = im.usable(c.worker);
       if (!c.error && c.error.code() == StatusCode::peer_failed) p.retry = true, p.cause = c.error;

@@ -2,7 +2,6 @@
 #include <algorithm>
 
 #include "client_impl.h"
-#include "switchyard/core/secret.h"
 #include "switchyard/core/log.h"
 
 namespace sy {
@@ -160,15 +159,7 @@ std::map<int, std::string> ClusterClient::Impl::dead_among(const std::set<int>& 
 }
 
 bool ClusterClient::Impl::reconnect_coordinator() {
-  auto [host, port] = control::parse_endpoint(coordinator_endpoint);
-  control::ControlClient::Options o;
-  o.name = name;
-  o.call_timeout = request_timeout;
-  o.connect_timeout = liveness_check;
-  o.secret = cluster_secret_from_env();
-  auto c = control::ControlClient::connect(host, port, o);
-  if (!c) return false;
-  coordinator = std::move(c).value();
+  if (!coordinator->reconnect()) return false;
   SY_LOG(info, "runtime", name << ": reconnected to the coordinator " << coordinator_endpoint);
   return true;
 }
@@ -211,17 +202,11 @@ void ClusterClient::Impl::lose_worker(int w, const std::string& reason) {
   ++workers_lost;
   (void)transport->disconnect_peer(w);
   SY_LOG(warn, "runtime", name << ": lost " << l.label << ": " << reason);
-  pb::WorkerLostRequest req;
-  req.set_worker_id(w);
-  req.set_client_id(client_id);
-  req.set_reason(reason);
-  req.set_training(training);
-  auto r = coordinator_call<pb::WorkerLostRequest, pb::WorkerLostReply>(req);
-  if (r) return;
-  SY_LOG(warn, "runtime", name << ": could not tell the coordinator (again once it answers): " << r.status().to_string());
   lost_unreported[w] = reason;
+  report_lost_workers();
 }
 
+// The coordinator fences what it is told; those it could not be told about wait for the next try.
 void ClusterClient::Impl::report_lost_workers() {
   for (auto it = lost_unreported.begin(); it != lost_unreported.end();) {
     pb::WorkerLostRequest req;
@@ -229,7 +214,11 @@ void ClusterClient::Impl::report_lost_workers() {
     req.set_client_id(client_id);
     req.set_reason(it->second);
     req.set_training(training);
-    if (!coordinator_call<pb::WorkerLostRequest, pb::WorkerLostReply>(req)) return;
+    if (auto r = coordinator_call<pb::WorkerLostRequest, pb::WorkerLostReply>(req); !r) {
+      SY_LOG(warn, "runtime", name << ": could not tell the coordinator that worker " << it->first
+                                   << " was lost (again at the next load report): " << r.status().to_string());
+      return;
+    }
     it = lost_unreported.erase(it);
   }
 }

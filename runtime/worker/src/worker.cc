@@ -206,15 +206,9 @@ class Worker {
   // coordinator restarted) is reconnected, and a call that broke it is made once more.
   template <class Request, class Reply>
   Result<Reply> coordinator_call(const Request& request) {
-    auto reconnect = [&] {
-      auto [host, port] = control::parse_endpoint(options_.coordinator);
-      auto c = control::ControlClient::connect(host, port, coordinator_options(""));
-      if (c) coordinator_ = std::move(c).value();
-      return c.is_ok();
-    };
-    if (coordinator_->broken()) reconnect();
+    if (coordinator_->broken()) (void)coordinator_->reconnect();
     auto r = coordinator_->call<Request, Reply>(request);
-    if (r || !coordinator_->broken() || !reconnect()) return r;
+    if (r || !coordinator_->broken() || !coordinator_->reconnect()) return r;
     return coordinator_->call<Request, Reply>(request);
   }
 
@@ -228,9 +222,11 @@ class Worker {
     const Millis grace(registration_.coordinator_timeout_ms() + 4 * registration_.heartbeat_ms());
     auto last_ok = std::chrono::steady_clock::now();
     while (!heartbeat_stop_) {
-      if (!client || client->broken()) {
+      if (!client) {
         auto c = control::ControlClient::connect(host, port, coordinator_options("heartbeat"));
         client = c ? std::move(c).value() : nullptr;
+      } else if (client->broken()) {
+        (void)client->reconnect();
       }
       if (client && beat(*client)) last_ok = std::chrono::steady_clock::now();
       if (fenced_ || coordinator_lost_) return;

@@ -172,6 +172,9 @@ class ControlClient {
     return reply;
   }
   Result<Payload> call_raw(const Payload& request);
+  // A fresh connection and handshake to the same server (one that restarted, say); on success
+  // the client is usable again, whatever broke it.
+  Status reconnect();
 
   const std::string& server_endpoint() const;
   const std::string& server_name() const;
