@@ -351,6 +351,11 @@ const Field kSchema[] = {
    .help = "How long workers and clients go on without the coordinator (the data plane keeps working) "
            "before they fail saying so; a coordinator restarted within it, from state_file, takes over.",
    .slot = SY_CLUSTER(coordinator_timeout_ms)},
+  {.path = "cluster.restart_workers", .type = Type::boolean, .def = "false",
+   .help = "switchyard up starts a new process for a local worker that exited or was killed (not when "
+           "the cluster stops); it joins as a replacement in the same slot and receives replicas from "
+           "the survivors (recovery, then a join rebalance).",
+   .slot = SY_CLUSTER(restart_workers)},
   {.path = "cluster.state_file", .type = Type::path, .def = "",
    .help = "Where the coordinator keeps membership, the committed placement and the model (rewritten "
            "atomically on each change); a coordinator started on the same port with it resumes the "

@@ -73,7 +73,7 @@ int cli_coordinator(const std::vector<std::string>& args) {
 }
 
 int cli_worker(const std::vector<std::string>& args) {
-  Flags flags(args, "worker", {"coordinator", "id", "bind"});
+  Flags flags(args, "worker", {"coordinator", "id", "bind", "replaces-pid"});
   WorkerOptions opt;
   const auto env = detect_launch_env();
   if (flags.has("coordinator")) opt.coordinator = flags.get("coordinator");
@@ -81,9 +81,35 @@ int cli_worker(const std::vector<std::string>& args) {
   else throw UsageError("worker: --coordinator HOST:PORT is required (or SWITCHYARD_COORDINATOR / MASTER_ADDR)");
   opt.requested_id = static_cast<int>(flags.get_int("id", env ? env->rank : -1));
   opt.bind_host = flags.get_or("bind", opt.bind_host);
+  opt.replaces_pid = static_cast<uint32_t>(flags.get_int("replaces-pid", 0));
   install_stop_handlers();
   return run_worker(opt, g_stop);
 }
+
+namespace {
+// cluster.restart_workers: a local worker that ended (killed, crashed, fenced) is started again
+// in its slot, telling the coordinator which process it replaces; the coordinator takes it as a
+// replacement. At most one restart per slot a second, so a worker that cannot start does not spin.
+struct Supervised {
+  launch::LocalProcess process;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+};
+template <class Spawn>
+void restart_dead_workers(std::vector<Supervised>& workers, Spawn& spawn_worker) {
+  const auto now = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < workers.size(); ++i) {
+    Supervised& w = workers[i];
+    if (now - w.started < 1s) continue;
+    const pid_t pid = w.process.pid();
+    const std::optional<int> code = w.process.poll();
+    if (!code) continue;
+    w.process = spawn_worker(static_cast<int>(i), pid);
+    w.started = now;
+    std::cout << "worker " << i << " (pid " << pid << ") exited with code " << *code << "; restarted as pid "
+              << w.process.pid() << " (cluster.restart_workers)" << std::endl;
+  }
+}
+}  // namespace
 
 int cli_up(const std::vector<std::string>& args) {
   Flags flags(args, "up", {"config"});
@@ -106,36 +132,42 @@ int cli_up(const std::vector<std::string>& args) {
   if (!std::getenv("OMP_NUM_THREADS"))
     env.emplace_back("OMP_NUM_THREADS",
                      std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(cfg.cluster.workers))));
-  std::vector<launch::LocalProcess> workers;
-  for (int i = 0; i < cfg.cluster.workers; ++i)
-    workers.push_back(launch::LocalProcess::spawn(
-        {launch::current_executable(), "worker", "--coordinator", endpoint, "--id", std::to_string(i)}, env));
+  auto spawn_worker = [&](int i, pid_t replaces) {
+    std::vector<std::string> argv = {launch::current_executable(), "worker", "--coordinator", endpoint, "--id",
+                                     std::to_string(i)};
+    if (replaces > 0) argv.insert(argv.end(), {"--replaces-pid", std::to_string(replaces)});
+    return launch::LocalProcess::spawn(argv, env);
+  };
+  std::vector<Supervised> workers;
+  for (int i = 0; i < cfg.cluster.workers; ++i) workers.push_back({spawn_worker(i, 0)});
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   while (coordinator.alive_workers() < cfg.cluster.workers) {
     if (g_stop || std::chrono::steady_clock::now() > deadline) {
       std::cerr << "switchyard up: only " << coordinator.alive_workers() << " of " << cfg.cluster.workers
                 << " workers registered" << (g_stop ? "" : " within 60 s") << "; stopping\n";
-      for (auto& w : workers) w.kill();
+      for (auto& w : workers) w.process.kill();
       return 1;
     }
     std::this_thread::sleep_for(50ms);
   }
   std::cout << "cluster ready: " << cfg.cluster.workers << " workers (pids";
-  for (auto& w : workers) std::cout << " " << w.pid();
+  for (auto& w : workers) std::cout << " " << w.process.pid();
   std::cout << ")" << std::endl;
   while (!g_stop && !coordinator.shutdown_requested()) {
     coordinator.check_liveness();
+    if (cfg.cluster.restart_workers) restart_dead_workers(workers, spawn_worker);
     std::this_thread::sleep_for(100ms);
   }
   std::cout << "stopping the cluster" << std::endl;
   for (auto& w : workers)
-    if (w.running()) ::kill(w.pid(), SIGTERM);
+    if (w.process.running()) ::kill(w.process.pid(), SIGTERM);
   int failures = 0;
   for (size_t i = 0; i < workers.size(); ++i) {
-    auto code = workers[i].wait(5000ms);
+    const pid_t pid = workers[i].process.pid();
+    auto code = workers[i].process.wait(5000ms);
     if (!code.is_ok() || *code != 0) {
       ++failures;
-      std::cerr << "worker " << i << " (pid " << workers[i].pid() << ") "
+      std::cerr << "worker " << i << " (pid " << pid << ") "
                 << (code.is_ok() ? "exited with code " + std::to_string(*code) : code.status().to_string()) << "\n";
     }
   }
@@ -197,6 +229,9 @@ int cli_status(const std::vector<std::string>& args) {
               << std::setw(8) << w.steps << std::setw(12) << static_cast<int64_t>(w.rows_per_s) << w.control_endpoint;
     if (w.fenced) std::cout << "  (fenced: a client lost it; its replicas are recovered elsewhere)";
     else if (!w.alive) std::cout << "  (no heartbeat for " << w.ms_since_heartbeat << " ms)";
+    if (w.restarts > 0)
+      std::cout << "  (restarted " << w.restarts << "x, data-plane id " << w.data_plane_id
+                << (w.replacement ? ", waiting for replicas)" : ")");
     std::cout << "\n";
   }
   print_load(s);

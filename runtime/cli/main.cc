@@ -246,6 +246,7 @@ cluster:
   switchyard up --config configs/local.yaml   coordinator + N local workers; Ctrl-C stops all
   switchyard coordinator [--config C] [--listen HOST:PORT]
   switchyard worker --coordinator HOST:PORT [--id N]   (id/address also from torchrun/mpirun/srun env)
+                    [--replaces-pid P]   (a restart of slot N's lost process P: joins at once)
   switchyard status --cluster HOST:PORT
   switchyard layer forward|backward ... --cluster HOST:PORT
   switchyard train-toy --config C --cluster HOST:PORT

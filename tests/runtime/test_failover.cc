@@ -329,6 +329,88 @@ TEST(StoppedWorker, IsFailedOverAndFencedAndExitsWhenResumed) {
   EXPECT_EQ(*code, 4);
 }
 
+// Re-admission: worker 1, killed mid-training, is replaced by a new process in its slot (what
+// `switchyard up` does with cluster.restart_workers). It arrives either after the recovery has
+// restored the replica count on the survivors (it then receives replicas in a "join" rebalance)
+// or at once, before the loss was recovered (the recovery copies the lost replicas to it). Either
+// way it ends up holding replicas under a fresh data-plane id, every expert has two replicas on
+// live processes, the client follows, and after a step on the new epoch replicas are identical.
+enum class Arrival { after_recovery, at_once };
+class Replacement : public ::testing::TestWithParam<Arrival> {};
+
+TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(3, 2);
+  const std::string endpoint = cluster.coordinator->endpoint();
+  ClusterClient client(endpoint, "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  const std::string lost_pid = std::to_string(cluster.workers[1].pid());
+  launch::LocalProcess replacement;
+  auto replace = [&] {
+    replacement = launch::LocalProcess::spawn(
+        {kBinary, "worker", "--coordinator", endpoint, "--id", "1", "--replaces-pid", lost_pid});
+  };
+  auto train_step = [&](int step) {
+    RandomStream rng(600 + static_cast<uint64_t>(step), "replacement");
+    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
+    const double loss = dot(model.forward(x), g);
+    EXPECT_TRUE(std::isfinite(loss)) << "step " << step;
+    model.backward(g);
+    model.step(AdamWConfig{.lr = 1e-2});
+  };
+  std::optional<RebalanceInfo> filled;  // the rebalance that gave the replacement its replicas
+  int step = 0;
+  for (; step < 80 && !filled; ++step) {
+    if (step == 2) {
+      cluster.workers[1].kill();
+      if (GetParam() == Arrival::at_once) {  // registered before the next step notices the loss
+        replace();
+        for (int i = 0; i < 500 && query_cluster_status(endpoint).workers.at(1).restarts == 0; ++i)
+          std::this_thread::sleep_for(10ms);
+      }
+    }
+    train_step(step);
+    const ClusterStatus status = query_cluster_status(endpoint);
+    auto latest = std::find_if(status.rebalances.begin(), status.rebalances.end(),
+                               [](const RebalanceInfo& r) { return r.state == "committed"; });
+    if (latest == status.rebalances.end()) continue;
+    if (!replacement.running() && latest->source == "recovery") replace();
+    if (status.workers.at(1).restarts == 1 && !status.placement.experts_on(1).empty()) filled = *latest;
+  }
+  ASSERT_TRUE(filled) << "the replacement received no replicas within " << step << " steps";
+  std::printf("[ info ] replacement filled by a '%s' rebalance: %u replicas copied (%llu bytes), %s%.3f s\n",
+              filled->source.c_str(), filled->moved_replicas, static_cast<unsigned long long>(filled->moved_bytes),
+              filled->source == "recovery" ? "full replica count after the loss in " : "copy ", 
+              filled->source == "recovery" ? filled->since_loss_seconds : filled->copy_seconds);
+  EXPECT_EQ(filled->source, GetParam() == Arrival::at_once ? "recovery" : "join");
+  train_step(step++);  // one step on the new epoch: the replicas reduce together
+  const ClusterStatus status = query_cluster_status(endpoint);
+  const WorkerStatus& w1 = status.workers.at(1);
+  EXPECT_TRUE(w1.alive);
+  EXPECT_FALSE(w1.fenced);
+  EXPECT_FALSE(w1.replacement);
+  EXPECT_GE(w1.data_plane_id, 3) << "a replacement's data-plane id is fresh";
+  EXPECT_GT(w1.experts, 0u);
+  EXPECT_EQ(client.placement().epoch, status.placement_epoch);
+  EXPECT_EQ(client.workers_lost(), 1u);
+  std::map<int, TensorMap> held;
+  for (int w : {0, 1, 2}) held[w] = client.fetch_replica_weights(w);
+  for (const auto& [key, workers] : status.placement.replicas) {
+    ASSERT_EQ(workers.size(), 2u) << key.to_string();
+    const std::string name = layer_prefix(cfg.model, key.layer) + "stages." + std::to_string(key.stage) + ".experts." +
+                             std::to_string(key.expert) + ".up_proj.weight";
+    EXPECT_EQ(held.at(workers[0]).at(name).values(), held.at(workers[1]).at(name).values())
+        << name << " differs between workers " << workers[0] << " and " << workers[1];
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Arrivals, Replacement, ::testing::Values(Arrival::after_recovery, Arrival::at_once),
+                         [](const ::testing::TestParamInfo<Arrival>& p) {
+                           return p.param == Arrival::at_once ? std::string("AtOnce") : std::string("AfterRecovery");
+                         });
+
 // One layer: a worker killed between forward and backward; grad_input (recomputed on the
 // survivors) equals the engine in one process.
 TEST(LayerFailover, BackwardRecomputesTheLostActivationsOnSurvivors) {

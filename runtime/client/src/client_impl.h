@@ -29,6 +29,10 @@ using Millis = std::chrono::milliseconds;
 
 struct WorkerLink {
   std::string label;   // "worker 2 (host:pid 123, 127.0.0.1:4000)"
+  transport::Rank peer = 0;  // the process's data-plane id (a replacement's differs from its slot)
+  // Rows go to it under placement epochs from this one on: a replacement holds nothing of the
+  // placement it joined under; the epoch that gives it replicas is newer.
+  uint64_t routable_from_epoch = 0;
   uint64_t rows_sent = 0;
   std::string broken;  // why the link was closed; empty while healthy
 };
@@ -61,7 +65,9 @@ struct ClusterClient::Impl {
   std::string coordinator_endpoint, name;
   std::unique_ptr<control::ControlClient> coordinator;
   std::unique_ptr<transport::Transport> transport;  // this process's one data-plane endpoint
-  std::map<int, WorkerLink> links;
+  std::map<int, WorkerLink> links;  // by worker id (slot)
+  uint64_t routing_epoch = 0;       // the placement epoch the client routes with
+  uint64_t membership_version = 0;  // the coordinator's, when the links were last matched to it
   int workers_expected = 0;
   std::unique_ptr<Config> config;
   uint64_t next_request = 1;
@@ -96,6 +102,11 @@ struct ClusterClient::Impl {
   void coordinator_away(const Status& why);
 
   Status usable(int w) const;
+  transport::Rank peer(int w) const { return links.at(w).peer; }
+  // Attaches to worker `w` (a replacement: replacing the link to its lost predecessor).
+  void attach(const pb::WorkerInfo& w, uint64_t coordinator_epoch);
+  // Attaches to every live worker process that has no link yet (a replacement, say).
+  void sync_links(const pb::ClusterInfoReply& info);
   std::string label(int w) const;
   std::set<int> live_workers() const;
 
@@ -109,7 +120,8 @@ struct ClusterClient::Impl {
   void lose(Call& c, const std::string& reason);
   void lose_worker(int w, const std::string& reason);
   void report_lost_workers();  // those the coordinator could not be told about
-  // Workers among `ids` the coordinator declares dead (with why); empty when it does not answer.
+  // Workers among `ids` the coordinator declares dead or replaced (with why); empty when it does
+  // not answer.
   std::map<int, std::string> dead_among(const std::set<int>& ids);
 
  private:

@@ -27,21 +27,47 @@ using client_detail::fetch_info;
 
 // ---------------------------------------------------------------------------------------------
 
-namespace {
-// Connects the data plane to worker `w` through its control server.
-void attach(ClusterClient::Impl& im, const pb::WorkerInfo& w, int client_id) {
+// Connects the data plane to worker `w` through its control server. A replacement (a new
+// process in the slot of a lost one) takes rows only under a placement newer than the
+// coordinator's now (the rebalance that gives it replicas); one that holds its replicas, under
+// the coordinator's epoch (a client behind it still routes with the lost predecessor's entries).
+void ClusterClient::Impl::attach(const pb::WorkerInfo& w, uint64_t coordinator_epoch) {
   WorkerLink link;
   link.label = "worker " + std::to_string(w.worker_id()) + " (" + w.host() + ", " + w.control_endpoint() + ")";
-  auto wc = connect_control(w.control_endpoint(), im.name, im.request_timeout);
+  link.peer = w.data_plane_id();
+  auto wc = connect_control(w.control_endpoint(), name, request_timeout);
   pb::AttachRequest req;
-  req.set_client_name(im.name);
+  req.set_client_name(name);
   req.set_client_id(client_id);
-  req.set_client_address(im.transport->local_address());
+  req.set_client_address(transport->local_address());
   const pb::AttachReply rep = call_or_throw<pb::AttachRequest, pb::AttachReply>(*wc, req, "attaching to " + link.label);
-  if (Status s = im.transport->connect_peer(w.worker_id(), rep.worker_address()); !s)
+  if (Status s = transport->connect_peer(link.peer, rep.worker_address()); !s)
     throw Error(ErrorKind::transport, "connecting the data plane to " + link.label + ": " + s.to_string());
-  im.links.emplace(w.worker_id(), std::move(link));
+  auto old = links.find(w.worker_id());
+  if (old != links.end() || w.replacement()) link.routable_from_epoch = coordinator_epoch + (w.replacement() ? 1 : 0);
+  if (old != links.end()) {
+    if (old->second.broken.empty()) (void)transport->disconnect_peer(old->second.peer);
+    SY_LOG(info, "runtime", name << ": attached " << link.label << ", the replacement of lost " << old->second.label);
+  }
+  links[w.worker_id()] = std::move(link);
 }
+
+void ClusterClient::Impl::sync_links(const pb::ClusterInfoReply& info) {
+  for (const pb::WorkerInfo& w : info.workers()) {
+    if (!w.alive() || w.data_plane_address().empty() || lost_unreported.count(w.worker_id())) continue;
+    auto it = links.find(w.worker_id());
+    if (it != links.end() && it->second.peer == w.data_plane_id()) continue;  // that process (lost or not)
+    try {
+      attach(w, info.placement_epoch());
+    } catch (const Error& e) {  // again at the next change; rows do not go there meanwhile
+      SY_LOG(warn, "runtime", name << ": cannot attach worker " << w.worker_id() << ": " << e.what());
+      continue;
+    }
+  }
+  membership_version = info.membership_version();
+}
+
+namespace {
 
 // Every expected worker is alive; or a model is loaded and each of its experts has a live
 // replica (a worker was lost and the job goes on without it).
@@ -106,7 +132,8 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   im.transport = transport::make_transport(info.transport(), to, backend);
   im.workers_expected = info.workers_expected();
   for (const pb::WorkerInfo& w : info.workers())
-    if (w.alive()) attach(im, w, id);
+    if (w.alive()) im.attach(w, info.placement_epoch());
+  im.membership_version = info.membership_version();
 }
 
 ClusterClient::~ClusterClient() {
@@ -120,9 +147,9 @@ ClusterClient::~ClusterClient() {
     pb::WorkerRequest req;
     req.mutable_detach();
     wire::OutgoingMessage out;
-    if (out.post(*im.transport, id, wire::kRequestTag, wire::kRequestPayloadTag, req, nullptr, 0))
+    if (out.post(*im.transport, l.peer, wire::kRequestTag, wire::kRequestPayloadTag, req, nullptr, 0))
       (void)im.transport->wait_all(out.requests, im.liveness_check);
-    (void)im.transport->disconnect_peer(id);
+    (void)im.transport->disconnect_peer(l.peer);
   }
 }
 
@@ -141,6 +168,7 @@ void ClusterClient::load_model(const Config& config, const TensorMap& weights) {
   const pb::PlanPlacementReply placed =
       call_or_throw<pb::PlanPlacementRequest, pb::PlanPlacementReply>(*im.coordinator, plan, "placing the model");
   placement_ = wire::placement_from_pb(placed.placement(), placed.placement_epoch());
+  im.routing_epoch = placement_.epoch;
   im.config = std::make_unique<Config>(load_config_string(yaml, "model"));
   // Per worker: its experts' weights, encoded one after the other (core/expert.h).
   std::map<int, std::vector<float>> payloads;
@@ -186,6 +214,7 @@ void ClusterClient::use_loaded_model(const Config& config) {
       if (info.model_yaml() != config_to_yaml(config))
         throw Error(ErrorKind::config, "the cluster at " + im.coordinator_endpoint + " holds another model than " + config.source);
       placement_ = wire::placement_from_pb(info.placement(), info.placement_epoch());
+      im.routing_epoch = placement_.epoch;
       im.config = std::make_unique<Config>(load_config_string(info.model_yaml(), "model"));
       break;
     }
@@ -276,6 +305,10 @@ ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
   }
   im.report_lost_workers();
   const pb::LoadReportReply& reply = *reported;
+  if (reply.membership_version() != im.membership_version) {  // a worker joined: attach before routing to it
+    auto info = im.coordinator_call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
+    if (info) im.sync_links(*info);
+  }
   if (reply.placement_epoch() > placement_.epoch && reply.placement_size() > 0)
     switch_placement(wire::placement_from_pb(reply.placement(), reply.placement_epoch()));
   return {reply.migrate_epoch(), reply.migrate_at_step()};
@@ -284,6 +317,7 @@ ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
 void ClusterClient::switch_placement(Placement next) {
   SY_LOG(info, "runtime", impl_->name << ": placement epoch " << placement_.epoch << " -> " << next.epoch);
   placement_ = std::move(next);
+  impl_->routing_epoch = placement_.epoch;
 }
 
 // Serving: between requests, at most every kReportInterval, report and follow the epoch.

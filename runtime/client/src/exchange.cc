@@ -23,7 +23,7 @@ std::string ClusterClient::Impl::label(int w) const {
 std::set<int> ClusterClient::Impl::live_workers() const {
   std::set<int> live;
   for (const auto& [id, l] : links)
-    if (l.broken.empty()) live.insert(id);
+    if (l.broken.empty() && routing_epoch >= l.routable_from_epoch) live.insert(id);
   return live;
 }
 
@@ -61,10 +61,10 @@ Status ClusterClient::Impl::post_all(std::vector<Call>& calls, const std::string
       continue;
     }
     c.request.set_payload_bytes(c.payload_bytes);
-    Status s = c.out.post(*transport, c.worker, wire::kRequestTag, wire::kRequestPayloadTag, c.request, c.payload,
+    Status s = c.out.post(*transport, peer(c.worker), wire::kRequestTag, wire::kRequestPayloadTag, c.request, c.payload,
                           c.payload_bytes);
     c.header.resize(wire::kMaxHeaderBytes);
-    auto r = s ? wire::post_recv(*transport, c.worker, wire::kReplyTag, c.header.data(), c.header.size())
+    auto r = s ? wire::post_recv(*transport, peer(c.worker), wire::kReplyTag, c.header.data(), c.header.size())
                : Result<transport::RequestId>(s);
     if (r) {
       c.header_request = *r;
@@ -135,7 +135,7 @@ Status ClusterClient::Impl::advance(Call& c, const std::string& what, double& sl
     c.stage = Call::Stage::done;
     return Status::ok();
   }
-  auto r = wire::post_recv(*transport, c.worker, wire::kReplyPayloadTag, c.reply.data(), rep.payload_bytes());
+  auto r = wire::post_recv(*transport, peer(c.worker), wire::kReplyPayloadTag, c.reply.data(), rep.payload_bytes());
   if (!r) return Status(StatusCode::peer_failed, what + ": " + label(c.worker) + ": " + r.status().to_string());
   c.payload_request = *r;
   c.stage = Call::Stage::payload;
@@ -150,11 +150,15 @@ std::map<int, std::string> ClusterClient::Impl::dead_among(const std::set<int>& 
                                  << " does not answer a liveness check: " << info.status().to_string());
     return dead;
   }
-  for (const pb::WorkerInfo& w : info->workers())
-    if (ids.count(w.worker_id()) && !w.alive())
+  for (const pb::WorkerInfo& w : info->workers()) {
+    if (!ids.count(w.worker_id())) continue;
+    if (w.alive() && links.count(w.worker_id()) && w.data_plane_id() != peer(w.worker_id()))
+      dead[w.worker_id()] = "replaced by pid " + std::to_string(w.pid()) + ", says the coordinator";
+    else if (!w.alive())
       dead[w.worker_id()] = w.fenced() ? "fenced, says the coordinator"
                                        : "no heartbeat for " + std::to_string(w.ms_since_heartbeat()) +
                                              " ms, says the coordinator";
+  }
   return dead;
 }
 
@@ -200,7 +204,7 @@ void ClusterClient::Impl::lose_worker(int w, const std::string& reason) {
   WorkerLink& l = it->second;
   l.broken = reason;
   ++workers_lost;
-  (void)transport->disconnect_peer(w);
+  (void)transport->disconnect_peer(l.peer);
   SY_LOG(warn, "runtime", name << ": lost " << l.label << ": " << reason);
   lost_unreported[w] = reason;
   report_lost_workers();
@@ -211,6 +215,7 @@ void ClusterClient::Impl::report_lost_workers() {
   for (auto it = lost_unreported.begin(); it != lost_unreported.end();) {
     pb::WorkerLostRequest req;
     req.set_worker_id(it->first);
+    req.set_data_plane_id(peer(it->first));
     req.set_client_id(client_id);
     req.set_reason(it->second);
     req.set_training(training);
@@ -231,7 +236,7 @@ void ClusterClient::Impl::abandon(std::vector<Call>& calls, const std::string& r
     auto it = links.find(c.worker);
     if (it == links.end() || !it->second.broken.empty()) continue;
     it->second.broken = reason;
-    (void)transport->disconnect_peer(c.worker);
+    (void)transport->disconnect_peer(it->second.peer);
   }
   for (Call& c : calls)
     if (!c.lost) release(c);

@@ -10,26 +10,62 @@
 
 namespace sy {
 
+// A slot's member can be replaced when its process is gone: fenced, or silent past dead_after_ms.
+bool Coordinator::Impl::replaceable(const Member& m, Clock::time_point now) const { return !alive(m, now); }
+
+// The workers that form the cluster take slots 0..workers-1 with data-plane ids equal to them. A
+// process registering into the slot of a lost one (`switchyard up` restarting it, or a new
+// worker when every slot is taken) is a *replacement*: a fresh data-plane id (ids are never
+// reused while peers that knew the old holder live), no fixed world, the model if one is
+// loaded, and no replicas until a rebalance (recovery or join) copies them to it.
 Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::RegisterWorkerRequest& req) {
   std::lock_guard<std::mutex> lock(mu);
+  const auto now = Clock::now();
   int id = req.requested_id();
   if (id < 0) {
     id = 0;
     while (members.count(id)) ++id;
+    if (id >= cluster.workers)  // every slot taken: the first whose process is gone (fenced first)
+      for (int pass = 0; pass < 2 && id >= cluster.workers; ++pass)
+        for (const auto& [slot, m] : members)
+          if ((pass == 0 ? !m.fenced.empty() : replaceable(m, now))) {
+            id = slot;
+            break;
+          }
   }
   if (id >= cluster.workers)
     return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is outside the cluster's " +
                                                     std::to_string(cluster.workers) + " workers (cluster.workers)");
-  if (members.count(id) && alive(members[id], Clock::now()))
+  auto previous = members.find(id);
+  const bool known_gone = previous != members.end() && req.replaces_pid() != 0 &&
+                          req.replaces_pid() == previous->second.info.pid();
+  if (previous != members.end() && !known_gone && !replaceable(previous->second, now))
     return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is already registered by pid " +
-                                                    std::to_string(members[id].info.pid()));
+                                                    std::to_string(previous->second.info.pid()));
   Member m;
   m.info.set_worker_id(id);
   m.info.set_pid(req.pid());
   m.info.set_host(req.host());
   m.info.set_control_endpoint(req.control_endpoint());
-  m.last_heartbeat = m.previous_heartbeat = Clock::now();
+  m.info.set_data_plane_id(id);
+  m.registered_at = m.last_heartbeat = m.previous_heartbeat = now;
+  const bool replacing = previous != members.end();
+  if (replacing) {
+    if (next_worker_data_plane_id >= wire::kFirstClientId)
+      return Status(StatusCode::no_resource, "the cluster has given out every worker data-plane id");
+    m.info.set_data_plane_id(next_worker_data_plane_id++);
+    m.info.set_replacement(true);
+    m.info.set_restarts(previous->second.info.restarts() + 1);
+    SY_LOG(warn, "runtime", "worker " << id << " (pid " << previous->second.info.pid() << ") is replaced by pid "
+                                      << req.pid() << " (data-plane id " << m.info.data_plane_id() << ")");
+    if (committed && !placement.experts_on(id).empty()) {  // its replicas went with its predecessor
+      recovery_failed_at.reset();
+      recovery_due = true;
+      if (!lost_since) lost_since = now;
+    }
+  }
   members[id] = m;
+  ++membership_version;
   save_state();
   SY_LOG(info, "runtime", "worker " << id << " registered: pid " << req.pid() << " at " << req.control_endpoint());
   pb::RegisterWorkerReply reply;
@@ -41,7 +77,33 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
   reply.set_transport(cluster.transport);
   reply.set_coordinator_timeout_ms(static_cast<uint32_t>(cluster.coordinator_timeout_ms));
+  reply.set_data_plane_id(m.info.data_plane_id());
+  if (replacing && committed) {
+    reply.set_model_yaml(model_yaml);
+    reply.set_placement_epoch(epoch);
+    wire::placement_to_pb(placement, reply.mutable_placement());
+  }
   return reply;
+}
+
+Result<pb::PublishAddressReply> Coordinator::Impl::publish_address(const pb::PublishAddressRequest& req) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = members.find(req.worker_id());
+  if (it == members.end() || it->second.info.pid() != req.pid())
+    return Status(StatusCode::invalid_argument, "address of worker " + std::to_string(req.worker_id()) + " from pid " +
+                                                    std::to_string(req.pid()) + ", which does not hold that id");
+  auto rank = transport::address_rank(req.data_plane_address());
+  if (!rank || *rank != it->second.info.data_plane_id())
+    return Status(StatusCode::invalid_argument, "worker " + std::to_string(req.worker_id()) +
+                                                    " published an address that is not of its data-plane id " +
+                                                    std::to_string(it->second.info.data_plane_id()));
+  it->second.info.set_data_plane_address(req.data_plane_address());
+  ++membership_version;
+  save_state();
+  maybe_recover();  // one due for its predecessor waited for it
+  maybe_admit();
+  changed.notify_all();
+  return pb::PublishAddressReply{};
 }
 
 // Client data-plane ids count up from kFirstClientId and are never reused (a late message of a
@@ -97,6 +159,10 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   m.info.set_experts(req.experts());
   m.info.set_expert_bytes(req.expert_bytes());
   m.info.set_steps(req.steps());
+  if (m.info.replacement() && req.holds_epoch() > 0) {  // it took part in a rebalance, or restored a checkpoint
+    m.info.set_replacement(false);
+    save_state();
+  }
   pb::HeartbeatReply reply;
   reply.set_placement_epoch(epoch);
   return reply;
@@ -108,6 +174,7 @@ Result<pb::WorkerLostReply> Coordinator::Impl::worker_lost(const pb::WorkerLostR
   if (it == members.end())
     return Status(StatusCode::invalid_argument, "worker " + std::to_string(req.worker_id()) + " is not a member");
   Member& m = it->second;
+  if (req.data_plane_id() != m.info.data_plane_id()) return pb::WorkerLostReply{};  // a predecessor: gone already
   Client& c = clients[req.client_id()];  // a restarted coordinator may hear of the client here first
   c.info.set_client_id(req.client_id());
   c.info.set_training(req.training());
@@ -130,6 +197,7 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   pb::ClusterInfoReply reply;
   reply.set_placement_epoch(epoch);
   reply.set_workers_expected(cluster.workers);
+  reply.set_membership_version(membership_version);
   const auto now = Clock::now();
   for (const auto& [id, m] : members) {
     pb::WorkerInfo* w = reply.add_workers();
@@ -222,9 +290,11 @@ Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportR
     maybe_rebalance_by_policy(req.step());
   }
   maybe_recover();
+  maybe_admit();
   changed.notify_all();
   pb::LoadReportReply reply;
   reply.set_placement_epoch(epoch);
+  reply.set_membership_version(membership_version);
   if (req.placement_epoch() < epoch) wire::placement_to_pb(placement, reply.mutable_placement());
   if (migration && migration->at_step && migration->at_step_n > 0) {
     reply.set_migrate_epoch(migration->next.epoch);
@@ -235,6 +305,7 @@ Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportR
 
 Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<Impl>()) {
   impl_->cluster = cluster;
+  impl_->next_worker_data_plane_id = cluster.workers;
   impl_->load_state();
   const std::optional<HostPort> listen = parse_host_port(cluster.coordinator);
   if (!listen) throw Error(ErrorKind::config, "cluster.coordinator: '" + cluster.coordinator + "' is not host:port");
@@ -259,6 +330,7 @@ Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<
   SY_HANDLE(UnregisterClientRequest, UnregisterClientReply, unregister_client, 1 * KiB, quick);
   SY_HANDLE(HeartbeatRequest, HeartbeatReply, heartbeat, 1 * KiB, quick);
   SY_HANDLE(WorkerLostRequest, WorkerLostReply, worker_lost, 16 * KiB, quick);
+  SY_HANDLE(PublishAddressRequest, PublishAddressReply, publish_address, 16 * KiB, quick);  // a UCX address
   SY_HANDLE(PlanPlacementRequest, PlanPlacementReply, plan, 1 * MiB, heavy);  // the model's YAML
   SY_HANDLE(CommitPlacementRequest, CommitPlacementReply, commit, 1 * KiB, quick);
   SY_HANDLE(LoadReportRequest, LoadReportReply, report_load, 8 * MiB, quick);  // rows per (layer, stage, expert)
@@ -307,6 +379,8 @@ void Coordinator::check_liveness() {
                                          << ") is dead: no heartbeat for " << impl_->cluster.dead_after_ms << " ms");
     }
   }
+  impl_->maybe_recover();  // due after a loss or a replacement; a failed start is retried from here
+  impl_->maybe_admit();
   impl_->changed.notify_all();
 }
 

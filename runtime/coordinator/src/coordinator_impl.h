@@ -32,6 +32,7 @@ using Clock = std::chrono::steady_clock;
 struct Coordinator::Impl {
   struct Member {
     pb::WorkerInfo info;
+    Clock::time_point registered_at;
     Clock::time_point last_heartbeat;
     Clock::time_point previous_heartbeat;
     uint64_t previous_rows = 0;
@@ -77,11 +78,14 @@ struct Coordinator::Impl {
   std::deque<pb::RebalanceRecord> history;  // latest first
   std::optional<Clock::time_point> lost_since;  // a fenced worker is still in the placement since
   std::optional<Clock::time_point> recovery_failed_at;  // retried after dead_after_ms, or at a new loss
+  std::optional<Clock::time_point> admit_failed_at;     // a join that failed to start: again after dead_after_ms
   bool recovery_due = false;  // a worker was fenced (or a recovery failed) since the last plan
   std::map<uint64_t, pb::EpochDecisionReply::Verdict> verdicts;  // epoch → how its rebalance ended
   std::thread driver;
   std::atomic<bool> shutdown{false};
   int next_client_id = wire::kFirstClientId;
+  int next_worker_data_plane_id = 0;  // set to cluster.workers at start: replacements' ids
+  uint64_t membership_version = 0;    // a worker registered or published its address
 
   bool alive(const Member& m, Clock::time_point now) const {
     return m.fenced.empty() && now - m.last_heartbeat < std::chrono::milliseconds(cluster.dead_after_ms);
@@ -102,6 +106,8 @@ struct Coordinator::Impl {
   Result<pb::RegisterClientReply> register_client(const pb::RegisterClientRequest& req);
   Result<pb::UnregisterClientReply> unregister_client(const pb::UnregisterClientRequest& req);
   Result<pb::HeartbeatReply> heartbeat(const pb::HeartbeatRequest& req);
+  bool replaceable(const Member& m, Clock::time_point now) const;
+  Result<pb::PublishAddressReply> publish_address(const pb::PublishAddressRequest& req);
   Result<pb::WorkerLostReply> worker_lost(const pb::WorkerLostRequest& req);
   Result<pb::ClusterInfoReply> info() const;
   Result<pb::PlanPlacementReply> plan(const pb::PlanPlacementRequest& req);
@@ -119,6 +125,13 @@ struct Coordinator::Impl {
   // gives each expert that lost a replica a new one on a live worker with room (copied, weights
   // and AdamW state, from a surviving replica), when no rebalance is running.
   void maybe_recover();
+  // Caller holds mu: a replacement worker that holds nothing gets replicas, moved from the
+  // workers holding most, until replica counts differ by at most one ("join" rebalance), when
+  // no rebalance is running and no recovery is due.
+  void maybe_admit();
+  // A live worker whose replicas are the ones the placement lists for it (not a replacement
+  // still empty): a copy source, and kept by a recovery.
+  bool holds_its_replicas(int w, Clock::time_point now) const;
   // Caller holds mu: starts the driver thread for `next` (epoch set here).
   Result<uint64_t> start_rebalance(Placement next, const std::string& source, double before, double after);
   void drive(uint64_t next_epoch);

@@ -149,15 +149,21 @@ void Coordinator::Impl::maybe_recover() {
   const auto now = Clock::now();
   if (!recovery_due || migration || !committed || !model) return;  // load reports call this: cheap when nothing is due
   if (recovery_failed_at && now - *recovery_failed_at < Millis(cluster.dead_after_ms)) return;
-  // Fenced workers (a client lost them) leave the placement; new replicas go to live ones.
-  auto kept = [&](int w) { return members.count(w) && members.at(w).fenced.empty(); };
+  // Fenced workers (a client lost them) and the slots of replaced ones leave the placement; new
+  // replicas go to live workers (a replacement among them).
+  auto kept = [&](int w) {
+    return members.count(w) && members.at(w).fenced.empty() && !members.at(w).info.replacement();
+  };
   Placement next = placement;
   std::map<int, int> held;  // replicas per live worker in `next`
-  for (const auto& [id, m] : members)
-    if (alive(m, now)) held[id] = 0;
+  for (const auto& [id, m] : members) {  // copy targets: live, and reachable on the data plane
+    if (!alive(m, now)) continue;
+    if (!m.info.data_plane_address().empty()) held[id] = 0;
+    else if (now - m.registered_at < Millis(cluster.dead_after_ms)) return;  // a replacement is starting: wait for it
+  }
   for (const auto& [key, workers] : placement.replicas)
     for (int w : workers)
-      if (held.count(w)) ++held[w];
+      if (held.count(w) && kept(w)) ++held[w];
   int restored = 0, lost = 0;
   for (auto& [key, workers] : next.replicas) {
     const size_t want = workers.size();
@@ -200,6 +206,65 @@ void Coordinator::Impl::maybe_recover() {
                                                << restored << " are copied to live workers");
 }
 
+bool Coordinator::Impl::holds_its_replicas(int w, Clock::time_point now) const {
+  auto it = members.find(w);
+  return it != members.end() && alive(it->second, now) && !it->second.info.replacement();
+}
+
+void Coordinator::Impl::maybe_admit() {
+  const auto now = Clock::now();
+  if (migration || !committed || !model || recovery_due) return;
+  std::map<int, int> held;  // replicas per live worker
+  std::vector<int> joiners;
+  for (const auto& [id, m] : members) {
+    if (!alive(m, now)) continue;
+    held[id] = 0;
+    if (m.info.replacement() && !m.info.data_plane_address().empty()) joiners.push_back(id);
+  }
+  if (joiners.empty()) return;
+  if (admit_failed_at && now - *admit_failed_at < Millis(cluster.dead_after_ms)) return;
+  Placement next = placement;
+  for (const auto& [key, workers] : next.replicas)
+    for (int w : workers)
+      if (held.count(w)) ++held[w];
+  int moved = 0;
+  for (;;) {  // one replica at a time: from the worker holding most to the joiner holding fewest
+    const int j = *std::min_element(joiners.begin(), joiners.end(), [&](int a, int b) { return held[a] < held[b]; });
+    int donor = -1;
+    for (const auto& [w, n] : held)
+      if (holds_its_replicas(w, now) && (donor < 0 || n > held[donor])) donor = w;
+    if (donor < 0 || held[donor] - held[j] <= 1) break;
+    bool found = false;
+    for (auto it = next.replicas.rbegin(); it != next.replicas.rend() && !found; ++it) {
+      std::vector<int>& workers = it->second;
+      auto d = std::find(workers.begin(), workers.end(), donor);
+      if (d == workers.end() || std::find(workers.begin(), workers.end(), j) != workers.end()) continue;
+      *d = j;
+      next.shares.erase(it->first);
+      found = true;
+    }
+    if (!found) break;
+    --held[donor], ++held[j], ++moved;
+  }
+  if (moved == 0) {  // nothing to give it (more workers than replicas): it stays an empty member
+    for (int j : joiners) members.at(j).info.set_replacement(false);
+    save_state();
+    return;
+  }
+  const LoadMatrix window = window_matrix(model->model, load);
+  const double before = placement_balancedness(placement, window, cluster.workers);
+  const double after = placement_balancedness(next, window, cluster.workers);
+  auto started = start_rebalance(std::move(next), "join", before, after);
+  if (!started) {
+    admit_failed_at = now;
+    SY_LOG(error, "runtime", "join of replacement workers: " << started.status().message());
+    return;
+  }
+  admit_failed_at.reset();
+  SY_LOG(info, "runtime", "join to epoch " << *started << ": " << moved << " replicas move to " << joiners.size()
+                                           << " replacement worker(s)");
+}
+
 Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::string& source, double before,
                                                     double after) {
   const ModelConfig& m = model->model;
@@ -217,7 +282,8 @@ Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::s
   uint64_t moved_bytes = 0;
   uint32_t dropped = 0;
   for (const auto& [key, workers] : next.replicas) {
-    const std::vector<int>& holders = placement.workers_for(key);
+    std::vector<int> holders = placement.workers_for(key);  // a replacement holds none of its slot's yet
+    std::erase_if(holders, [&](int h) { return members.count(h) && members.at(h).info.replacement(); });
     for (int w : holders) dropped += std::find(workers.begin(), workers.end(), w) == workers.end();
     for (int w : workers) {
       if (std::find(holders.begin(), holders.end(), w) != holders.end()) continue;
@@ -382,8 +448,15 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
   {
     std::lock_guard<std::mutex> lock(mu);
     const auto now = Clock::now();
-    for (const auto& [id, m] : members)
-      if (alive(m, now)) endpoints[id] = m.info.control_endpoint();
+    for (const auto& [id, m] : members) {
+      if (!alive(m, now)) continue;
+      endpoints[id] = m.info.control_endpoint();
+      if (m.info.data_plane_address().empty()) continue;
+      pb::WorkerPeer* peer = prepare.add_peers();
+      peer->set_worker_id(id);
+      peer->set_data_plane_id(m.info.data_plane_id());
+      peer->set_data_plane_address(m.info.data_plane_address());
+    }
     prepare.set_epoch(next_epoch);
     wire::placement_to_pb(migration->next, prepare.mutable_placement());
     for (const pb::ReplicaCopy& c : migration->copies) *prepare.add_copies() = c;
@@ -420,6 +493,8 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     if (outcome) {
       placement = mig.next;
       this->epoch = next_epoch;
+      for (auto& [id, m] : members)  // the new placement knows what a replacement holds
+        if (m.info.replacement() && alive(m, Clock::now()) && endpoints.count(id)) m.info.set_replacement(false);
       save_state();
       mig.verdict = pb::EpochDecisionReply::COMMITTED;
       mig.record.set_state("committed");

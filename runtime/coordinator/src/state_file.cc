@@ -27,6 +27,8 @@ void Coordinator::Impl::save_state() const {
   st.set_last_epoch(last_epoch);
   wire::placement_to_pb(placement, st.mutable_placement());
   st.set_next_client_id(next_client_id);
+  st.set_next_worker_data_plane_id(next_worker_data_plane_id);
+  st.set_membership_version(membership_version);
   const std::string tmp = cluster.state_file + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -57,11 +59,14 @@ void Coordinator::Impl::load_state() {
                                          " outside cluster.workers (" + std::to_string(cluster.workers) + ")");
     Member& m = members[w.worker_id()];
     m.info = w;
+    if (m.info.data_plane_id() < m.info.worker_id()) m.info.set_data_plane_id(w.worker_id());  // a file without ids
     m.fenced = st.fenced_reasons(i);
     m.last_heartbeat = m.previous_heartbeat = now;  // dead_after_ms to heartbeat the new coordinator
     recovery_due |= !m.fenced.empty();
   }
   next_client_id = std::max(next_client_id, st.next_client_id());
+  next_worker_data_plane_id = std::max(next_worker_data_plane_id, st.next_worker_data_plane_id());
+  membership_version = st.membership_version() + 1;
   epoch = st.placement_epoch();
   last_epoch = std::max(st.last_epoch(), epoch);
   if (!st.model_yaml().empty()) {

@@ -102,6 +102,19 @@ Result<int> LocalProcess::wait(std::chrono::milliseconds timeout) {
   }
 }
 
+std::optional<int> LocalProcess::poll() {
+  if (pid_ <= 0) return std::nullopt;
+  int status = 0;
+  pid_t r;
+  while ((r = waitpid(pid_, &status, WNOHANG)) < 0 && errno == EINTR) {
+  }
+  if (r != pid_) return std::nullopt;
+  pid_ = -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 255;
+}
+
 std::string current_executable() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
 }  // namespace sy::launch

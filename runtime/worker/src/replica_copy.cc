@@ -31,7 +31,8 @@ struct Landed {
 struct Transfer {
   size_t index = 0;
   ExpertKey key;
-  int peer = 0;
+  int peer = 0;              // its worker id (slot)
+  transport::Rank rank = 0;  // its data-plane id
   bool incoming = false;
   ExpertTensors state;                                 // incoming: the receive buffers
   TensorMap grads;                                     // incoming: the new replica's zero gradients
@@ -121,8 +122,8 @@ Status post_copy(transport::Transport& transport, const ExpertStore& store, uint
     for (const Tensor* tensor : {&w.at(name), &m.at(name + ".exp_avg"), &m.at(name + ".exp_avg_sq")}) add_span(t, *tensor);
   for (size_t j = 0; j < t.spans.size(); ++j) {
     void* p = const_cast<float*>(t.spans[j].first);  // a send only reads it
-    auto r = t.incoming ? wire::post_recv(transport, t.peer, copy_tag(epoch, t.index, j), p, t.spans[j].second)
-                        : wire::post_send(transport, t.peer, copy_tag(epoch, t.index, j), p, t.spans[j].second);
+    auto r = t.incoming ? wire::post_recv(transport, t.rank, copy_tag(epoch, t.index, j), p, t.spans[j].second)
+                        : wire::post_send(transport, t.rank, copy_tag(epoch, t.index, j), p, t.spans[j].second);
     if (!r) return r.status();
     t.requests.push_back(*r);
     bytes += t.spans[j].second;
@@ -133,8 +134,8 @@ Status post_copy(transport::Transport& transport, const ExpertStore& store, uint
     for (size_t j = 0; j < t.spans.size(); ++j) t.trailer[1 + j] = checksum64(t.spans[j].first, t.spans[j].second);
   }
   const size_t tb = t.trailer.size() * sizeof(uint64_t);
-  auto r = t.incoming ? wire::post_recv(transport, t.peer, copy_tag(epoch, t.index, 15), t.trailer.data(), tb)
-                      : wire::post_send(transport, t.peer, copy_tag(epoch, t.index, 15), t.trailer.data(), tb);
+  auto r = t.incoming ? wire::post_recv(transport, t.rank, copy_tag(epoch, t.index, 15), t.trailer.data(), tb)
+                      : wire::post_send(transport, t.rank, copy_tag(epoch, t.index, 15), t.trailer.data(), tb);
   if (!r) return r.status();
   t.requests.push_back(*r);
   return Status::ok();
@@ -201,7 +202,7 @@ ReceiveBuffers allocate_receive_buffers(const ModelConfig& model, int self, cons
 
 CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& store, int self, uint64_t epoch,
                                const std::vector<pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout,
-                               ReceiveBuffers buffers) {
+                               const std::function<transport::Rank(int)>& rank_of, ReceiveBuffers buffers) {
   const auto start = Clock::now();
   CopyOutcome out;
   std::vector<Transfer> transfers;
@@ -213,6 +214,7 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
     t.key = {c.layer(), c.stage(), c.expert()};
     t.incoming = c.to_worker() == self;
     t.peer = t.incoming ? c.from_worker() : c.to_worker();
+    t.rank = rank_of(t.peer);
     if (auto it = buffers.find(i); t.incoming && it != buffers.end()) {
       t.state = std::move(it->second.state);
       t.grads = std::move(it->second.grads);
@@ -230,7 +232,7 @@ CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& sto
   const auto moved = Clock::now();
   if (!s) {  // end every unfinished request while its buffer is alive
     for (const Transfer& t : transfers)
-      if (t.landed < t.requests.size()) (void)transport.disconnect_peer(t.peer);
+      if (t.landed < t.requests.size()) (void)transport.disconnect_peer(t.rank);
     for (Transfer& t : transfers)
       for (size_t j = t.landed; j < t.requests.size(); ++j) (void)transport.wait(t.requests[j], timeout);
     out.ok = false;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -47,9 +48,10 @@ ReceiveBuffers allocate_receive_buffers(const ModelConfig& model, int self,
 // within `timeout`. On failure the peers of the unfinished copies are disconnected (their
 // requests end while the buffers are alive), replicas already added stay in `added` for the
 // caller to discard, and the outcome names the peer.
+// `rank_of` maps a worker id (slot) to its process's data-plane id.
 CopyOutcome run_replica_copies(transport::Transport& transport, ExpertStore& store, int self, uint64_t epoch,
                                const std::vector<wire::pb::ReplicaCopy>& copies, std::chrono::milliseconds timeout,
-                               ReceiveBuffers buffers = {});
+                               const std::function<transport::Rank(int)>& rank_of, ReceiveBuffers buffers = {});
 
 // A 64-bit checksum of `bytes` bytes: four interleaved FNV-1a-style lanes over 64-bit words
 // (xor, then multiply by the FNV prime), folded together with the tail; memory-bandwidth fast.

@@ -78,7 +78,8 @@ class Worker {
         transport_.get(), &store_, &placement_,
         [this](const pb::MigrationReportRequest& r) { return coordinator_call<pb::MigrationReportRequest, pb::MigrationReportReply>(r).status(); },
         id_, label_, request_timeout_,
-        [this] { return training_client_attached(); }, [this] { held_changed(); }});
+        [this] { return training_client_attached(); }, [this] { held_changed(); },
+        [this](uint64_t epoch) { holds_epoch_ = epoch; }, [this](int w) { return rank_of(w); }});
     std::thread heartbeat([this] { heartbeat_loop(); });
     serve();
     heartbeat_stop_ = true;
@@ -138,10 +139,12 @@ class Worker {
     reg.set_pid(static_cast<uint32_t>(::getpid()));
     reg.set_host(transport::default_process_label());
     reg.set_control_endpoint(server_->endpoint());
+    reg.set_replaces_pid(options_.replaces_pid);
     auto r = coordinator_->call<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(reg);
     if (!r) throw Error(ErrorKind::transport, "worker: register with " + options_.coordinator + ": " + r.status().to_string());
     registration_ = std::move(r).value();
     id_ = registration_.worker_id();
+    rank_ = registration_.data_plane_id();
     request_timeout_ = Millis(registration_.request_timeout_ms());
     label_ = "worker " + std::to_string(id_) + " (" + transport::default_process_label() + ")";
     SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator << " (" << registration_.transport()
@@ -150,20 +153,71 @@ class Worker {
   }
 
   // This process's one transport: the workers' fixed world (replica reduction) and, as dynamic
-  // peers, the clients.
+  // peers, the clients. A replacement of a lost worker has a fresh data-plane id outside that
+  // world: it connects to the other workers one by one (MigrateRequest.peers), and takes the
+  // loaded model, holding no replica until a rebalance copies some here.
   void join_workers_world() {
+    const int world = registration_.workers_expected();
+    const bool replacement = rank_ != id_;
     transport::TransportOptions to;
-    to.rank = id_;
-    to.world_size = registration_.workers_expected();
+    to.rank = rank_;
+    to.world_size = replacement ? 0 : world;
     to.label = label_;
     transport::BackendOptions backend;
     backend.ucx.peer_error_handling = registration_.ucx_peer_failure();
     transport_ = transport::make_transport(registration_.transport(), to, backend);
+    if (!registration_.model_yaml().empty()) take_loaded_model();
     address_ = transport_->local_address();
     address_ready_ = true;  // attach (control thread) may answer from now on
-    const Status s = transport::bootstrap_transport(*transport_, *coordinator_, "workers-data-plane",
-                                                    Millis(registration_.startup_timeout_ms()));
-    if (!s) throw Error(ErrorKind::transport, label_ + ": joining the workers' data-plane world: " + s.to_string());
+    if (!replacement) {
+      const Status s = transport::bootstrap_transport(*transport_, *coordinator_, "workers-data-plane",
+                                                      Millis(registration_.startup_timeout_ms()));
+      if (!s) throw Error(ErrorKind::transport, label_ + ": joining the workers' data-plane world: " + s.to_string());
+      for (int w = 0; w < world; ++w) peer_rank_[w] = w;
+    }
+    pb::PublishAddressRequest pub;
+    pub.set_worker_id(id_);
+    pub.set_pid(static_cast<uint32_t>(::getpid()));
+    pub.set_data_plane_address(address_);
+    if (auto r = coordinator_->call<pb::PublishAddressRequest, pb::PublishAddressReply>(pub); !r)
+      throw Error(ErrorKind::transport, label_ + ": publishing its data-plane address: " + r.status().to_string());
+  }
+
+  // A replacement: the cluster's model with an empty store (the rebalance fills it).
+  void take_loaded_model() {
+    config_ = std::make_unique<Config>(load_config_string(registration_.model_yaml(), "model from the coordinator"));
+    store_ = std::make_unique<ExpertStore>(config_->model);
+    placement_ = wire::placement_from_pb(registration_.placement(), registration_.placement_epoch());
+    SY_LOG(info, "runtime", label_ << ": replaces a lost worker (data-plane id " << rank_
+                                   << "); waiting for replicas of placement epoch > " << placement_.epoch);
+  }
+
+  // A worker id's data-plane id: the slot's process as last told (MigrateRequest.peers).
+  transport::Rank rank_of(int worker) const {
+    auto it = peer_rank_.find(worker);
+    return it == peer_rank_.end() ? worker : it->second;
+  }
+
+  // Connects the workers a rebalance lists that this transport has no endpoint to (a
+  // replacement, or every peer when this is one); a slot's previous process is disconnected.
+  void connect_workers(const google::protobuf::RepeatedPtrField<pb::WorkerPeer>& peers) {
+    const std::vector<transport::Rank> have = transport_->peers();
+    auto connected = [&](transport::Rank r) { return std::find(have.begin(), have.end(), r) != have.end(); };
+    for (const pb::WorkerPeer& p : peers) {
+      if (p.worker_id() == id_) continue;
+      auto it = peer_rank_.find(p.worker_id());
+      if (it != peer_rank_.end() && it->second == p.data_plane_id() && connected(it->second)) continue;
+      if (it != peer_rank_.end() && it->second != p.data_plane_id() && connected(it->second))
+        (void)transport_->disconnect_peer(it->second);
+      if (connected(p.data_plane_id())) (void)transport_->disconnect_peer(p.data_plane_id());  // failed: reconnect
+      if (Status s = transport_->connect_peer(p.data_plane_id(), p.data_plane_address()); !s) {
+        SY_LOG(warn, "runtime", label_ << ": cannot connect worker " << p.worker_id() << ": " << s.to_string());
+        continue;
+      }
+      peer_rank_[p.worker_id()] = p.data_plane_id();
+      SY_LOG(info, "runtime", label_ << ": connected worker " << p.worker_id() << " (data-plane id "
+                                     << p.data_plane_id() << ")");
+    }
   }
 
   Result<pb::AttachReply> attach(const pb::AttachRequest& req) {
@@ -253,6 +307,7 @@ class Worker {
     hb.set_expert_bytes(expert_bytes_.load());
     hb.set_steps(steps_.load());
     hb.set_pid(static_cast<uint32_t>(::getpid()));
+    hb.set_holds_epoch(holds_epoch_.load());
     auto reply = client.call<pb::HeartbeatRequest, pb::HeartbeatReply>(hb);
     if (!reply) {
       if (client.broken()) return false;  // away: reconnect next time
@@ -281,7 +336,10 @@ class Worker {
       std::lock_guard<std::mutex> lock(tasks_mu_);
       tasks.swap(tasks_);
     }
-    for (const WorkerMigration::Task& t : tasks) migration_->handle(t);
+    for (const WorkerMigration::Task& t : tasks) {
+      if (const auto* m = std::get_if<pb::MigrateRequest>(&t)) connect_workers(m->peers());
+      migration_->handle(t);
+    }
   }
 
   // An attached client has sent a StepOp: a training job is (still) attached.
@@ -455,7 +513,11 @@ class Worker {
     const std::string path = op.dir() + "/worker-" + std::to_string(id_) + ".safetensors";
     switch (op.action()) {
       case pb::CheckpointOp::SAVE: require_store().save(path); return;
-      case pb::CheckpointOp::RESTORE: require_store().load(path); return;
+      case pb::CheckpointOp::RESTORE:
+        require_store().load(path);
+        holds_epoch_ = std::max<uint64_t>(placement_.epoch, 1);  // a replacement holds its slot's replicas again
+        held_changed();
+        return;
       default: throw Error(ErrorKind::input, "checkpoint request without an action");
     }
   }
@@ -483,6 +545,7 @@ class Worker {
     store_ = std::move(store);
     forward_cache_.clear();
     held_changed();
+    holds_epoch_ = placement_.epoch;
     SY_LOG(info, "runtime", label_ << ": loaded " << experts_held_.load() << " expert replicas");
   }
 
@@ -617,8 +680,8 @@ class Worker {
     for (int w : workers) {
       if (w == id_ || !st) continue;
       all[w].resize(mine.size());
-      auto s = wire::post_send(*transport_, w, tag, mine.data(), mine.size() * sizeof(float));
-      auto r = s ? wire::post_recv(*transport_, w, tag, all[w].data(), mine.size() * sizeof(float)) : s;
+      auto s = wire::post_send(*transport_, rank_of(w), tag, mine.data(), mine.size() * sizeof(float));
+      auto r = s ? wire::post_recv(*transport_, rank_of(w), tag, all[w].data(), mine.size() * sizeof(float)) : s;
       if (s) reqs.emplace_back(w, *s);
       if (r && s) reqs.emplace_back(w, *r);
       st = !s ? s.status() : r.status();
@@ -656,12 +719,15 @@ class Worker {
       next_check = now + Millis(registration_.heartbeat_ms());
       auto info = coordinator_call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
       if (!info) continue;  // away (a restart?): UCX errors and the request timeout still bound the wait
-      for (const pb::WorkerInfo& w : info->workers())
-        if (!w.alive() && !dead.count(w.worker_id()) && !placement_.experts_on(w.worker_id()).empty())
-          return Status(StatusCode::peer_failed, "worker " + std::to_string(w.worker_id()) + " is dead (" +
-                                                     (w.fenced() ? "fenced" : "no heartbeat for " +
-                                                                                  std::to_string(w.ms_since_heartbeat()) + " ms") +
-                                                     ", says the coordinator)");
+      for (const pb::WorkerInfo& w : info->workers()) {
+        if (dead.count(w.worker_id()) || placement_.experts_on(w.worker_id()).empty()) continue;
+        if (w.alive() && w.data_plane_id() == rank_of(w.worker_id())) continue;
+        const std::string why = w.alive() ? "replaced by pid " + std::to_string(w.pid())
+                                : w.fenced() ? "fenced"
+                                             : "no heartbeat for " + std::to_string(w.ms_since_heartbeat()) + " ms";
+        return Status(StatusCode::peer_failed,
+                      "worker " + std::to_string(w.worker_id()) + " is dead (" + why + ", says the coordinator)");
+      }
     }
     return Status::ok();
   }
@@ -721,6 +787,9 @@ class Worker {
   std::string address_;                              // its address, for attach
   std::atomic<bool> address_ready_{false};
   int id_ = -1;
+  transport::Rank rank_ = -1;            // this process's data-plane id (id_, or a replacement's own)
+  std::map<int, transport::Rank> peer_rank_;  // worker id → the data-plane id connected for it
+  std::atomic<uint64_t> holds_epoch_{0};  // heartbeat: the placement epoch its replicas match
   std::string label_ = "worker";
   Millis request_timeout_{10000};
   std::atomic<bool> heartbeat_stop_{false}, coordinator_lost_{false}, fenced_{false};

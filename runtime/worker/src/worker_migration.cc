@@ -66,7 +66,8 @@ void WorkerMigration::copy() {
   if (std::getenv("SWITCHYARD_TEST_EXIT_IN_COPY"))
     for (const pb::ReplicaCopy& c : m.copies)
       if (c.to_worker() == env_.id) ::_exit(17);
-  CopyOutcome out = run_replica_copies(*env_.transport, **env_.store, env_.id, m.epoch, m.copies, env_.timeout, m.buffers.get());
+  CopyOutcome out = run_replica_copies(*env_.transport, **env_.store, env_.id, m.epoch, m.copies, env_.timeout,
+                                       env_.rank_of, m.buffers.get());
   m.added = out.added;
   env_.held_changed();
   report(m.epoch, out);
@@ -102,6 +103,7 @@ void WorkerMigration::commit(uint64_t epoch) {
   if (!current_ || current_->epoch != epoch) return;
   *env_.placement = std::move(current_->next);
   current_.reset();
+  env_.committed(epoch);
 }
 
 void WorkerMigration::abort(uint64_t epoch) {

@@ -40,6 +40,8 @@ class WorkerMigration {
     std::chrono::milliseconds timeout{10000};
     std::function<bool()> training_client_attached;  // a client stepping now (refuse copies between requests)
     std::function<void()> held_changed;              // the store's replicas changed
+    std::function<void(uint64_t)> committed;         // the replicas match this epoch's placement now
+    std::function<transport::Rank(int)> rank_of;     // a worker id's data-plane id
   };
   using Task = std::variant<wire::pb::MigrateRequest, wire::pb::EpochNoticeRequest>;
 

@@ -101,6 +101,7 @@ struct ClusterConfig {
   int liveness_check_ms = 500;              // how often a waiting client asks who is alive
   int coordinator_timeout_ms = 15000;       // workers and clients go on without the coordinator this long
   std::string state_file;                   // the coordinator's state, for a restart; "" = none
+  bool restart_workers = false;             // switchyard up restarts a local worker that died
   std::string transport = "ucx";            // data plane: "ucx" or "inprocess" (one process, tests)
   int worker_memory_mb = 4096;              // per-worker budget for expert replicas
   std::string placement;                    // placement YAML, absolute path; "" = round-robin default

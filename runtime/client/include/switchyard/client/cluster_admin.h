@@ -23,6 +23,9 @@ struct WorkerStatus {
   double rows_per_s = 0;
   uint64_t ms_since_heartbeat = 0;
   bool fenced = false;  // a client lost it: never used again (a restart registers anew)
+  int data_plane_id = 0;     // its process's (the id for the first process; a replacement's is fresh)
+  uint32_t restarts = 0;     // processes that replaced a lost one in this slot
+  bool replacement = false;  // a replacement that holds no replicas yet
 };
 
 struct ClientStatus {

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +33,8 @@ class LocalProcess {
   // Exit code (128 + signal when killed by a signal), or a timeout error after which the child
   // has been killed.
   Result<int> wait(std::chrono::milliseconds timeout);
+  // The exit code (as wait's) once the child has ended, reaping it; nothing while it runs.
+  std::optional<int> poll();
   void kill();
 
  private:

@@ -19,6 +19,7 @@ namespace sy {
 struct WorkerOptions {
   std::string coordinator;              // "host:port" of the coordinator
   int requested_id = -1;                // -1: the coordinator assigns one
+  uint32_t replaces_pid = 0;            // the lost process this one replaces in requested_id's slot (up)
   std::string bind_host = "127.0.0.1";  // where the worker's control server listens
   // How long to retry reaching the coordinator: the schema default of cluster.startup_timeout_ms
   // (the worker has no config before it reaches the coordinator).
