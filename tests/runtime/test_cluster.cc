@@ -33,6 +33,7 @@
 #include "switchyard/worker/worker.h"
 #include "../support/free_port.h"
 #include "../support/local_cluster.h"
+#include "../support/up_process.h"
 
 namespace sy {
 namespace {
@@ -491,61 +492,78 @@ TEST(ClusterCli, UpStatusLayerForwardAndSigint) {
   std::filesystem::create_directories(dir);
   const std::string cfg_path = dir + "/cluster.yaml";
   std::ofstream(cfg_path) << "cluster:\n  workers: 3\n  replicas: 2\n";
-  int out_pipe[2];
-  ASSERT_EQ(pipe(out_pipe), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out_pipe[1], STDOUT_FILENO);
-    close(out_pipe[0]);
-    execl(kBinary.c_str(), kBinary.c_str(), "up", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out_pipe[1]);
-  FILE* out = fdopen(out_pipe[0], "r");
-  std::string endpoint;
-  bool ready = false;
-  char line[512];
-  while (!ready && fgets(line, sizeof line, out)) {
-    const std::string l = line;
-    if (l.rfind("coordinator listening on ", 0) == 0) endpoint = l.substr(25, l.size() - 26);
-    if (l.rfind("cluster ready", 0) == 0) ready = true;
-  }
-  ASSERT_TRUE(ready) << "no 'cluster ready' line";
-  ASSERT_FALSE(endpoint.empty());
-  auto run = [](const std::string& args) {
-    const std::string cmd = kBinary + " " + args + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-    const int st = pclose(p);
-    return std::pair<int, std::string>{WIFEXITED(st) ? WEXITSTATUS(st) : -1, text};
-  };
-  auto [code, status] = run("status --cluster " + endpoint);
+  UpProcess up(cfg_path);
+  ASSERT_TRUE(up.ready()) << "no 'cluster ready' line";
+  const std::string& endpoint = up.endpoint();
+  auto [code, status] = run_cli("", "status --cluster " + endpoint);
   EXPECT_EQ(code, 0) << status;
   EXPECT_NE(status.find("workers 3/3"), std::string::npos) << status;
-  EXPECT_EQ(run("layer init --config " + kModels + "cartesian.yaml --out " + dir + "/w.safetensors").first, 0);
+  EXPECT_EQ(run_cli("", "layer init --config " + kModels + "cartesian.yaml --out " + dir + "/w.safetensors").first, 0);
   const Config cfg = load_config(kModels + "cartesian.yaml");
   RandomStream rng(4, "x");
   write_npy(dir + "/x.npy", random_tokens(48, cfg.model.hidden_size, rng));
   const std::string common = "layer forward --config " + kModels + "cartesian.yaml --weights " + dir +
                              "/w.safetensors --input " + dir + "/x.npy --output ";
-  auto local = run(common + dir + "/y_local.npy");
+  auto local = run_cli("", common + dir + "/y_local.npy");
   ASSERT_EQ(local.first, 0) << local.second;
-  auto remote = run(common + dir + "/y_cluster.npy --cluster " + endpoint);
+  auto remote = run_cli("", common + dir + "/y_cluster.npy --cluster " + endpoint);
   ASSERT_EQ(remote.first, 0) << remote.second;
   expect_close(read_npy(dir + "/y_cluster.npy"), read_npy(dir + "/y_local.npy"), "layer forward --cluster");
-  auto [code2, status2] = run("status --cluster " + endpoint);
+  auto [code2, status2] = run_cli("", "status --cluster " + endpoint);
   EXPECT_NE(status2.find("model loaded"), std::string::npos) << status2;
-  kill(pid, SIGINT);
-  std::string rest;
-  while (fgets(line, sizeof line, out)) rest += line;
-  fclose(out);
-  int wstatus = 0;
-  waitpid(pid, &wstatus, 0);
-  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << rest;
+  auto [exit_code, rest] = up.stop();
+  EXPECT_EQ(exit_code, 0) << rest;
   EXPECT_NE(rest.find("cluster stopped"), std::string::npos) << rest;
+  std::filesystem::remove_all(dir);
+}
+
+// `switchyard up` with cluster.restart_workers: a worker killed under a loaded model is started
+// again in its slot; the new process joins as a replacement, the recovery copies the lost
+// replicas to it, and the cluster answers `layer forward` as before, equal to the local command.
+TEST(ClusterCli, UpRestartsAKilledWorkerWhichReceivesItsReplicasAgain) {
+  const std::string dir = ::testing::TempDir() + "/sy_up_restart_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string cfg_path = dir + "/cluster.yaml";
+  std::ofstream(cfg_path) << "cluster:\n  workers: 3\n  replicas: 2\n  heartbeat_ms: 200\n  restart_workers: true\n";
+  UpProcess up(cfg_path);
+  ASSERT_TRUE(up.ready()) << "no 'cluster ready' line";
+  const std::string& endpoint = up.endpoint();
+  ASSERT_EQ(run_cli("", "layer init --config " + kModels + "topk.yaml --out " + dir + "/w.safetensors").first, 0);
+  const Config cfg = load_config(kModels + "topk.yaml");
+  RandomStream rng(5, "x");
+  write_npy(dir + "/x.npy", random_tokens(48, cfg.model.hidden_size, rng));
+  const std::string forward = "layer forward --config " + kModels + "topk.yaml --weights " + dir + "/w.safetensors --input " +
+                              dir + "/x.npy --output ";
+  ASSERT_EQ(run_cli("", forward + dir + "/y_local.npy").first, 0);
+  auto first = run_cli("", forward + dir + "/y_1.npy --cluster " + endpoint);
+  ASSERT_EQ(first.first, 0) << first.second;
+  const ClusterStatus before = query_cluster_status(endpoint);
+  const auto started = std::chrono::steady_clock::now();
+  ::kill(static_cast<pid_t>(before.workers.at(1).pid), SIGKILL);
+  std::string line;
+  bool restarted = false;
+  while (!restarted && up.next_line(line)) restarted = line.rfind("worker 1 (pid ", 0) == 0 && line.find("restarted as pid") != std::string::npos;
+  ASSERT_TRUE(restarted) << "up did not report restarting worker 1";
+  std::optional<ClusterStatus> after;
+  while (!after && std::chrono::steady_clock::now() - started < 60s) {
+    ClusterStatus s = query_cluster_status(endpoint);
+    const WorkerStatus& w = s.workers.at(1);
+    if (w.alive && w.restarts == 1 && !w.replacement && !s.placement.experts_on(1).empty()) after = std::move(s);
+    else std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(after) << "the restarted worker received no replicas within 60 s";
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::printf("[ info ] kill -> restarted worker holds replicas again: %.2f s\n", seconds);
+  EXPECT_NE(after->workers.at(1).pid, before.workers.at(1).pid);
+  EXPECT_GE(after->workers.at(1).data_plane_id, 3);
+  for (const auto& [key, workers] : after->placement.replicas) EXPECT_EQ(workers.size(), 2u) << key.to_string();
+  auto [code, status] = run_cli("", "status --cluster " + endpoint);
+  EXPECT_NE(status.find("restarted 1x"), std::string::npos) << status;
+  auto second = run_cli("", forward + dir + "/y_2.npy --cluster " + endpoint);
+  ASSERT_EQ(second.first, 0) << second.second;
+  expect_close(read_npy(dir + "/y_2.npy"), read_npy(dir + "/y_local.npy"), "layer forward after the restart");
+  auto [exit_code, rest] = up.stop();
+  EXPECT_EQ(exit_code, 0) << rest;
   std::filesystem::remove_all(dir);
 }
 
@@ -560,44 +578,17 @@ TEST(ClusterCli, UpWithASecretFile) {
   std::filesystem::permissions(secret_path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   const std::string cfg_path = dir + "/cluster.yaml";
   std::ofstream(cfg_path) << "cluster:\n  workers: 2\n  auth:\n    secret_file: secret\n";
-  int out_pipe[2];
-  ASSERT_EQ(pipe(out_pipe), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out_pipe[1], STDOUT_FILENO);
-    close(out_pipe[0]);
-    execl(kBinary.c_str(), kBinary.c_str(), "up", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out_pipe[1]);
-  FILE* out = fdopen(out_pipe[0], "r");
-  std::string endpoint;
-  bool ready = false;
-  char line[512];
-  while (!ready && fgets(line, sizeof line, out)) {
-    const std::string l = line;
-    if (l.rfind("coordinator listening on ", 0) == 0) endpoint = l.substr(25, l.size() - 26);
-    if (l.rfind("cluster ready", 0) == 0) ready = true;
-  }
-  ASSERT_TRUE(ready) << "no 'cluster ready' line: the workers did not authenticate";
-  auto run = [](const std::string& env, const std::string& args) {
-    const std::string cmd = env + " " + kBinary + " " + args + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-    const int st = pclose(p);
-    return std::pair<int, std::string>{WIFEXITED(st) ? WEXITSTATUS(st) : -1, text};
-  };
-  auto [no_code, no_text] = run("", "status --cluster " + endpoint);
+  UpProcess up(cfg_path);
+  ASSERT_TRUE(up.ready()) << "no 'cluster ready' line: the workers did not authenticate";
+  const std::string& endpoint = up.endpoint();
+  auto [no_code, no_text] = run_cli("", "status --cluster " + endpoint);
   EXPECT_EQ(no_code, 4) << no_text;
   EXPECT_NE(no_text.find("SWITCHYARD_SECRET"), std::string::npos) << no_text;
-  auto [wrong_code, wrong_text] = run("SWITCHYARD_SECRET=a-wrong-secret-of-enough-bytes", "status --cluster " + endpoint);
+  auto [wrong_code, wrong_text] = run_cli("SWITCHYARD_SECRET=a-wrong-secret-of-enough-bytes", "status --cluster " + endpoint);
   EXPECT_EQ(wrong_code, 4) << wrong_text;
   EXPECT_NE(wrong_text.find("authentication refused"), std::string::npos) << wrong_text;
   const std::string with = "SWITCHYARD_SECRET=" + kTestSecret;
-  auto [code, status] = run(with, "status --cluster " + endpoint);
+  auto [code, status] = run_cli(with, "status --cluster " + endpoint);
   EXPECT_EQ(code, 0) << status;
   EXPECT_NE(status.find("workers 2/2"), std::string::npos) << status;
   // A client command with a config naming the secret file needs no SWITCHYARD_SECRET.
@@ -607,15 +598,11 @@ TEST(ClusterCli, UpWithASecretFile) {
     std::ofstream(bench_cfg) << model.rdbuf() << "\ncluster:\n  workers: 2\n  auth:\n    secret_file: secret\n";
   }
   auto [bench_code, bench_text] =
-      run("", "bench serve --cluster " + endpoint + " --config " + bench_cfg + " --clients 1 --requests 2 --tokens 64");
+      run_cli("", "bench serve --cluster " + endpoint + " --config " + bench_cfg + " --clients 1 --requests 2 --tokens 64");
   EXPECT_EQ(bench_code, 0) << bench_text;
-  EXPECT_EQ(run(with, "shutdown --cluster " + endpoint).first, 0);
-  std::string rest;
-  while (fgets(line, sizeof line, out)) rest += line;
-  fclose(out);
-  int wstatus = 0;
-  waitpid(pid, &wstatus, 0);
-  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << rest;
+  EXPECT_EQ(run_cli(with, "shutdown --cluster " + endpoint).first, 0);
+  auto [exit_code, rest] = up.stop();
+  EXPECT_EQ(exit_code, 0) << rest;
   std::filesystem::remove_all(dir);
 }
 
