@@ -66,7 +66,9 @@ struct Soak {
   std::map<int, TensorMap> replicas;
 };
 
-Soak soak(int steps, const std::vector<Fault>& faults) {
+// `restart_after` > 0: a killed worker is started again (as `switchyard up` does with
+// cluster.restart_workers) that many steps after its kill, and joins as a replacement.
+Soak soak(int steps, const std::vector<Fault>& faults, int restart_after = 0) {
   const std::string state = ::testing::TempDir() + "/chaos-" + std::to_string(::getpid()) + ".state";
   std::filesystem::remove(state);
   ClusterConfig c = test_cluster_config(5, 2);
@@ -86,6 +88,7 @@ Soak soak(int steps, const std::vector<Fault>& faults) {
         recoveries[r.epoch] = r.since_loss_seconds;
   };
   int coordinator_back_at = -1;
+  std::map<int, std::pair<int, pid_t>> restart_at;  // step → (worker, the pid it replaces)
   auto inject = [&](int step, Point p) {
     for (const Fault& f : faults) {
       if (f.step != step || f.point != p) continue;
@@ -96,6 +99,7 @@ Soak soak(int steps, const std::vector<Fault>& faults) {
         continue;
       }
       std::printf("[ chaos ] step %d: worker %d killed %s\n", step, f.worker, name_of(p));
+      if (restart_after > 0) restart_at[step + restart_after] = {f.worker, cluster.workers[static_cast<size_t>(f.worker)].pid()};
       if (p == Point::during_step) {  // stopped, so that the survivors wait in the reduction; killed meanwhile
         ::kill(cluster.workers[static_cast<size_t>(f.worker)].pid(), SIGSTOP);
         std::thread([pid = cluster.workers[static_cast<size_t>(f.worker)].pid()] {
@@ -111,6 +115,13 @@ Soak soak(int steps, const std::vector<Fault>& faults) {
     if (step == coordinator_back_at) {
       std::printf("[ chaos ] step %d: coordinator restarted from %s\n", step, state.c_str());
       cluster.coordinator = std::make_unique<Coordinator>(c);
+    }
+    if (auto r = restart_at.find(step); r != restart_at.end()) {
+      const auto [w, lost] = r->second;
+      std::printf("[ chaos ] step %d: worker %d restarted\n", step, w);
+      cluster.workers[static_cast<size_t>(w)] = launch::LocalProcess::spawn(
+          {kBinary, "worker", "--coordinator", c.coordinator, "--id", std::to_string(w), "--replaces-pid",
+           std::to_string(lost)});
     }
     RandomStream rng(300 + static_cast<uint64_t>(step), "chaos");
     const Tensor x = random_tokens(64, cfg.model.hidden_size, rng), g = random_tokens(64, cfg.model.hidden_size, rng);
@@ -142,6 +153,7 @@ Soak soak(int steps, const std::vector<Fault>& faults) {
     out.end = query_cluster_status(cluster.coordinator->endpoint());
     note_recoveries(out.end);
     bool full = !out.end.rebalances.empty() || faults.empty();
+    for (const WorkerStatus& w : out.end.workers) full &= !w.replacement;  // every replacement holds replicas
     for (const auto& [key, workers] : out.end.placement.replicas) {
       int live = 0;
       for (int w : workers) live += out.end.workers.at(static_cast<size_t>(w)).alive;
@@ -160,20 +172,48 @@ Soak soak(int steps, const std::vector<Fault>& faults) {
   return out;
 }
 
-TEST(Chaos, TrainingSurvivesRandomWorkerKillsAndACoordinatorRestart) {
-  const char* env = std::getenv("SWITCHYARD_CHAOS_SEED");
-  const unsigned seed = env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : 20261201u;
+// Every expert at two replicas, on live workers (`alive` of them); replicas bit-identical.
+void expect_full_and_identical(const Soak& run, int alive_expected) {
+  int alive = 0;
+  for (const WorkerStatus& w : run.end.workers) alive += w.alive;
+  EXPECT_EQ(alive, alive_expected);
+  for (const auto& [key, holders] : run.end.placement.replicas) {
+    ASSERT_EQ(holders.size(), 2u) << key.to_string();
+    for (int w : holders) EXPECT_TRUE(run.end.workers.at(static_cast<size_t>(w)).alive) << key.to_string();
+  }
+  std::map<std::string, std::pair<int, const Tensor*>> first;  // tensor name → the first holder's
+  for (const auto& [w, tensors] : run.replicas)
+    for (const auto& [name, t] : tensors) {
+      auto [it, fresh] = first.try_emplace(name, w, &t);
+      if (!fresh) {
+        EXPECT_EQ(t.values(), it->second.second->values()) << name << ": workers " << it->second.first << " and " << w;
+      }
+    }
+}
+
+// Random faults: three of the five workers, at random points of random steps (one per step range,
+// so that each recovery has a few steps), and the coordinator once, between them.
+std::vector<Fault> random_faults(unsigned seed) {
   std::mt19937 rng(seed);
-  const int steps = 24;
-  // Three of the five workers, at random points of random steps (one per step range, so that
-  // each recovery has a few steps), and the coordinator once, between them.
   std::vector<int> workers = {0, 1, 2, 3, 4};
   std::shuffle(workers.begin(), workers.end(), rng);
   std::vector<Fault> faults;
   for (int k = 0; k < 3; ++k)
     faults.push_back({2 + 7 * k + static_cast<int>(rng() % 3), static_cast<Point>(rng() % 4), workers[static_cast<size_t>(k)]});
   faults.push_back({6 + static_cast<int>(rng() % 2), Point::before_forward, -1});
+  return faults;
+}
+
+unsigned chaos_seed() {
+  const char* env = std::getenv("SWITCHYARD_CHAOS_SEED");
+  const unsigned seed = env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : 20261201u;
   std::printf("[ chaos ] seed %u (SWITCHYARD_CHAOS_SEED)\n", seed);
+  return seed;
+}
+
+TEST(Chaos, TrainingSurvivesRandomWorkerKillsAndACoordinatorRestart) {
+  const int steps = 24;
+  const std::vector<Fault> faults = random_faults(chaos_seed());
   const auto start = Clock::now();
   const Soak run = soak(steps, faults);
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
@@ -193,20 +233,7 @@ TEST(Chaos, TrainingSurvivesRandomWorkerKillsAndACoordinatorRestart) {
          std::fabs(run.losses[agree] - calm.losses[agree]) <= 1e-5 * std::max(1.0, std::fabs(calm.losses[agree])))
     ++agree;
   for (double l : run.losses) EXPECT_TRUE(std::isfinite(l));
-  // Every expert at two replicas, on live workers; replicas bit-identical.
-  int alive = 0;
-  for (const WorkerStatus& w : run.end.workers) alive += w.alive;
-  EXPECT_EQ(alive, 2);
-  for (const auto& [key, holders] : run.end.placement.replicas) {
-    ASSERT_EQ(holders.size(), 2u) << key.to_string();
-    for (int w : holders) EXPECT_TRUE(run.end.workers.at(static_cast<size_t>(w)).alive) << key.to_string();
-  }
-  const TensorMap& a = run.replicas.begin()->second;
-  const TensorMap& b = std::next(run.replicas.begin())->second;
-  for (const auto& [name, t] : a) {
-    if (!b.count(name)) continue;
-    EXPECT_EQ(t.values(), b.at(name).values()) << name;
-  }
+  expect_full_and_identical(run, 2);
   std::string recoveries;
   for (double s : run.recovery_seconds) recoveries += " " + std::to_string(s).substr(0, 5) + " s";
   std::printf("[ chaos ] %d steps in %.1f s: 3 worker kills and 1 coordinator restart survived, %d steps failed; "
@@ -215,6 +242,32 @@ TEST(Chaos, TrainingSurvivesRandomWorkerKillsAndACoordinatorRestart) {
               steps, secs, run.failed_steps, run.recovery_seconds.size(), recoveries.c_str(), agree, steps, first_fault);
   // One recovery per loss, or fewer: a loss during a recovery aborts it and the next one restores both.
   EXPECT_GE(run.recovery_seconds.size(), 1u);
+}
+
+// The same faults, each killed worker started again two steps later (cluster.restart_workers):
+// the job goes on, each replacement receives replicas (recovery or join), and the run ends with
+// all five workers live, every expert at two replicas, replicas bit-identical.
+TEST(Chaos, KilledWorkersRestartAndRejoinWhileTrainingGoesOn) {
+  const int steps = 24;
+  const std::vector<Fault> faults = random_faults(chaos_seed());
+  const auto start = Clock::now();
+  const Soak run = soak(steps, faults, /*restart_after=*/2);
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  EXPECT_EQ(run.failed_steps, 0);
+  ASSERT_EQ(run.losses.size(), static_cast<size_t>(steps));
+  for (double l : run.losses) EXPECT_TRUE(std::isfinite(l));
+  expect_full_and_identical(run, 5);
+  int restarted = 0;
+  for (const WorkerStatus& w : run.end.workers) {
+    restarted += w.restarts > 0;
+    if (w.restarts > 0) {
+      EXPECT_FALSE(run.end.placement.experts_on(w.id).empty()) << "replacement " << w.id << " holds nothing";
+    }
+  }
+  EXPECT_EQ(restarted, 3);
+  std::printf("[ chaos ] %d steps in %.1f s: 3 worker kills, each restarted 2 steps later, and 1 coordinator restart "
+              "survived, %d steps failed; %d replacements hold replicas; %zu recoveries\n",
+              steps, secs, run.failed_steps, restarted, run.recovery_seconds.size());
 }
 
 }  // namespace
