@@ -82,6 +82,8 @@ struct Coordinator::Impl {
   bool recovery_due = false;  // a worker was fenced (or a recovery failed) since the last plan
   std::map<uint64_t, pb::EpochDecisionReply::Verdict> verdicts;  // epoch → how its rebalance ended
   std::thread driver;
+  std::thread policy_thread;     // the rebalance policy's planning (one at a time)
+  bool policy_planning = false;  // policy_thread is planning
   std::atomic<bool> shutdown{false};
   int next_client_id = wire::kFirstClientId;
   int next_worker_data_plane_id = 0;  // set to cluster.workers at start: replacements' ids
@@ -119,8 +121,10 @@ struct Coordinator::Impl {
   Result<pb::RebalanceStatusReply> rebalance_status(const pb::RebalanceStatusRequest& req) const;
   Result<pb::EpochDecisionReply> epoch_decision(const pb::EpochDecisionRequest& req) const;
   Result<pb::MigrationReportReply> migration_report(const pb::MigrationReportRequest& req);
-  // Caller holds mu: the policy's check after a training report of `step`.
+  // Caller holds mu: the policy's check after a training report of `step`; planning runs on
+  // policy_thread (plan_by_policy, which takes mu only to start the rebalance).
   void maybe_rebalance_by_policy(uint64_t step);
+  void plan_by_policy(uint64_t step, const ModelConfig& model_now, const LoadWindow& window_now, const Placement& current);
   // Caller holds mu: after a worker was fenced, a rebalance that drops it from the placement and
   // gives each expert that lost a replica a new one on a live worker with room (copied, weights
   // and AdamW state, from a surviving replica), when no rebalance is running.

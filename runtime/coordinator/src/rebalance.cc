@@ -123,26 +123,41 @@ Result<pb::RebalanceReply> Coordinator::Impl::rebalance(const pb::RebalanceReque
   return reply;
 }
 
+// Caller holds mu (a load report, on the I/O thread): the check is quick; the planning runs on
+// the policy thread from a snapshot, and its rebalance starts only if nothing changed meanwhile.
 void Coordinator::Impl::maybe_rebalance_by_policy(uint64_t step) {
   const RebalancePolicy& policy = cluster.rebalance;
   if (policy.every_steps <= 0 || migration || !committed || step == 0 || step == last_policy_step ||
-      step % static_cast<uint64_t>(policy.every_steps) != 0)
+      step % static_cast<uint64_t>(policy.every_steps) != 0 || policy_planning)
     return;
   last_policy_step = step;
-  const LoadMatrix window = window_matrix(model->model, load);
-  const double before = placement_balancedness(placement, window, cluster.workers);
+  policy_planning = true;
+  if (policy_thread.joinable()) policy_thread.join();  // finished: it cleared policy_planning
+  policy_thread = std::thread([this, step, model_now = model->model, window_now = load, current = placement] {
+    plan_by_policy(step, model_now, window_now, current);
+  });
+}
+
+void Coordinator::Impl::plan_by_policy(uint64_t step, const ModelConfig& model_now, const LoadWindow& window_now,
+                                       const Placement& current) {
+  const RebalancePolicy& policy = cluster.rebalance;
+  std::optional<PlanResult> plan;
+  const double before = placement_balancedness(current, window_matrix(model_now, window_now), cluster.workers);
   try {
-    PlanResult plan = plan_from_window(model->model, cluster, load, placement, 0, policy.max_moves);
-    if (plan.balancedness < before + policy.min_gain) {
-      SY_LOG(debug, "runtime", "rebalance policy at step " << step << ": planned balancedness " << plan.balancedness
-                                                            << " does not beat " << before << " by " << policy.min_gain);
-      return;
-    }
-    auto started = start_rebalance(std::move(plan.placement), "policy", before, plan.balancedness);
-    if (!started) SY_LOG(warn, "runtime", "rebalance policy at step " << step << ": " << started.status().message());
+    plan = plan_from_window(model_now, cluster, window_now, current, 0, policy.max_moves);
   } catch (const Error& e) {
     SY_LOG(warn, "runtime", "rebalance policy at step " << step << ": " << e.what());
   }
+  std::lock_guard<std::mutex> lock(mu);
+  policy_planning = false;
+  if (!plan || shutdown || migration || epoch != current.epoch) return;
+  if (plan->balancedness < before + policy.min_gain) {
+    SY_LOG(debug, "runtime", "rebalance policy at step " << step << ": planned balancedness " << plan->balancedness
+                                                          << " does not beat " << before << " by " << policy.min_gain);
+    return;
+  }
+  auto started = start_rebalance(std::move(plan->placement), "policy", before, plan->balancedness);
+  if (!started) SY_LOG(warn, "runtime", "rebalance policy at step " << step << ": " << started.status().message());
 }
 
 void Coordinator::Impl::maybe_recover() {
@@ -332,6 +347,7 @@ Result<uint64_t> Coordinator::Impl::start_rebalance(Placement next, const std::s
 }
 
 void Coordinator::Impl::join_driver() {
+  if (policy_thread.joinable()) policy_thread.join();  // it may start a driver: first
   if (driver.joinable()) driver.join();
 }
 
