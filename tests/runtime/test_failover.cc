@@ -329,6 +329,57 @@ TEST(StoppedWorker, IsFailedOverAndFencedAndExitsWhenResumed) {
   EXPECT_EQ(*code, 4);
 }
 
+// Data parallelism (group_size 2): two clients with their own tokens step the experts together.
+// Worker 1 is killed after client A's backward of step 2 and before client B's, so only B notices
+// the loss: at the replica reduction the clients name different lost workers, the workers refuse
+// to reduce until they agree, A learns of the loss and re-sends worker 1's share of its backward.
+// Every step completes on both ranks, and losses and the survivors' experts equal an undisturbed
+// run's within round-off.
+struct PairRun {
+  std::vector<double> losses;  // per step: rank A's, then rank B's
+  TensorMap experts;           // every expert's weights, from a live replica
+};
+
+PairRun train_pair(int steps, bool kill) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(3, 2);
+  ClusterClient a(cluster.coordinator->endpoint(), "rank A"), b(cluster.coordinator->endpoint(), "rank B");
+  a.load_model(cfg, weights);
+  b.use_loaded_model(cfg);
+  MoeModel model_a(cfg, weights, a), model_b(cfg, weights, b);
+  PairRun run;
+  for (int step = 0; step < steps; ++step) {
+    for (MoeModel* m : {&model_a, &model_b}) {
+      if (kill && step == 2 && m == &model_b) cluster.workers[1].kill();
+      RandomStream rng(700 + 2 * static_cast<uint64_t>(step) + (m == &model_b), "pair");
+      const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
+      run.losses.push_back(dot(m->forward(x), g) + m->aux_loss());
+      m->backward(g);
+    }
+    std::thread tb([&] { model_b.step(AdamWConfig{.lr = 1e-2}, 2); });
+    model_a.step(AdamWConfig{.lr = 1e-2}, 2);
+    tb.join();
+  }
+  for (int w = 0; w < 3; ++w)
+    if (!kill || w != 1) run.experts.merge(a.fetch_replica_weights(w));
+  return run;
+}
+
+TEST(GroupFailover, RanksThatSeeALossAtDifferentTimesAgreeBeforeTheyReduce) {
+  const int steps = 4;
+  const PairRun reference = train_pair(steps, false);
+  const PairRun killed = train_pair(steps, true);
+  ASSERT_EQ(killed.losses.size(), reference.losses.size());
+  for (size_t i = 0; i < killed.losses.size(); ++i) {
+    const double scale = std::max(1.0, std::fabs(reference.losses[i]));
+    EXPECT_LE(std::fabs(killed.losses[i] - reference.losses[i]), 1e-5 * scale)
+        << "step " << i / 2 << " rank " << "AB"[i % 2] << ": " << killed.losses[i] << " vs " << reference.losses[i];
+  }
+  ASSERT_EQ(killed.experts.size(), reference.experts.size());
+  for (const auto& [name, t] : killed.experts) expect_close(t, reference.experts.at(name), name);
+}
+
 // Re-admission: worker 1, killed mid-training, is replaced by a new process in its slot (what
 // `switchyard up` does with cluster.restart_workers). It arrives either after the recovery has
 // restored the replica count on the survivors (it then receives replicas in a "join" rebalance)

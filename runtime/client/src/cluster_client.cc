@@ -405,8 +405,10 @@ void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step
       a->set_weight_decay(adamw.weight_decay);
     });
     if (Status s = im.exchange(p.calls, what, &exchange_seconds_); !s) wire::throw_error(s);  // a timeout, a malformed reply
+    // Only the survivors' answers decide a retry: they answer every client of a data-parallel
+    // group alike. A worker lost after its partners reduced with it has contributed; one lost
+    // before makes them fail (or, named lost by one client only, disagree) and answer peer_failed.
     for (const Call& c : p.calls) {
-      if (c.lost && holds(c.worker)) p.retry = true, p.cause = im.usable(c.worker);
       if (!c.error && c.error.code() == StatusCode::peer_failed) p.retry = true, p.cause = c.error;
       if (!c.error && c.error.code() != StatusCode::peer_failed) {
         const Status s(c.error.code(), what + " failed on " + c.error.message());

@@ -745,10 +745,18 @@ class Worker {
         run_tasks();
         uint64_t routed = 0;  // the epoch this step's clients routed with decides the reduction
         std::set<int> dead;
+        bool agree = true;
         for (const PendingStep& p : group) {
           routed = std::max(routed, p.op.placement_epoch());
-          dead.insert(p.op.dead_workers().begin(), p.op.dead_workers().end());
+          const std::set<int> theirs(p.op.dead_workers().begin(), p.op.dead_workers().end());
+          agree &= &p == &group.front() || theirs == dead;
+          dead.insert(theirs.begin(), theirs.end());
         }
+        // A client that has not noticed a loss has not re-sent the lost worker's share of its
+        // rows: reduce once every client of the group names the same lost workers.
+        if (!agree)
+          throw Error(ErrorKind::transport, "the clients of step " + std::to_string(op.step()) +
+                                                " name different lost workers; reducing again once they agree");
         migration_->follow_clients_epoch(routed);
         pending_sums_.reset();
         pending_sums_ = {op.step(), reduce_replicas(op.step(), op.attempt(), dead)};
