@@ -56,7 +56,10 @@ void ClusterClient::Impl::sync_links(const pb::ClusterInfoReply& info) {
   for (const pb::WorkerInfo& w : info.workers()) {
     if (!w.alive() || w.data_plane_address().empty() || lost_unreported.count(w.worker_id())) continue;
     auto it = links.find(w.worker_id());
-    if (it != links.end() && it->second.peer == w.data_plane_id()) continue;  // that process (lost or not)
+    if (it != links.end() && it->second.peer == w.data_plane_id()) {  // that process (lost or not)
+      if (!w.replacement()) it->second.routable_from_epoch = std::min(it->second.routable_from_epoch, info.placement_epoch());
+      continue;
+    }
     try {
       attach(w, info.placement_epoch());
     } catch (const Error& e) {  // again at the next change; rows do not go there meanwhile

@@ -161,6 +161,7 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   m.info.set_steps(req.steps());
   if (m.info.replacement() && req.holds_epoch() > 0) {  // it took part in a rebalance, or restored a checkpoint
     m.info.set_replacement(false);
+    ++membership_version;  // clients route to it now
     save_state();
   }
   pb::HeartbeatReply reply;

@@ -263,6 +263,7 @@ void Coordinator::Impl::maybe_admit() {
   }
   if (moved == 0) {  // nothing to give it (more workers than replicas): it stays an empty member
     for (int j : joiners) members.at(j).info.set_replacement(false);
+    ++membership_version;
     save_state();
     return;
   }
@@ -510,7 +511,10 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
       placement = mig.next;
       this->epoch = next_epoch;
       for (auto& [id, m] : members)  // the new placement knows what a replacement holds
-        if (m.info.replacement() && alive(m, Clock::now()) && endpoints.count(id)) m.info.set_replacement(false);
+        if (m.info.replacement() && alive(m, Clock::now()) && endpoints.count(id)) {
+          m.info.set_replacement(false);
+          ++membership_version;
+        }
       save_state();
       mig.verdict = pb::EpochDecisionReply::COMMITTED;
       mig.record.set_state("committed");
