@@ -560,8 +560,18 @@ CheckpointInfo ClusterClient::write_checkpoint(const std::string& dir, uint64_t 
   return {dir, step_number, placement_.epoch};
 }
 
-CheckpointInfo ClusterClient::save_checkpoint(const std::string& dir) {
+namespace {
+// Workers resolve a relative directory against their own working directory: send an absolute one.
+std::string absolute_dir(const std::string& dir) {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::absolute(dir, ec);
+  return ec ? dir : p.string();
+}
+}  // namespace
+
+CheckpointInfo ClusterClient::save_checkpoint(const std::string& given_dir) {
   Impl& im = *impl_;
+  const std::string dir = absolute_dir(given_dir);
   uint64_t step_number = im.last_step;
   if (step_number == 0) {  // not this client's training (`switchyard checkpoint save`): the job's
     const pb::ClusterInfoReply info = fetch_info(*im.coordinator, im.coordinator_endpoint);
@@ -595,8 +605,9 @@ void ClusterClient::periodic_checkpoint(uint64_t step_number) {
                  << std::chrono::duration<double>(Clock::now() - start).count() << " s");
 }
 
-CheckpointInfo ClusterClient::restore_checkpoint(const std::string& dir) {
+CheckpointInfo ClusterClient::restore_checkpoint(const std::string& given_dir) {
   Impl& im = *impl_;
+  const std::string dir = absolute_dir(given_dir);
   if (!im.config) throw Error(ErrorKind::runtime, "checkpoint restore: no model loaded");
   const std::optional<std::string> resolved = client_detail::resolve_checkpoint(dir);
   if (!resolved) {  // worker files only: each worker checks its file against the placement

@@ -76,7 +76,8 @@ class ClusterClient final : public ExpertProvider {
   TensorMap fetch_replica_weights(int worker);
   void zero_expert_grads();
   // Checkpoint every worker's replicas (weights + AdamW state) under the current placement to
-  // `dir` (created), with its manifest, placement and model (README "Checkpoints"). Every worker
+  // `dir` (created; a relative one is made absolute here, where the client runs), with its
+  // manifest, placement and model (README "Checkpoints"). Every worker
   // the placement uses must be attached; the client must see `dir` too.
   CheckpointInfo save_checkpoint(const std::string& dir);
   // Restores a checkpoint: `dir` is one (it holds manifest.yaml) or a cluster.checkpoint_dir
