@@ -228,7 +228,12 @@ void check_worker_request(const std::string& header, std::string_view payload) {
     case pb::WorkerRequest::kFetch:
       for (const pb::Segment& s : req.fetch().experts()) (void)expert_exists(loaded().model, wire::key_from_pb(s));
       break;
-    default: break;  // step, zero_grads, checkpoint, detach: no pure checks (state or files)
+    case pb::WorkerRequest::kCheckpoint:  // the replicas the client's placement puts on a worker
+      if (req.checkpoint().placed())
+        for (int w : {0, kWorkers - 1})
+          (void)wire::placement_from_pb(req.checkpoint().placement(), req.checkpoint().placement_epoch()).experts_on(w);
+      break;
+    default: break;  // step, zero_grads, detach: no pure checks (state)
   }
 }
 

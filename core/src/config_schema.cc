@@ -361,6 +361,28 @@ const Field kSchema[] = {
            "atomically on each change); a coordinator started on the same port with it resumes the "
            "cluster without a new model load. Relative to this file; empty = a restart loses the cluster.",
    .slot = SY_CLUSTER(state_file)},
+  {.path = "cluster.checkpoint_every_steps", .def = "0", .bound = Bound::ge, .limit = 0,
+   .help = "A training client checkpoints the experts (weights and AdamW state, on every worker) after the "
+           "optimizer step of every step number that is a multiple of this, into checkpoint_dir, atomically "
+           "(README \"Checkpoints\"); with several data-parallel ranks, the first to report the step writes. "
+           "0 = off.",
+   .slot = SY_CLUSTER(checkpoint_every_steps)},
+  {.path = "cluster.checkpoint_dir", .type = Type::path, .def = "",
+   .help = "Directory of the periodic checkpoints: step-{S}/ (a worker-{id}.safetensors per worker, "
+           "placement.yaml, model.yaml, manifest.yaml) and `latest`, naming the newest complete one. "
+           "Relative to this file; the workers and the training client must all see it (one machine or a "
+           "shared file system). Required when checkpoint_every_steps > 0.",
+   .slot = SY_CLUSTER(checkpoint_dir),
+   .check = [](const Scope& s) -> std::string {
+     const ClusterConfig& c = s.config->cluster;
+     if (c.checkpoint_every_steps == 0 || !c.checkpoint_dir.empty()) return "";
+     return "required when cluster.checkpoint_every_steps is set (" + std::to_string(c.checkpoint_every_steps) +
+            "): the directory the checkpoints go to";
+   }},
+  {.path = "cluster.checkpoint_keep", .def = "2", .bound = Bound::ge, .limit = 1,
+   .help = "Complete periodic checkpoints kept in checkpoint_dir; older ones are deleted once a newer one "
+           "is complete.",
+   .slot = SY_CLUSTER(checkpoint_keep)},
   {.path = "cluster.transport", .type = Type::string, .def = "ucx",
    .help = "Data plane between clients and workers: ucx (processes, any host), or inprocess (coordinator, "
            "workers and clients as threads of one process: tests).",

@@ -690,6 +690,10 @@ void write_npy(const std::string& path, const Tensor& tensor) {
                          {tensor.data(), static_cast<size_t>(tensor.numel()) * sizeof(float)}});
 }
 
+void write_text_atomically(const std::string& path, std::string_view text, std::string_view kind) {
+  write_file_atomically(kind, path, {{text.data(), text.size()}});
+}
+
 namespace {
 
 // The preamble: magic, version, header length. Returns the header text and where data starts.

@@ -361,7 +361,9 @@ sy_status sy_model_save_checkpoint(sy_model* model, const char* dir) {
 
 sy_status sy_model_restore_checkpoint(sy_model* model, const char* dir) {
   return guarded("sy_model_restore_checkpoint", [&] {
-    attached(require(model, "model"), "restore_checkpoint").restore_checkpoint(require_text(dir, "dir"));
+    sy_model& m = require(model, "model");
+    const sy::CheckpointInfo restored = attached(m, "restore_checkpoint").restore_checkpoint(require_text(dir, "dir"));
+    if (restored.step > 0) m.model->set_steps(restored.step);  // the experts' step numbers go on from it
   });
 }
 

@@ -256,10 +256,11 @@ int cli_checkpoint(const std::vector<std::string>& args) {
   const Config cfg = load_config(flags.get("config"));
   ClusterClient client(flags.get("cluster"), "switchyard checkpoint");
   client.use_loaded_model(cfg);
-  if (args[0] == "save") client.save_checkpoint(flags.get("dir"));
-  else client.restore_checkpoint(flags.get("dir"));
-  std::cout << (args[0] == "save" ? "saved" : "restored") << " every worker's experts "
-            << (args[0] == "save" ? "to " : "from ") << flags.get("dir") << "\n";
+  const bool save = args[0] == "save";
+  const CheckpointInfo done =
+      save ? client.save_checkpoint(flags.get("dir")) : client.restore_checkpoint(flags.get("dir"));
+  std::cout << (save ? "saved" : "restored") << " every worker's experts " << (save ? "to " : "from ") << done.dir
+            << " (step " << done.step << ", placement epoch " << done.placement_epoch << ")\n";
   return 0;
 }
 

@@ -433,6 +433,20 @@ TEST(ConfigError, KeysOfTheOtherKind) {
                       "aggregation.levels is a setting of aggregation.kind: dag, not weighted_sum");
 }
 
+// Issue 12: periodic checkpoints need somewhere to go; the error names the missing key.
+TEST(ConfigError, CheckpointEveryStepsNeedsCheckpointDir) {
+  expect_config_error("cluster:\n  workers: 2\n  checkpoint_every_steps: 10\n", "cfg.yaml:2: cluster.checkpoint_dir: ",
+                      "required when cluster.checkpoint_every_steps is set (10)");
+  expect_config_error("cluster:\n  checkpoint_every_steps: -1\n",
+                      "cfg.yaml:2: cluster.checkpoint_every_steps: ", "must be >= 0");
+  expect_config_error("cluster:\n  checkpoint_keep: 0\n", "cfg.yaml:2: cluster.checkpoint_keep: ", "must be >= 1");
+  const Config c =
+      load_config_string("cluster:\n  checkpoint_every_steps: 10\n  checkpoint_dir: ckpt\n", "/a/b/c.yaml");
+  EXPECT_EQ(c.cluster.checkpoint_every_steps, 10);
+  EXPECT_EQ(c.cluster.checkpoint_dir, "/a/b/ckpt");  // relative to the config file
+  EXPECT_EQ(c.cluster.checkpoint_keep, 2);
+}
+
 TEST(ConfigError, DuplicateKeys) {
   expect_config_error(one_stage("experts: 4"),
                       "cfg.yaml:7: model.layer.stages[0].experts: ", "duplicate key (first given on line 5)");
@@ -747,6 +761,9 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.liveness_check_ms",
                                          "cluster.coordinator_timeout_ms",
                                          "cluster.state_file",
+                                         "cluster.checkpoint_every_steps",
+                                         "cluster.checkpoint_dir",
+                                         "cluster.checkpoint_keep",
                                          "cluster.transport",
                                          "cluster.worker_memory_mb",
                                          "cluster.placement",

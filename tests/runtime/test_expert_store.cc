@@ -342,6 +342,38 @@ TEST(ExpertStoreCheckpoint, SaveCreatesTheDirectory) {
   std::filesystem::remove_all(std::filesystem::path(dir).parent_path());
 }
 
+// A cluster checkpoint holds exactly the replicas the placement puts on the worker: save()
+// writes just those, load() refuses a file with others or without one, naming file and replica.
+TEST(ExpertStoreCheckpoint, OnlyTheListedReplicasAreSavedAndExpected) {
+  const ModelConfig m = model();
+  ExpertStore a(m);
+  trained(a, m);
+  const std::string path = temp_path("listed.safetensors");
+  const std::vector<ExpertKey> two = {ExpertKey{0, 0, 1}, ExpertKey{1, 0, 0}};
+  a.save(path, &two);
+  ExpertStore b(m);
+  b.load(path, &two);
+  EXPECT_EQ(b.keys(), two);
+  const std::vector<ExpertKey> one = {ExpertKey{0, 0, 1}},
+                               three = {ExpertKey{0, 0, 1}, ExpertKey{0, 1, 2}, ExpertKey{1, 0, 0}};
+  for (const auto& [expect, fragment] :
+       {std::pair{&one, "holds a replica of layers.1.stages.0.experts.0, which the placement does not put"},
+        std::pair{&three, "holds no replica of layers.0.stages.1.experts.2, which the placement puts"}}) {
+    try {
+      b.load(path, expect);
+      ADD_FAILURE() << "loaded a file with other replicas than expected";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::input);
+      EXPECT_NE(std::string(e.what()).find("expert checkpoint '" + path + "': " + fragment), std::string::npos)
+          << e.what();
+    }
+    EXPECT_EQ(b.keys(), two);  // unchanged
+  }
+  b.clear();
+  EXPECT_TRUE(b.keys().empty());
+  std::remove(path.c_str());
+}
+
 TEST(ExpertStoreCheckpoint, SaveLoadRoundTripIsExact) {
   const ModelConfig m = model();
   ExpertStore a(m);

@@ -84,6 +84,14 @@ struct ClusterClient::Impl {
   bool training = true;  // mirrors ClusterClient::set_training
   std::map<int, std::string> lost_unreported;  // lost workers the coordinator has not been told about yet
 
+  // cluster.checkpoint_* (from the coordinator); the last step number stepped.
+  struct {
+    int every_steps = 0;
+    std::string dir;
+    int keep = 2;
+  } checkpoints;
+  uint64_t last_step = 0;
+
   Millis coordinator_timeout{15000};
   std::optional<Clock::time_point> coordinator_away_since;  // load reports have failed since
 

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <limits>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -14,6 +17,7 @@
 #include "switchyard/transport/control.h"
 #include "switchyard/transport/factory.h"
 #include "switchyard/wire/wire.h"
+#include "checkpoint_dir.h"
 #include "client_impl.h"
 #include "control_calls.h"
 
@@ -118,6 +122,9 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   im.request_timeout = Millis(info.request_timeout_ms());
   im.coordinator_timeout = Millis(info.coordinator_timeout_ms());
   im.liveness_check = Millis(info.liveness_check_ms());
+  im.checkpoints.every_steps = static_cast<int>(info.checkpoint_every_steps());
+  im.checkpoints.dir = info.checkpoint_dir();
+  im.checkpoints.keep = std::max(1, static_cast<int>(info.checkpoint_keep()));
   if (im.request_timeout != Millis(ClusterConfig{}.request_timeout_ms))
     im.coordinator = connect_control(coordinator, name, im.request_timeout);
   pb::RegisterClientRequest reg;
@@ -299,7 +306,7 @@ ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
   auto reported = im.coordinator_call<pb::LoadReportRequest, pb::LoadReportReply>(req);
   if (!reported && im.coordinator->broken()) {  // away (a restart?): the data plane goes on
     im.coordinator_away(reported.status());
-    return {};
+    return {.coordinator_away = true};
   }
   if (!reported) throw Error(ErrorKind::transport, "reporting load to " + im.coordinator_endpoint + ": " + reported.status().to_string());
   if (im.coordinator_away_since) {
@@ -314,7 +321,7 @@ ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
   }
   if (reply.placement_epoch() > placement_.epoch && reply.placement_size() > 0)
     switch_placement(wire::placement_from_pb(reply.placement(), reply.placement_epoch()));
-  return {reply.migrate_epoch(), reply.migrate_at_step()};
+  return {.epoch = reply.migrate_epoch(), .at_step = reply.migrate_at_step(), .checkpoint = reply.write_checkpoint()};
 }
 
 void ClusterClient::switch_placement(Placement next) {
@@ -439,7 +446,17 @@ void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step
   }
   run_phase(pb::StepOp::APPLY, 0);  // a worker lost now is fenced; the survivors have stepped
   im.journal.clear();
+  im.last_step = step_number;
   if (migrate) await_epoch(load.epoch);
+  const int every = im.checkpoints.every_steps;
+  if (every > 0 && step_number % static_cast<uint64_t>(every) == 0) {
+    if (load.checkpoint || (load.coordinator_away && group_size == 1))
+      periodic_checkpoint(step_number);
+    else if (load.coordinator_away)
+      SY_LOG(warn, "runtime",
+             im.name << ": no checkpoint of step " << step_number << ": the coordinator, which "
+                     << "names the rank of the group that writes it, is away");
+  }
 }
 
 namespace {
@@ -502,20 +519,181 @@ void ClusterClient::zero_expert_grads() {
   impl_->call(calls, "ZERO_GRADS");
 }
 
-void ClusterClient::save_checkpoint(const std::string& dir) {
-  std::vector<Call> calls = broadcast(*impl_, [&](pb::WorkerRequest& r) {
-    r.mutable_checkpoint()->set_action(pb::CheckpointOp::SAVE);
-    r.mutable_checkpoint()->set_dir(dir);
-  });
-  impl_->call(calls, "SAVE " + dir);
+// ---- checkpoints (README "Checkpoints"; the layout: checkpoint_dir.h) --------------------------
+
+namespace {
+
+// The model part of a config as YAML (a checkpoint's model.yaml; what restore compares).
+std::string model_yaml_of(const ModelConfig& model) {
+  Config c;
+  c.has_model = true;
+  c.model = model;
+  return config_to_yaml(c);
 }
 
-void ClusterClient::restore_checkpoint(const std::string& dir) {
-  std::vector<Call> calls = broadcast(*impl_, [&](pb::WorkerRequest& r) {
-    r.mutable_checkpoint()->set_action(pb::CheckpointOp::RESTORE);
-    r.mutable_checkpoint()->set_dir(dir);
+// A CheckpointOp for every live worker, with the placement (each saves or restores exactly
+// the replicas it puts there).
+std::vector<Call> checkpoint_calls(ClusterClient::Impl& im, pb::CheckpointOp::Action action, const std::string& dir,
+                                   const Placement& placement) {
+  return broadcast(im, [&](pb::WorkerRequest& r) {
+    pb::CheckpointOp* op = r.mutable_checkpoint();
+    op->set_action(action);
+    op->set_dir(dir);
+    op->set_placed(true);
+    op->set_placement_epoch(placement.epoch);
+    wire::placement_to_pb(placement, op->mutable_placement());
   });
-  impl_->call(calls, "RESTORE " + dir);
+}
+
+// Every worker the placement puts a replica on is attached and not lost, or a transport error
+// saying which is not: a checkpoint without its replicas would be incomplete, a restore would
+// leave them out.
+void require_holders(ClusterClient::Impl& im, const Placement& placement, const std::string& what) {
+  for (const auto& [key, workers] : placement.replicas)
+    for (int w : workers)
+      if (Status s = im.usable(w); !s)
+        throw Error(ErrorKind::transport, what + ": " + key.to_string() + " has a replica on worker " +
+                                              std::to_string(w) + " in placement epoch " +
+                                              std::to_string(placement.epoch) +
+                                              ", which is not usable: " + s.message());
+}
+
+// The first expert whose replica set differs, as "E on workers [..] in the checkpoint, [..] here".
+std::string placement_difference(const Placement& saved, const Placement& current) {
+  auto workers_text = [](const Placement& p, const ExpertKey& k) {
+    auto it = p.replicas.find(k);
+    if (it == p.replicas.end()) return std::string("none");
+    std::vector<int> w = it->second;
+    std::sort(w.begin(), w.end());
+    std::string t = "[";
+    for (size_t i = 0; i < w.size(); ++i) t += (i ? ", " : "") + std::to_string(w[i]);
+    return t + "]";
+  };
+  std::set<ExpertKey> keys;
+  for (const auto* p : {&saved, &current})
+    for (const auto& [k, w] : p->replicas) keys.insert(k);
+  for (const ExpertKey& k : keys) {
+    const std::string a = workers_text(saved, k), b = workers_text(current, k);
+    if (a != b) return k.to_string() + " is on workers " + a + " in the checkpoint, " + b + " in the cluster";
+  }
+  return "";
+}
+
+}  // namespace
+
+CheckpointInfo ClusterClient::write_checkpoint(const std::string& dir, uint64_t step_number) {
+  Impl& im = *impl_;
+  if (!im.config) throw Error(ErrorKind::runtime, "checkpoint: no model loaded");
+  const std::string what = "checkpoint " + dir;
+  require_holders(im, placement_, what);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw_input_error(what + ": cannot create the directory: " + ec.message());
+  std::vector<Call> calls = checkpoint_calls(im, pb::CheckpointOp::SAVE, dir, placement_);
+  im.call(calls, "SAVE " + dir);
+  client_detail::CheckpointManifest manifest;
+  manifest.step = step_number;
+  manifest.placement_epoch = placement_.epoch;
+  for (const Call& c : calls) manifest.workers.push_back(c.worker);
+  client_detail::write_checkpoint_files(dir, manifest, placement_to_yaml(placement_), model_yaml_of(im.config->model));
+  return {dir, step_number, placement_.epoch};
+}
+
+namespace {
+// Workers resolve a relative directory against their own working directory: send an absolute one.
+std::string absolute_dir(const std::string& dir) {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::absolute(dir, ec);
+  return ec ? dir : p.string();
+}
+}  // namespace
+
+CheckpointInfo ClusterClient::save_checkpoint(const std::string& given_dir) {
+  Impl& im = *impl_;
+  const std::string dir = absolute_dir(given_dir);
+  uint64_t step_number = im.last_step;
+  if (step_number == 0) {  // not this client's training (`switchyard checkpoint save`): the job's
+    const pb::ClusterInfoReply info = fetch_info(*im.coordinator, im.coordinator_endpoint);
+    for (const pb::ClientInfo& c : info.clients())
+      if (c.training()) step_number = std::max(step_number, c.step());
+  }
+  return write_checkpoint(dir, step_number);
+}
+
+// The workers write into step-S.tmp; then it is renamed and `latest` moved (publish_checkpoint).
+void ClusterClient::periodic_checkpoint(uint64_t step_number) {
+  Impl& im = *impl_;
+  for (const auto& [key, workers] : placement_.replicas)
+    for (int w : workers)
+      if (!im.usable(w)) {  // recovery will re-replicate it; a later checkpoint has it all
+        SY_LOG(warn, "runtime",
+               im.name << ": no checkpoint of step " << step_number << ": worker " << w << ", which holds a replica of "
+                       << key.to_string() << ", is lost");
+        return;
+      }
+  const auto start = Clock::now();
+  const std::string root = im.checkpoints.dir;
+  const std::string tmp = root + "/" + client_detail::step_dir_name(step_number) + ".tmp";
+  std::error_code ec;
+  std::filesystem::remove_all(tmp, ec);  // a crash's leftover
+  write_checkpoint(tmp, step_number);
+  client_detail::publish_checkpoint(root, step_number, im.checkpoints.keep);
+  SY_LOG(info, "runtime",
+         im.name << ": checkpoint of step " << step_number << " written to " << root << "/"
+                 << client_detail::step_dir_name(step_number) << " in "
+                 << std::chrono::duration<double>(Clock::now() - start).count() << " s");
+}
+
+CheckpointInfo ClusterClient::restore_checkpoint(const std::string& given_dir) {
+  Impl& im = *impl_;
+  const std::string dir = absolute_dir(given_dir);
+  if (!im.config) throw Error(ErrorKind::runtime, "checkpoint restore: no model loaded");
+  const std::optional<std::string> resolved = client_detail::resolve_checkpoint(dir);
+  if (!resolved) {  // worker files only: each worker checks its file against the placement
+    require_holders(im, placement_, "restoring " + dir);
+    std::vector<Call> calls = checkpoint_calls(im, pb::CheckpointOp::RESTORE, dir, placement_);
+    im.call(calls, "RESTORE " + dir);
+    return {dir, 0, placement_.epoch};
+  }
+  const std::string& d = *resolved;
+  const client_detail::CheckpointManifest manifest = client_detail::read_manifest(d);
+  const ModelConfig& model = im.config->model;
+  if (client_detail::read_checkpoint_text(d, client_detail::kModelFile) != model_yaml_of(model))
+    throw_input_error("checkpoint " + d + " holds another model (" + d + "/" + client_detail::kModelFile +
+                      ") than the cluster's");
+  const std::string placement_path = d + "/" + client_detail::kPlacementFile;
+  Placement saved;
+  try {
+    saved = parse_placement(client_detail::read_checkpoint_text(d, client_detail::kPlacementFile), placement_path,
+                            model, im.workers_expected, std::numeric_limits<int64_t>::max());
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::config) throw;
+    throw_input_error("checkpoint " + d + ": its placement does not fit this cluster: " + e.what());
+  }
+  if (const std::string diff = placement_difference(saved, placement_); !diff.empty())
+    throw_input_error(
+        "checkpoint " + d + " was written under another placement (epoch " + std::to_string(manifest.placement_epoch) +
+        ") than the cluster's (epoch " + std::to_string(placement_.epoch) + "): " + diff +
+        "; restoring it would leave the workers holding other replicas than the coordinator places. "
+        "Start the cluster with `cluster.placement: " +
+        placement_path + "`, or move it there first with `switchyard rebalance --cluster HOST:PORT --placement " +
+        placement_path + "`, then restore");
+  for (const auto& [key, workers] : placement_.replicas)
+    for (int w : workers) {
+      const std::string file = client_detail::worker_file(d, w);
+      if (std::find(manifest.workers.begin(), manifest.workers.end(), w) == manifest.workers.end() ||
+          !std::filesystem::exists(file))
+        throw_input_error("checkpoint " + d + ": worker file '" + file + "' (replicas of worker " + std::to_string(w) +
+                          ", e.g. " + key.to_string() + ") does not exist");
+    }
+  require_holders(im, placement_, "restoring " + d);
+  std::vector<Call> calls = checkpoint_calls(im, pb::CheckpointOp::RESTORE, d, placement_);
+  im.call(calls, "RESTORE " + d);
+  im.last_step = manifest.step;
+  SY_LOG(info, "runtime",
+         im.name << ": restored checkpoint " << d << " (step " << manifest.step << ", placement epoch "
+                 << manifest.placement_epoch << ")");
+  return {d, manifest.step, manifest.placement_epoch};
 }
 
 double ClusterClient::worker_compute_seconds() const { return impl_->worker_compute_seconds; }

@@ -223,6 +223,9 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   reply.set_liveness_check_ms(static_cast<uint32_t>(cluster.liveness_check_ms));
   reply.set_transport(cluster.transport);
   reply.set_coordinator_timeout_ms(static_cast<uint32_t>(cluster.coordinator_timeout_ms));
+  reply.set_checkpoint_every_steps(static_cast<uint32_t>(cluster.checkpoint_every_steps));
+  reply.set_checkpoint_dir(cluster.checkpoint_dir);
+  reply.set_checkpoint_keep(static_cast<uint32_t>(cluster.checkpoint_keep));
   if (model) *reply.mutable_load() = load.to_pb();
   if (migration) *reply.add_rebalances() = migration->record;
   for (const pb::RebalanceRecord& r : history) *reply.add_rebalances() = r;
@@ -255,7 +258,7 @@ Result<pb::PlanPlacementReply> Coordinator::Impl::plan(const pb::PlanPlacementRe
   placement.epoch = epoch = last_epoch = last_epoch + 1;
   model_yaml = req.model_yaml();
   committed = false;
-  max_training_step = last_policy_step = 0;
+  max_training_step = last_policy_step = last_checkpoint_step = 0;
   save_state();
   SY_LOG(info, "runtime", "placement epoch " << epoch << ": " << placement.replicas.size() << " experts");
   pb::PlanPlacementReply reply;
@@ -296,6 +299,15 @@ Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportR
   pb::LoadReportReply reply;
   reply.set_placement_epoch(epoch);
   reply.set_membership_version(membership_version);
+  // One writer per checkpointed step: the first training client to report it (the ranks of a
+  // data-parallel group all report the same step number, none an older one once a rank reported
+  // the next). An older step is a run resumed from a checkpoint: its steps are written again.
+  const auto every = static_cast<uint64_t>(cluster.checkpoint_every_steps);
+  if (req.training() && req.step() < last_checkpoint_step) last_checkpoint_step = 0;
+  if (req.training() && every > 0 && req.step() > 0 && req.step() % every == 0 && req.step() > last_checkpoint_step) {
+    last_checkpoint_step = req.step();
+    reply.set_write_checkpoint(true);
+  }
   if (req.placement_epoch() < epoch) wire::placement_to_pb(placement, reply.mutable_placement());
   if (migration && migration->at_step && migration->at_step_n > 0) {
     reply.set_migrate_epoch(migration->next.epoch);

@@ -74,6 +74,7 @@ struct Coordinator::Impl {
   LoadWindow load;
   uint64_t max_training_step = 0;
   uint64_t last_policy_step = 0;
+  uint64_t last_checkpoint_step = 0;  // the latest step whose checkpoint a client was told to write
   std::optional<Migration> migration;
   std::deque<pb::RebalanceRecord> history;  // latest first
   std::optional<Clock::time_point> lost_since;  // a fenced worker is still in the placement since

@@ -151,7 +151,9 @@ sy_status sy_model_step_experts(sy_model* model, const sy_adamw* adamw, int32_t 
 /* Evaluation option: every stage of every layer drops each token's `n` best routed experts
  * (as capacity drops are; gates not renormalised); 0 routes normally. */
 sy_status sy_model_set_drop_top_experts(sy_model* model, int32_t n);
-/* Attached: every worker writes its replicas (weights + AdamW state) to `dir` / restores them. */
+/* Attached: every worker writes its replicas (weights + AdamW state) to `dir`, with a manifest
+ * (README "Checkpoints") / restores them from a checkpoint or a cluster.checkpoint_dir (its
+ * `latest`); a restore sets the model's step count to the checkpoint's. */
 sy_status sy_model_save_checkpoint(sy_model* model, const char* dir);
 sy_status sy_model_restore_checkpoint(sy_model* model, const char* dir);
 /* Attached: the experts' gradients, summed over replicas (a new owned map). */

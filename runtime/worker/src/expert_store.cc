@@ -282,11 +282,11 @@ int64_t ExpertStore::bytes() const {
   return total;
 }
 
-void ExpertStore::save(const std::string& path) const {
+void ExpertStore::save(const std::string& path, const std::vector<ExpertKey>* only) const {
   TensorMap tensors;
   std::map<std::string, std::string> metadata{
       {"format", kFormat}, {"version", kVersion}, {"hidden_size", std::to_string(model_.hidden_size)}};
-  for (const ExpertKey& key : keys()) {
+  for (const ExpertKey& key : only ? *only : keys()) {
     ExpertTensors t = tensors_of(key);
     for (TensorMap* part : {&t.weights, &t.moments})
       for (auto& [name, tensor] : *part) tensors.emplace(expert_param_name(model_, key, name), std::move(tensor));
@@ -388,7 +388,7 @@ void complete_replicas(std::map<ExpertKey, ExpertTensors>& replicas, const Metad
 
 }  // namespace
 
-void ExpertStore::load(const std::string& path) {
+void ExpertStore::load(const std::string& path, const std::vector<ExpertKey>* expect) {
   const CheckpointFail fail = [&](const std::string& message) {
     throw_input_error("expert checkpoint '" + path + "': " + message);
   };
@@ -396,11 +396,26 @@ void ExpertStore::load(const std::string& path) {
   const int version = checkpoint_version(metadata, model_, fail);
   std::map<ExpertKey, ExpertTensors> replicas = group_by_replica(read_safetensors(path), model_, version, fail);
   complete_replicas(replicas, metadata, model_, fail);
+  if (expect) {
+    for (const ExpertKey& key : *expect)
+      if (!replicas.count(key))
+        fail("holds no replica of " + key.to_string() + ", which the placement puts on this worker");
+    for (const auto& [key, t] : replicas)
+      if (std::find(expect->begin(), expect->end(), key) == expect->end())
+        fail("holds a replica of " + key.to_string() + ", which the placement does not put on this worker");
+  }
 
   std::map<ExpertKey, std::unique_ptr<Replica>> loaded;
   for (auto& [key, t] : replicas) loaded.emplace(key, std::make_unique<Replica>(std::move(t), backend_));
   std::unique_lock lock(mutex_);
   replicas_ = std::move(loaded);
+  std::lock_guard cache_lock(cache_mutex_);
+  cache_.clear();
+}
+
+void ExpertStore::clear() {
+  std::unique_lock lock(mutex_);
+  replicas_.clear();
   std::lock_guard cache_lock(cache_mutex_);
   cache_.clear();
 }

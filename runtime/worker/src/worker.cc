@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <future>
 #include <set>
@@ -509,12 +511,28 @@ class Worker {
     return *store_;
   }
 
+  // With the client's placement: exactly the replicas it puts here (a worker a rebalance has not
+  // yet told to drop old replicas saves none of those; a file holding others is refused).
   void checkpoint(const pb::CheckpointOp& op) {
     const std::string path = op.dir() + "/worker-" + std::to_string(id_) + ".safetensors";
+    ExpertStore& store = require_store();
+    std::optional<std::vector<ExpertKey>> mine;
+    if (op.placed()) mine = wire::placement_from_pb(op.placement(), op.placement_epoch()).experts_on(id_);
     switch (op.action()) {
-      case pb::CheckpointOp::SAVE: require_store().save(path); return;
+      case pb::CheckpointOp::SAVE:
+        if (mine)
+          for (const ExpertKey& key : *mine)
+            require(store.holds(key), label_ + " holds no replica of " + key.to_string() + ", which placement epoch " +
+                                          std::to_string(op.placement_epoch()) + " puts here");
+        store.save(path, mine ? &*mine : nullptr);
+        return;
       case pb::CheckpointOp::RESTORE:
-        require_store().load(path);
+        if (mine && mine->empty() && !std::filesystem::exists(path)) {
+          store.clear();  // the checkpoint places nothing here and has no file for this worker
+        } else {
+          store.load(path, mine ? &*mine : nullptr);
+        }
+        forward_cache_.clear();
         holds_epoch_ = std::max<uint64_t>(placement_.epoch, 1);  // a replacement holds its slot's replicas again
         held_changed();
         return;

@@ -102,6 +102,9 @@ struct ClusterConfig {
   int coordinator_timeout_ms = 15000;       // workers and clients go on without the coordinator this long
   std::string state_file;                   // the coordinator's state, for a restart; "" = none
   bool restart_workers = false;             // switchyard up restarts a local worker that died
+  int checkpoint_every_steps = 0;           // a training client checkpoints every N steps; 0 = off
+  std::string checkpoint_dir;               // where: step-{S}/ and `latest` (absolute); needed when N > 0
+  int checkpoint_keep = 2;                  // complete checkpoints kept (older ones deleted)
   std::string transport = "ucx";            // data plane: "ucx" or "inprocess" (one process, tests)
   int worker_memory_mb = 4096;              // per-worker budget for expert replicas
   std::string placement;                    // placement YAML, absolute path; "" = round-robin default

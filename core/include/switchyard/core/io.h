@@ -8,6 +8,7 @@
 
 #include <map>
 #include <string>
+#include <string_view>
 
 #include "switchyard/core/tensor.h"
 
@@ -28,6 +29,10 @@ std::map<std::string, std::string> read_safetensors_metadata(const std::string& 
 // Reading accepts '<f4' and converts '<f8' to float32; anything else is an error.
 void write_npy(const std::string& path, const Tensor& tensor);
 Tensor read_npy(const std::string& path);
+
+// A text file written as tensor files are: path.tmp, fsync, rename, so that a crash leaves the
+// old file or the new one. Errors are input errors "<kind> file '<path>': cannot write: ...".
+void write_text_atomically(const std::string& path, std::string_view text, std::string_view kind = "text");
 
 // User tensors entering a computation (CLI inputs) must be finite: the first NaN or Inf throws
 // sy::Error(input) "<what>: value nan at index 5 (element [1, 2] of shape [2, 3]) is not finite".

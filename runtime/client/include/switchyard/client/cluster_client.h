@@ -33,6 +33,13 @@ namespace sy {
 
 struct DispatchPlan;
 
+// A checkpoint written or restored (README "Checkpoints").
+struct CheckpointInfo {
+  std::string dir;               // the checkpoint directory itself (a checkpoint_dir resolved through `latest`)
+  uint64_t step = 0;             // training steps taken when it was written: continue with step + 1
+  uint64_t placement_epoch = 0;  // the placement's epoch when it was written
+};
+
 // Status, shutdown and rebalance of a running cluster, without attaching (cluster_admin.h).
 class ClusterClient final : public ExpertProvider {
  public:
@@ -57,7 +64,10 @@ class ClusterClient final : public ExpertProvider {
 
   // Optimizer step of the expert replicas: every worker applies AdamW once `group_size`
   // clients (data-parallel ranks) asked for step number `step`; replicas' gradients are
-  // reduced first so they stay bit-identical.
+  // reduced first so they stay bit-identical. With cluster.checkpoint_every_steps N, a step
+  // number that is a multiple of N ends with a checkpoint into cluster.checkpoint_dir, written
+  // by one client of the group: the one the coordinator names in its answer to the step's load
+  // report (the first to report it); with the coordinator away, a client with group_size 1.
   void step(const AdamWConfig& adamw, int group_size, uint64_t step) override;
   // Expert weight gradients, summed over replicas (names as in the weights file).
   TensorMap fetch_expert_grads();
@@ -65,9 +75,18 @@ class ClusterClient final : public ExpertProvider {
   // replicas are bit-identical or to export trained experts.
   TensorMap fetch_replica_weights(int worker);
   void zero_expert_grads();
-  // Checkpoint every worker's replicas (weights + AdamW state) to `dir` / restore from it.
-  void save_checkpoint(const std::string& dir);
-  void restore_checkpoint(const std::string& dir);
+  // Checkpoint every worker's replicas (weights + AdamW state) under the current placement to
+  // `dir` (created; a relative one is made absolute here, where the client runs), with its
+  // manifest, placement and model (README "Checkpoints"). Every worker
+  // the placement uses must be attached; the client must see `dir` too.
+  CheckpointInfo save_checkpoint(const std::string& dir);
+  // Restores a checkpoint: `dir` is one (it holds manifest.yaml) or a cluster.checkpoint_dir
+  // (its `latest` names one). Input errors (exit 3) name the file: no checkpoint there, a
+  // missing worker file, another model, or another placement than the cluster's (the error
+  // says how to start or rebalance the cluster to the checkpoint's placement.yaml). A directory
+  // of worker files only (no manifest) is restored as such, each worker checking that its file
+  // holds exactly the replicas the placement puts on it.
+  CheckpointInfo restore_checkpoint(const std::string& dir);
 
   // Rows this client has sent to each worker (index = worker id), for load display.
   std::vector<uint64_t> rows_sent() const;
@@ -88,8 +107,13 @@ class ClusterClient final : public ExpertProvider {
   void count_load(int layer, int stage, const cpu::DispatchLayout& layout, const DispatchPlan& plan);
   struct MigrateAsk {  // the coordinator asks this step to run a rebalance's copies
     uint64_t epoch = 0, at_step = 0;
+    bool checkpoint = false;        // ... or to write its checkpoint
+    bool coordinator_away = false;  // it did not answer
   };
   MigrateAsk report_load(uint64_t step_number);
+  // The workers write `dir`/worker-{id}.safetensors under placement_, then the manifest.
+  CheckpointInfo write_checkpoint(const std::string& dir, uint64_t step_number);
+  void periodic_checkpoint(uint64_t step_number);
   void switch_placement(Placement next);
   void at_request_boundary();
   void await_epoch(uint64_t epoch);

@@ -59,6 +59,10 @@ class MoeModel {
   // AdamW on the experts where they live (a provider's workers) only: the caller's optimizer
   // owns the dense parameters. Throws a runtime error when the experts are local.
   void step_experts(const AdamWConfig& adamw, int group_size = 1);
+  // Optimizer steps taken; the next step() or step_experts() is number steps() + 1. A run
+  // resumed from a checkpoint of step S sets S (the experts' step numbers go on from there).
+  uint64_t steps() const { return steps_; }
+  void set_steps(uint64_t steps) { steps_ = steps; }
   // Points parameter `name` at caller memory of the same shape (a framework that moved it).
   void rebind_weight(const std::string& name, float* data);
   TensorMap& mutable_grads() { return grads_; }

@@ -100,12 +100,16 @@ class ExpertStore {
   void step(const AdamWConfig& config);
   void zero_grads();
 
-  // Checkpoint (format above). save() writes path.tmp and renames it. load() replaces the
+  // Checkpoint (format above). save() writes path.tmp and renames it (the directory is
+  // created); `only` non-null: just those replicas (each must be held). load() replaces the
   // store's contents with the file's replicas after validating every tensor (name, shape,
-  // finite, nothing missing or extra) and the metadata; on error the store is unchanged and
-  // the input error names the file and the tensor. Kept activations are released.
-  void save(const std::string& path) const;
-  void load(const std::string& path);
+  // finite, nothing missing or extra) and the metadata, and, with `expect`, that the file holds
+  // exactly those replicas; on error the store is unchanged and the input error names the file
+  // and the tensor or replica. Kept activations are released.
+  void save(const std::string& path, const std::vector<ExpertKey>* only = nullptr) const;
+  void load(const std::string& path, const std::vector<ExpertKey>* expect = nullptr);
+  // Drops every replica (a checkpoint that places none here).
+  void clear();
 
   // Replica memory: Σ over replicas of 4 × expert weight bytes (weights, gradients, two
   // moments) — the quantity placement's memory check budgets.
