@@ -462,6 +462,59 @@ INSTANTIATE_TEST_SUITE_P(Arrivals, Replacement, ::testing::Values(Arrival::after
                            return p.param == Arrival::at_once ? std::string("AtOnce") : std::string("AfterRecovery");
                          });
 
+// An expert that loses its only replica: the step fails naming the lost worker; a replacement
+// registers in its slot (nothing to copy from: the recovery is impossible and the placement keeps
+// the slot), and restoring the checkpoint taken before the loss brings the experts back: every
+// expert equals its checkpointed weights bit for bit, and training goes on.
+TEST(SoleReplica, LostExpertsComeBackFromACheckpointIntoAReplacement) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(2, 1);
+  const std::string endpoint = cluster.coordinator->endpoint();
+  const std::string dir = ::testing::TempDir() + "/sy_sole_replica_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  auto train_step = [&](MoeModel& model, int step) {
+    RandomStream rng(800 + static_cast<uint64_t>(step), "sole");
+    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
+    const double loss = dot(model.forward(x), g);
+    model.backward(g);
+    model.step(AdamWConfig{.lr = 1e-2});
+    return loss;
+  };
+  TensorMap saved;
+  std::string failure;
+  {
+    ClusterClient client(endpoint, "trainer");
+    client.load_model(cfg, weights);
+    MoeModel model(cfg, weights, client);
+    for (int step = 0; step < 2; ++step) train_step(model, step);
+    client.save_checkpoint(dir);
+    for (int w : {0, 1}) saved.merge(client.fetch_replica_weights(w));
+    cluster.workers[1].kill();
+    try {
+      train_step(model, 2);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  }
+  EXPECT_NE(failure.find("worker 1"), std::string::npos) << "the step did not fail naming worker 1: '" << failure << "'";
+  const std::string lost_pid = std::to_string(cluster.workers[1].pid());
+  launch::LocalProcess replacement = launch::LocalProcess::spawn(
+      {kBinary, "worker", "--coordinator", endpoint, "--id", "1", "--replaces-pid", lost_pid});
+  for (int i = 0; i < 500 && query_cluster_status(endpoint).workers.at(1).restarts == 0; ++i) std::this_thread::sleep_for(10ms);
+  ClusterClient restorer(endpoint, "restorer");
+  restorer.use_loaded_model(cfg);
+  restorer.restore_checkpoint(dir);
+  TensorMap restored;
+  for (int w : {0, 1}) restored.merge(restorer.fetch_replica_weights(w));
+  ASSERT_EQ(restored.size(), saved.size());
+  for (const auto& [name, t] : saved) EXPECT_EQ(restored.at(name).values(), t.values()) << name;
+  MoeModel model(cfg, weights, restorer);
+  EXPECT_TRUE(std::isfinite(train_step(model, 3)));
+  EXPECT_EQ(query_cluster_status(endpoint).workers.at(1).restarts, 1u);
+  std::filesystem::remove_all(dir);
+}
+
 // One layer: a worker killed between forward and backward; grad_input (recomputed on the
 // survivors) equals the engine in one process.
 TEST(LayerFailover, BackwardRecomputesTheLostActivationsOnSurvivors) {

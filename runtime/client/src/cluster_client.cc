@@ -548,6 +548,12 @@ std::vector<Call> checkpoint_calls(ClusterClient::Impl& im, pb::CheckpointOp::Ac
 // Every worker the placement puts a replica on is attached and not lost, or a transport error
 // saying which is not: a checkpoint without its replicas would be incomplete, a restore would
 // leave them out.
+// After a restore every worker holds what the placement puts on it, a replacement too (it took
+// no rows before: its slot's replicas were its lost predecessor's).
+void every_worker_holds_its_replicas(ClusterClient::Impl& im) {
+  for (auto& [w, link] : im.links) link.routable_from_epoch = 0;
+}
+
 void require_holders(ClusterClient::Impl& im, const Placement& placement, const std::string& what) {
   for (const auto& [key, workers] : placement.replicas)
     for (int w : workers)
@@ -653,6 +659,7 @@ CheckpointInfo ClusterClient::restore_checkpoint(const std::string& given_dir) {
     require_holders(im, placement_, "restoring " + dir);
     std::vector<Call> calls = checkpoint_calls(im, pb::CheckpointOp::RESTORE, dir, placement_);
     im.call(calls, "RESTORE " + dir);
+    every_worker_holds_its_replicas(im);
     return {dir, 0, placement_.epoch};
   }
   const std::string& d = *resolved;
@@ -689,6 +696,7 @@ CheckpointInfo ClusterClient::restore_checkpoint(const std::string& given_dir) {
   require_holders(im, placement_, "restoring " + d);
   std::vector<Call> calls = checkpoint_calls(im, pb::CheckpointOp::RESTORE, d, placement_);
   im.call(calls, "RESTORE " + d);
+  every_worker_holds_its_replicas(im);
   im.last_step = manifest.step;
   SY_LOG(info, "runtime",
          im.name << ": restored checkpoint " << d << " (step " << manifest.step << ", placement epoch "
