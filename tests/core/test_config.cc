@@ -761,6 +761,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.liveness_check_ms",
                                          "cluster.coordinator_timeout_ms",
                                          "cluster.state_file",
+                                         "cluster.restart_workers",
                                          "cluster.checkpoint_every_steps",
                                          "cluster.checkpoint_dir",
                                          "cluster.checkpoint_keep",
