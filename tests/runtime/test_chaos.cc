@@ -149,11 +149,14 @@ Soak soak(int steps, const std::vector<Fault>& faults, int restart_after = 0) {
   }
   // Recovery of the last loss may still be copying at a step boundary: a few more quiet steps.
   if (!cluster.coordinator) cluster.coordinator = std::make_unique<Coordinator>(c);
-  for (int extra = 0; extra < 20; ++extra) {
+  // With restarts, also until every restarted worker has registered and holds replicas.
+  for (int extra = 0; extra < 100; ++extra) {
     out.end = query_cluster_status(cluster.coordinator->endpoint());
     note_recoveries(out.end);
     bool full = !out.end.rebalances.empty() || faults.empty();
-    for (const WorkerStatus& w : out.end.workers) full &= !w.replacement;  // every replacement holds replicas
+    int alive = 0;
+    for (const WorkerStatus& w : out.end.workers) full &= !w.replacement, alive += w.alive;
+    if (restart_after > 0) full &= alive == c.workers;
     for (const auto& [key, workers] : out.end.placement.replicas) {
       int live = 0;
       for (int w : workers) live += out.end.workers.at(static_cast<size_t>(w)).alive;
