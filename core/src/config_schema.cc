@@ -327,6 +327,11 @@ const Field kSchema[] = {
            "`switchyard bench exchange` shows both modes. false: UCX promises no error for a dead peer; the "
            "coordinator's heartbeats (dead_after_ms) are then what fails requests to a dead worker.",
    .slot = SY_CLUSTER(ucx_peer_failure)},
+  {.path = "cluster.idle_spin_us", .def = "0", .bound = Bound::ge, .limit = 0,
+   .help = "After the last data-plane progress, workers and clients spin this long before they sleep on the "
+           "transport's events (UCX: ucp_worker_arm and its fd); 0 = sleep at once. Spinning catches a reply "
+           "or request that follows at once; sleeping leaves the cores to the busy processes.",
+   .slot = SY_CLUSTER(idle_spin_us)},
   {.path = "cluster.heartbeat_ms", .def = "500", .bound = Bound::gt,
    .help = "Interval of worker and client heartbeats to the coordinator.", .slot = SY_CLUSTER(heartbeat_ms)},
   {.path = "cluster.dead_after_ms", .def = "3000", .bound = Bound::gt,

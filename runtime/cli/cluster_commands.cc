@@ -1,6 +1,7 @@
 #include "cluster_commands.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -8,6 +9,10 @@
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
+#include <optional>
+#include <map>
+#include <sstream>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -311,6 +316,40 @@ int cli_shutdown(const std::vector<std::string>& args) {
 }
 
 // Serving: `clients` threads, each its own ClusterClient, send forward-only requests.
+namespace {
+// CPU seconds (user + system) a local process has used, from /proc/PID/stat; nothing when it is
+// not a process of this machine.
+std::optional<double> process_cpu_seconds(uint32_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t paren = text.rfind(')');
+  if (paren == std::string::npos) return std::nullopt;
+  std::istringstream fields(text.substr(paren + 2));  // from field 3 (state) on
+  std::string skip;
+  for (int i = 3; i < 14; ++i) fields >> skip;
+  double utime = 0, stime = 0;
+  if (!(fields >> utime >> stime)) return std::nullopt;
+  return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// The CPU the cluster's local workers use while nothing is asked of them, in % of one core.
+double idle_cluster_cpu_percent(const std::string& endpoint, std::chrono::milliseconds span) {
+  const ClusterStatus status = query_cluster_status(endpoint);
+  std::map<uint32_t, double> before;
+  for (const WorkerStatus& w : status.workers)
+    if (auto t = process_cpu_seconds(w.pid)) before[w.pid] = *t;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(span);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double used = 0;
+  for (const auto& [pid, t] : before)
+    if (auto now = process_cpu_seconds(pid)) used += *now - t;
+  std::cout << "idle: " << before.size() << " local workers used " << std::fixed << std::setprecision(2)
+            << 100 * used / wall << "% of one core over " << wall << " s\n";
+  return 100 * used / wall;
+}
+}  // namespace
+
 int cli_bench_serve(const std::vector<std::string>& args) {
   Flags flags(args, "bench serve", {"cluster", "config", "clients", "requests", "tokens"});
   const Config cfg = load_config(flags.get("config"));
@@ -324,6 +363,7 @@ int cli_bench_serve(const std::vector<std::string>& args) {
     ClusterClient loader(endpoint, "bench serve loader");
     loader.load_model(cfg, w);
   }
+  const double idle_cpu = idle_cluster_cpu_percent(endpoint, std::chrono::milliseconds(2000));
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<std::string> errors(static_cast<size_t>(clients));
   const auto start = std::chrono::steady_clock::now();
@@ -361,7 +401,8 @@ int cli_bench_serve(const std::vector<std::string>& args) {
   std::cout << "serve: " << clients << " clients x " << requests << " requests of " << tokens << " tokens\n";
   std::cout << std::fixed << std::setprecision(2) << "serve_p50_ms: " << pct(0.50) << "\nserve_p99_ms: " << pct(0.99)
             << "\nserve_tokens_per_s: " << std::setprecision(0)
-            << static_cast<double>(clients) * requests * static_cast<double>(tokens) / secs << "\n";
+            << static_cast<double>(clients) * requests * static_cast<double>(tokens) / secs << "\n"
+            << std::setprecision(2) << "idle_cluster_cpu_percent: " << idle_cpu << "\n";
   return 0;
 }
 

@@ -754,6 +754,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.coordinator",
                                          "cluster.ucx_tls",
                                          "cluster.ucx_peer_failure",
+                                         "cluster.idle_spin_us",
                                          "cluster.heartbeat_ms",
                                          "cluster.dead_after_ms",
                                          "cluster.request_timeout_ms",

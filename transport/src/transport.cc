@@ -1,8 +1,11 @@
 #include "switchyard/transport/transport.h"
 
+#include <poll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -152,6 +155,26 @@ Tag Transport::next_collective_tag() {
 Status Transport::wait(RequestId request, Timeout timeout) {
   const RequestId one[1] = {request};
   return wait_all(one, timeout);
+}
+
+bool Transport::wait_for_events(std::chrono::microseconds timeout, std::span<const int> wake_fds) {
+  const int fd = event_fd();
+  if (fd < 0) {
+    std::this_thread::sleep_for(std::min(timeout, std::chrono::microseconds(50)));
+    return false;
+  }
+  if (!arm()) return true;  // pending already
+  pollfd fds[8];
+  nfds_t n = 0;
+  fds[n++] = {fd, POLLIN, 0};
+  for (int w : wake_fds)
+    if (w >= 0 && n < 8) fds[n++] = {w, POLLIN, 0};
+  const auto us = timeout.count();
+  const timespec ts{static_cast<time_t>(us / 1000000), static_cast<long>((us % 1000000) * 1000)};
+  int r;
+  while ((r = ::ppoll(fds, n, &ts, nullptr)) < 0 && errno == EINTR) {
+  }
+  return r > 0;
 }
 
 Status Transport::wait_all(std::span<const RequestId> requests, Timeout timeout, std::vector<size_t>* bytes) {

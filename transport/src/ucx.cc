@@ -43,7 +43,7 @@ class UcxTransport final : public Transport {
     if (st != UCS_OK) throw Error(ErrorKind::transport, "ucx transport: " + ucx_error("ucp_config_read", st));
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
-    params.features = UCP_FEATURE_TAG;
+    params.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;  // wait_for_events: ucp_worker_arm + its fd
     params.name = "switchyard";
     if (options.world_size > 0) {
       params.field_mask |= UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
@@ -59,6 +59,10 @@ class UcxTransport final : public Transport {
     if (st != UCS_OK) {
       ucp_cleanup(context_);
       throw Error(ErrorKind::transport, "ucx transport: " + ucx_error("ucp_worker_create", st));
+    }
+    if (ucs_status_t e = ucp_worker_get_efd(worker_, &efd_); e != UCS_OK) {
+      SY_LOG(warn, "transport", "ucx: no event descriptor (" << ucs_status_string(e) << "); idle waits poll instead");
+      efd_ = -1;
     }
     ucp_address_t* address = nullptr;
     size_t length = 0;
@@ -251,6 +255,12 @@ class UcxTransport final : public Transport {
     if (!closing_.empty()) reap_closed();
   }
 
+  int event_fd() const override { return efd_; }
+  bool arm() override {
+    if (!closing_.empty()) return false;  // endpoints closing: keep progressing them
+    return ucp_worker_arm(worker_) == UCS_OK;  // UCS_ERR_BUSY: events pending
+  }
+
   Result<Completion> test(RequestId request) override {
     auto it = ops_.find(request.value);
     if (it == ops_.end())
@@ -397,6 +407,7 @@ class UcxTransport final : public Transport {
   UcxOptions ucx_;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
+  int efd_ = -1;  // ucp_worker_get_efd: readable when the worker has events (UCP_FEATURE_WAKEUP)
   std::string worker_address_;
   std::map<Rank, std::unique_ptr<PeerEndpoint>> peers_;  // ordered: peers() ascending
   std::vector<Closing> closing_;

@@ -93,6 +93,7 @@ struct ClusterClient::Impl {
   uint64_t last_step = 0;
 
   Millis coordinator_timeout{15000};
+  std::chrono::microseconds idle_spin{0};  // cluster.idle_spin_us: spin, then sleep on the transport's events
   std::optional<Clock::time_point> coordinator_away_since;  // load reports have failed since
 
   // A call to the coordinator; a broken channel (a restarted coordinator) is reconnected first.

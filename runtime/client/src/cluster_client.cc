@@ -121,6 +121,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   }
   im.request_timeout = Millis(info.request_timeout_ms());
   im.coordinator_timeout = Millis(info.coordinator_timeout_ms());
+  im.idle_spin = std::chrono::microseconds(info.idle_spin_us());
   im.liveness_check = Millis(info.liveness_check_ms());
   im.checkpoints.every_steps = static_cast<int>(info.checkpoint_every_steps());
   im.checkpoints.dir = info.checkpoint_dir();

@@ -82,18 +82,26 @@ Status ClusterClient::Impl::await_replies(std::vector<Call>& calls, const std::s
                                           double& slowest_compute) {
   const auto deadline = start + request_timeout;
   auto next_liveness_check = start + liveness_check;
+  auto last_moved = start;
   for (;;) {
     transport->progress();
     std::set<int> waiting;
+    bool moved = false;
     for (Call& c : calls) {
       if (c.lost || c.stage == Call::Stage::done) continue;
+      const Call::Stage before = c.stage;
       Status s = advance(c, what, slowest_compute);
       if (s.code() == StatusCode::peer_failed) lose(c, s.message());
       else if (!s) return s;
+      moved |= c.lost || c.stage != before;
       if (!c.lost && c.stage != Call::Stage::done) waiting.insert(c.worker);
     }
     if (waiting.empty()) return Status::ok();
     const auto now = Clock::now();
+    // A short spin (a reply often follows at once), then sleep on the transport's events: a
+    // waiting client leaves the cores to the workers computing its request.
+    if (moved) last_moved = now;
+    else if (now - last_moved > idle_spin) transport->wait_for_events(std::chrono::milliseconds(1));
     if (now > next_liveness_check) {  // UCX may never report a dead peer: ask the coordinator
       next_liveness_check = now + liveness_check;
       const std::map<int, std::string> dead = dead_among(waiting);

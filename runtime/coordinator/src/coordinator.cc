@@ -78,6 +78,7 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   reply.set_transport(cluster.transport);
   reply.set_coordinator_timeout_ms(static_cast<uint32_t>(cluster.coordinator_timeout_ms));
   reply.set_data_plane_id(m.info.data_plane_id());
+  reply.set_idle_spin_us(static_cast<uint32_t>(cluster.idle_spin_us));
   if (replacing && committed) {
     reply.set_model_yaml(model_yaml);
     reply.set_placement_epoch(epoch);
@@ -199,6 +200,7 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   reply.set_placement_epoch(epoch);
   reply.set_workers_expected(cluster.workers);
   reply.set_membership_version(membership_version);
+  reply.set_idle_spin_us(static_cast<uint32_t>(cluster.idle_spin_us));
   const auto now = Clock::now();
   for (const auto& [id, m] : members) {
     pb::WorkerInfo* w = reply.add_workers();

@@ -18,6 +18,7 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/secret.h"
+#include "switchyard/core/wake_fd.h"
 #include "switchyard/core/log.h"
 #include "switchyard/placement/placement.h"
 #include "switchyard/transport/control.h"
@@ -147,6 +148,7 @@ class Worker {
     registration_ = std::move(r).value();
     id_ = registration_.worker_id();
     rank_ = registration_.data_plane_id();
+    idle_spin_ = std::chrono::microseconds(registration_.idle_spin_us());
     request_timeout_ = Millis(registration_.request_timeout_ms());
     label_ = "worker " + std::to_string(id_) + " (" + transport::default_process_label() + ")";
     SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator << " (" << registration_.transport()
@@ -244,8 +246,11 @@ class Worker {
     pb::AttachReply reply;
     reply.set_worker_address(address_);
     reply.set_client_id(static_cast<uint32_t>(conn->id));
-    std::lock_guard<std::mutex> lock(attach_mu_);
-    attached_.push_back(std::move(conn));
+    {
+      std::lock_guard<std::mutex> lock(attach_mu_);
+      attached_.push_back(std::move(conn));
+    }
+    wake_.notify();
     return reply;
   }
 
@@ -329,8 +334,11 @@ class Worker {
 
   // Rebalance requests from the control thread, run in order on the serving thread.
   void queue_task(WorkerMigration::Task task) {
-    std::lock_guard<std::mutex> lock(tasks_mu_);
-    tasks_.push_back(std::move(task));
+    {
+      std::lock_guard<std::mutex> lock(tasks_mu_);
+      tasks_.push_back(std::move(task));
+    }
+    wake_.notify();
   }
   void run_tasks() {
     std::vector<WorkerMigration::Task> tasks;
@@ -374,10 +382,16 @@ class Worker {
         }
       }
       drop_dead_clients();
-      // Busy-poll while there is traffic; back off when idle so several workers share few cores.
+      // Spin briefly after traffic (the next request often follows at once), then sleep on the
+      // transport's events and the control thread's wake-ups, so idle workers leave the cores
+      // to busy ones. The timeout bounds how late a stop or a lost coordinator is noticed.
       const auto now = std::chrono::steady_clock::now();
-      if (busy) idle_since = now;
-      else if (now - idle_since > 2ms) std::this_thread::sleep_for(100us);
+      if (busy) {
+        idle_since = now;
+      } else if (now - idle_since > idle_spin_) {
+        const int fd = wake_.fd();
+        if (transport_->wait_for_events(50ms, std::span(&fd, 1))) wake_.drain();
+      }
     }
     if (coordinator_lost_) SY_LOG(error, "runtime", label_ << ": lost the coordinator, shutting down");
   }
@@ -816,6 +830,8 @@ class Worker {
   transport::Rank rank_ = -1;            // this process's data-plane id (id_, or a replacement's own)
   std::map<int, transport::Rank> peer_rank_;  // worker id → the data-plane id connected for it
   std::atomic<uint64_t> holds_epoch_{0};  // heartbeat: the placement epoch its replicas match
+  WakeFd wake_;  // the control thread's hand-offs (attaches, rebalance tasks) wake the serving thread
+  std::chrono::microseconds idle_spin_{0};  // cluster.idle_spin_us: spin after traffic, then sleep
   std::string label_ = "worker";
   Millis request_timeout_{10000};
   std::atomic<bool> heartbeat_stop_{false}, coordinator_lost_{false}, fenced_{false};

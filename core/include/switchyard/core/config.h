@@ -94,6 +94,7 @@ struct ClusterConfig {
   std::string coordinator = "127.0.0.1:0";  // "host:port" (port 0: any free port)
   std::string ucx_tls;                      // exported as UCX_TLS; "" = UCX's own choice
   bool ucx_peer_failure = true;             // UCP_ERR_HANDLING_MODE_PEER on data-plane endpoints
+  int idle_spin_us = 0;                     // spin after the last progress before sleeping on events
   int heartbeat_ms = 500;
   int dead_after_ms = 3000;                 // > heartbeat_ms
   int request_timeout_ms = 10000;

@@ -195,6 +195,13 @@ class Transport {
                                       const MemoryRegion* region = nullptr) = 0;
   // Drives the backend (UCX: ucp_worker_progress). Cheap when there is nothing to do.
   virtual void progress() = 0;
+  // Sleeps until the backend has something to progress (a message arrived, a send completed, a
+  // peer failed), one of `wake_fds` is readable (a process's own eventfd, say), or `timeout`
+  // passes; call it after progress() and test() found nothing to do. True when an event (not
+  // the timeout) ended it. UCX: ucp_worker_arm, then poll on ucp_worker_get_efd. Backends
+  // without an event descriptor (`has_events()` false) sleep min(timeout, 50 µs) instead.
+  bool wait_for_events(std::chrono::microseconds timeout, std::span<const int> wake_fds = {});
+  bool has_events() const { return event_fd() >= 0; }
   // Done, still pending, or the error that ended it (naming the peer). A done or failed
   // request is released: its id must not be tested again.
   virtual Result<Completion> test(RequestId request) = 0;
@@ -235,6 +242,11 @@ class Transport {
   Status accept_peer_address(Rank peer, std::string_view address, bool connected, std::string& backend_bytes);
   // Tags for the next collective: every rank advances the same counter in the same order.
   Tag next_collective_tag();
+  // The descriptor wait_for_events polls, or -1 (none: it sleeps briefly instead).
+  virtual int event_fd() const { return -1; }
+  // Before sleeping on event_fd: true when armed (nothing pending), false when events are
+  // already pending (progress first).
+  virtual bool arm() { return false; }
 
  private:
   TransportOptions options_;
