@@ -36,6 +36,7 @@
 #include <sstream>
 #include <thread>
 
+#include "perftest.h"
 #include "switchyard/core/error.h"
 #include "switchyard/launch/local_launch.h"
 #include "switchyard/transport/rendezvous.h"
@@ -163,18 +164,6 @@ int run_rank(const BenchFlags& f) {
 
 // ---- driver ----------------------------------------------------------------------------------
 
-uint16_t free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Median seconds per exchange for each size (MiB), from rank 0 and rank 1 (max of the two).
 std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::string& tls_name,
                                            const std::string& error_mode) {
@@ -214,22 +203,10 @@ std::map<int64_t, double> measure_exchange(const BenchFlags& f, const std::strin
   return out;
 }
 
-// Runs `command` and returns ucx_perftest's "overall" bandwidth in MiB/s (its MB is 2^20
-// bytes) from the "Final:" line; 0 when there is none. `output` gets everything printed.
+// ucx_perftest's "overall" bandwidth in MiB/s (its MB is 2^20 bytes); 0 when it gave none.
 double perftest_bandwidth(FILE* pipe, std::string& output) {
-  double bandwidth = 0;
-  char line[1024];
-  while (fgets(line, sizeof(line), pipe)) {
-    output += line;
-    std::istringstream ls(line);
-    std::string word;
-    ls >> word;
-    if (word != "Final:") continue;
-    double cols[7] = {};
-    for (double& c : cols) ls >> c;
-    bandwidth = cols[5];  // iterations, lat 50%, lat avg, lat overall, bw avg, bw overall, ...
-  }
-  return bandwidth;
+  const std::optional<PerftestFinal> f = read_perftest_final(pipe, output);
+  return f ? f->bandwidth_mib_s : 0.0;
 }
 
 // `streams` concurrent ucx_perftest -t tag_bw pairs (1: one direction; 2: one each way, the
@@ -249,7 +226,7 @@ double measure_perftest(const BenchFlags& f, const std::string& tls_name, int64_
           {"/bin/sh", "-c", "exec timeout 120 " + f.perftest + common(port) + " >/dev/null 2>&1"}, {{"UCX_TLS", tls}}));
     std::this_thread::sleep_for(300ms);
   };
-  for (int s = 0; s < streams; ++s) ports.push_back(free_port());
+  for (int s = 0; s < streams; ++s) ports.push_back(free_loopback_port());
   start_servers();
   double total = 0;
   bool ok = true;

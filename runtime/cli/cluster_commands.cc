@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "flags.h"
+#include "perftest.h"
 #include "switchyard/core/secret.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/error.h"
@@ -350,20 +351,30 @@ double idle_cluster_cpu_percent(const std::string& endpoint, std::chrono::millis
 }
 }  // namespace
 
-int cli_bench_serve(const std::vector<std::string>& args) {
-  Flags flags(args, "bench serve", {"cluster", "config", "clients", "requests", "tokens"});
-  const Config cfg = load_config(flags.get("config"));
-  const ModelConfig& model = cfg.require_model();
-  const int clients = static_cast<int>(flags.get_int("clients", 2));
-  const int requests = static_cast<int>(flags.get_int("requests", 50));
-  const int64_t tokens = flags.get_int("tokens", 256);
-  const std::string endpoint = flags.get("cluster");
-  const TensorMap w = init_layer_weights(model, 11);
-  {
-    ClusterClient loader(endpoint, "bench serve loader");
-    loader.load_model(cfg, w);
+namespace {
+// One serving load: `clients` threads, each its own ClusterClient sending `requests` forwards.
+struct ServeRun {
+  std::vector<double> latencies_ms;  // sorted
+  double seconds = 0;
+  double pct(double q) const {
+    return latencies_ms[std::min(latencies_ms.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_ms.size())))];
   }
-  const double idle_cpu = idle_cluster_cpu_percent(endpoint, std::chrono::milliseconds(2000));
+};
+
+// The request every client sends (client c: its own tokens) and its attention, when routing reads it.
+struct ServeRequest {
+  Tensor x, attention;
+  ServeRequest(const ModelConfig& model, int64_t tokens, int c) {
+    RandomStream rng(static_cast<uint64_t>(c), "serve");
+    x = random_tokens(tokens, model.hidden_size, rng);
+    if (needs_importance(model)) attention = random_attention(tokens / 64, 2, 64, 1.5f, rng);
+  }
+  ImportanceInput context() const { return {attention.empty() ? nullptr : &attention, nullptr}; }
+};
+
+ServeRun serve_load(const std::string& endpoint, const Config& cfg, const TensorMap& w, int clients, int requests,
+                    int64_t tokens) {
+  const ModelConfig& model = cfg.model;
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<std::string> errors(static_cast<size_t>(clients));
   const auto start = std::chrono::steady_clock::now();
@@ -375,13 +386,10 @@ int cli_bench_serve(const std::vector<std::string>& args) {
         client.use_loaded_model(cfg);
         client.set_training(false);
         LayerEngine layer(model, w, client.experts(0));
-        RandomStream rng(static_cast<uint64_t>(c), "serve");
-        const Tensor x = random_tokens(tokens, model.hidden_size, rng);
-        Tensor attention;
-        if (needs_importance(model)) attention = random_attention(tokens / 64, 2, 64, 1.5f, rng);
+        const ServeRequest req(model, tokens, c);
         for (int r = 0; r < requests; ++r) {
           const auto t0 = std::chrono::steady_clock::now();
-          layer.forward(x, {attention.empty() ? nullptr : &attention, nullptr});
+          layer.forward(req.x, req.context());
           latencies[static_cast<size_t>(c)].push_back(
               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
@@ -391,17 +399,108 @@ int cli_bench_serve(const std::vector<std::string>& args) {
     });
   }
   for (auto& t : threads) t.join();
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const std::string& e : errors)
     if (!e.empty()) throw Error(ErrorKind::transport, "bench serve: " + e);
-  std::vector<double> all;
-  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  auto pct = [&](double q) { return all[std::min(all.size() - 1, static_cast<size_t>(q * static_cast<double>(all.size())))]; };
-  std::cout << "serve: " << clients << " clients x " << requests << " requests of " << tokens << " tokens\n";
-  std::cout << std::fixed << std::setprecision(2) << "serve_p50_ms: " << pct(0.50) << "\nserve_p99_ms: " << pct(0.99)
-            << "\nserve_tokens_per_s: " << std::setprecision(0)
-            << static_cast<double>(clients) * requests * static_cast<double>(tokens) / secs << "\n"
+  ServeRun run;
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const auto& l : latencies) run.latencies_ms.insert(run.latencies_ms.end(), l.begin(), l.end());
+  std::sort(run.latencies_ms.begin(), run.latencies_ms.end());
+  return run;
+}
+
+// The limit of one request: its forward in this process (median of 21) plus, per stage, the
+// ucx_perftest round trip (2 × one-way tag latency) of the rows that stage sends out.
+struct ServeLimit {
+  double local_ms = 0, exchange_ms = 0;
+  double total() const { return local_ms + exchange_ms; }
+};
+std::optional<ServeLimit> serve_limit(const ModelConfig& model, const TensorMap& w, int64_t tokens,
+                                      const std::string& perftest) {
+  LocalExperts local(model, w, nullptr);
+  LayerEngine layer(model, w, local);
+  const ServeRequest req(model, tokens, 0);
+  std::vector<double> ms;
+  for (int i = 0; i < 24; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    layer.forward(req.x, req.context());
+    if (i >= 3) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  ServeLimit limit;
+  limit.local_ms = ms[ms.size() / 2];
+  for (const StageStats& st : layer.stats()) {
+    int64_t rows = 0;
+    for (int64_t r : st.expert_rows) rows += r;
+    const int64_t bytes = rows * model.hidden_size * static_cast<int64_t>(sizeof(float));
+    const std::optional<double> us = perftest_latency_us(perftest, "", bytes, 200);
+    if (!us) return std::nullopt;
+    limit.exchange_ms += 2 * *us / 1000;
+    std::cout << "limit: stage sends " << rows << " rows (" << bytes << " bytes); ucx_perftest tag_lat one way "
+              << std::setprecision(1) << *us << " us\n";
+  }
+  return limit;
+}
+
+std::vector<int> client_counts(const std::string& list) {
+  std::vector<int> out;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) {
+    char* end = nullptr;
+    const long n = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || n < 1 || n > 256)
+      throw UsageError("bench serve: --clients expects counts 1..256 separated by commas, got '" + list + "'");
+    out.push_back(static_cast<int>(n));
+  }
+  return out;
+}
+}  // namespace
+
+// bench serve --cluster H:P --config C [--clients 1,2,8] [--requests N] [--tokens T] [--perftest P]
+// Per client count: p50 and p99 request latency, tokens/s, and their ratios to the limit measured
+// in the same run. Headline lines: serve_p50_vs_limit, serve_p99_vs_p50 (1 client; with a suffix
+// _Nclients for N > 1), serve_tokens_per_s_saturated (the best count), and for the first count of
+// 2 clients (else the first count) serve_p50_ms, serve_p99_ms, serve_tokens_per_s as before.
+int cli_bench_serve(const std::vector<std::string>& args) {
+  Flags flags(args, "bench serve", {"cluster", "config", "clients", "requests", "tokens", "perftest"});
+  const Config cfg = load_config(flags.get("config"));
+  const ModelConfig& model = cfg.require_model();
+  const std::vector<int> counts = client_counts(flags.get_or("clients", "2"));
+  const int requests = static_cast<int>(flags.get_int("requests", 50));
+  const int64_t tokens = flags.get_int("tokens", 256);
+  const std::string endpoint = flags.get("cluster");
+  const TensorMap w = init_layer_weights(model, 11);
+  {
+    ClusterClient loader(endpoint, "bench serve loader");
+    loader.load_model(cfg, w);
+  }
+  const double idle_cpu = idle_cluster_cpu_percent(endpoint, std::chrono::milliseconds(2000));
+  const std::optional<ServeLimit> limit = serve_limit(model, w, tokens, flags.get_or("perftest", "ucx_perftest"));
+  if (limit)
+    std::cout << std::fixed << std::setprecision(2) << "limit: " << limit->total() << " ms = forward in one process "
+              << limit->local_ms << " ms + exchange " << limit->exchange_ms << " ms\n";
+  else
+    std::cout << "limit: not measured (ucx_perftest gave no result); no *_vs_limit lines\n";
+  std::ostringstream headline;
+  headline << std::fixed;
+  const int legacy = std::find(counts.begin(), counts.end(), 2) != counts.end() ? 2 : counts.front();
+  double saturated = 0;
+  for (int clients : counts) {
+    const ServeRun run = serve_load(endpoint, cfg, w, clients, requests, tokens);
+    const double p50 = run.pct(0.50), p99 = run.pct(0.99);
+    const double tps = static_cast<double>(clients) * requests * static_cast<double>(tokens) / run.seconds;
+    saturated = std::max(saturated, tps);
+    std::cout << std::fixed << std::setprecision(2) << "serve: " << clients << " clients x " << requests
+              << " requests of " << tokens << " tokens: p50 " << p50 << " ms, p99 " << p99 << " ms, "
+              << std::setprecision(0) << tps << " tokens/s\n";
+    const std::string suffix = clients == 1 ? "" : "_" + std::to_string(clients) + "clients";
+    headline << std::setprecision(3);
+    if (limit) headline << "serve_p50_vs_limit" << suffix << ": " << p50 / limit->total() << "\n";
+    headline << "serve_p99_vs_p50" << suffix << ": " << p99 / p50 << "\n";
+    if (clients == legacy)
+      headline << std::setprecision(2) << "serve_p50_ms: " << p50 << "\nserve_p99_ms: " << p99
+               << "\nserve_tokens_per_s: " << std::setprecision(0) << tps << "\n";
+  }
+  std::cout << headline.str() << std::setprecision(0) << "serve_tokens_per_s_saturated: " << saturated << "\n"
             << std::setprecision(2) << "idle_cluster_cpu_percent: " << idle_cpu << "\n";
   return 0;
 }
