@@ -14,6 +14,7 @@
 #include <sstream>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
 #include "flags.h"
@@ -356,6 +357,7 @@ namespace {
 struct ServeRun {
   std::vector<double> latencies_ms;  // sorted
   double seconds = 0;
+  double worker_compute_s = 0, waited_s = 0;  // Σ over clients: slowest worker's compute, the rest of the waits
   double pct(double q) const {
     return latencies_ms[std::min(latencies_ms.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_ms.size())))];
   }
@@ -377,6 +379,8 @@ ServeRun serve_load(const std::string& endpoint, const Config& cfg, const Tensor
   const ModelConfig& model = cfg.model;
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<std::string> errors(static_cast<size_t>(clients));
+  std::mutex split_mu;
+  double compute = 0, waited = 0;
   const auto start = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
@@ -393,6 +397,9 @@ ServeRun serve_load(const std::string& endpoint, const Config& cfg, const Tensor
           latencies[static_cast<size_t>(c)].push_back(
               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
+        std::lock_guard<std::mutex> lock(split_mu);
+        compute += client.worker_compute_seconds();
+        waited += client.exchange_seconds();
       } catch (const std::exception& e) {
         errors[static_cast<size_t>(c)] = e.what();
       }
@@ -403,6 +410,8 @@ ServeRun serve_load(const std::string& endpoint, const Config& cfg, const Tensor
     if (!e.empty()) throw Error(ErrorKind::transport, "bench serve: " + e);
   ServeRun run;
   run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  run.worker_compute_s = compute;
+  run.waited_s = waited;
   for (const auto& l : latencies) run.latencies_ms.insert(run.latencies_ms.end(), l.begin(), l.end());
   std::sort(run.latencies_ms.begin(), run.latencies_ms.end());
   return run;
@@ -491,7 +500,9 @@ int cli_bench_serve(const std::vector<std::string>& args) {
     saturated = std::max(saturated, tps);
     std::cout << std::fixed << std::setprecision(2) << "serve: " << clients << " clients x " << requests
               << " requests of " << tokens << " tokens: p50 " << p50 << " ms, p99 " << p99 << " ms, "
-              << std::setprecision(0) << tps << " tokens/s\n";
+              << std::setprecision(0) << tps << " tokens/s; per request: workers' compute "
+              << std::setprecision(2) << 1e3 * run.worker_compute_s / (clients * requests) << " ms, waits beyond it "
+              << 1e3 * run.waited_s / (clients * requests) << " ms\n";
     const std::string suffix = clients == 1 ? "" : "_" + std::to_string(clients) + "clients";
     headline << std::setprecision(3);
     if (limit) headline << "serve_p50_vs_limit" << suffix << ": " << p50 / limit->total() << "\n";
