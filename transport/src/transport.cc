@@ -202,8 +202,9 @@ Status Transport::wait_all(std::span<const RequestId> requests, Timeout timeout,
       idle_rounds = 0;
       continue;
     }
-    // Check the clock every few idle rounds; yield when idle for long so that ranks sharing a
-    // core (threads of the in-process backend, oversubscribed test machines) make progress.
+    // Check the clock every few idle rounds; when idle for long, sleep on the backend's events
+    // (or briefly) so that processes sharing a core (workers of a local cluster, threads of the
+    // in-process backend) get it: the send this waits on completes when its peer progresses.
     if ((++idle_rounds & 63) == 0) {
       if (std::chrono::steady_clock::now() >= deadline) {
         std::ostringstream os;
@@ -215,7 +216,7 @@ Status Transport::wait_all(std::span<const RequestId> requests, Timeout timeout,
           }
         return Status(StatusCode::timeout, os.str());
       }
-      if (idle_rounds > 4096) std::this_thread::yield();
+      if (idle_rounds > 256) (void)wait_for_events(std::chrono::milliseconds(1));
     }
   }
   return Status::ok();
