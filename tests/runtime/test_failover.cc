@@ -386,7 +386,7 @@ TEST(GroupFailover, RanksThatSeeALossAtDifferentTimesAgreeBeforeTheyReduce) {
 // or at once, before the loss was recovered (the recovery copies the lost replicas to it). Either
 // way it ends up holding replicas under a fresh data-plane id, every expert has two replicas on
 // live processes, the client follows, and after a step on the new epoch replicas are identical.
-enum class Arrival { after_recovery, at_once };
+enum class Arrival { after_recovery, at_once, new_worker };  // new_worker: no --id, the first lost slot
 class Replacement : public ::testing::TestWithParam<Arrival> {};
 
 TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
@@ -400,8 +400,11 @@ TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
   const std::string lost_pid = std::to_string(cluster.workers[1].pid());
   launch::LocalProcess replacement;
   auto replace = [&] {
-    replacement = launch::LocalProcess::spawn(
-        {kBinary, "worker", "--coordinator", endpoint, "--id", "1", "--replaces-pid", lost_pid});
+    if (GetParam() == Arrival::new_worker)
+      replacement = launch::LocalProcess::spawn({kBinary, "worker", "--coordinator", endpoint});
+    else
+      replacement = launch::LocalProcess::spawn(
+          {kBinary, "worker", "--coordinator", endpoint, "--id", "1", "--replaces-pid", lost_pid});
   };
   auto train_step = [&](int step) {
     RandomStream rng(600 + static_cast<uint64_t>(step), "replacement");
@@ -457,9 +460,12 @@ TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Arrivals, Replacement, ::testing::Values(Arrival::after_recovery, Arrival::at_once),
+INSTANTIATE_TEST_SUITE_P(Arrivals, Replacement,
+                         ::testing::Values(Arrival::after_recovery, Arrival::at_once, Arrival::new_worker),
                          [](const ::testing::TestParamInfo<Arrival>& p) {
-                           return p.param == Arrival::at_once ? std::string("AtOnce") : std::string("AfterRecovery");
+                           return p.param == Arrival::at_once      ? std::string("AtOnce")
+                                  : p.param == Arrival::new_worker ? std::string("NewWorkerWithoutAnId")
+                                                                   : std::string("AfterRecovery");
                          });
 
 // An expert that loses its only replica: the step fails naming the lost worker; a replacement

@@ -13,6 +13,17 @@ namespace sy {
 // A slot's member can be replaced when its process is gone: fenced, or silent past dead_after_ms.
 bool Coordinator::Impl::replaceable(const Member& m, Clock::time_point now) const { return !alive(m, now); }
 
+// Caller holds mu: the first slot never registered, else the first whose process is gone
+// (fenced first); cluster.workers when there is none.
+int Coordinator::Impl::open_slot(Clock::time_point now) const {
+  int id = 0;
+  while (members.count(id)) ++id;
+  for (int pass = 0; pass < 2 && id >= cluster.workers; ++pass)
+    for (const auto& [slot, m] : members)
+      if (pass == 0 ? !m.fenced.empty() : replaceable(m, now)) return slot;
+  return id;
+}
+
 // The workers that form the cluster take slots 0..workers-1 with data-plane ids equal to them. A
 // process registering into the slot of a lost one (`switchyard up` restarting it, or a new
 // worker when every slot is taken) is a *replacement*: a fresh data-plane id (ids are never
@@ -21,22 +32,14 @@ bool Coordinator::Impl::replaceable(const Member& m, Clock::time_point now) cons
 Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::RegisterWorkerRequest& req) {
   std::lock_guard<std::mutex> lock(mu);
   const auto now = Clock::now();
-  int id = req.requested_id();
-  if (id < 0) {
-    id = 0;
-    while (members.count(id)) ++id;
-    if (id >= cluster.workers)  // every slot taken: the first whose process is gone (fenced first)
-      for (int pass = 0; pass < 2 && id >= cluster.workers; ++pass)
-        for (const auto& [slot, m] : members)
-          if ((pass == 0 ? !m.fenced.empty() : replaceable(m, now))) {
-            id = slot;
-            break;
-          }
-  }
+  const int id = req.requested_id() < 0 ? open_slot(now) : req.requested_id();
   if (id >= cluster.workers)
     return Status(StatusCode::invalid_argument, "worker id " + std::to_string(id) + " is outside the cluster's " +
                                                     std::to_string(cluster.workers) + " workers (cluster.workers)");
   auto previous = members.find(id);
+  if (previous != members.end() && previous->second.info.pid() == req.pid() &&
+      previous->second.info.host() == req.host() && previous->second.fenced.empty())
+    return registration_reply(previous->second.info, previous->second.info.replacement());  // its retry: the reply was lost
   const bool known_gone = previous != members.end() && req.replaces_pid() != 0 &&
                           req.replaces_pid() == previous->second.info.pid();
   if (previous != members.end() && !known_gone && !replaceable(previous->second, now))
@@ -68,8 +71,13 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   ++membership_version;
   save_state();
   SY_LOG(info, "runtime", "worker " << id << " registered: pid " << req.pid() << " at " << req.control_endpoint());
+  return registration_reply(m.info, replacing);
+}
+
+// Caller holds mu: the settings a worker runs with, and for a replacement the loaded model.
+pb::RegisterWorkerReply Coordinator::Impl::registration_reply(const pb::WorkerInfo& w, bool replacing) const {
   pb::RegisterWorkerReply reply;
-  reply.set_worker_id(id);
+  reply.set_worker_id(w.worker_id());
   reply.set_workers_expected(cluster.workers);
   reply.set_heartbeat_ms(static_cast<uint32_t>(cluster.heartbeat_ms));
   reply.set_ucx_peer_failure(cluster.ucx_peer_failure);
@@ -77,7 +85,7 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   reply.set_startup_timeout_ms(static_cast<uint32_t>(cluster.startup_timeout_ms));
   reply.set_transport(cluster.transport);
   reply.set_coordinator_timeout_ms(static_cast<uint32_t>(cluster.coordinator_timeout_ms));
-  reply.set_data_plane_id(m.info.data_plane_id());
+  reply.set_data_plane_id(w.data_plane_id());
   reply.set_idle_spin_us(static_cast<uint32_t>(cluster.idle_spin_us));
   if (replacing && committed) {
     reply.set_model_yaml(model_yaml);
@@ -167,6 +175,7 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   }
   pb::HeartbeatReply reply;
   reply.set_placement_epoch(epoch);
+  reply.set_needs_address(m.info.data_plane_address().empty());
   return reply;
 }
 

@@ -110,6 +110,8 @@ struct Coordinator::Impl {
   Result<pb::UnregisterClientReply> unregister_client(const pb::UnregisterClientRequest& req);
   Result<pb::HeartbeatReply> heartbeat(const pb::HeartbeatRequest& req);
   bool replaceable(const Member& m, Clock::time_point now) const;
+  int open_slot(Clock::time_point now) const;
+  pb::RegisterWorkerReply registration_reply(const pb::WorkerInfo& w, bool replacing) const;
   Result<pb::PublishAddressReply> publish_address(const pb::PublishAddressRequest& req);
   Result<pb::WorkerLostReply> worker_lost(const pb::WorkerLostRequest& req);
   Result<pb::ClusterInfoReply> info() const;

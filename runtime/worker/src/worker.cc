@@ -125,25 +125,28 @@ class Worker {
     control::ControlClient::Options co;
     co.name = "worker pid " + std::to_string(::getpid());
     co.secret = cluster_secret_from_env();
-    // Launchers start every rank at once: the coordinator may not listen yet. Retry.
-    const auto connect_deadline = std::chrono::steady_clock::now() + Millis(options_.connect_timeout_ms);
-    for (;;) {
-      auto c = control::ControlClient::connect(host, port, co);
-      if (c.is_ok()) {
-        coordinator_ = std::move(c).value();
-        break;
-      }
-      if (std::chrono::steady_clock::now() > connect_deadline || stop_)
-        throw Error(ErrorKind::transport, "worker: coordinator " + options_.coordinator + ": " + c.status().to_string());
-      std::this_thread::sleep_for(200ms);
-    }
     pb::RegisterWorkerRequest reg;
     reg.set_requested_id(options_.requested_id);
     reg.set_pid(static_cast<uint32_t>(::getpid()));
     reg.set_host(transport::default_process_label());
     reg.set_control_endpoint(server_->endpoint());
     reg.set_replaces_pid(options_.replaces_pid);
-    auto r = coordinator_->call<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(reg);
+    // Launchers start every rank at once: the coordinator may not listen yet; a restarting one
+    // may drop the channel. Retry both until connect_timeout_ms; a refusal is final.
+    const auto connect_deadline = std::chrono::steady_clock::now() + Millis(options_.connect_timeout_ms);
+    Result<pb::RegisterWorkerReply> r = Status(StatusCode::unreachable, "not tried");
+    for (;;) {
+      auto c = control::ControlClient::connect(host, port, co);
+      if (c.is_ok()) {
+        coordinator_ = std::move(c).value();
+        r = coordinator_->call<pb::RegisterWorkerRequest, pb::RegisterWorkerReply>(reg);
+        if (r || !coordinator_->broken()) break;
+      } else {
+        r = c.status();
+      }
+      if (std::chrono::steady_clock::now() > connect_deadline || stop_) break;
+      std::this_thread::sleep_for(200ms);
+    }
     if (!r) throw Error(ErrorKind::transport, "worker: register with " + options_.coordinator + ": " + r.status().to_string());
     registration_ = std::move(r).value();
     id_ = registration_.worker_id();
@@ -179,12 +182,18 @@ class Worker {
       if (!s) throw Error(ErrorKind::transport, label_ + ": joining the workers' data-plane world: " + s.to_string());
       for (int w = 0; w < world; ++w) peer_rank_[w] = w;
     }
+    if (Status s = publish_address(*coordinator_); !s)  // the heartbeats publish it once the coordinator is back
+      SY_LOG(warn, "runtime", label_ << ": publishing its data-plane address: " << s.to_string() << "; again later");
+  }
+
+  // Tells the coordinator where peers reach this process (at start, and when a heartbeat reply
+  // says it does not know: a coordinator restarted from a state file written before).
+  Status publish_address(control::ControlClient& client) const {
     pb::PublishAddressRequest pub;
     pub.set_worker_id(id_);
     pub.set_pid(static_cast<uint32_t>(::getpid()));
     pub.set_data_plane_address(address_);
-    if (auto r = coordinator_->call<pb::PublishAddressRequest, pb::PublishAddressReply>(pub); !r)
-      throw Error(ErrorKind::transport, label_ + ": publishing its data-plane address: " + r.status().to_string());
+    return client.call<pb::PublishAddressRequest, pb::PublishAddressReply>(pub).status();
   }
 
   // A replacement: the cluster's model with an empty store (the rebalance fills it).
@@ -324,6 +333,8 @@ class Worker {
       coordinator_lost_ = true;
       return false;
     }
+    if (reply->needs_address() && address_ready_)
+      if (Status s = publish_address(client); !s) SY_LOG(warn, "runtime", label_ << ": publishing its address: " << s.to_string());
     if (!reply->fenced().empty()) {
       SY_LOG(error, "runtime", label_ << ": fenced by the coordinator (" << reply->fenced()
                                       << "); its replicas are no longer used, exiting");
