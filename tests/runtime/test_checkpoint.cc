@@ -21,20 +21,12 @@
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/moe_model.h"
 #include "../support/local_cluster.h"
+#include "../support/test_model.h"
 
 namespace sy {
 namespace {
 
 namespace fs = std::filesystem;
-
-Config two_layer_model() {
-  return load_config_string(
-      "model:\n  hidden_size: 16\n  layers: 2\n  layer:\n    input_norm: rmsnorm\n    stages:\n"
-      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 2}, aggregation: {kind: dag, levels: 1, dim: 4}}\n"
-      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 1}, shared_expert: {ffn_hidden_size: 8, mix: "
-      "coefficient}}\n",
-      "two-layer");
-}
 
 std::string fresh_dir(const std::string& name) {
   const std::string dir = ::testing::TempDir() + "/sy_checkpoint_" + std::to_string(::getpid()) + "_" + name;
@@ -62,12 +54,6 @@ ClusterConfig checkpointing_cluster(const std::string& dir, int replicas = 2) {
   c.checkpoint_every_steps = 2;
   c.checkpoint_dir = dir;
   return c;
-}
-
-double dot(const Tensor& a, const Tensor& b) {
-  double s = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a[i]) * b[i];
-  return s;
 }
 
 // Training step `step` (1-based): its own batch, forward, backward, the experts' AdamW on the

@@ -28,19 +28,12 @@
 #include "switchyard/engine/moe_model.h"
 #include "../support/free_port.h"
 #include "../support/local_cluster.h"
+#include "../support/test_model.h"
 
 namespace sy {
 namespace {
 
 using namespace std::chrono_literals;
-
-Config two_layer_model() {
-  return load_config_string(
-      "model:\n  hidden_size: 16\n  layers: 2\n  layer:\n    input_norm: rmsnorm\n    stages:\n"
-      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 2}, aggregation: {kind: dag, levels: 1, dim: 4}}\n"
-      "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 1}, shared_expert: {ffn_hidden_size: 8, mix: coefficient}}\n",
-      "two-layer");
-}
 
 enum class Point { before_forward, before_backward, before_step, during_step };
 const char* name_of(Point p) {
@@ -66,12 +59,6 @@ void expect_close(const Tensor& a, const Tensor& b, const std::string& what) {
   for (int64_t i = 0; i < b.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
   for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
   EXPECT_LE(worst, 1e-5 * scale) << what;
-}
-
-double dot(const Tensor& a, const Tensor& b) {
-  double s = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a[i]) * b[i];
-  return s;
 }
 
 // `steps` training steps of the two-layer model through 3 workers, every expert on 2 of them;
@@ -179,15 +166,11 @@ TEST(Recovery, LostReplicasAreCopiedToLiveWorkersWhileTrainingGoesOn) {
   int step = 0;
   std::chrono::steady_clock::time_point killed_at;
   for (; step < 40 && !recovery; ++step) {
-    RandomStream rng(200 + static_cast<uint64_t>(step), "recovery");
-    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
     if (step == 2) {
       cluster.workers[1].kill();
       killed_at = std::chrono::steady_clock::now();
     }
-    model.forward(x);
-    model.backward(g);
-    model.step(AdamWConfig{.lr = 1e-2});
+    train_step(model, 200 + static_cast<uint64_t>(step), "recovery");
     for (const RebalanceInfo& r : query_cluster_status(cluster.coordinator->endpoint()).rebalances)
       if (r.source == "recovery" && r.state == "committed") recovery = r;
   }
@@ -209,10 +192,7 @@ TEST(Recovery, LostReplicasAreCopiedToLiveWorkersWhileTrainingGoesOn) {
   }
   EXPECT_EQ(recovery->moved_replicas, copied);
   // One more step on the new epoch, then every expert's replicas are bit-identical.
-  RandomStream rng(999, "recovery");
-  model.forward(random_tokens(48, cfg.model.hidden_size, rng));
-  model.backward(random_tokens(48, cfg.model.hidden_size, rng));
-  model.step(AdamWConfig{.lr = 1e-2});
+  train_step(model, 999, "recovery");
   std::map<int, TensorMap> held;
   for (int w : {0, 2, 3}) held[w] = client.fetch_replica_weights(w);
   for (const auto& [key, workers] : status.placement.replicas) {
@@ -316,11 +296,8 @@ TEST(StoppedWorker, IsFailedOverAndFencedAndExitsWhenResumed) {
   client.load_model(cfg, weights);
   MoeModel model(cfg, weights, client);
   for (int step = 0; step < 6; ++step) {
-    RandomStream rng(400 + static_cast<uint64_t>(step), "stopped");
     if (step == 1) ::kill(cluster.workers[1].pid(), SIGSTOP);
-    model.forward(random_tokens(48, cfg.model.hidden_size, rng));
-    model.backward(random_tokens(48, cfg.model.hidden_size, rng));
-    model.step(AdamWConfig{.lr = 1e-2});
+    train_step(model, 400 + static_cast<uint64_t>(step), "stopped");
     if (step == 3) ::kill(cluster.workers[1].pid(), SIGCONT);
   }
   EXPECT_EQ(client.workers_lost(), 1u);
@@ -406,13 +383,8 @@ TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
       replacement = launch::LocalProcess::spawn(
           {kBinary, "worker", "--coordinator", endpoint, "--id", "1", "--replaces-pid", lost_pid});
   };
-  auto train_step = [&](int step) {
-    RandomStream rng(600 + static_cast<uint64_t>(step), "replacement");
-    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
-    const double loss = dot(model.forward(x), g);
-    EXPECT_TRUE(std::isfinite(loss)) << "step " << step;
-    model.backward(g);
-    model.step(AdamWConfig{.lr = 1e-2});
+  auto step_and_check = [&](int step) {
+    EXPECT_TRUE(std::isfinite(train_step(model, 600 + static_cast<uint64_t>(step), "replacement"))) << "step " << step;
   };
   std::optional<RebalanceInfo> filled;  // the rebalance that gave the replacement its replicas
   int step = 0;
@@ -425,7 +397,7 @@ TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
           std::this_thread::sleep_for(10ms);
       }
     }
-    train_step(step);
+    step_and_check(step);
     const ClusterStatus status = query_cluster_status(endpoint);
     auto latest = std::find_if(status.rebalances.begin(), status.rebalances.end(),
                                [](const RebalanceInfo& r) { return r.state == "committed"; });
@@ -439,7 +411,7 @@ TEST_P(Replacement, ANewProcessInTheLostSlotReceivesReplicasAndTrainingGoesOn) {
               filled->source == "recovery" ? "full replica count after the loss in " : "copy ", 
               filled->source == "recovery" ? filled->since_loss_seconds : filled->copy_seconds);
   EXPECT_EQ(filled->source, GetParam() == Arrival::at_once ? "recovery" : "join");
-  train_step(step++);  // one step on the new epoch: the replicas reduce together
+  step_and_check(step++);  // one step on the new epoch: the replicas reduce together
   const ClusterStatus status = query_cluster_status(endpoint);
   const WorkerStatus& w1 = status.workers.at(1);
   EXPECT_TRUE(w1.alive);
@@ -479,26 +451,18 @@ TEST(SoleReplica, LostExpertsComeBackFromACheckpointIntoAReplacement) {
   const std::string endpoint = cluster.coordinator->endpoint();
   const std::string dir = ::testing::TempDir() + "/sy_sole_replica_" + std::to_string(::getpid());
   std::filesystem::remove_all(dir);
-  auto train_step = [&](MoeModel& model, int step) {
-    RandomStream rng(800 + static_cast<uint64_t>(step), "sole");
-    const Tensor x = random_tokens(48, cfg.model.hidden_size, rng), g = random_tokens(48, cfg.model.hidden_size, rng);
-    const double loss = dot(model.forward(x), g);
-    model.backward(g);
-    model.step(AdamWConfig{.lr = 1e-2});
-    return loss;
-  };
   TensorMap saved;
   std::string failure;
   {
     ClusterClient client(endpoint, "trainer");
     client.load_model(cfg, weights);
     MoeModel model(cfg, weights, client);
-    for (int step = 0; step < 2; ++step) train_step(model, step);
+    for (uint64_t step = 0; step < 2; ++step) train_step(model, 800 + step, "sole");
     client.save_checkpoint(dir);
     for (int w : {0, 1}) saved.merge(client.fetch_replica_weights(w));
     cluster.workers[1].kill();
     try {
-      train_step(model, 2);
+      train_step(model, 802, "sole");
     } catch (const Error& e) {
       failure = e.what();
     }
@@ -516,7 +480,7 @@ TEST(SoleReplica, LostExpertsComeBackFromACheckpointIntoAReplacement) {
   ASSERT_EQ(restored.size(), saved.size());
   for (const auto& [name, t] : saved) EXPECT_EQ(restored.at(name).values(), t.values()) << name;
   MoeModel model(cfg, weights, restorer);
-  EXPECT_TRUE(std::isfinite(train_step(model, 3)));
+  EXPECT_TRUE(std::isfinite(train_step(model, 803, "sole")));
   EXPECT_EQ(query_cluster_status(endpoint).workers.at(1).restarts, 1u);
   std::filesystem::remove_all(dir);
 }
