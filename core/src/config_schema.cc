@@ -332,6 +332,12 @@ const Field kSchema[] = {
            "transport's events (UCX: ucp_worker_arm and its fd); 0 = sleep at once. Spinning catches a reply "
            "or request that follows at once; sleeping leaves the cores to the busy processes.",
    .slot = SY_CLUSTER(idle_spin_us)},
+  {.path = "cluster.chunk_rows", .def = "256", .bound = Bound::ge, .limit = 0,
+   .help = "A client sends each worker its rows of a layer stage in requests of at most this many rows, all "
+           "at once: the worker computes the first while the rest arrive and answers each as it is done, and "
+           "the client takes each answer as it lands (straight into the output rows when they are "
+           "contiguous). 0 = one request per worker. `switchyard bench cluster` measures the step per size.",
+   .slot = SY_CLUSTER(chunk_rows)},
   {.path = "cluster.heartbeat_ms", .def = "500", .bound = Bound::gt,
    .help = "Interval of worker and client heartbeats to the coordinator.", .slot = SY_CLUSTER(heartbeat_ms)},
   {.path = "cluster.dead_after_ms", .def = "3000", .bound = Bound::gt,

@@ -20,7 +20,7 @@ namespace sy {
 
 inline const std::string kBinary = std::string(SY_BINARY_DIR) + "/switchyard";
 
-// The settings tests start from: fast heartbeats, a long request timeout.
+// The settings tests start from: fast heartbeats, a long request timeout, small chunks.
 inline ClusterConfig test_cluster_config(int workers, int replicas, const std::string& transport = "ucx") {
   ClusterConfig c;
   c.transport = transport;
@@ -29,6 +29,7 @@ inline ClusterConfig test_cluster_config(int workers, int replicas, const std::s
   c.heartbeat_ms = 200;
   c.dead_after_ms = 3000;
   c.request_timeout_ms = 20000;
+  c.chunk_rows = 7;  // small: every cluster test sends each worker its rows in several requests
   return c;
 }
 

@@ -37,18 +37,24 @@ struct WorkerLink {
   std::string broken;  // why the link was closed; empty while healthy
 };
 
-// One request to one worker and its reply.
+// One request to one worker and its reply. Several calls to one worker may be in flight at
+// once: the worker answers them in order, and their replies are matched in that order.
 struct Call {
   int worker = 0;
   pb::WorkerRequest request;
   const void* payload = nullptr;
   size_t payload_bytes = 0;
-  std::vector<float> reply;  // reply payload
+  // The reply payload lands in `reply_into` (room for exactly `reply_floats` values: the
+  // caller's output rows, no copy) when set, else in `reply`.
+  float* reply_into = nullptr;
+  size_t reply_floats = 0;
+  std::vector<float> staged_payload;  // the payload, when it had to be packed for this call
+  std::vector<float> reply;
   Status error;              // the worker answered with an error
   bool lost = false;         // the worker was lost before it answered
   // in flight
   wire::OutgoingMessage out;
-  std::vector<char> header;
+  std::unique_ptr<char[]> header;  // kMaxHeaderBytes, not zeroed
   transport::RequestId header_request{}, payload_request{};
   enum class Stage { header, payload, done } stage = Stage::header;
 };
@@ -94,6 +100,8 @@ struct ClusterClient::Impl {
 
   Millis coordinator_timeout{15000};
   std::chrono::microseconds idle_spin{0};  // cluster.idle_spin_us: spin, then sleep on the transport's events
+  int64_t chunk_rows = 0;                  // cluster.chunk_rows: rows per request (0: one per worker)
+  ClusterClient::CopyCounts copies;
   std::optional<Clock::time_point> coordinator_away_since;  // load reports have failed since
 
   // A call to the coordinator; a broken channel (a restarted coordinator) is reconnected first.

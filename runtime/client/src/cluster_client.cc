@@ -122,6 +122,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   im.request_timeout = Millis(info.request_timeout_ms());
   im.coordinator_timeout = Millis(info.coordinator_timeout_ms());
   im.idle_spin = std::chrono::microseconds(info.idle_spin_us());
+  im.chunk_rows = info.chunk_rows();
   im.liveness_check = Millis(info.liveness_check_ms());
   im.checkpoints.every_steps = static_cast<int>(info.checkpoint_every_steps());
   im.checkpoints.dir = info.checkpoint_dir();
@@ -704,6 +705,8 @@ CheckpointInfo ClusterClient::restore_checkpoint(const std::string& given_dir) {
                  << manifest.placement_epoch << ")");
   return {d, manifest.step, manifest.placement_epoch};
 }
+
+ClusterClient::CopyCounts ClusterClient::copies() const { return impl_->copies; }
 
 double ClusterClient::worker_compute_seconds() const { return impl_->worker_compute_seconds; }
 

@@ -63,8 +63,8 @@ Status ClusterClient::Impl::post_all(std::vector<Call>& calls, const std::string
     c.request.set_payload_bytes(c.payload_bytes);
     Status s = c.out.post(*transport, peer(c.worker), wire::kRequestTag, wire::kRequestPayloadTag, c.request, c.payload,
                           c.payload_bytes);
-    c.header.resize(wire::kMaxHeaderBytes);
-    auto r = s ? wire::post_recv(*transport, peer(c.worker), wire::kReplyTag, c.header.data(), c.header.size())
+    if (!c.header) c.header.reset(new char[wire::kMaxHeaderBytes]);
+    auto r = s ? wire::post_recv(*transport, peer(c.worker), wire::kReplyTag, c.header.get(), wire::kMaxHeaderBytes)
                : Result<transport::RequestId>(s);
     if (r) {
       c.header_request = *r;
@@ -86,15 +86,20 @@ Status ClusterClient::Impl::await_replies(std::vector<Call>& calls, const std::s
   for (;;) {
     transport->progress();
     std::set<int> waiting;
+    // Workers with a call still waiting for its reply header: their later calls wait, so that
+    // reply payloads are received in the order the worker sends them.
+    std::set<int> header_pending;
     bool moved = false;
     for (Call& c : calls) {
       if (c.lost || c.stage == Call::Stage::done) continue;
+      if (header_pending.count(c.worker)) continue;
       const Call::Stage before = c.stage;
       Status s = advance(c, what, slowest_compute);
       if (s.code() == StatusCode::peer_failed) lose(c, s.message());
       else if (!s) return s;
       moved |= c.lost || c.stage != before;
       if (!c.lost && c.stage != Call::Stage::done) waiting.insert(c.worker);
+      if (!c.lost && c.stage == Call::Stage::header) header_pending.insert(c.worker);
     }
     if (waiting.empty()) return Status::ok();
     const auto now = Clock::now();
@@ -126,7 +131,7 @@ Status ClusterClient::Impl::advance(Call& c, const std::string& what, double& sl
     return Status::ok();
   }
   pb::WorkerReply rep;
-  if (!rep.ParseFromArray(c.header.data(), static_cast<int>(t->bytes)))
+  if (!rep.ParseFromArray(c.header.get(), static_cast<int>(t->bytes)))
     return Status(StatusCode::protocol, what + ": malformed reply from " + label(c.worker));
   if (rep.request_id() != c.request.request_id())
     return Status(StatusCode::protocol, what + ": " + label(c.worker) + " answered request " +
@@ -138,12 +143,19 @@ Status ClusterClient::Impl::advance(Call& c, const std::string& what, double& sl
     return Status::ok();
   }
   slowest_compute = std::max(slowest_compute, rep.compute_seconds());
-  c.reply.assign(rep.payload_bytes() / sizeof(float), 0.0f);
+  float* into = c.reply_into;
+  if (into && rep.payload_bytes() != c.reply_floats * sizeof(float))
+    return Status(StatusCode::protocol, what + ": " + label(c.worker) + " answered " + std::to_string(rep.payload_bytes()) +
+                                            " bytes for " + std::to_string(c.reply_floats) + " values");
   if (rep.payload_bytes() == 0) {
     c.stage = Call::Stage::done;
     return Status::ok();
   }
-  auto r = wire::post_recv(*transport, peer(c.worker), wire::kReplyPayloadTag, c.reply.data(), rep.payload_bytes());
+  if (!into) {
+    c.reply.resize(rep.payload_bytes() / sizeof(float));
+    into = c.reply.data();
+  }
+  auto r = wire::post_recv(*transport, peer(c.worker), wire::kReplyPayloadTag, into, rep.payload_bytes());
   if (!r) return Status(StatusCode::peer_failed, what + ": " + label(c.worker) + ": " + r.status().to_string());
   c.payload_request = *r;
   c.stage = Call::Stage::payload;

@@ -210,6 +210,7 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   reply.set_workers_expected(cluster.workers);
   reply.set_membership_version(membership_version);
   reply.set_idle_spin_us(static_cast<uint32_t>(cluster.idle_spin_us));
+  reply.set_chunk_rows(static_cast<uint32_t>(cluster.chunk_rows));
   const auto now = Clock::now();
   for (const auto& [id, m] : members) {
     pb::WorkerInfo* w = reply.add_workers();

@@ -155,7 +155,8 @@ std::vector<ExpertKey> ExpertStore::keys() const {
   return out;
 }
 
-void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float* x, int64_t rows, float* out) {
+void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float* x, int64_t rows, float* out,
+                          std::shared_ptr<const void> x_owner) {
   if (rows < 0) throw_runtime_error("expert store: negative row count for " + key.to_string());
   std::shared_lock lock(mutex_);
   const Replica& r = replica(key);
@@ -170,7 +171,14 @@ void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float
   }
   Activations act;
   act.rows = rows;
-  act.x.assign(x, x + rows * g.d);
+  if (x_owner) {
+    act.x = x;
+    act.x_owner = std::move(x_owner);
+  } else {
+    act.x_copy.assign(x, x + rows * g.d);
+    act.x = act.x_copy.data();
+    rows_copied_ += rows;
+  }
   act.saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(rows, g.f, g.activation)));
   if (rows > 0) run_op(ffn_forward_args(g, r.weights, x, rows, out, act.saved.data()));
   std::lock_guard cache_lock(cache_mutex_);
@@ -213,7 +221,7 @@ void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const floa
   std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
   std::lock_guard grad_lock(r.grad_mutex);
   run_op(FfnBackwardArgs{.dout = grad_out,
-                         .x = act.x.data(),
+                         .x = act.x,
                          .rows = rows,
                          .d = g.d,
                          .f = g.f,

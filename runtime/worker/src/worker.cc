@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -382,7 +383,7 @@ class Worker {
       migration_->report_when_ready();
       take_attached();
       transport_->progress();
-      bool busy = false;
+      bool busy = reap_replies();
       for (auto& c : clients_) {
         if (c->dead) continue;
         try {
@@ -403,6 +404,11 @@ class Worker {
         const int fd = wake_.fd();
         if (transport_->wait_for_events(50ms, std::span(&fd, 1))) wake_.drain();
       }
+    }
+    for (const auto deadline = std::chrono::steady_clock::now() + 1s;  // replies still on their way
+         !replies_.empty() && std::chrono::steady_clock::now() < deadline;) {
+      transport_->progress();
+      reap_replies();
     }
     if (coordinator_lost_) SY_LOG(error, "runtime", label_ << ": lost the coordinator, shutting down");
   }
@@ -431,11 +437,14 @@ class Worker {
     for (auto& [step, waiting] : pending_steps_)
       std::erase_if(waiting, [](const PendingStep& p) { return p.client->dead; });
     for (auto& c : clients_) {
-      if (!c->dead || !c->connected) continue;
-      (void)transport_->disconnect_peer(c->id);
-      if (c->header_posted) (void)transport_->wait(c->header_request, request_timeout_);
-      c->connected = false;
-      std::erase_if(forward_cache_, [&](const auto& entry) { return entry.first.first == c->id; });
+      if (!c->dead) continue;
+      if (c->connected) {
+        (void)transport_->disconnect_peer(c->id);
+        if (c->header_posted) (void)transport_->wait(c->header_request, request_timeout_);
+        c->connected = false;
+      }
+      std::erase_if(forward_cache_, [&](const auto& entry) { return std::get<0>(entry.first) == c->id; });
+      finish_replies_to(*c);
     }
     std::erase_if(clients_, [](const std::unique_ptr<ClientConnection>& c) { return c->dead; });
   }
@@ -480,28 +489,69 @@ class Worker {
     return payload;
   }
 
-  void reply(ClientConnection& c, uint64_t request_id, const pb::ErrorInfo* error, const void* payload, size_t bytes,
+  // Posts a reply and goes on: its sends complete while the next request computes
+  // (reap_replies). A send that fails drops the client.
+  void reply(ClientConnection& c, uint64_t request_id, const pb::ErrorInfo* error, std::vector<float> payload = {},
              double compute_seconds = 0) {
     pb::WorkerReply rep;
     rep.set_compute_seconds(compute_seconds);
     rep.set_request_id(request_id);
     if (error) *rep.mutable_error() = *error;
-    const size_t n = error ? 0 : bytes;
-    rep.set_payload_bytes(n);
-    wire::OutgoingMessage out;
-    Status s = out.post(*transport_, c.id, wire::kReplyTag, wire::kReplyPayloadTag, rep, payload, n);
-    if (s) s = transport_->wait_all(out.requests, request_timeout_);
+    if (error) payload.clear();
+    rep.set_payload_bytes(payload.size() * sizeof(float));
+    PendingReply& r = replies_.emplace_back(PendingReply{&c, {}, std::move(payload)});
+    const Status s = r.out.post(*transport_, c.id, wire::kReplyTag, wire::kReplyPayloadTag, rep, r.payload.data(),
+                                r.payload.size() * sizeof(float));
     if (!s) throw Error(ErrorKind::transport, label_ + ": reply to client '" + c.name + "': " + s.to_string());
   }
 
+  // Releases the replies whose sends completed; a failed one drops its client. True when one
+  // completed (traffic).
+  bool reap_replies() {
+    bool moved = false;
+    for (auto it = replies_.begin(); it != replies_.end();) {
+      std::optional<Status> failed;
+      std::erase_if(it->out.requests, [&](transport::RequestId r) {
+        auto t = transport_->test(r);
+        if (!t) failed = t.status();
+        return !t || t->done;
+      });
+      if (failed && !it->client->dead) {
+        SY_LOG(warn, "runtime", label_ << ": dropping client '" << it->client->name << "': reply: " << failed->to_string());
+        it->client->dead = true;
+      }
+      if (!it->out.requests.empty()) {
+        ++it;
+        continue;
+      }
+      moved = true;
+      it = replies_.erase(it);
+    }
+    return moved;
+  }
+
+  // Before a client is forgotten (its endpoint closed): its replies' sends end, failing.
+  void finish_replies_to(const ClientConnection& c) {
+    for (auto it = replies_.begin(); it != replies_.end();) {
+      if (it->client != &c) {
+        ++it;
+        continue;
+      }
+      for (transport::RequestId r : it->out.requests) (void)transport_->wait(r, request_timeout_);
+      it = replies_.erase(it);
+    }
+  }
+
   void handle(ClientConnection& c, const pb::WorkerRequest& req) {
-    std::vector<char> payload = receive_payload(c, req.payload_bytes());
+    // Shared: a training forward keeps its rows where they landed until their backward.
+    const auto received = std::make_shared<const std::vector<char>>(receive_payload(c, req.payload_bytes()));
+    const std::vector<char>& payload = *received;
     std::vector<float> out;
     const auto compute_start = std::chrono::steady_clock::now();
     try {
       switch (req.op_case()) {
         case pb::WorkerRequest::kLoadModel: load_model(req.load_model(), payload); break;
-        case pb::WorkerRequest::kForward: out = forward(c, req.forward(), payload); break;
+        case pb::WorkerRequest::kForward: out = forward(c, req.forward(), received); break;
         case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
         case pb::WorkerRequest::kStep: {
           c.stepped = true;
@@ -524,11 +574,11 @@ class Worker {
       }
     } catch (const std::exception& e) {
       const pb::ErrorInfo error = wire::error_info(e, id_);
-      reply(c, req.request_id(), &error, nullptr, 0);
+      reply(c, req.request_id(), &error);
       return;
     }
-    reply(c, req.request_id(), nullptr, out.data(), out.size() * sizeof(float),
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count());
+    const double compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
+    reply(c, req.request_id(), nullptr, std::move(out), compute_seconds);
   }
 
   ExpertStore& require_store() {
@@ -607,33 +657,35 @@ class Worker {
     return total;
   }
 
-  std::vector<float> forward(ClientConnection& c, const pb::ForwardOp& op, const std::vector<char>& payload) {
+  std::vector<float> forward(ClientConnection& c, const pb::ForwardOp& op,
+                             const std::shared_ptr<const std::vector<char>>& payload) {
     ExpertStore& store = require_store();
     const int64_t d = config_->model.hidden_size;
-    const int64_t total = segment_rows(op.segments(), payload.size(), "FORWARD");
-    const float* x = reinterpret_cast<const float*>(payload.data());
+    const int64_t total = segment_rows(op.segments(), payload->size(), "FORWARD");
+    const float* x = reinterpret_cast<const float*>(payload->data());
     std::vector<float> out(static_cast<size_t>(total * d));
     std::vector<uint64_t> ids;
     int64_t row = 0;
     for (const pb::Segment& s : op.segments()) {
       if (op.keep_for_backward()) {
         const uint64_t id = next_store_request_++;
-        store.forward(wire::key_from_pb(s), id, x + row * d, s.rows(), out.data() + row * d);
+        store.forward(wire::key_from_pb(s), id, x + row * d, s.rows(), out.data() + row * d, payload);
         ids.push_back(id);
       } else {
         store.infer(wire::key_from_pb(s), x + row * d, s.rows(), out.data() + row * d);  // serving: keep nothing
       }
       row += s.rows();
     }
-    if (op.keep_for_backward()) forward_cache_[{c.id, op.dispatch_id()}] = std::move(ids);
+    if (op.keep_for_backward()) forward_cache_[{c.id, op.dispatch_id(), op.chunk()}] = std::move(ids);
     rows_forward_ += static_cast<uint64_t>(total);
     return out;
   }
 
   std::vector<float> backward(ClientConnection& c, const pb::BackwardOp& op, const std::vector<char>& payload) {
     ExpertStore& store = require_store();
-    auto it = forward_cache_.find({c.id, op.dispatch_id()});
-    require(it != forward_cache_.end(), "BACKWARD for dispatch " + std::to_string(op.dispatch_id()) + " without its FORWARD");
+    auto it = forward_cache_.find({c.id, op.dispatch_id(), op.chunk()});
+    require(it != forward_cache_.end(), "BACKWARD for dispatch " + std::to_string(op.dispatch_id()) + " chunk " +
+                                            std::to_string(op.chunk()) + " without its FORWARD");
     const int64_t d = config_->model.hidden_size;
     const int64_t total = segment_rows(op.segments(), payload.size(), "BACKWARD");
     require(it->second.size() == static_cast<size_t>(op.segments_size()), "BACKWARD does not match its FORWARD's layout");
@@ -820,7 +872,7 @@ class Worker {
         if (p.op.migrate_epoch()) migration_->after_step(p.op.migrate_epoch());
     for (const PendingStep& p : pending_steps_[key]) {
       try {
-        reply(*p.client, p.request_id, error ? &*error : nullptr, nullptr, 0);
+        reply(*p.client, p.request_id, error ? &*error : nullptr);
       } catch (const Error& e) {  // that client is gone; the others still get theirs
         SY_LOG(warn, "runtime", label_ << ": dropping client '" << p.client->name << "': " << e.what());
         p.client->dead = true;
@@ -852,7 +904,15 @@ class Worker {
   std::unique_ptr<Config> config_;
   std::unique_ptr<ExpertStore> store_;
   Placement placement_;  // of the loaded model, for the replica reduction
-  std::map<std::pair<int, uint64_t>, std::vector<uint64_t>> forward_cache_;  // (client, dispatch) → store ids
+  // (client, dispatch, chunk) → store ids of its segments' forwards
+  std::map<std::tuple<int, uint64_t, uint32_t>, std::vector<uint64_t>> forward_cache_;
+  // Replies whose sends are in flight, with what they send (a std::list: posted buffers stay put).
+  struct PendingReply {
+    ClientConnection* client;
+    wire::OutgoingMessage out;
+    std::vector<float> payload;
+  };
+  std::list<PendingReply> replies_;
   std::map<StepKey, std::vector<PendingStep>> pending_steps_;
   struct Abandoned {  // a failed gradient exchange: what its requests may still read or write
     std::vector<float> mine;

@@ -95,6 +95,7 @@ struct ClusterConfig {
   std::string ucx_tls;                      // exported as UCX_TLS; "" = UCX's own choice
   bool ucx_peer_failure = true;             // UCP_ERR_HANDLING_MODE_PEER on data-plane endpoints
   int idle_spin_us = 0;                     // spin after the last progress before sleeping on events
+  int chunk_rows = 256;                     // rows per data-plane request (a worker's share is split); 0 = one
   int heartbeat_ms = 500;
   int dead_after_ms = 3000;                 // > heartbeat_ms
   int request_timeout_ms = 10000;

@@ -94,6 +94,14 @@ class ClusterClient final : public ExpertProvider {
   // the workers' compute (the slowest worker of each round trip), since construction.
   double exchange_seconds() const { return exchange_seconds_; }
   double worker_compute_seconds() const;
+  // Rows through the data path since construction, and the copies of them this client made:
+  // `packed` into a send buffer (the gather of a forward's rows, or rows kept for failover),
+  // `unpacked` from a reply buffer into the output rows (replies whose rows are not contiguous in
+  // the layout; the others land in place).
+  struct CopyCounts {
+    uint64_t rows_sent = 0, rows_packed = 0, rows_received = 0, rows_unpacked = 0;
+  };
+  CopyCounts copies() const;
   const Placement& placement() const { return placement_; }
   int workers() const;
   // Workers this client lost (failed over to surviving replicas) since construction.

@@ -31,6 +31,7 @@
 // saved (a checkpoint is taken between steps).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -76,8 +77,12 @@ class ExpertStore {
 
   // out[rows, d] = E(x[rows, d]) (overwritten); keeps x and the FFN activations under
   // (request_id, key) for backward. A second forward for the same (request_id, key) before its
-  // backward is an error.
-  void forward(const ExpertKey& key, uint64_t request_id, const float* x, int64_t rows, float* out);
+  // backward is an error. `x_owner`, when given, keeps x's memory alive: the store holds on to it
+  // instead of copying x (rows received from the wire are kept where they landed).
+  void forward(const ExpertKey& key, uint64_t request_id, const float* x, int64_t rows, float* out,
+               std::shared_ptr<const void> x_owner = nullptr);
+  // Input rows forward copied to keep them (those without an owner), since construction.
+  int64_t rows_copied() const { return rows_copied_.load(); }
   // out = E(x) keeping nothing: forward-only (serving) requests.
   void infer(const ExpertKey& key, const float* x, int64_t rows, float* out) const;
   // grad_in[rows, d] (overwritten) from grad_out[rows, d] for the rows of forward(key,
@@ -128,7 +133,9 @@ class ExpertStore {
   };
   struct Activations {  // what backward needs from one forward
     int64_t rows = 0;
-    std::vector<float> x;
+    const float* x = nullptr;            // in `x_copy`, or memory `x_owner` keeps alive
+    std::vector<float> x_copy;
+    std::shared_ptr<const void> x_owner;
     std::vector<float> saved;  // FfnForwardArgs::saved
   };
   Replica& replica(const ExpertKey& key) const;  // caller holds mutex_
@@ -143,6 +150,7 @@ class ExpertStore {
   mutable std::shared_mutex mutex_;  // replicas_: shared for compute, exclusive for changes
   std::map<ExpertKey, std::unique_ptr<Replica>> replicas_;
   mutable std::mutex cache_mutex_;  // cache_
+  std::atomic<int64_t> rows_copied_{0};
   std::map<std::pair<uint64_t, ExpertKey>, Activations> cache_;
 };
 
