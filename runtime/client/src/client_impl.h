@@ -144,8 +144,8 @@ struct ClusterClient::Impl {
  private:
   Status post_all(std::vector<Call>& calls, const std::string& what);
   Status await_replies(std::vector<Call>& calls, const std::string& what, Clock::time_point start,
-                       double& slowest_compute);
-  Status advance(Call& c, const std::string& what, double& slowest_compute);
+                       std::map<int, double>& compute_of);
+  Status advance(Call& c, const std::string& what, double& computed);
   void release(Call& c);
   void abandon(std::vector<Call>& calls, const std::string& reason);
 };

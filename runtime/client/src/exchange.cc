@@ -37,9 +37,11 @@ void ClusterClient::Impl::call(std::vector<Call>& calls, const std::string& what
 
 Status ClusterClient::Impl::exchange(std::vector<Call>& calls, const std::string& what, double* waited_seconds) {
   const auto start = Clock::now();
-  double slowest_compute = 0;  // the workers compute in parallel: the slowest bounds the wait
+  // Each worker computes its calls one after the other, the workers in parallel: the busiest
+  // bounds the wait.
+  std::map<int, double> compute_of;
   Status s = post_all(calls, what);
-  if (s) s = await_replies(calls, what, start, slowest_compute);
+  if (s) s = await_replies(calls, what, start, compute_of);
   for (Call& c : calls)  // sends are complete once the replies are in; release them
     if (s && !c.lost) s = transport->wait_all(c.out.requests, request_timeout);
   if (!s) {
@@ -47,6 +49,8 @@ Status ClusterClient::Impl::exchange(std::vector<Call>& calls, const std::string
     abandon(calls, s.message());
     return s;
   }
+  double slowest_compute = 0;
+  for (const auto& [w, seconds] : compute_of) slowest_compute = std::max(slowest_compute, seconds);
   const double waited = std::chrono::duration<double>(Clock::now() - start).count();
   if (waited_seconds) *waited_seconds += waited - std::min(waited, slowest_compute);
   worker_compute_seconds += slowest_compute;
@@ -79,7 +83,7 @@ Status ClusterClient::Impl::post_all(std::vector<Call>& calls, const std::string
 }
 
 Status ClusterClient::Impl::await_replies(std::vector<Call>& calls, const std::string& what, Clock::time_point start,
-                                          double& slowest_compute) {
+                                          std::map<int, double>& compute_of) {
   const auto deadline = start + request_timeout;
   auto next_liveness_check = start + liveness_check;
   auto last_moved = start;
@@ -94,7 +98,7 @@ Status ClusterClient::Impl::await_replies(std::vector<Call>& calls, const std::s
       if (c.lost || c.stage == Call::Stage::done) continue;
       if (header_pending.count(c.worker)) continue;
       const Call::Stage before = c.stage;
-      Status s = advance(c, what, slowest_compute);
+      Status s = advance(c, what, compute_of[c.worker]);
       if (s.code() == StatusCode::peer_failed) lose(c, s.message());
       else if (!s) return s;
       moved |= c.lost || c.stage != before;
@@ -121,8 +125,9 @@ Status ClusterClient::Impl::await_replies(std::vector<Call>& calls, const std::s
   }
 }
 
-// Moves one call on when its header or payload has arrived. peer_failed: the worker is lost.
-Status ClusterClient::Impl::advance(Call& c, const std::string& what, double& slowest_compute) {
+// Moves one call on when its header or payload has arrived (adding the worker's compute time to
+// `computed`). peer_failed: the worker is lost.
+Status ClusterClient::Impl::advance(Call& c, const std::string& what, double& computed) {
   auto t = transport->test(c.stage == Call::Stage::header ? c.header_request : c.payload_request);
   if (!t) return Status(StatusCode::peer_failed, what + ": " + label(c.worker) + " failed: " + t.status().to_string());
   if (!t->done) return Status::ok();
@@ -142,7 +147,7 @@ Status ClusterClient::Impl::advance(Call& c, const std::string& what, double& sl
     c.stage = Call::Stage::done;
     return Status::ok();
   }
-  slowest_compute = std::max(slowest_compute, rep.compute_seconds());
+  computed += rep.compute_seconds();
   float* into = c.reply_into;
   if (into && rep.payload_bytes() != c.reply_floats * sizeof(float))
     return Status(StatusCode::protocol, what + ": " + label(c.worker) + " answered " + std::to_string(rep.payload_bytes()) +
