@@ -1,0 +1,184 @@
+#include "switchyard/colocated/colocated.h"
+
+#include <cstring>
+#include <string>
+
+#include "switchyard/core/error.h"
+
+namespace sy {
+namespace {
+
+void check(const Status& s, const std::string& what) {
+  if (!s) throw Error(ErrorKind::transport, what + ": " + s.to_string());
+}
+
+// The all-to-all of one row per rank (`bytes` each): every rank's row r goes to rank r.
+void exchange_one_row_each(transport::Transport& t, const void* send, void* recv, size_t bytes,
+                           transport::Timeout timeout, const std::string& what) {
+  const std::vector<int64_t> ones(static_cast<size_t>(t.world_size()), 1);
+  check(t.exchange_rows(transport::ExchangeLayout(ones, ones), {.send = send, .recv = recv, .row_bytes = bytes}, timeout),
+        what);
+}
+
+}  // namespace
+
+// One layer's stages: what the forward of each stage exchanged, for its backward.
+class ColocatedExperts::Layer final : public ExpertCompute {
+ public:
+  Layer(ColocatedExperts& group, int layer) : g_(group), layer_(layer) {}
+
+  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override {
+    Stage& st = begin_stage(stage, layout);
+    const int64_t d = tokens.dim(1), rows = layout_rows(layout);
+    std::vector<float> packed(static_cast<size_t>(rows * d));  // pack: row r is token layout.token[r]
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(packed.data() + r * d, tokens.data() + layout.token[r] * d, sizeof(float) * static_cast<size_t>(d));
+    auto received = std::make_shared<std::vector<float>>(static_cast<size_t>(st.rows.total_recv_rows() * d));
+    move_rows(st.rows, packed.data(), received->data(), d, "dispatch");
+    std::vector<float> computed(received->size());
+    for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
+      g_.store_.forward(key, id, received->data() + first * d, n, computed.data() + first * d, received);
+    });
+    output = Tensor({rows, d});
+    move_rows(st.rows.reversed(), computed.data(), output.data(), d, "combine");
+  }
+
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
+    auto it = stages_.find(stage);
+    if (it == stages_.end() || !it->second.forwarded)
+      throw Error(ErrorKind::runtime, "co-located backward of layer " + std::to_string(layer_) + " stage " +
+                                          std::to_string(stage) + " without its forward");
+    Stage& st = it->second;
+    const int64_t d = grad_output.dim(1);
+    std::vector<float> received(static_cast<size_t>(st.rows.total_recv_rows() * d)), computed(received.size());
+    move_rows(st.rows, grad_output.data(), received.data(), d, "backward dispatch");  // in layout order already
+    for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
+      g_.store_.backward(key, id, received.data() + first * d, n, computed.data() + first * d);
+    });
+    st.forwarded = false;
+    grad_input = Tensor({layout_rows(layout), d});
+    move_rows(st.rows.reversed(), computed.data(), grad_input.data(), d, "backward combine");
+  }
+
+ private:
+  struct Stage {
+    transport::ExchangeLayout rows;
+    std::vector<int64_t> counts_in;  // [source rank][local expert]: rows each rank sends each of ours
+    uint64_t first_id = 0;           // store request ids of this forward's segments
+    bool forwarded = false;
+  };
+
+  static int64_t layout_rows(const cpu::DispatchLayout& layout) {
+    return layout.expert_offsets.empty() ? 0 : layout.expert_offsets.back();
+  }
+
+  int experts_per_rank(int stage) const {
+    return g_.model_.layer.stages[static_cast<size_t>(stage)].experts / g_.ranks();
+  }
+
+  // Exchanges the per-expert row counts of a stage's forward and sets up its row layout; the
+  // previous forward's activations (one never followed by backward: serving) are released.
+  Stage& begin_stage(int stage, const cpu::DispatchLayout& layout) {
+    Stage& st = stages_[stage];
+    const int n = g_.ranks(), per = experts_per_rank(stage);
+    if (st.forwarded)
+      for (int r = 0; r < n; ++r) g_.store_.drop_request(st.first_id + static_cast<uint64_t>(r));
+    std::vector<int64_t> counts_out(static_cast<size_t>(n * per));
+    for (size_t e = 0; e < counts_out.size(); ++e) counts_out[e] = layout.expert_offsets[e + 1] - layout.expert_offsets[e];
+    st.counts_in.assign(counts_out.size(), 0);
+    exchange_one_row_each(g_.transport_, counts_out.data(), st.counts_in.data(), sizeof(int64_t) * static_cast<size_t>(per),
+                          g_.timeout_, what("counts"));
+    std::vector<int64_t> send(static_cast<size_t>(n), 0), recv(static_cast<size_t>(n), 0);
+    for (int r = 0; r < n; ++r)
+      for (int j = 0; j < per; ++j) {
+        send[static_cast<size_t>(r)] += counts_out[static_cast<size_t>(r * per + j)];
+        recv[static_cast<size_t>(r)] += st.counts_in[static_cast<size_t>(r * per + j)];
+      }
+    st.rows = transport::ExchangeLayout(send, recv);
+    st.first_id = next_id_;
+    next_id_ += static_cast<uint64_t>(n);
+    st.forwarded = true;
+    return st;
+  }
+
+  // f(key, store request id, first received row, rows) for every (source rank, our expert)
+  // segment with rows, in the order the rows arrived (source rank, then expert).
+  template <class F>
+  void for_each_segment(int stage, const Stage& st, F f) const {
+    const int n = g_.ranks(), per = experts_per_rank(stage);
+    int64_t row = 0;
+    for (int s = 0; s < n; ++s)
+      for (int j = 0; j < per; ++j) {
+        const int64_t rows = st.counts_in[static_cast<size_t>(s * per + j)];
+        const uint64_t id = st.first_id + static_cast<uint64_t>(s);  // one store request per source rank
+        if (rows > 0) f(ExpertKey{layer_, stage, g_.transport_.rank() * per + j}, id, row, rows);
+        row += rows;
+      }
+  }
+
+  void move_rows(const transport::ExchangeLayout& layout, const float* send, float* recv, int64_t d,
+                 const std::string& step) {
+    check(g_.transport_.exchange_rows(layout, {.send = send, .recv = recv, .row_bytes = sizeof(float) * static_cast<size_t>(d)},
+                                      g_.timeout_),
+          what(step));
+  }
+
+  std::string what(const std::string& step) const {
+    return "co-located " + step + " of layer " + std::to_string(layer_) + " on rank " +
+           std::to_string(g_.transport_.rank());
+  }
+
+  ColocatedExperts& g_;
+  int layer_;
+  std::map<int, Stage> stages_;
+  uint64_t next_id_ = 1;
+};
+
+ColocatedExperts::ColocatedExperts(transport::Transport& transport, const ModelConfig& model, const TensorMap& weights,
+                                   transport::Timeout timeout)
+    : transport_(transport), model_(model), timeout_(timeout), store_(model) {
+  const int n = transport.world_size();
+  if (n < 1) throw Error(ErrorKind::config, "co-located experts need a transport with a fixed world of ranks");
+  for (size_t s = 0; s < model.layer.stages.size(); ++s)
+    if (model.layer.stages[s].experts % n != 0)
+      throw Error(ErrorKind::config, "model.layer.stages[" + std::to_string(s) + "].experts (" +
+                                         std::to_string(model.layer.stages[s].experts) +
+                                         ") is not a multiple of the co-located ranks (" + std::to_string(n) + ")");
+  for (int l = 0; l < model.layers; ++l) {
+    layers_.push_back(std::make_unique<Layer>(*this, l));
+    for (int s = 0; s < static_cast<int>(model.layer.stages.size()); ++s)
+      for (int e = 0; e < model.layer.stages[static_cast<size_t>(s)].experts; ++e)
+        if (owner(s, e) == transport.rank()) store_.add({l, s, e}, extract_expert_weights(model, weights, {l, s, e}));
+  }
+}
+
+ColocatedExperts::~ColocatedExperts() = default;
+
+int ColocatedExperts::owner(int stage, int expert) const {
+  return expert / (model_.layer.stages[static_cast<size_t>(stage)].experts / ranks());
+}
+
+ExpertCompute& ColocatedExperts::experts(int layer) { return *layers_.at(static_cast<size_t>(layer)); }
+
+void ColocatedExperts::step(const AdamWConfig& adamw, int, uint64_t) { store_.step(adamw); }
+
+void ColocatedExperts::sum_dense_grads(TensorMap& grads) {
+  std::vector<float> mine;
+  for (const auto& [name, t] : grads) mine.insert(mine.end(), t.values().begin(), t.values().end());
+  const size_t n = static_cast<size_t>(ranks());
+  std::vector<float> send(mine.size() * n), all(mine.size() * n);
+  for (size_t r = 0; r < n; ++r) std::copy(mine.begin(), mine.end(), send.begin() + static_cast<std::ptrdiff_t>(r * mine.size()));
+  exchange_one_row_each(transport_, send.data(), all.data(), sizeof(float) * mine.size(), timeout_,
+                        "co-located dense gradient all-reduce on rank " + std::to_string(transport_.rank()));
+  size_t off = 0;
+  for (auto& [name, t] : grads) {
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      float sum = 0;
+      for (size_t r = 0; r < n; ++r) sum += all[r * mine.size() + off + static_cast<size_t>(i)];  // rank order
+      t[i] = sum;
+    }
+    off += static_cast<size_t>(t.numel());
+  }
+}
+
+}  // namespace sy

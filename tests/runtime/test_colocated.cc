@@ -1,0 +1,126 @@
+// Co-located expert parallelism (runtime/colocated): N ranks as threads, each a trainer rank with
+// its own batch and the holder of E/N experts, over the in-process transport and over UCX. Every
+// rank's forward and backward equal the single process's on that rank's batch, step after step,
+// when the single process accumulates every rank's gradients before its step.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <thread>
+#include <tuple>
+
+#include "switchyard/colocated/colocated.h"
+#include "switchyard/core/error.h"
+#include "switchyard/transport/factory.h"
+#include "switchyard/transport/inprocess.h"
+#include "../support/test_model.h"
+
+namespace sy {
+namespace {
+
+using namespace std::chrono_literals;
+
+void expect_close(const Tensor& a, const Tensor& b, const std::string& what, double rel = 2e-5) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  double scale = 1e-6, worst = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+  EXPECT_LE(worst, rel * scale) << what << ": max difference " << worst << " against scale " << scale;
+}
+
+// A fixed world of `n` transports of kind `kind`, connected.
+std::vector<std::unique_ptr<transport::Transport>> make_world(const std::string& kind, int n) {
+  transport::BackendOptions backend;
+  if (kind == "inprocess") backend.fabric = transport::make_inprocess_fabric(n);
+  std::vector<std::unique_ptr<transport::Transport>> ranks;
+  std::vector<std::string> addresses;
+  for (int r = 0; r < n; ++r) {
+    transport::TransportOptions o;
+    o.rank = r;
+    o.world_size = n;
+    o.label = "rank " + std::to_string(r);
+    ranks.push_back(transport::make_transport(kind, o, backend));
+    addresses.push_back(ranks.back()->local_address());
+  }
+  for (auto& t : ranks) EXPECT_TRUE(t->connect(addresses));
+  return ranks;
+}
+
+struct Batch {
+  Tensor x, g;
+};
+Batch batch(int step, int rank) {
+  RandomStream rng(static_cast<uint64_t>(100 * step + rank), "colocated");
+  return {random_tokens(40, 16, rng), random_tokens(40, 16, rng)};
+}
+
+class Colocated : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(Colocated, EveryRankMatchesTheSingleProcessStepAfterStep) {
+  const auto [kind, n] = GetParam();
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 11);
+  const int steps = 3;
+  // The single process: each rank's batch in turn, gradients accumulated, then one step.
+  MoeModel local(cfg, weights);
+  std::vector<std::vector<std::pair<Tensor, Tensor>>> expected(static_cast<size_t>(n));
+  for (int s = 0; s < steps; ++s) {
+    for (int r = 0; r < n; ++r) {
+      const Batch b = batch(s, r);
+      Tensor y = local.forward(b.x);
+      expected[static_cast<size_t>(r)].emplace_back(std::move(y), local.backward(b.g));
+    }
+    local.step(AdamWConfig{.lr = 1e-2});
+  }
+
+  auto world = make_world(kind, n);
+  std::vector<std::vector<std::pair<Tensor, Tensor>>> got(static_cast<size_t>(n));
+  std::vector<std::string> errors(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        ColocatedExperts group(*world[static_cast<size_t>(r)], cfg.model, weights, 20000ms);
+        MoeModel model(cfg, weights, group);
+        for (int s = 0; s < steps; ++s) {
+          const Batch b = batch(s, r);
+          Tensor y = model.forward(b.x);
+          got[static_cast<size_t>(r)].emplace_back(std::move(y), model.backward(b.g));
+          group.sum_dense_grads(model.mutable_grads());
+          model.step(AdamWConfig{.lr = 1e-2});
+        }
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < n; ++r) {
+    ASSERT_EQ(errors[static_cast<size_t>(r)], "") << "rank " << r;
+    for (int s = 0; s < steps; ++s) {
+      const std::string what = kind + " rank " + std::to_string(r) + " step " + std::to_string(s);
+      expect_close(got[static_cast<size_t>(r)][static_cast<size_t>(s)].first,
+                   expected[static_cast<size_t>(r)][static_cast<size_t>(s)].first, what + " forward");
+      expect_close(got[static_cast<size_t>(r)][static_cast<size_t>(s)].second,
+                   expected[static_cast<size_t>(r)][static_cast<size_t>(s)].second, what + " grad_input");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, Colocated,
+                         ::testing::Combine(::testing::Values("inprocess", "ucx"), ::testing::Values(2, 4)),
+                         [](const auto& p) { return std::get<0>(p.param) + "_" + std::to_string(std::get<1>(p.param)); });
+
+TEST(ColocatedConfig, ExpertsNotAMultipleOfTheRanksIsAConfigErrorNamingTheStage) {
+  const Config cfg = two_layer_model();  // 4 experts per stage
+  auto world = make_world("inprocess", 3);
+  try {
+    ColocatedExperts group(*world[0], cfg.model, init_model_weights(cfg.model, 1), 1000ms);
+    FAIL() << "accepted 4 experts over 3 ranks";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::config);
+    EXPECT_NE(std::string(e.what()).find("model.layer.stages[0].experts"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace sy
