@@ -33,6 +33,22 @@ for _ in $(seq 1 600); do grep -q "cluster ready" "$out/up-rebalance.log" && bre
 endpoint=$(awk '/coordinator listening on/ {print $4}' "$out/up-rebalance.log")
 "$build/switchyard" bench rebalance --cluster "$endpoint" --config configs/models/topk.yaml | tee "$out/rebalance.txt"
 kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
+echo "== co-located expert parallelism vs PyTorch expert parallelism over gloo (4 ranks, 3 rounds in turn)"
+: >"$out/colocated-rounds.txt"
+for round in 1 2 3; do
+  "$build/switchyard" colocated --config configs/colocated.yaml --ranks 4 --steps 8 | grep -E '^(co-located|colocated_)' \
+    | sed 's/^colocated_step_ms/ours/' | tee -a "$out/colocated-rounds.txt"
+  /usr/bin/python3 bench/bench_torch_ep.py --ranks 4 --steps 8 | sed 's/^torch_ep_step_ms/torch/' | tee -a "$out/colocated-rounds.txt"
+done
+/usr/bin/python3 - "$out/colocated-rounds.txt" <<'PY' | tee "$out/colocated.txt"
+import statistics, sys
+v = {"ours": [], "torch": []}
+for line in open(sys.argv[1]):
+    key, _, value = line.partition(": ")
+    if key in v: v[key].append(float(value))
+ours, torch = statistics.median(v["ours"]), statistics.median(v["torch"])
+print(f"colocated_step_ms: {ours:.1f}\ntorch_ep_step_ms: {torch:.1f}\ncolocated_vs_torch_ep: {torch / ours:.3f}")
+PY
 if [ -x scripts/bench-exchange.sh ]; then
   echo "== exchange benchmark"
   scripts/bench-exchange.sh "$build" | tee "$out/exchange.txt"

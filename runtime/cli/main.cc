@@ -25,6 +25,7 @@
 #include "bench_exchange.h"
 #include "bench_rebalance.h"
 #include "cluster_commands.h"
+#include "colocated_command.h"
 #include "placement_commands.h"
 #include "flags.h"
 
@@ -258,6 +259,10 @@ cluster:
   switchyard bench rebalance --cluster HOST:PORT [--config C] [--skew S] [--steps N]   policy rebalance, migration bandwidth
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
 
+co-located expert parallelism (every rank a trainer and an expert holder; README "Co-located"):
+  switchyard colocated --config C --ranks N [--steps S] [--tokens T] [--lr LR] [--seed S] [--transport ucx|inprocess]
+  torchrun --nproc-per-node N switchyard colocated --config C ...   (or mpirun -n N, srun -n N)
+
 placement (docs/placement.md):
   switchyard placement plan --load L.npy --workers G --slots-per-worker K [--nodes N] [--config C]
                             [--current P.yaml] [--max-moves M] --out P.yaml
@@ -297,6 +302,7 @@ int run(int argc, char** argv) {
   if (cmd == "config") return cmd_config(rest);
   if (cmd == "layer") return cmd_layer(rest);
   if (cmd == "train-toy") return cmd_train_toy(rest);
+  if (cmd == "colocated") return cli_colocated(rest);
   if (cmd == "demo") return cmd_demo(rest);
   if (cmd == "bench" && !rest.empty() && rest[0] == "serve") return cli_bench_serve({rest.begin() + 1, rest.end()});
   if (cmd == "bench" && !rest.empty() && rest[0] == "rebalance") return cli_bench_rebalance({rest.begin() + 1, rest.end()});

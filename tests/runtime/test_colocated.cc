@@ -13,7 +13,9 @@
 #include "switchyard/core/error.h"
 #include "switchyard/transport/factory.h"
 #include "switchyard/transport/inprocess.h"
+#include "../support/free_port.h"
 #include "../support/test_model.h"
+#include "../support/up_process.h"
 
 namespace sy {
 namespace {
@@ -120,6 +122,45 @@ TEST(ColocatedConfig, ExpertsNotAMultipleOfTheRanksIsAConfigErrorNamingTheStage)
     EXPECT_EQ(e.kind(), ErrorKind::config);
     EXPECT_NE(std::string(e.what()).find("model.layer.stages[0].experts"), std::string::npos) << e.what();
   }
+}
+
+// The line of step `n` ("step 3/3: loss 1.234") in a job's output, "" when missing.
+std::string step_line(const std::string& out, int n, int steps) {
+  const std::string key = "step " + std::to_string(n) + "/" + std::to_string(steps) + ": loss ";
+  const size_t at = out.find(key);
+  return at == std::string::npos ? "" : out.substr(at, out.find('\n', at) - at);
+}
+
+const std::string kJob = "colocated --config " + std::string(SY_SOURCE_DIR) + "/configs/models/topk.yaml --steps 3 --tokens 64";
+
+// `switchyard colocated --ranks 2` starts two ranks here; the same job under torchrun's
+// variables (rank 0, which serves the rendezvous at MASTER_PORT + 1) and Open MPI's (rank 1)
+// prints the same losses: the ranks and their data depend on the rank only, not the launcher.
+TEST(ColocatedCli, RanksHereAndUnderLaunchersTrainTheSame) {
+  const auto [code, out] = run_cli("", kJob + " --ranks 2");
+  ASSERT_EQ(code, 0) << out;
+  const std::string last = step_line(out, 3, 3);
+  ASSERT_NE(last, "") << out;
+  EXPECT_NE(out.find("colocated_step_ms: "), std::string::npos) << out;
+
+  const int port = free_port();
+  auto rank1 = launch::LocalProcess::spawn(
+      {kBinary, "colocated", "--config", std::string(SY_SOURCE_DIR) + "/configs/models/topk.yaml", "--steps", "3",
+       "--tokens", "64"},
+      {{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}, {"SWITCHYARD_COORDINATOR", "127.0.0.1:" + std::to_string(port)}});
+  const auto [code0, out0] =
+      run_cli("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port - 1), kJob);
+  auto code1 = rank1.wait(std::chrono::milliseconds(60000));
+  EXPECT_EQ(code0, 0) << out0;
+  ASSERT_TRUE(code1.is_ok());
+  EXPECT_EQ(*code1, 0);
+  EXPECT_EQ(step_line(out0, 3, 3), last) << out0;
+}
+
+TEST(ColocatedCli, WithoutALauncherOrRanksItSaysWhatToGive) {
+  const auto [code, out] = run_cli("", kJob);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("give --ranks N"), std::string::npos) << out;
 }
 
 }  // namespace

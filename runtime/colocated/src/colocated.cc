@@ -162,23 +162,26 @@ ExpertCompute& ColocatedExperts::experts(int layer) { return *layers_.at(static_
 
 void ColocatedExperts::step(const AdamWConfig& adamw, int, uint64_t) { store_.step(adamw); }
 
-void ColocatedExperts::sum_dense_grads(TensorMap& grads) {
-  std::vector<float> mine;
-  for (const auto& [name, t] : grads) mine.insert(mine.end(), t.values().begin(), t.values().end());
-  const size_t n = static_cast<size_t>(ranks());
-  std::vector<float> send(mine.size() * n), all(mine.size() * n);
-  for (size_t r = 0; r < n; ++r) std::copy(mine.begin(), mine.end(), send.begin() + static_cast<std::ptrdiff_t>(r * mine.size()));
-  exchange_one_row_each(transport_, send.data(), all.data(), sizeof(float) * mine.size(), timeout_,
-                        "co-located dense gradient all-reduce on rank " + std::to_string(transport_.rank()));
-  size_t off = 0;
-  for (auto& [name, t] : grads) {
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      float sum = 0;
-      for (size_t r = 0; r < n; ++r) sum += all[r * mine.size() + off + static_cast<size_t>(i)];  // rank order
-      t[i] = sum;
-    }
-    off += static_cast<size_t>(t.numel());
+void ColocatedExperts::all_reduce_sum(std::vector<float>& values, const std::string& what) {
+  const size_t n = static_cast<size_t>(ranks()), len = values.size();
+  std::vector<float> send(len * n), all(len * n);
+  for (size_t r = 0; r < n; ++r) std::copy(values.begin(), values.end(), send.begin() + static_cast<std::ptrdiff_t>(r * len));
+  exchange_one_row_each(transport_, send.data(), all.data(), sizeof(float) * len, timeout_,
+                        "co-located all-reduce of " + what + " on rank " + std::to_string(transport_.rank()));
+  for (size_t i = 0; i < len; ++i) {
+    float sum = 0;
+    for (size_t r = 0; r < n; ++r) sum += all[r * len + i];  // rank order
+    values[i] = sum;
   }
+}
+
+void ColocatedExperts::sum_dense_grads(TensorMap& grads) {
+  std::vector<float> flat;
+  for (const auto& [name, t] : grads) flat.insert(flat.end(), t.values().begin(), t.values().end());
+  all_reduce_sum(flat, "the dense gradients");
+  size_t off = 0;
+  for (auto& [name, t] : grads)
+    for (int64_t i = 0; i < t.numel(); ++i) t[i] = flat[off++];
 }
 
 }  // namespace sy

@@ -40,6 +40,9 @@ class ColocatedExperts final : public ExpertProvider {
   void step(const AdamWConfig& adamw, int group_size, uint64_t step) override;
   // All-reduce (sum) of `grads` over the ranks: call with the same names on every rank.
   void sum_dense_grads(TensorMap& grads);
+  // All-reduce (sum, in rank order: bit-identical on every rank) of `values`, the same length on
+  // every rank.
+  void all_reduce_sum(std::vector<float>& values, const std::string& what);
 
   int ranks() const { return transport_.world_size(); }
   // The rank holding `expert` of `stage`.
