@@ -13,6 +13,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/transport/factory.h"
 #include "switchyard/transport/inprocess.h"
+#include "../support/close.h"
 #include "../support/free_port.h"
 #include "../support/test_model.h"
 #include "../support/up_process.h"
@@ -22,13 +23,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-void expect_close(const Tensor& a, const Tensor& b, const std::string& what, double rel = 2e-5) {
-  ASSERT_EQ(a.shape(), b.shape()) << what;
-  double scale = 1e-6, worst = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
-  EXPECT_LE(worst, rel * scale) << what << ": max difference " << worst << " against scale " << scale;
-}
 
 // A fixed world of `n` transports of kind `kind`, connected.
 std::vector<std::unique_ptr<transport::Transport>> make_world(const std::string& kind, int n) {
@@ -101,9 +95,9 @@ TEST_P(Colocated, EveryRankMatchesTheSingleProcessStepAfterStep) {
     for (int s = 0; s < steps; ++s) {
       const std::string what = kind + " rank " + std::to_string(r) + " step " + std::to_string(s);
       expect_close(got[static_cast<size_t>(r)][static_cast<size_t>(s)].first,
-                   expected[static_cast<size_t>(r)][static_cast<size_t>(s)].first, what + " forward");
+                   expected[static_cast<size_t>(r)][static_cast<size_t>(s)].first, what + " forward", 2e-5);
       expect_close(got[static_cast<size_t>(r)][static_cast<size_t>(s)].second,
-                   expected[static_cast<size_t>(r)][static_cast<size_t>(s)].second, what + " grad_input");
+                   expected[static_cast<size_t>(r)][static_cast<size_t>(s)].second, what + " grad_input", 2e-5);
     }
   }
 }

@@ -11,6 +11,7 @@
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/moe_model.h"
+#include "../support/close.h"
 #include "../support/test_model.h"
 #include "../support/local_cluster.h"
 
@@ -19,13 +20,6 @@ namespace {
 
 const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
 
-void expect_close(const Tensor& a, const Tensor& b, const std::string& what, double rel = 1e-5) {
-  ASSERT_EQ(a.shape(), b.shape()) << what;
-  double scale = 1e-6, worst = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
-  EXPECT_LE(worst, rel * scale) << what << ": max difference " << worst << " against scale " << scale;
-}
 
 struct ClusterRun {
   Tensor y, dx, y_serving;
