@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <thread>
 
@@ -126,6 +127,20 @@ int main() {
   std::printf("cluster_copies_per_row: %.3f\n",
               double(at_default.copies.rows_packed + at_default.copies.rows_unpacked) /
                   double(std::max<uint64_t>(at_default.copies.rows_sent, 1)));
+  // What the copies cost: the rows copied per step at memcpy speed, measured here.
+  std::vector<float> from(size_t{1} << 18, 1.0f), to(from.size());
+  const auto c0 = Clock::now();
+  for (int i = 0; i < 200; ++i) {
+    std::memcpy(to.data(), from.data(), from.size() * sizeof(float));
+    from[static_cast<size_t>(i)] = to[static_cast<size_t>(i + 1)];
+  }
+  const double bytes_per_s = 200.0 * from.size() * sizeof(float) / std::chrono::duration<double>(Clock::now() - c0).count();
+  auto copy_ms = [&](const ClusterRun& r) {
+    return double(r.copies.rows_packed + r.copies.rows_unpacked) * cfg.model.hidden_size * sizeof(float) / bytes_per_s /
+           reps * 1e3;
+  };
+  std::printf("memcpy %.1f GB/s: copies cost %.2f ms a step with one request per worker, %.2f ms with chunks\n",
+              bytes_per_s / 1e9, copy_ms(whole), copy_ms(at_default));
   std::printf("cluster_chunked_vs_whole: %.3f\n", at_default.step_s / whole.step_s);
   std::printf("cluster_vs_local: %.3f\n", at_default.step_s / local_s);
   return 0;

@@ -123,6 +123,33 @@ TEST(ExpertStore, ForwardAndBackwardEqualTheCpuKernels) {
   }
 }
 
+// Rows given with an owner are kept where they are, not copied: the forward's activations keep
+// the owner's memory alive until backward, and the gradients equal those of a copying store.
+TEST(ExpertStore, ForwardKeepsOwnedRowsWithoutCopyingThem) {
+  const ModelConfig m = model();
+  const ExpertKey key{0, 0, 1};
+  ExpertStore owning(m), copying(m);
+  owning.add(key, weights_for(m, key));
+  copying.add(key, weights_for(m, key));
+  const int64_t d = m.hidden_size, rows = 6;
+  auto x = std::make_shared<std::vector<float>>(random_rows(rows, d, 3));
+  const std::vector<float> x_copy = *x, gy = random_rows(rows, d, 4);
+  std::vector<float> y(x_copy.size()), y2(y.size()), gx(y.size()), gx2(y.size());
+  owning.forward(key, 1, x->data(), rows, y.data(), x);
+  copying.forward(key, 1, x_copy.data(), rows, y2.data());
+  std::weak_ptr<std::vector<float>> kept = x;
+  x.reset();  // the caller lets go: the store still holds the rows
+  EXPECT_FALSE(kept.expired());
+  owning.backward(key, 1, gy.data(), rows, gx.data());
+  copying.backward(key, 1, gy.data(), rows, gx2.data());
+  EXPECT_TRUE(kept.expired()) << "backward released the rows";
+  EXPECT_EQ(owning.rows_copied(), 0);
+  EXPECT_EQ(copying.rows_copied(), rows);
+  EXPECT_EQ(y, y2);
+  EXPECT_EQ(gx, gx2);
+  EXPECT_TRUE(bit_equal(owning.grads(key), copying.grads(key)));
+}
+
 // The store's FFN forward/backward (forward, infer, backward) and its AdamW step are ops of the
 // Backend it was given: a recording backend sees each of them, the results equal a store on the
 // CPU backend bit for bit, and repeated requests reuse the pooled workspace.
