@@ -16,11 +16,13 @@
 // contribution recomputed on a survivor (replay_lost_backward) and no gradient goes missing.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "client_impl.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/log.h"
+#include "switchyard/core/trace.h"
 
 namespace sy {
 namespace {
@@ -130,6 +132,10 @@ class RemoteExperts::Flow {
       : im_(*client.impl_), client_(client), layer_(layer), stage_(stage),
         d_(client.impl_->config->model.hidden_size), grads_(grads) {}
 
+  std::string where() const {
+    return trace::enabled() ? "layers." + std::to_string(layer_) + ".stages." + std::to_string(stage_) : std::string();
+  }
+
   std::string what(Op op) const {
     return std::string(op == Op::backward ? "BACKWARD" : "FORWARD") + " layer " + std::to_string(layer_) + " stage " +
            std::to_string(stage_);
@@ -198,7 +204,11 @@ class RemoteExperts::Flow {
       for (const Piece& pc : pieces(parts[i].dispatch, im_.chunk_rows, op == Op::infer)) of.emplace_back(i, pc);
     std::vector<Call> calls(of.size());
     for (size_t j = 0; j < of.size(); ++j) fill(calls[j], parts[of[j].first], of[j].second, op, out);
-    if (Status s = im_.exchange(calls, what(op), &client_.exchange_seconds_); !s) wire::throw_error(s);
+    {
+      trace::Span span("exchange", where());
+      if (Status s = im_.exchange(calls, what(op), &client_.exchange_seconds_); !s) wire::throw_error(s);
+    }
+    trace::Span span("combine", where());
     std::vector<bool> part_lost(parts.size(), false);
     for (size_t j = 0; j < of.size(); ++j) {
       const Call& c = calls[j];
@@ -300,11 +310,14 @@ void RemoteExperts::forward(int stage, const cpu::DispatchLayout& layout, const 
   client_.count_load(layer_, stage, layout, *plan);
   const int64_t d = tokens.dim(1);
   std::vector<Part> parts;
+  auto pack_span = std::make_optional<trace::Span>(
+      "pack", trace::enabled() ? "layers." + std::to_string(layer_) + ".stages." + std::to_string(stage) : "");
   for (const WorkerDispatch& wd : plan->workers) {  // pack once, straight from the tokens
     parts.push_back({wd, im.next_request++, pack(wd, d, [&](int64_t r) { return tokens.data() + layout.token[r] * d; }), {}});
     im.links.at(wd.worker).rows_sent += static_cast<uint64_t>(wd.rows);
     im.copies.rows_packed += static_cast<uint64_t>(wd.rows);
   }
+  pack_span.reset();
   output = Tensor({plan->rows, d});
   Flow flow(client_, layer_, stage);
   parts = flow.run(std::move(parts), client_.training_ ? Op::forward : Op::infer, &output);

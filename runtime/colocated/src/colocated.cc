@@ -4,6 +4,7 @@
 #include <string>
 
 #include "switchyard/core/error.h"
+#include "switchyard/core/trace.h"
 
 namespace sy {
 namespace {
@@ -28,17 +29,24 @@ class ColocatedExperts::Layer final : public ExpertCompute {
   Layer(ColocatedExperts& group, int layer) : g_(group), layer_(layer) {}
 
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override {
+    const std::string where = trace::enabled() ? "layers." + std::to_string(layer_) + ".stages." + std::to_string(stage) : "";
     Stage& st = begin_stage(stage, layout);
     const int64_t d = tokens.dim(1), rows = layout_rows(layout);
     std::vector<float> packed(static_cast<size_t>(rows * d));  // pack: row r is token layout.token[r]
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(packed.data() + r * d, tokens.data() + layout.token[r] * d, sizeof(float) * static_cast<size_t>(d));
+    {
+      trace::Span span("pack", where);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(packed.data() + r * d, tokens.data() + layout.token[r] * d, sizeof(float) * static_cast<size_t>(d));
+    }
     auto received = std::make_shared<std::vector<float>>(static_cast<size_t>(st.rows.total_recv_rows() * d));
     move_rows(st.rows, packed.data(), received->data(), d, "dispatch");
     std::vector<float> computed(received->size());
-    for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
-      g_.store_.forward(key, id, received->data() + first * d, n, computed.data() + first * d, received);
-    });
+    {
+      trace::Span span("expert forward", where);
+      for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
+        g_.store_.forward(key, id, received->data() + first * d, n, computed.data() + first * d, received);
+      });
+    }
     output = Tensor({rows, d});
     move_rows(st.rows.reversed(), computed.data(), output.data(), d, "combine");
   }
@@ -52,9 +60,12 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     const int64_t d = grad_output.dim(1);
     std::vector<float> received(static_cast<size_t>(st.rows.total_recv_rows() * d)), computed(received.size());
     move_rows(st.rows, grad_output.data(), received.data(), d, "backward dispatch");  // in layout order already
-    for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
-      g_.store_.backward(key, id, received.data() + first * d, n, computed.data() + first * d);
-    });
+    {
+      trace::Span span("expert backward");
+      for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
+        g_.store_.backward(key, id, received.data() + first * d, n, computed.data() + first * d);
+      });
+    }
     st.forwarded = false;
     grad_input = Tensor({layout_rows(layout), d});
     move_rows(st.rows.reversed(), computed.data(), grad_input.data(), d, "backward combine");
@@ -118,6 +129,7 @@ class ColocatedExperts::Layer final : public ExpertCompute {
 
   void move_rows(const transport::ExchangeLayout& layout, const float* send, float* recv, int64_t d,
                  const std::string& step) {
+    trace::Span span("exchange", step);
     check(g_.transport_.exchange_rows(layout, {.send = send, .recv = recv, .row_bytes = sizeof(float) * static_cast<size_t>(d)},
                                       g_.timeout_),
           what(step));

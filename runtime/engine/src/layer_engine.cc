@@ -5,6 +5,7 @@
 
 #include "switchyard/core/error.h"
 #include "switchyard/core/expert.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/engine/layer_weights.h"
 
 namespace sy {
@@ -194,9 +195,17 @@ void LayerEngine::forward_into(const Tensor& x, Tensor& y, const ImportanceInput
 
 Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput& importance) {
   states_[static_cast<size_t>(s)]->u = u;
+  const std::string where = trace::enabled() ? prefix_ + "stages." + std::to_string(s) : std::string();
   const std::vector<int32_t> k = experts_per_token(s, u.dim(0), importance);
-  route(s, u, k);
-  dispatch(s, u);
+  {
+    trace::Span span("route", where);
+    route(s, u, k);
+  }
+  {
+    trace::Span span("experts", where);
+    dispatch(s, u);
+  }
+  trace::Span span("aggregate", where);
   aggregate(s, u);
   Tensor m = mix_shared_expert(s, u);
   record_stats(s, k);
@@ -426,6 +435,7 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, do
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const std::string sp = "stages." + std::to_string(s) + ".";
+  trace::Span stage_span("stage backward", trace::enabled() ? prefix_ + sp : std::string());
   const int64_t T = st.u.dim(0), d = model_.hidden_size, E = cfg.experts;
   const float* u = st.u.data();
   Tensor du({T, d});
@@ -513,7 +523,10 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, do
 
   // Experts, then unpack their input gradients per expert (tokens are distinct within one expert).
   Tensor d_packed;
-  experts_.backward(s, st.layout, d_expert_out, d_packed);
+  {
+    trace::Span span("experts backward", trace::enabled() ? prefix_ + sp : std::string());
+    experts_.backward(s, st.layout, d_expert_out, d_packed);
+  }
   for (int64_t i = 0; i < E; ++i) {
     const int64_t begin = st.layout.expert_offsets[static_cast<size_t>(i)], rows = st.layout.expert_rows(i);
     ops_.run(ScatterAddRowsArgs{.src = d_packed.data() + begin * d,

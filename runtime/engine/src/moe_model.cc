@@ -1,5 +1,7 @@
 #include "switchyard/engine/moe_model.h"
 
+#include "switchyard/core/trace.h"
+
 #include "switchyard/core/error.h"
 #include "switchyard/engine/layer_weights.h"
 
@@ -65,6 +67,7 @@ Tensor MoeModel::backward(const Tensor& grad_out) {
 }
 
 void MoeModel::step(const AdamWConfig& adamw, int group_size) {
+  trace::Span span("optimizer");
   ++steps_;
   if (!adam_) adam_ = std::make_unique<AdamW>(adamw);
   adam_->set_lr(adamw.lr);  // schedules change lr between steps; the moments carry over

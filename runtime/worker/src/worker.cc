@@ -21,6 +21,7 @@
 #include "switchyard/core/secret.h"
 #include "switchyard/core/wake_fd.h"
 #include "switchyard/core/log.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/placement/placement.h"
 #include "switchyard/transport/control.h"
 #include "switchyard/transport/factory.h"
@@ -359,6 +360,7 @@ class Worker {
       tasks.swap(tasks_);
     }
     for (const WorkerMigration::Task& t : tasks) {
+      trace::Span span("migration");
       if (const auto* m = std::get_if<pb::MigrateRequest>(&t)) connect_workers(m->peers());
       migration_->handle(t);
     }
@@ -551,8 +553,16 @@ class Worker {
     try {
       switch (req.op_case()) {
         case pb::WorkerRequest::kLoadModel: load_model(req.load_model(), payload); break;
-        case pb::WorkerRequest::kForward: out = forward(c, req.forward(), received); break;
-        case pb::WorkerRequest::kBackward: out = backward(c, req.backward(), payload); break;
+        case pb::WorkerRequest::kForward: {
+          trace::Span span("expert forward", segments_where(req.forward().segments()));
+          out = forward(c, req.forward(), received);
+          break;
+        }
+        case pb::WorkerRequest::kBackward: {
+          trace::Span span("expert backward", segments_where(req.backward().segments()));
+          out = backward(c, req.backward(), payload);
+          break;
+        }
         case pb::WorkerRequest::kStep: {
           c.stepped = true;
           const StepKey key = step_key(req.step());
@@ -579,6 +589,13 @@ class Worker {
     }
     const double compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
     reply(c, req.request_id(), nullptr, std::move(out), compute_seconds);
+  }
+
+  // "layers.0.stages.1" of a request's first segment, for its trace span.
+  static std::string segments_where(const google::protobuf::RepeatedPtrField<pb::Segment>& segments) {
+    if (!trace::enabled() || segments.empty()) return {};
+    const ExpertKey k = wire::key_from_pb(segments.Get(0));
+    return "layers." + std::to_string(k.layer) + ".stages." + std::to_string(k.stage);
   }
 
   ExpertStore& require_store() {
@@ -853,11 +870,13 @@ class Worker {
           throw Error(ErrorKind::transport, "the clients of step " + std::to_string(op.step()) +
                                                 " name different lost workers; reducing again once they agree");
         migration_->follow_clients_epoch(routed);
+        trace::Span span("replica reduce");
         pending_sums_.reset();
         pending_sums_ = {op.step(), reduce_replicas(op.step(), op.attempt(), dead)};
       } else {
         require(pending_sums_ && pending_sums_->first == op.step(),
                 "APPLY of step " + std::to_string(op.step()) + " without its REDUCE");
+        trace::Span span("optimizer");
         apply_sums(pending_sums_->second);
         pending_sums_.reset();
         const pb::AdamWSettings& a = op.adamw();
