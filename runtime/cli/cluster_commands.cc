@@ -20,6 +20,7 @@
 #include "flags.h"
 #include "perftest.h"
 #include "switchyard/core/secret.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/core/config.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/yaml_text.h"
@@ -80,7 +81,8 @@ int cli_coordinator(const std::vector<std::string>& args) {
 }
 
 int cli_worker(const std::vector<std::string>& args) {
-  Flags flags(args, "worker", {"coordinator", "id", "bind", "replaces-pid"});
+  Flags flags(args, "worker", {"coordinator", "id", "bind", "replaces-pid", "trace"});
+  if (flags.has("trace")) trace::start(flags.get("trace"), "worker pid " + std::to_string(::getpid()));
   WorkerOptions opt;
   const auto env = detect_launch_env();
   if (flags.has("coordinator")) opt.coordinator = flags.get("coordinator");

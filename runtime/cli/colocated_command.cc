@@ -20,6 +20,7 @@
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/colocated/colocated.h"
 #include "switchyard/core/secret.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/launch/launch_env.h"
 #include "switchyard/launch/local_launch.h"
 #include "switchyard/transport/factory.h"
@@ -123,6 +124,14 @@ int run_rank(const JobOptions& o, const LaunchEnv& env) {
   return 0;
 }
 
+// --trace T.json: rank r writes T.rank{r}.json.
+std::string rank_trace_path(const std::string& path, int rank) {
+  const std::string suffix = ".rank" + std::to_string(rank);
+  const size_t dot = path.rfind('.');
+  if (dot == std::string::npos || path.find('/', dot) != std::string::npos) return path + suffix + ".json";
+  return path.substr(0, dot) + suffix + path.substr(dot);
+}
+
 // No launcher: serve the rendezvous here and start `ranks` ranks of this program.
 int spawn_ranks(const std::vector<std::string>& args, int ranks) {
   control::ControlServer server(rendezvous_options("127.0.0.1", 0));
@@ -159,7 +168,7 @@ int spawn_ranks(const std::vector<std::string>& args, int ranks) {
 }  // namespace
 
 int cli_colocated(const std::vector<std::string>& args) {
-  Flags flags(args, "colocated", {"config", "ranks", "steps", "tokens", "seed", "lr", "transport"});
+  Flags flags(args, "colocated", {"config", "ranks", "steps", "tokens", "seed", "lr", "transport", "trace"});
   JobOptions o;
   o.config = flags.get("config");
   o.transport = flags.get_or("transport", o.transport);
@@ -182,7 +191,10 @@ int cli_colocated(const std::vector<std::string>& args) {
     throw UsageError("colocated: --tokens " + std::to_string(o.tokens) + " is not a multiple of the " +
                      std::to_string(env->world_size) + " ranks");
   if (std::getenv("SWITCHYARD_COLOCATED_SPAWNED")) env->source = "switchyard";  // the parent serves the rendezvous
-  return run_rank(o, *env);
+  if (flags.has("trace")) trace::start(rank_trace_path(flags.get("trace"), env->rank), "co-located rank " + std::to_string(env->rank));
+  const int code = run_rank(o, *env);
+  trace::flush();
+  return code;
 }
 
 }  // namespace sy

@@ -1,6 +1,8 @@
 // switchyard: the command-line entry point. Every subcommand parses its own flags, reports
 // errors as `switchyard: error: ...` and exits with the error's code (config 2, input 3).
 #include <chrono>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -15,6 +17,7 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/secret.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/io.h"
 #include "switchyard/kernels/backend.h"
@@ -26,6 +29,7 @@
 #include "bench_rebalance.h"
 #include "cluster_commands.h"
 #include "colocated_command.h"
+#include "trace_command.h"
 #include "placement_commands.h"
 #include "flags.h"
 
@@ -169,7 +173,7 @@ int cmd_layer(const std::vector<std::string>& args) {
 }
 
 int cmd_train_toy(const std::vector<std::string>& args) {
-  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster", "skew"},
+  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster", "skew", "trace"},
               {"no-progress"});
   const Config cfg = load_config(flags.get("config"));
   ToyTaskOptions opt;
@@ -185,9 +189,11 @@ int cmd_train_toy(const std::vector<std::string>& args) {
   opt.skew = flags.get_double("skew", 0.0);
   if (!(opt.skew >= 0) || !std::isfinite(opt.skew)) throw UsageError("train-toy: --skew must be a number >= 0");
   if (opt.steps < 1 || opt.sequences < 1 || opt.seq_len < 1) throw UsageError("train-toy: sizes must be >= 1");
+  if (flags.has("trace")) trace::start(flags.get("trace"), "train-toy pid " + std::to_string(::getpid()));
   std::unique_ptr<ClusterClient> client;
   if (flags.has("cluster")) client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard train-toy");
   run_toy_task(cfg, opt, std::cout, client.get());
+  trace::flush();
   return 0;
 }
 
@@ -263,6 +269,10 @@ co-located expert parallelism (every rank a trainer and an expert holder; README
   switchyard colocated --config C --ranks N [--steps S] [--tokens T] [--lr LR] [--seed S] [--transport ucx|inprocess]
   torchrun --nproc-per-node N switchyard colocated --config C ...   (or mpirun -n N, srun -n N)
 
+step timelines (Chrome trace-event JSON for Perfetto; README "Step timelines"):
+  --trace FILE on worker, train-toy and colocated (each rank FILE.rankN.json); SWITCHYARD_TRACE=FILE anywhere
+  switchyard trace merge --out M.json FILE...   the processes' files on one clock
+
 placement (docs/placement.md):
   switchyard placement plan --load L.npy --workers G --slots-per-worker K [--nodes N] [--config C]
                             [--current P.yaml] [--max-moves M] --out P.yaml
@@ -303,6 +313,7 @@ int run(int argc, char** argv) {
   if (cmd == "layer") return cmd_layer(rest);
   if (cmd == "train-toy") return cmd_train_toy(rest);
   if (cmd == "colocated") return cli_colocated(rest);
+  if (cmd == "trace") return cli_trace(rest);
   if (cmd == "demo") return cmd_demo(rest);
   if (cmd == "bench" && !rest.empty() && rest[0] == "serve") return cli_bench_serve({rest.begin() + 1, rest.end()});
   if (cmd == "bench" && !rest.empty() && rest[0] == "rebalance") return cli_bench_rebalance({rest.begin() + 1, rest.end()});

@@ -4,13 +4,18 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
 #include <string>
 
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/client/cluster_client.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/moe_model.h"
+#include <nlohmann/json.hpp>
 #include "../support/close.h"
 #include "../support/test_model.h"
 #include "../support/local_cluster.h"
@@ -122,6 +127,40 @@ TEST(DataPath, TrainingStepsWithChunksMatchTheSingleProcess) {
     local.step(AdamWConfig{.lr = 1e-2});
     remote.step(AdamWConfig{.lr = 1e-2});
   }
+}
+
+// --trace / SWITCHYARD_TRACE: a training step's timeline from the client and its two workers,
+// merged into one file with every part of the data flow on it.
+TEST(DataPath, StepTimelinesOfAClientAndItsWorkersMerge) {
+  const std::string dir = ::testing::TempDir() + "/sy_trace_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::vector<std::string> files = {dir + "/client.json", dir + "/worker-0.json", dir + "/worker-1.json"};
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  {
+    ClusterConfig cc = test_cluster_config(2, 2);  // replicated: the step reduces among replicas
+    LocalCluster cluster(cc, {{{"SWITCHYARD_TRACE", files[1]}}, {{"SWITCHYARD_TRACE", files[2]}}});
+    trace::start(files[0], "client");
+    ClusterClient client(cluster.coordinator->endpoint(), "trace client");
+    client.load_model(cfg, weights);
+    MoeModel remote(cfg, weights, client);
+    train_step(remote, 1, "trace");
+    trace::flush();
+  }  // the workers exit (SIGTERM) and write their files
+  const std::string merged = dir + "/merged.json";
+  EXPECT_GT(trace::merge_files(files, merged), 0u);
+  std::ifstream in(merged);
+  const nlohmann::json doc = nlohmann::json::parse(in);
+  std::set<std::string> names, processes;
+  for (const auto& e : doc["traceEvents"]) {
+    names.insert(e["name"].get<std::string>());
+    if (e["name"] == "process_name") processes.insert(e["args"]["name"].get<std::string>());
+  }
+  for (const char* n : {"route", "pack", "exchange", "combine", "aggregate", "experts backward", "expert forward",
+                        "expert backward", "replica reduce", "optimizer"})
+    EXPECT_TRUE(names.count(n)) << "no '" << n << "' span";
+  EXPECT_EQ(processes.size(), 3u);
+  EXPECT_TRUE(processes.count("client"));
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "switchyard/client/cluster_client.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -12,6 +14,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/core/expert.h"
 #include "switchyard/core/log.h"
+#include "switchyard/core/trace.h"
 #include "switchyard/placement/load_trace.h"
 #include "switchyard/scheduler/dispatch_plan.h"
 #include "switchyard/transport/control.h"
@@ -96,6 +99,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   Impl& im = *impl_;
   im.coordinator_endpoint = coordinator;
   im.name = name;
+  trace::start_from_env("client '" + name + "' pid " + std::to_string(::getpid()));
   const auto connect_deadline = Clock::now() + Millis(connect_timeout_ms);
   for (;;) {  // under a launcher the coordinator may still be starting
     try {

@@ -156,6 +156,7 @@ class Worker {
     idle_spin_ = std::chrono::microseconds(registration_.idle_spin_us());
     request_timeout_ = Millis(registration_.request_timeout_ms());
     label_ = "worker " + std::to_string(id_) + " (" + transport::default_process_label() + ")";
+    trace::set_process_name(label_);
     SY_LOG(info, "runtime", label_ << " registered with " << options_.coordinator << " (" << registration_.transport()
                                    << ", UCX peer failure detection "
                                    << (registration_.ucx_peer_failure() ? "requested" : "off") << ")");
@@ -951,8 +952,11 @@ class Worker {
 }  // namespace
 
 int run_worker(const WorkerOptions& options, const std::atomic<bool>& stop) {
+  trace::start_from_env("worker pid " + std::to_string(::getpid()));
   Worker worker(options, stop);
-  return worker.run();
+  const int code = worker.run();
+  trace::flush();
+  return code;
 }
 
 }  // namespace sy
