@@ -510,6 +510,7 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     if (outcome) {
       placement = mig.next;
       this->epoch = next_epoch;
+      set_log_epoch("coordinator", next_epoch);
       for (auto& [id, m] : members)  // the new placement knows what a replacement holds
         if (m.info.replacement() && alive(m, Clock::now()) && endpoints.count(id)) {
           m.info.set_replacement(false);
@@ -572,6 +573,7 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     recovery_due = true;
   }
   history.push_front(r);
+  observed.rebalance_done(r);
   if (history.size() > 16) history.pop_back();
   migration.reset();  // a worker lost meanwhile is recovered at the next load report
   changed.notify_all();
