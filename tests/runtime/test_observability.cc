@@ -15,9 +15,14 @@
 #include <sstream>
 #include <thread>
 
+#include "../support/local_cluster.h"
+#include "../support/test_model.h"
 #include "../support/up_process.h"
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/client/cluster_admin.h"
+#include "switchyard/client/cluster_client.h"
+#include "switchyard/engine/layer_weights.h"
+#include "switchyard/engine/moe_model.h"
 #include "switchyard/core/io.h"
 #include "switchyard/core/log.h"
 #include "switchyard/core/secret.h"
@@ -247,6 +252,50 @@ TEST(ObservabilityCluster, MetricsMatchWhatTheClusterDid) {
   EXPECT_EQ(worker_ids, (std::set<int>{0, 1, 2}));
   EXPECT_GE(coordinator_epoch, 2u);  // two model loads and a rebalance
   std::filesystem::remove_all(dir);
+}
+
+// A worker killed under a training job: the metrics count the failover and the recovery, the
+// dead worker is down and fenced, and the dashboard's timeline shows both; the two-layer model's
+// experts carry their layer and stage labels.
+TEST(ObservabilityCluster, FailoverAndRecoveryAreCounted) {
+  const Config cfg = two_layer_model();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  LocalCluster cluster(3, 2);
+  const std::string http = cluster.coordinator->http_endpoint();
+  ASSERT_FALSE(http.empty());
+  ClusterClient client(cluster.coordinator->endpoint(), "trainer");
+  client.load_model(cfg, weights);
+  MoeModel model(cfg, weights, client);
+  train_step(model, 1, "obs");
+  cluster.workers[1].kill();
+  bool recovered = false;
+  for (int step = 2; step < 40 && !recovered; ++step) {
+    train_step(model, static_cast<uint64_t>(step), "obs");
+    for (const RebalanceInfo& r : query_cluster_status(cluster.coordinator->endpoint()).rebalances)
+      recovered |= r.source == "recovery" && r.state == "committed";
+  }
+  ASSERT_TRUE(recovered) << "no recovery committed within 40 steps";
+  const Scrape m = scrape(http);
+  EXPECT_EQ(m.sum("switchyard_failovers_total"), 1);
+  EXPECT_EQ(m.sum("switchyard_recoveries_total"), 1);
+  EXPECT_EQ(m.sum("switchyard_rebalances_total", {{"source", "recovery"}, {"result", "committed"}}), 1);
+  EXPECT_GT(m.sum("switchyard_rebalance_moved_bytes_total"), 0);
+  EXPECT_EQ(m.sum("switchyard_worker_up", {{"worker", "1"}}), 0);
+  EXPECT_EQ(m.sum("switchyard_worker_fenced", {{"worker", "1"}}), 1);
+  EXPECT_EQ(m.sum("switchyard_workers_alive"), 2);
+  EXPECT_EQ(m.count("switchyard_expert_routed_rows_total"), 2 * 2 * 4);
+  EXPECT_GT(m.sum("switchyard_expert_routed_rows_total", {{"layer", "1"}, {"stage", "1"}}), 0);
+  EXPECT_EQ(m.sum("switchyard_clients_attached", {{"role", "training"}}), 1);
+  auto [code, out] = shell(kPython + " -c \"import sys,urllib.request as u; print(u.urlopen(sys.argv[1]).read().decode())\" http://" +
+                           http + "/api/state");
+  ASSERT_EQ(code, 0);
+  const json state = json::parse(out);
+  std::set<std::string> kinds;
+  for (const json& e : state["events"]) kinds.insert(e["kind"].get<std::string>());
+  EXPECT_TRUE(kinds.count("failure")) << state["events"].dump();
+  EXPECT_TRUE(kinds.count("recovery")) << state["events"].dump();
+  EXPECT_EQ(state["workers"][1]["state"], "lost");
+  EXPECT_EQ(state["rows"].size(), 4u);
 }
 
 // The dashboard in headless Chromium: it loads without a console error, lists every worker,

@@ -531,6 +531,7 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
       mig.record.set_error(outcome.message());
     }
     verdicts[next_epoch] = mig.verdict;
+    observed.rebalance_done(mig.record);  // its verdict is the moment the metrics count
     mig.at_step_n = 0;
     changed.notify_all();
   }
@@ -573,7 +574,6 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     recovery_due = true;
   }
   history.push_front(r);
-  observed.rebalance_done(r);
   if (history.size() > 16) history.pop_back();
   migration.reset();  // a worker lost meanwhile is recovered at the next load report
   changed.notify_all();
