@@ -54,12 +54,68 @@ std::string escape_xml(const std::string& s) {
   return out;
 }
 
+// A 3x5 pixel font for the PNG's labels ("L0·S1", "E7", "W2", "row 3"), drawn 2x: each glyph is
+// 5 rows of 3 bits, the high bit on the left. Other characters are left blank.
+const uint8_t* glyph(char c) {
+  static const uint8_t digits[10][5] = {{7, 5, 5, 5, 7}, {2, 6, 2, 2, 7}, {7, 1, 7, 4, 7}, {7, 1, 7, 1, 7},
+                                        {5, 5, 7, 1, 1}, {7, 4, 7, 1, 7}, {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1},
+                                        {7, 5, 7, 5, 7}, {7, 5, 7, 1, 7}};
+  static const uint8_t L[5] = {4, 4, 4, 4, 7}, S[5] = {7, 4, 7, 1, 7}, E[5] = {7, 4, 7, 4, 7}, W[5] = {5, 5, 5, 7, 5},
+                       r[5] = {0, 5, 6, 4, 4}, o[5] = {0, 7, 5, 5, 7}, w[5] = {0, 5, 5, 7, 7}, dot[5] = {0, 0, 2, 0, 0};
+  if (c >= '0' && c <= '9') return digits[c - '0'];
+  switch (c) {
+    case 'L': return L;
+    case 'S': return S;
+    case 'E': return E;
+    case 'W': return W;
+    case 'r': return r;
+    case 'o': return o;
+    case 'w': return w;
+    case '.': return dot;
+    default: return nullptr;
+  }
+}
+constexpr int kGlyphScale = 2, kAdvance = 4 * kGlyphScale;
+
+// "·" (UTF-8 C2 B7) draws as a dot.
+std::string ascii_label(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (static_cast<unsigned char>(s[i]) == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0xB7) {
+      out += '.';
+      ++i;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+void draw_text(std::vector<uint8_t>& image, int w, int h, int x, int y, const std::string& text) {
+  for (char c : ascii_label(text)) {
+    if (const uint8_t* g = glyph(c))
+      for (int gy = 0; gy < 5 * kGlyphScale; ++gy)
+        for (int gx = 0; gx < 3 * kGlyphScale; ++gx) {
+          const int px = x + gx, py = y + gy;
+          if (px >= w || py >= h || !((g[gy / kGlyphScale] >> (2 - gx / kGlyphScale)) & 1)) continue;
+          const size_t at = (static_cast<size_t>(py) * static_cast<size_t>(w) + static_cast<size_t>(px)) * 3;
+          image[at] = image[at + 1] = 0x1d, image[at + 2] = 0x30;
+        }
+    x += kAdvance;
+  }
+}
+
 void write_png(const std::string& path, const std::vector<HeatmapPanel>& panels) {
   const int w = width_of(panels), h = height_of(panels);
   std::vector<uint8_t> image(static_cast<size_t>(w) * static_cast<size_t>(h) * 3, 255);
   int y0 = 0;
   for (const HeatmapPanel& p : panels) {
     const double max = panel_max(p);
+    for (int r = 0; r < rows_of(p); ++r) draw_text(image, w, h, 2, y0 + kTop + r * kCell + 4, p.row_labels[static_cast<size_t>(r)]);
+    const int label_width = kAdvance * static_cast<int>(p.column_prefix.size() + std::to_string(p.columns).size());
+    const int step = std::max(1, (label_width + kCell - 1) / kCell);
+    for (int c = 0; c < p.columns; c += step)
+      draw_text(image, w, h, kLeft + c * kCell + 1, y0 + kTop - 14, p.column_prefix + std::to_string(c));
     for (int r = 0; r < rows_of(p); ++r)
       for (int c = 0; c < p.columns; ++c) {
         const double v = p.values[static_cast<size_t>(r * p.columns + c)];

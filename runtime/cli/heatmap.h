@@ -1,6 +1,7 @@
 // The expert-load heatmap as a file (`switchyard placement show`): one row per (layer·stage),
 // one column per expert, white (0) to dark blue (the largest count); optionally a second panel
-// of rows per (layer·stage, worker). SVG (labels, a tooltip per cell) or PNG (cells only, libpng).
+// of rows per (layer·stage, worker). SVG (labels, a tooltip per cell) or PNG (libpng; labels in a
+// 3x5 pixel font, no tooltip).
 #pragma once
 
 #include <cstdint>
