@@ -426,7 +426,9 @@ TEST(JsonLogs, OneObjectPerLineWithRoleIdAndEpoch) {
   EXPECT_EQ(t.size(), 24u) << t;  // 2025-01-02T03:04:05.678Z
   EXPECT_EQ(t.back(), 'Z');
   // Invalid UTF-8 (a peer's bytes) is replaced, not thrown.
-  EXPECT_NO_THROW(json::parse(format_json_log_line(LogLevel::error, "transport", "bad \xff byte", {})));
+  json bad;
+  ASSERT_NO_THROW(bad = json::parse(format_json_log_line(LogLevel::error, "transport", "bad \xff byte", {})));
+  EXPECT_EQ(bad["message"], "bad \xEF\xBF\xBD byte");  // U+FFFD
   EXPECT_TRUE(json::parse(format_json_log_line(LogLevel::error, "transport", "x", {}))["role"].is_null());
   set_log_role("", -1);
 }
