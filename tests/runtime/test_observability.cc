@@ -64,9 +64,13 @@ struct Scrape {
     }
     return total;
   }
-  int count(const std::string& sample) const {
+  int count(const std::string& sample, const std::map<std::string, std::string>& match = {}) const {
     int n = 0;
-    for (const json& s : doc["samples"]) n += s[0] == sample;
+    for (const json& s : doc["samples"]) {
+      bool ok = s[0] == sample;
+      for (const auto& [k, v] : match) ok = ok && s[1].contains(k) && s[1][k] == v;
+      n += ok;
+    }
     return n;
   }
 };
@@ -286,6 +290,8 @@ TEST(ObservabilityCluster, FailoverAndRecoveryAreCounted) {
   EXPECT_EQ(m.count("switchyard_expert_routed_rows_total"), 2 * 2 * 4);
   EXPECT_GT(m.sum("switchyard_expert_routed_rows_total", {{"layer", "1"}, {"stage", "1"}}), 0);
   EXPECT_EQ(m.sum("switchyard_clients_attached", {{"role", "training"}}), 1);
+  EXPECT_EQ(m.count("switchyard_client_report_age_seconds"), 1);
+  EXPECT_EQ(m.count("switchyard_client_report_age_seconds", {{"name", "trainer"}, {"role", "training"}}), 1);
   auto [code, out] = shell(kPython + " -c \"import sys,urllib.request as u; print(u.urlopen(sys.argv[1]).read().decode())\" http://" +
                            http + "/api/state");
   ASSERT_EQ(code, 0);

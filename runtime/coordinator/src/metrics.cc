@@ -130,6 +130,12 @@ std::string Coordinator::Impl::metrics_text() const {
   m.family("switchyard_clients_attached", "gauge", "Clients registered and not yet gone, by role.");
   m.sample("switchyard_clients_attached", {{"role", "training"}}, training_n);
   m.sample("switchyard_clients_attached", {{"role", "serving"}}, serving_n);
+  m.family("switchyard_client_report_age_seconds", "gauge",
+           "Seconds since each attached client's last load report (a training client reports every step: a stuck job's grows).");
+  for (const auto& [id, c] : clients)
+    m.sample("switchyard_client_report_age_seconds",
+             {{"client", std::to_string(id)}, {"name", c.info.name()}, {"role", c.info.training() ? "training" : "serving"}},
+             std::chrono::duration<double>(now - c.last_report).count());
   m.gauge("switchyard_training_step", "The highest training step a client reported.", static_cast<double>(max_training_step));
   m.counter("switchyard_load_reports_total", "Load reports the clients sent.", static_cast<double>(observed.load_reports));
 
