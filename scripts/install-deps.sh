@@ -9,6 +9,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
   libucx-dev ucx-utils iproute2 libssl-dev
+  libpng-dev                                # placement show --out heat.png
+  python3-prometheus-client chromium python3-websocket   # tests: /metrics parser, the dashboard in a browser
   python3 python3-torch python3-yaml fortunes
   clang libclang-rt-14-dev libomp-14-dev   # make fuzz: clang, libFuzzer, OpenMP for clang
 )

@@ -316,6 +316,17 @@ const Field kSchema[] = {
      if (parse_host_port(s.config->cluster.coordinator)) return "";
      return "\"" + s.config->cluster.coordinator + "\" is not host:port with a port in 0..65535";
    }},
+  {.path = "cluster.http", .type = Type::string, .def = "127.0.0.1:0",
+   .help = "Where the coordinator serves HTTP: /metrics (Prometheus text) and the dashboard at / "
+           "(README \"Observability\"); host:port, port 0 = any free port (printed as `dashboard at "
+           "http://HOST:PORT/`), empty = off. With a cluster secret every request needs its token "
+           "(`switchyard http-token`); without one only loopback addresses are allowed.",
+   .slot = SY_CLUSTER(http),
+   .check = [](const Scope& s) -> std::string {
+     const std::string& v = s.config->cluster.http;
+     if (v.empty() || parse_host_port(v)) return "";
+     return "\"" + v + "\" is not host:port with a port in 0..65535 (or empty: off)";
+   }},
   {.path = "cluster.ucx_tls", .type = Type::string, .def = "",
    .help = "UCX transports, exported as UCX_TLS to workers and clients (e.g. sm,self or tcp,self); "
            "empty = UCX's own choice.",

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <ctime>
 #include <cstdlib>
 #include <atomic>
 #include <chrono>
@@ -52,6 +53,12 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
+// cluster.http: where the dashboard and /metrics are (nothing when it is off).
+void print_dashboard(const Coordinator& coordinator) {
+  if (const std::string http = coordinator.http_endpoint(); !http.empty())
+    std::cout << "dashboard at http://" << http << "/ (metrics at /metrics)" << std::endl;
+}
+
 Config cluster_config(const Flags& flags) {
   if (!flags.has("config")) {
     Config c;
@@ -71,6 +78,7 @@ int cli_coordinator(const std::vector<std::string>& args) {
   install_stop_handlers();
   Coordinator coordinator(cfg.cluster);
   std::cout << "coordinator listening on " << coordinator.endpoint() << std::endl;
+  print_dashboard(coordinator);
   while (!g_stop && !coordinator.shutdown_requested()) {
     coordinator.check_liveness();
     std::this_thread::sleep_for(100ms);
@@ -131,6 +139,7 @@ int cli_up(const std::vector<std::string>& args) {
   Coordinator coordinator(cfg.cluster);
   const std::string endpoint = coordinator.endpoint();
   std::cout << "coordinator listening on " << endpoint << std::endl;
+  print_dashboard(coordinator);
   std::vector<std::pair<std::string, std::string>> env;
   if (!cfg.cluster.ucx_tls.empty()) env.emplace_back("UCX_TLS", cfg.cluster.ucx_tls);
   // The workers learn the secret the coordinator uses (cluster.auth.secret_file or the same
@@ -222,11 +231,24 @@ void print_load(const ClusterStatus& s) {
   std::cout.unsetf(std::ios::fixed);
 }
 
-}  // namespace
+// Per (layer·stage) row: the balancedness of its worker rows (mean / max) with a bar.
+void print_row_balance(const ClusterLoad& l, int stages) {
+  for (int r = 0; r < l.rows; ++r) {
+    int64_t total = 0, most = 0;
+    for (int w = 0; w < l.workers; ++w) {
+      const int64_t v = l.worker_rows[static_cast<size_t>(r * l.workers + w)];
+      total += v;
+      most = std::max(most, v);
+    }
+    if (most == 0) continue;
+    const double b = static_cast<double>(total) / l.workers / static_cast<double>(most);
+    std::cout << "  L" << r / stages << "·S" << r % stages << std::string(r / stages < 10 ? 3 : 2, ' ') << std::fixed
+              << std::setprecision(3) << b << "  " << std::string(static_cast<size_t>(40 * b), '=') << "\n";
+  }
+  std::cout.unsetf(std::ios::fixed);
+}
 
-int cli_status(const std::vector<std::string>& args) {
-  Flags flags(args, "status", {"cluster"});
-  const ClusterStatus s = query_cluster_status(flags.get("cluster"));
+void print_status(const ClusterStatus& s) {
   std::cout << "placement epoch " << s.placement_epoch << (s.model_loaded ? " (model loaded)" : " (no model loaded)")
             << ", workers " << s.workers.size() << "/" << s.workers_expected << "\n";
   std::cout << std::left << std::setw(8) << "worker" << std::setw(8) << "pid" << std::setw(7) << "state" << std::setw(9)
@@ -244,6 +266,12 @@ int cli_status(const std::vector<std::string>& args) {
     std::cout << "\n";
   }
   print_load(s);
+  if (s.load.steps > 0) {
+    int stages = 1;
+    for (const auto& [key, workers] : s.placement.replicas) stages = std::max(stages, key.stage + 1);
+    std::cout << "balancedness per layer·stage (mean / max worker rows):\n";
+    print_row_balance(s.load, stages);
+  }
   if (!s.placement.replicas.empty()) {
     std::map<int, std::vector<std::string>> by_worker;
     for (const auto& [key, workers] : s.placement.replicas)
@@ -254,6 +282,36 @@ int cli_status(const std::vector<std::string>& args) {
       for (const std::string& e : list) std::cout << " " << e;
       std::cout << "\n";
     }
+  }
+}
+
+}  // namespace
+
+// `--watch`: redraw every second (the terminal cleared when it is one) until Ctrl-C or
+// `--watch-count N` redraws.
+int cli_status(const std::vector<std::string>& args) {
+  Flags flags(args, "status", {"cluster", "watch-count"}, {"watch"});
+  const std::string cluster = flags.get("cluster");
+  if (!flags.has("watch")) {
+    print_status(query_cluster_status(cluster));
+    return 0;
+  }
+  const int64_t count = flags.get_int("watch-count", 0);
+  if (count < 0) throw UsageError("status: --watch-count N with N >= 1 (0: until Ctrl-C)");
+  install_stop_handlers();
+  const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  for (int64_t i = 0; !g_stop && (count == 0 || i < count); ++i) {
+    if (i > 0) std::this_thread::sleep_for(1s);
+    if (g_stop) break;
+    const ClusterStatus s = query_cluster_status(cluster);
+    const std::time_t t = std::time(nullptr);
+    char when[32];
+    std::strftime(when, sizeof when, "%H:%M:%S", std::localtime(&t));
+    if (tty) std::cout << "\033[H\033[2J";
+    std::cout << "switchyard status --watch " << cluster << "  " << when << " (Ctrl-C stops)\n";
+    print_status(s);
+    if (!tty) std::cout << "\n";
+    std::cout << std::flush;
   }
   return 0;
 }
@@ -309,6 +367,18 @@ int cli_placement_load(const std::vector<std::string>& args) {
   write_load_trace(flags.get("out"), m);
   std::cout << "wrote " << flags.get("out") << ": [" << l.rows << ", " << l.experts << "] rows computed over the last "
             << l.steps << " steps\n";
+  return 0;
+}
+
+// The token cluster.http asks for: from the config's cluster.auth.secret_file, else
+// SWITCHYARD_SECRET (as the coordinator reads them).
+int cli_http_token(const std::vector<std::string>& args) {
+  Flags flags(args, "http-token", {"config"});
+  const std::string secret = cluster_secret(cluster_config(flags).cluster);
+  if (secret.empty())
+    throw Error(ErrorKind::config, "http-token: the cluster has no secret, so cluster.http needs no token (" +
+                                       cluster_secret_help() + " to set one)");
+  std::cout << http_token(secret) << "\n";
   return 0;
 }
 

@@ -16,5 +16,7 @@ int cli_shutdown(const std::vector<std::string>& args);
 int cli_rebalance(const std::vector<std::string>& args);
 int cli_placement_load(const std::vector<std::string>& args);
 int cli_bench_serve(const std::vector<std::string>& args);
+int cli_http_token(const std::vector<std::string>& args);
+int cli_placement_show(const std::vector<std::string>& args);  // placement_show.cc
 
 }  // namespace sy

@@ -20,6 +20,7 @@
 #include "switchyard/core/trace.h"
 #include "switchyard/core/error.h"
 #include "switchyard/core/io.h"
+#include "switchyard/core/log.h"
 #include "switchyard/kernels/backend.h"
 #include "switchyard/client/cluster_client.h"
 #include "switchyard/engine/layer_engine.h"
@@ -254,7 +255,8 @@ cluster:
   switchyard coordinator [--config C] [--listen HOST:PORT]
   switchyard worker --coordinator HOST:PORT [--id N]   (id/address also from torchrun/mpirun/srun env)
                     [--replaces-pid P]   (a restart of slot N's lost process P: joins at once)
-  switchyard status --cluster HOST:PORT
+  switchyard status --cluster HOST:PORT [--watch [--watch-count N]]   members, load bars, balancedness
+  switchyard http-token [--config C]          the token cluster.http asks for (from the cluster's secret)
   switchyard layer forward|backward ... --cluster HOST:PORT
   switchyard train-toy --config C --cluster HOST:PORT
   switchyard checkpoint save|restore --cluster HOST:PORT --config C --dir D
@@ -262,6 +264,7 @@ cluster:
   switchyard shutdown --cluster HOST:PORT
   switchyard rebalance --cluster HOST:PORT (--placement P.yaml | --from-load) [--slots-per-worker K] [--max-moves M]
   switchyard placement load --cluster HOST:PORT --out L.npy      the coordinator's load window, [R, E]
+  switchyard placement show (--load L.npy [--config C] | --cluster HOST:PORT) --out heat.svg|heat.png
   switchyard bench rebalance --cluster HOST:PORT [--config C] [--skew S] [--steps N]   policy rebalance, migration bandwidth
   switchyard bench exchange [--repeats N]     2-process UCX exchange vs ucx_perftest (shm, tcp)
 
@@ -309,6 +312,9 @@ int run(int argc, char** argv) {
   }
   const std::string cmd = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
+  // The log context's role (SWITCHYARD_LOG_FORMAT=json); client commands become "client" once attached.
+  if (cmd == "up" || cmd == "coordinator") set_log_role("coordinator");
+  else if (cmd == "worker") set_log_role("worker");
   if (cmd == "config") return cmd_config(rest);
   if (cmd == "layer") return cmd_layer(rest);
   if (cmd == "train-toy") return cmd_train_toy(rest);
@@ -322,10 +328,12 @@ int run(int argc, char** argv) {
   if (cmd == "coordinator") return cli_coordinator(rest);
   if (cmd == "worker") return cli_worker(rest);
   if (cmd == "status") return cli_status(rest);
+  if (cmd == "http-token") return cli_http_token(rest);
   if (cmd == "checkpoint") return cli_checkpoint(rest);
   if (cmd == "shutdown") return cli_shutdown(rest);
   if (cmd == "rebalance") return cli_rebalance(rest);
   if (cmd == "placement" && !rest.empty() && rest[0] == "load") return cli_placement_load({rest.begin() + 1, rest.end()});
+  if (cmd == "placement" && !rest.empty() && rest[0] == "show") return cli_placement_show({rest.begin() + 1, rest.end()});
   if (cmd == "placement") return cli_placement(rest);
   if (cmd == "backends") {
     std::cout << "compiled:";

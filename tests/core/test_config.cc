@@ -752,6 +752,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster",
                                          "cluster.workers",
                                          "cluster.coordinator",
+                                         "cluster.http",
                                          "cluster.ucx_tls",
                                          "cluster.ucx_peer_failure",
                                          "cluster.idle_spin_us",

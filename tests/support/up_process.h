@@ -2,6 +2,7 @@
 // the lines it prints, SIGINT and its exit; and CLI commands run against it.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <cstdio>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "local_cluster.h"
 
@@ -29,13 +31,21 @@ inline std::pair<int, std::string> run_cli(const std::string& env, const std::st
 class UpProcess {
  public:
   // Starts it and reads its output until "cluster ready" (ready() false when it never came).
-  explicit UpProcess(const std::string& config_path) {
+  // `env`: variables set for it (and its workers); `stderr_path`: where its stderr goes ("" =
+  // the test's).
+  explicit UpProcess(const std::string& config_path, const std::vector<std::pair<std::string, std::string>>& env = {},
+                     const std::string& stderr_path = "") {
     int out_pipe[2];
     if (pipe(out_pipe) != 0) return;
     pid_ = fork();
     if (pid_ == 0) {
       dup2(out_pipe[1], STDOUT_FILENO);
       close(out_pipe[0]);
+      for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+      if (!stderr_path.empty()) {
+        const int fd = ::open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) dup2(fd, STDERR_FILENO);
+      }
       execl(kBinary.c_str(), kBinary.c_str(), "up", "--config", config_path.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -44,6 +54,7 @@ class UpProcess {
     std::string l;
     while (!ready_ && next_line(l)) {
       if (l.rfind("coordinator listening on ", 0) == 0) endpoint_ = l.substr(25, l.size() - 26);
+      if (l.rfind("dashboard at http://", 0) == 0) http_ = l.substr(20, l.find('/', 20) - 20);
       if (l.rfind("cluster ready", 0) == 0) ready_ = true;
     }
   }
@@ -52,6 +63,7 @@ class UpProcess {
   }
   bool ready() const { return ready_ && !endpoint_.empty(); }
   const std::string& endpoint() const { return endpoint_; }
+  const std::string& http_endpoint() const { return http_; }  // "host:port" of cluster.http
   // The next line it prints (false at its end).
   bool next_line(std::string& line) {
     char buf[1024];
@@ -75,7 +87,7 @@ class UpProcess {
  private:
   pid_t pid_ = -1;
   FILE* out_ = nullptr;
-  std::string endpoint_;
+  std::string endpoint_, http_;
   bool ready_ = false;
 };
 

@@ -13,6 +13,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "switchyard/client/cluster_client.h"
@@ -89,6 +90,16 @@ struct ClusterClient::Impl {
   uint64_t workers_lost = 0;
   bool training = true;  // mirrors ClusterClient::set_training
   std::map<int, std::string> lost_unreported;  // lost workers the coordinator has not been told about yet
+  // Observability (timed_experts.cc), since the last load report: request latencies and the rows
+  // sent per (row, expert, worker).
+  pb::LatencyHistogram serve_latency, step_latency;
+  std::map<std::tuple<int, int, int>, int64_t> expert_worker_rows;
+  std::optional<Clock::time_point> request_start;  // serving: the forward of layer 0, stage 0
+  std::optional<Clock::time_point> step_start;     // training: the step's first forward, or the last step()
+  void request_started();
+  void request_finished();
+  void step_reached();  // in step(): one training step's latency
+  void take_observations(pb::LoadReportRequest& report);
 
   // cluster.checkpoint_* (from the coordinator); the last step number stepped.
   struct {
@@ -148,6 +159,23 @@ struct ClusterClient::Impl {
   Status advance(Call& c, const std::string& what, double& computed);
   void release(Call& c);
   void abandon(std::vector<Call>& calls, const std::string& reason);
+};
+
+// Times requests around a layer's routed experts (timed_experts.cc): a serving request runs from
+// the forward of layer 0, stage 0 to the end of the forward of the last layer's last stage.
+class TimedExperts final : public ExpertCompute {
+ public:
+  TimedExperts(std::unique_ptr<ExpertCompute> inner, ClusterClient::Impl& im, int layer, int layers)
+      : inner_(std::move(inner)), im_(im), layer_(layer), layers_(layers) {}
+  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
+    inner_->backward(stage, layout, grad_output, grad_input);
+  }
+
+ private:
+  std::unique_ptr<ExpertCompute> inner_;
+  ClusterClient::Impl& im_;
+  int layer_, layers_;
 };
 
 // The routed experts of one layer on the workers, with failover (remote_experts.cc).

@@ -139,6 +139,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
                                                                                     "registering with " + coordinator)
                      .client_id();
   im.client_id = id;
+  set_log_role_if_unset("client", id);
   transport::TransportOptions to;
   to.rank = id;
   to.world_size = 0;  // dynamic peers only: the workers
@@ -155,6 +156,15 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
 ClusterClient::~ClusterClient() {
   // Tell the coordinator and every worker we are leaving (best effort).
   Impl& im = *impl_;
+  if (im.serve_latency.buckets_size() > 0 && im.config) {  // the last serving requests' load and latency
+    pb::LoadReportRequest last;
+    last.set_client_id(im.client_id);
+    last.set_placement_epoch(placement_.epoch);
+    *last.mutable_counts() = im.counts;
+    im.take_observations(last);
+    if (auto r = im.coordinator->call<pb::LoadReportRequest, pb::LoadReportReply>(last); !r)
+      SY_LOG(debug, "runtime", im.name << ": final load report: " << r.status().to_string());
+  }
   pb::UnregisterClientRequest bye;
   bye.set_client_id(im.client_id);
   (void)im.coordinator->call<pb::UnregisterClientRequest, pb::UnregisterClientReply>(bye);
@@ -246,6 +256,7 @@ void ClusterClient::make_layer_experts(int layers) {
   Impl& im = *impl_;
   const LoadMatrix rows = load_matrix_rows(im.config->model);  // the coordinator's report shape
   im.stages = static_cast<int>(im.config->model.layer.stages.size());
+  set_log_epoch("client", placement_.epoch);
   const int widest = rows.experts;
   im.counts.Clear();
   im.counts.set_rows(rows.rows());
@@ -257,7 +268,8 @@ void ClusterClient::make_layer_experts(int layers) {
   im.last_report = Clock::now();
   impl_->layer_experts.clear();
   im.journal.clear();
-  for (int l = 0; l < layers; ++l) impl_->layer_experts.push_back(std::make_unique<RemoteExperts>(*this, l));
+  for (int l = 0; l < layers; ++l)
+    impl_->layer_experts.push_back(std::make_unique<TimedExperts>(std::make_unique<RemoteExperts>(*this, l), im, l, layers));
 }
 
 ExpertCompute& ClusterClient::experts(int layer) {
@@ -294,8 +306,10 @@ void ClusterClient::count_load(int layer, int stage, const cpu::DispatchLayout& 
     im.counts.mutable_routed()->at(row * experts + static_cast<int>(e)) += routed;
     im.counts.mutable_computed()->at(row * experts + static_cast<int>(e)) += computed;
   }
-  for (const WorkerDispatch& wd : plan.workers)
+  for (const WorkerDispatch& wd : plan.workers) {
     if (wd.worker < workers) im.counts.mutable_worker_rows()->at(row * workers + wd.worker) += wd.rows;
+    for (const DispatchChunk& chunk : wd.chunks) im.expert_worker_rows[{row, chunk.expert, wd.worker}] += chunk.rows;
+  }
 }
 
 ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
@@ -306,6 +320,7 @@ ClusterClient::MigrateAsk ClusterClient::report_load(uint64_t step_number) {
   req.set_training(training_);
   req.set_placement_epoch(placement_.epoch);
   *req.mutable_counts() = im.counts;
+  im.take_observations(req);
   for (auto* field : {im.counts.mutable_routed(), im.counts.mutable_computed(), im.counts.mutable_worker_rows()})
     std::fill(field->begin(), field->end(), 0);
   im.last_report = Clock::now();
@@ -334,6 +349,7 @@ void ClusterClient::switch_placement(Placement next) {
   SY_LOG(info, "runtime", impl_->name << ": placement epoch " << placement_.epoch << " -> " << next.epoch);
   placement_ = std::move(next);
   impl_->routing_epoch = placement_.epoch;
+  set_log_epoch("client", placement_.epoch);
 }
 
 // Serving: between requests, at most every kReportInterval, report and follow the epoch.
@@ -394,6 +410,7 @@ struct StepPhase {
 // Workers that hold no replica (new holders of a rebalance) are best effort.
 void ClusterClient::step(const AdamWConfig& adamw, int group_size, uint64_t step_number) {
   Impl& im = *impl_;
+  im.step_reached();
   const MigrateAsk load = report_load(step_number);
   // At the step the coordinator named, or at once when past it (a restarted coordinator names a
   // boundary from the steps it has seen since).

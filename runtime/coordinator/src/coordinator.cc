@@ -61,6 +61,9 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
     m.info.set_restarts(previous->second.info.restarts() + 1);
     SY_LOG(warn, "runtime", "worker " << id << " (pid " << previous->second.info.pid() << ") is replaced by pid "
                                       << req.pid() << " (data-plane id " << m.info.data_plane_id() << ")");
+    ++observed.replacements;
+    observed.event("worker", "worker " + std::to_string(id) + " (pid " + std::to_string(previous->second.info.pid()) +
+                                 ") replaced by pid " + std::to_string(req.pid()));
     if (committed && !placement.experts_on(id).empty()) {  // its replicas went with its predecessor
       recovery_failed_at.reset();
       recovery_due = true;
@@ -71,6 +74,7 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   ++membership_version;
   save_state();
   SY_LOG(info, "runtime", "worker " << id << " registered: pid " << req.pid() << " at " << req.control_endpoint());
+  if (!replacing) observed.event("worker", "worker " + std::to_string(id) + " registered: pid " + std::to_string(req.pid()));
   return registration_reply(m.info, replacing);
 }
 
@@ -129,6 +133,7 @@ Result<pb::RegisterClientReply> Coordinator::Impl::register_client(const pb::Reg
   c.last_report = Clock::now();
   save_state();
   SY_LOG(info, "runtime", "client '" << req.name() << "' registered as data-plane id " << reply.client_id());
+  observed.event("client", "client '" + req.name() + "' attached (id " + std::to_string(reply.client_id()) + ")");
   return reply;
 }
 
@@ -158,7 +163,9 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   const uint64_t rows = req.rows_forward() + req.rows_backward();
   if (secs >= 1.0) {  // recent load over about a second
     m.info.set_rows_per_s(static_cast<double>(rows - m.previous_rows) / secs);
+    m.info.set_busy_share(std::clamp((req.busy_seconds() - m.previous_busy) / secs, 0.0, 1.0));
     m.previous_rows = rows;
+    m.previous_busy = req.busy_seconds();
     m.previous_heartbeat = now;
   }
   m.last_heartbeat = now;
@@ -168,6 +175,9 @@ Result<pb::HeartbeatReply> Coordinator::Impl::heartbeat(const pb::HeartbeatReque
   m.info.set_experts(req.experts());
   m.info.set_expert_bytes(req.expert_bytes());
   m.info.set_steps(req.steps());
+  m.info.set_bytes_in(req.bytes_in());
+  m.info.set_bytes_out(req.bytes_out());
+  m.info.set_busy_seconds(req.busy_seconds());
   if (m.info.replacement() && req.holds_epoch() > 0) {  // it took part in a rebalance, or restored a checkpoint
     m.info.set_replacement(false);
     ++membership_version;  // clients route to it now
@@ -194,6 +204,9 @@ Result<pb::WorkerLostReply> Coordinator::Impl::worker_lost(const pb::WorkerLostR
     m.fenced = "client " + std::to_string(req.client_id()) + " lost it: " + req.reason();
     m.info.set_fenced(true);
     SY_LOG(error, "runtime", "worker " << req.worker_id() << " (pid " << m.info.pid() << ") is fenced: " << m.fenced);
+    ++observed.failovers;
+    observed.event("failure", "worker " + std::to_string(req.worker_id()) + " (pid " + std::to_string(m.info.pid()) +
+                                  ") lost and fenced: " + m.fenced);
     save_state();
     recovery_failed_at.reset();  // news: plan the recovery again now
     recovery_due = true;
@@ -266,13 +279,17 @@ Result<pb::PlanPlacementReply> Coordinator::Impl::plan(const pb::PlanPlacementRe
   if (migration) return Status(StatusCode::invalid_argument, "a rebalance to epoch " + std::to_string(migration->next.epoch) + " is in progress");
   placement = std::move(p);
   load.reset(rows.rows(), rows.experts, cluster.workers, cluster.rebalance.window_steps);
+  observed.reset_model(rows.rows(), rows.experts, cluster.workers);
   model = std::move(cfg);
   placement.epoch = epoch = last_epoch = last_epoch + 1;
+  set_log_epoch("coordinator", epoch);
   model_yaml = req.model_yaml();
   committed = false;
   max_training_step = last_policy_step = last_checkpoint_step = 0;
   save_state();
   SY_LOG(info, "runtime", "placement epoch " << epoch << ": " << placement.replicas.size() << " experts");
+  observed.event("model", "model loaded: placement epoch " + std::to_string(epoch) + ", " +
+                              std::to_string(placement.replicas.size()) + " experts");
   pb::PlanPlacementReply reply;
   reply.set_placement_epoch(epoch);
   wire::placement_to_pb(placement, reply.mutable_placement());
@@ -292,7 +309,13 @@ Result<pb::CommitPlacementReply> Coordinator::Impl::commit(const pb::CommitPlace
 Result<pb::LoadReportReply> Coordinator::Impl::report_load(const pb::LoadReportRequest& req) {
   std::lock_guard<std::mutex> lock(mu);
   if (!model) return Status(StatusCode::invalid_argument, "load report before a model was loaded");
+  if (Status s = observed.check(req); !s) return s;
   if (Status s = load.add(req); !s) return s;
+  observed.add(req);
+  if (observed.sample_due()) {
+    const pb::LoadWindow w = load.to_pb();
+    observed.sample_balance(w.balancedness(), w.balancedness_min());
+  }
   Client& c = clients[req.client_id()];
   c.info.set_client_id(req.client_id());
   c.info.set_placement_epoch(req.placement_epoch());
@@ -373,11 +396,14 @@ Coordinator::Coordinator(const ClusterConfig& cluster) : impl_(std::make_unique<
     return Result<pb::ShutdownReply>(pb::ShutdownReply{});
   }, control::Route{.max_request_bytes = 1 * KiB});
   sv.start();
+  impl_->start_http();
 }
 
 Coordinator::~Coordinator() { stop(); }
 
 std::string Coordinator::endpoint() const { return impl_->server->endpoint(); }
+
+std::string Coordinator::http_endpoint() const { return impl_->http ? impl_->http->endpoint() : ""; }
 
 int Coordinator::registered_workers() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
@@ -402,8 +428,14 @@ void Coordinator::check_liveness() {
       m.reported_dead = true;
       SY_LOG(error, "runtime", "worker " << id << " (pid " << m.info.pid() << ", " << m.info.control_endpoint()
                                          << ") is dead: no heartbeat for " << impl_->cluster.dead_after_ms << " ms");
+      if (m.fenced.empty()) {
+        ++impl_->observed.worker_deaths;
+        impl_->observed.event("failure", "worker " + std::to_string(id) + " (pid " + std::to_string(m.info.pid()) +
+                                             ") dead: no heartbeat for " + std::to_string(impl_->cluster.dead_after_ms) + " ms");
+      }
     }
   }
+  set_log_epoch("coordinator", impl_->epoch);
   impl_->maybe_recover();  // due after a loss or a replacement; a failed start is retried from here
   impl_->maybe_admit();
   impl_->changed.notify_all();
@@ -413,6 +445,7 @@ void Coordinator::stop() {
   impl_->shutdown = true;
   impl_->changed.notify_all();
   impl_->join_driver();
+  if (impl_->http) impl_->http->stop();
   if (impl_->server) impl_->server->stop();
 }
 

@@ -16,7 +16,9 @@
 #include <string>
 #include <thread>
 
+#include "http_server.h"
 #include "load_window.h"
+#include "observed.h"
 #include "switchyard/coordinator/coordinator.h"
 #include "switchyard/core/config.h"
 #include "switchyard/placement/placement.h"
@@ -36,6 +38,7 @@ struct Coordinator::Impl {
     Clock::time_point last_heartbeat;
     Clock::time_point previous_heartbeat;
     uint64_t previous_rows = 0;
+    double previous_busy = 0;
     bool reported_dead = false;
     std::string fenced;  // why a client lost it; non-empty: never alive again (a restart registers anew)
   };
@@ -61,6 +64,7 @@ struct Coordinator::Impl {
   std::string secret;  // the cluster's shared secret (core/secret.h): the control server and the driver's calls
   std::unique_ptr<control::ControlServer> server;
   std::unique_ptr<transport::RendezvousService> rendezvous;
+  std::unique_ptr<HttpServer> http;  // cluster.http: /metrics, the dashboard (http.cc)
   mutable std::mutex mu;
   std::condition_variable changed;  // a report, a migration report, a heartbeat: the driver re-checks
   std::map<int, Member> members;
@@ -77,6 +81,7 @@ struct Coordinator::Impl {
   uint64_t last_checkpoint_step = 0;  // the latest step whose checkpoint a client was told to write
   std::optional<Migration> migration;
   std::deque<pb::RebalanceRecord> history;  // latest first
+  Observed observed;  // totals, events and samples for /metrics and the dashboard
   std::optional<Clock::time_point> lost_since;  // a fenced worker is still in the placement since
   std::optional<Clock::time_point> recovery_failed_at;  // retried after dead_after_ms, or at a new loss
   std::optional<Clock::time_point> admit_failed_at;     // a join that failed to start: again after dead_after_ms
@@ -147,6 +152,11 @@ struct Coordinator::Impl {
   // training rebalance waits up to startup_timeout_ms for its step first).
   Status await_reports(std::unique_lock<std::mutex>& lock, bool ready, Clock::time_point since);
   void join_driver();
+
+  // metrics.cc, dashboard_state.cc: what cluster.http serves (each takes mu).
+  std::string metrics_text() const;
+  std::string state_json() const;
+  void start_http();  // http.cc
 
   // state_file.cc: cluster.state_file. save_state: caller holds mu.
   void save_state() const;

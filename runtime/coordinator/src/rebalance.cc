@@ -510,6 +510,7 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
     if (outcome) {
       placement = mig.next;
       this->epoch = next_epoch;
+      set_log_epoch("coordinator", next_epoch);
       for (auto& [id, m] : members)  // the new placement knows what a replacement holds
         if (m.info.replacement() && alive(m, Clock::now()) && endpoints.count(id)) {
           m.info.set_replacement(false);
@@ -530,6 +531,7 @@ void Coordinator::Impl::drive(uint64_t next_epoch) {
       mig.record.set_error(outcome.message());
     }
     verdicts[next_epoch] = mig.verdict;
+    observed.rebalance_done(mig.record);  // its verdict is the moment the metrics count
     mig.at_step_n = 0;
     changed.notify_all();
   }

@@ -76,6 +76,7 @@ void Coordinator::Impl::load_state() {
       placement.validate(cfg->model, cluster.workers);
       const LoadMatrix rows = load_matrix_rows(cfg->model);
       load.reset(rows.rows(), rows.experts, cluster.workers, cluster.rebalance.window_steps);
+      observed.reset_model(rows.rows(), rows.experts, cluster.workers);
       model = std::move(cfg);
     } catch (const Error& e) {
       throw Error(ErrorKind::config, "cluster.state_file: '" + file + "': " + e.what());

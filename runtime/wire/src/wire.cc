@@ -124,4 +124,12 @@ Status OutgoingMessage::post(Transport& t, int peer, Tag header_tag, Tag payload
   return Status::ok();
 }
 
+void observe_latency(pb::LatencyHistogram& h, double seconds) {
+  if (h.buckets_size() != kLatencyBuckets) h.mutable_buckets()->Resize(kLatencyBuckets, 0);
+  int b = 0;
+  while (b < kLatencyBuckets - 1 && seconds > kLatencyBounds[b]) ++b;
+  h.set_buckets(b, h.buckets(b) + 1);
+  h.set_sum_seconds(h.sum_seconds() + seconds);
+}
+
 }  // namespace sy::wire

@@ -152,6 +152,7 @@ class Worker {
     if (!r) throw Error(ErrorKind::transport, "worker: register with " + options_.coordinator + ": " + r.status().to_string());
     registration_ = std::move(r).value();
     id_ = registration_.worker_id();
+    set_log_id("worker", id_);
     rank_ = registration_.data_plane_id();
     idle_spin_ = std::chrono::microseconds(registration_.idle_spin_us());
     request_timeout_ = Millis(registration_.request_timeout_ms());
@@ -327,6 +328,9 @@ class Worker {
     hb.set_steps(steps_.load());
     hb.set_pid(static_cast<uint32_t>(::getpid()));
     hb.set_holds_epoch(holds_epoch_.load());
+    hb.set_bytes_in(bytes_in_.load());
+    hb.set_bytes_out(bytes_out_.load());
+    hb.set_busy_seconds(static_cast<double>(busy_ns_.load()) * 1e-9);
     auto reply = client.call<pb::HeartbeatRequest, pb::HeartbeatReply>(hb);
     if (!reply) {
       if (client.broken()) return false;  // away: reconnect next time
@@ -336,6 +340,7 @@ class Worker {
       coordinator_lost_ = true;
       return false;
     }
+    set_log_epoch("worker", reply->placement_epoch());
     if (reply->needs_address() && address_ready_)
       if (Status s = publish_address(client); !s) SY_LOG(warn, "runtime", label_ << ": publishing its address: " << s.to_string());
     if (!reply->fenced().empty()) {
@@ -472,12 +477,15 @@ class Worker {
     if (done->bytes == 0 || !req.ParseFromArray(c.header.data(), static_cast<int>(done->bytes)))
       throw Error(ErrorKind::transport, "client '" + c.name + "' sent a malformed request header (" +
                                             std::to_string(done->bytes) + " bytes)");
+    const auto busy_start = std::chrono::steady_clock::now();
     handle(c, req);
+    busy_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - busy_start).count();
     return true;
   }
 
   std::vector<char> receive_payload(ClientConnection& c, uint64_t bytes) {
     std::vector<char> payload(bytes);
+    bytes_in_ += bytes;
     if (bytes == 0) return payload;
     auto rid = wire::post_recv(*transport_, c.id, wire::kRequestPayloadTag, payload.data(), bytes);
     Status st = rid ? transport_->wait(*rid, request_timeout_) : rid.status();
@@ -502,6 +510,7 @@ class Worker {
     if (error) *rep.mutable_error() = *error;
     if (error) payload.clear();
     rep.set_payload_bytes(payload.size() * sizeof(float));
+    bytes_out_ += payload.size() * sizeof(float);
     PendingReply& r = replies_.emplace_back(PendingReply{&c, {}, std::move(payload)});
     const Status s = r.out.post(*transport_, c.id, wire::kReplyTag, wire::kReplyPayloadTag, rep, r.payload.data(),
                                 r.payload.size() * sizeof(float));
@@ -947,6 +956,8 @@ class Worker {
   uint64_t next_store_request_ = 1;
   std::atomic<uint64_t> rows_forward_{0}, rows_backward_{0}, steps_{0}, expert_bytes_{0};
   std::atomic<uint32_t> experts_held_{0};
+  std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0};  // client payloads, for the heartbeat (metrics)
+  std::atomic<int64_t> busy_ns_{0};                    // handling client requests
 };
 
 }  // namespace

@@ -92,6 +92,7 @@ struct RebalancePolicy {
 struct ClusterConfig {
   int workers = 4;                          // worker processes `switchyard up` starts
   std::string coordinator = "127.0.0.1:0";  // "host:port" (port 0: any free port)
+  std::string http = "127.0.0.1:0";         // the coordinator's /metrics and dashboard; "" = off
   std::string ucx_tls;                      // exported as UCX_TLS; "" = UCX's own choice
   bool ucx_peer_failure = true;             // UCP_ERR_HANDLING_MODE_PEER on data-plane endpoints
   int idle_spin_us = 0;                     // spin after the last progress before sleeping on events

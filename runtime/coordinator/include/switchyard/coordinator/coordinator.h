@@ -11,6 +11,10 @@
 
 namespace sy {
 
+// The token cluster.http asks for when the cluster has a secret (README "Observability"):
+// hex(HMAC-SHA256(secret, "switchyard http v1")); "" without a secret.
+std::string http_token(const std::string& secret);
+
 class Coordinator {
  public:
   // Binds the control server on `cluster.coordinator` (port 0: any free port) and starts serving.
@@ -20,6 +24,8 @@ class Coordinator {
   Coordinator& operator=(const Coordinator&) = delete;
 
   std::string endpoint() const;     // "host:port"
+  // cluster.http's "host:port" (/metrics and the dashboard); "" when cluster.http is off.
+  std::string http_endpoint() const;
   int registered_workers() const;   // workers that have registered so far
   int alive_workers() const;        // registered and heartbeating within dead_after_ms
   bool shutdown_requested() const;  // a client sent Shutdown

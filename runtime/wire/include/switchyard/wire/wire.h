@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,14 @@ inline constexpr Tag kReplyPayloadTag = 4;
 inline constexpr Tag kReplicaReduceTagBase = 1000;  // between workers: + the expert's index
 inline constexpr size_t kMaxHeaderBytes = size_t{1} << 20;
 inline constexpr int kFirstClientId = 1 << 19;      // client data-plane ids: kFirstClientId + n
+
+// Upper bounds (seconds) of the request latency histograms clients report (LatencyHistogram:
+// one count per bound, then one above the last) and the coordinator exports at /metrics.
+inline constexpr double kLatencyBounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                            0.25,  0.5,    1,     2.5,  5,     10,   30};
+inline constexpr int kLatencyBuckets = static_cast<int>(std::size(kLatencyBounds)) + 1;
+// Adds one observation of `seconds` to `h` (buckets sized on first use).
+void observe_latency(pb::LatencyHistogram& h, double seconds);
 
 // ---- conversions -------------------------------------------------------------------------
 Placement placement_from_pb(const PlacementEntries& entries, uint64_t epoch);
