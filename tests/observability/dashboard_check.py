@@ -110,8 +110,10 @@ def main():
         load = subprocess.run(load_cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if load.returncode != 0:
             raise RuntimeError("the load command failed (%d): %s" % (load.returncode, load.stdout[-2000:]))
-        after = wait_for(lambda: (lambda c: c if c != before else None)(page.eval(CELLS)), timeout,
-                         "the heatmap to change after the load command")
+        # Changed and showing load: on a slow machine the window of the first job may empty
+        # (all cells 0, a change too) before the second job's rows show.
+        after = wait_for(lambda: (lambda c: c if c != before and c and sum(c) > 0 else None)(page.eval(CELLS)), timeout,
+                         "the heatmap to show the load command's rows")
         shot = page.call("Page.captureScreenshot", format="png")
         with open(screenshot, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
