@@ -107,13 +107,16 @@ def main():
                  "the page's first update")
         workers = page.eval(WORKERS)
         before = page.eval(CELLS)
-        load = subprocess.run(load_cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # Watch while the load command runs: once it ends, its rows leave the load window after a
+        # while (all cells 0), so the change is looked for as it happens.
+        load = subprocess.Popen(load_cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            after = wait_for(lambda: (lambda c: c if c != before and c and sum(c) > 0 else None)(page.eval(CELLS)),
+                             timeout, "the heatmap to show the load command's rows")
+        finally:
+            output = load.communicate()[0]
         if load.returncode != 0:
-            raise RuntimeError("the load command failed (%d): %s" % (load.returncode, load.stdout[-2000:]))
-        # Changed and showing load: on a slow machine the window of the first job may empty
-        # (all cells 0, a change too) before the second job's rows show.
-        after = wait_for(lambda: (lambda c: c if c != before and c and sum(c) > 0 else None)(page.eval(CELLS)), timeout,
-                         "the heatmap to show the load command's rows")
+            raise RuntimeError("the load command failed (%d): %s" % (load.returncode, output[-2000:]))
         shot = page.call("Page.captureScreenshot", format="png")
         with open(screenshot, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
