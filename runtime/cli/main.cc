@@ -315,6 +315,7 @@ int run(int argc, char** argv) {
   // The log context's role (SWITCHYARD_LOG_FORMAT=json); client commands become "client" once attached.
   if (cmd == "up" || cmd == "coordinator") set_log_role("coordinator");
   else if (cmd == "worker") set_log_role("worker");
+  else if (cmd == "colocated") set_log_role("colocated");
   if (cmd == "config") return cmd_config(rest);
   if (cmd == "layer") return cmd_layer(rest);
   if (cmd == "train-toy") return cmd_train_toy(rest);
