@@ -68,12 +68,11 @@ int main() {
     cc.chunk_rows = chunk_rows;
     Coordinator coordinator(cc);
     std::vector<launch::LocalProcess> procs;
-    const unsigned threads = std::max(1u, std::thread::hardware_concurrency() / workers);
     for (int i = 0; i < workers; ++i)
       procs.push_back(launch::LocalProcess::spawn(
           {std::string(SY_BINARY_DIR) + "/switchyard", "worker", "--coordinator", coordinator.endpoint(), "--id",
            std::to_string(i)},
-          {{"OMP_NUM_THREADS", std::to_string(threads)}}));
+          launch::shared_core_env(workers)));
     ClusterRun r;
     {
       ClusterClient client(coordinator.endpoint(), "bench cluster");

@@ -147,9 +147,7 @@ int cli_up(const std::vector<std::string>& args) {
   if (const std::string secret = cluster_secret(cfg.cluster); !secret.empty()) env.emplace_back(kSecretEnv, secret);
   // Share the cores among the local workers (unless the user chose): N workers on few cores
   // with a full OpenMP pool each would oversubscribe.
-  if (!std::getenv("OMP_NUM_THREADS"))
-    env.emplace_back("OMP_NUM_THREADS",
-                     std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(cfg.cluster.workers))));
+  for (auto& kv : launch::shared_core_env(cfg.cluster.workers)) env.push_back(std::move(kv));
   auto spawn_worker = [&](int i, pid_t replaces) {
     std::vector<std::string> argv = {launch::current_executable(), "worker", "--coordinator", endpoint, "--id",
                                      std::to_string(i)};

@@ -142,26 +142,28 @@ int spawn_ranks(const std::vector<std::string>& args, int ranks) {
     if (args[i] == "--ranks") ++i;
     else if (args[i].rfind("--ranks=", 0) != 0) argv.push_back(args[i]);
   }
-  const std::string threads = std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(ranks)));
   std::vector<launch::LocalProcess> procs;
-  for (int r = 0; r < ranks; ++r)
-    procs.push_back(launch::LocalProcess::spawn(
-        argv, {{"RANK", std::to_string(r)}, {"WORLD_SIZE", std::to_string(ranks)}, {"LOCAL_RANK", std::to_string(r)},
-               {"SWITCHYARD_COORDINATOR", server.endpoint()}, {"SWITCHYARD_COLOCATED_SPAWNED", "1"},
-               {"OMP_NUM_THREADS", std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : threads},
-               // Ranks share the cores: OpenMP threads that spin between parallel regions take
-               // them from the other ranks (1 rank, 2 threads, a busy core: 1611 → 178 ms a step).
-               {"OMP_WAIT_POLICY", std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "passive"}}));
-  int worst = 0;
   for (int r = 0; r < ranks; ++r) {
-    auto code = procs[static_cast<size_t>(r)].wait(std::chrono::hours(24));
-    const int c = code.is_ok() ? *code : 1;
-    if (c != 0) {
-      std::cerr << "switchyard colocated: rank " << r << " exited with code " << c << "; stopping the others\n";
-      for (auto& p : procs) p.kill();
-    }
-    worst = std::max(worst, c);
+    std::vector<std::pair<std::string, std::string>> env = launch::shared_core_env(ranks);
+    env.insert(env.end(), {{"RANK", std::to_string(r)}, {"WORLD_SIZE", std::to_string(ranks)},
+                           {"LOCAL_RANK", std::to_string(r)}, {"SWITCHYARD_COORDINATOR", server.endpoint()},
+                           {"SWITCHYARD_COLOCATED_SPAWNED", "1"}});
+    procs.push_back(launch::LocalProcess::spawn(argv, env));
   }
+  // Every rank in turn until all ended: the first that fails stops the others at once (they
+  // would wait for it in their next exchange until the timeout).
+  int worst = 0;
+  auto running = [&] { return std::any_of(procs.begin(), procs.end(), [](const auto& p) { return p.running(); }); };
+  for (; running(); std::this_thread::sleep_for(20ms))
+    for (size_t r = 0; r < procs.size(); ++r) {
+      const std::optional<int> code = procs[r].poll();
+      if (!code) continue;
+      if (*code != 0 && worst == 0) {
+        std::cerr << "switchyard colocated: rank " << r << " exited with code " << *code << "; stopping the others\n";
+        for (auto& p : procs) p.kill();  // killed ones are reaped: no longer running
+      }
+      worst = std::max(worst, *code);
+    }
   return worst;
 }
 

@@ -39,16 +39,6 @@ const std::string kModels = std::string(SY_SOURCE_DIR) + "/configs/models/";
 const std::string kScripts = std::string(SY_SOURCE_DIR) + "/tests/observability/";
 const std::string kPython = "/usr/bin/python3";
 
-// `cmd` through the shell: exit code and stdout (stderr stays the test's).
-std::pair<int, std::string> shell(const std::string& cmd) {
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string text;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, text};
-}
 
 // A scrape of /metrics as the Prometheus client's parser read it.
 struct Scrape {
@@ -76,7 +66,7 @@ struct Scrape {
 };
 
 Scrape scrape(const std::string& http, const std::string& token = "") {
-  auto [code, out] = shell(kPython + " " + kScripts + "parse_metrics.py http://" + http + "/metrics" +
+  auto [code, out] = run_shell(kPython + " " + kScripts + "parse_metrics.py http://" + http + "/metrics" +
                            (token.empty() ? "" : " --token " + token));
   EXPECT_EQ(code, 0) << "the Prometheus parser refused /metrics";
   Scrape s;
@@ -292,7 +282,7 @@ TEST(ObservabilityCluster, FailoverAndRecoveryAreCounted) {
   EXPECT_EQ(m.sum("switchyard_clients_attached", {{"role", "training"}}), 1);
   EXPECT_EQ(m.count("switchyard_client_report_age_seconds"), 1);
   EXPECT_EQ(m.count("switchyard_client_report_age_seconds", {{"name", "trainer"}, {"role", "training"}}), 1);
-  auto [code, out] = shell(kPython + " -c \"import sys,urllib.request as u; print(u.urlopen(sys.argv[1]).read().decode())\" http://" +
+  auto [code, out] = run_shell(kPython + " -c \"import sys,urllib.request as u; print(u.urlopen(sys.argv[1]).read().decode())\" http://" +
                            http + "/api/state");
   ASSERT_EQ(code, 0);
   const json state = json::parse(out);
@@ -313,11 +303,11 @@ TEST(ObservabilityCluster, DashboardInHeadlessChromium) {
   ASSERT_TRUE(up.ready());
   ASSERT_FALSE(up.http_endpoint().empty());
   const std::string toy = kBinary + " train-toy --config " + cfg + " --cluster " + up.endpoint() + " --no-progress --steps 2";
-  ASSERT_EQ(shell(toy + " >/dev/null").first, 0);
+  ASSERT_EQ(run_shell(toy + " >/dev/null").first, 0);
   const std::string shot = std::string(SY_BINARY_DIR) + "/test-artifacts/dashboard.png";
   std::filesystem::create_directories(std::filesystem::path(shot).parent_path());
   std::filesystem::remove(shot);
-  auto [code, out] = shell(kPython + " " + kScripts + "dashboard_check.py 'http://" + up.http_endpoint() +
+  auto [code, out] = run_shell(kPython + " " + kScripts + "dashboard_check.py 'http://" + up.http_endpoint() +
                            "/?interval=200' --screenshot " + shot + " --load-cmd '" + toy + " --skew 3 --seed 9 >/dev/null'");
   ASSERT_EQ(code, 0) << out;
   const json r = json::parse(out);
@@ -355,11 +345,11 @@ TEST(ObservabilityHttp, TheTokenOfTheSecretIsRequired) {
                                      "[r.add_header('Authorization', a) for a in sys.argv[2:]]\n"
                                      "try: print(u.urlopen(r, timeout=10).status)\nexcept u.HTTPError as e: print(e.code)\" ";
   const std::string url = "http://" + up.http_endpoint() + "/metrics";
-  EXPECT_EQ(shell(curl + url).second, "401\n");
-  EXPECT_EQ(shell(curl + url + " 'Bearer wrong'").second, "401\n");
-  EXPECT_EQ(shell(curl + url + " 'Bearer " + t + "'").second, "200\n");
-  const std::string basic = shell("printf 'x:" + t + "' | base64 -w0").second;
-  EXPECT_EQ(shell(curl + "http://" + up.http_endpoint() + "/ 'Basic " + basic + "'").second, "200\n");
+  EXPECT_EQ(run_shell(curl + url).second, "401\n");
+  EXPECT_EQ(run_shell(curl + url + " 'Bearer wrong'").second, "401\n");
+  EXPECT_EQ(run_shell(curl + url + " 'Bearer " + t + "'").second, "200\n");
+  const std::string basic = run_shell("printf 'x:" + t + "' | base64 -w0").second;
+  EXPECT_EQ(run_shell(curl + "http://" + up.http_endpoint() + "/ 'Basic " + basic + "'").second, "200\n");
   EXPECT_EQ(scrape(up.http_endpoint(), t).sum("switchyard_workers_alive"), 1);
   // Without a secret there is no token to print, and no non-loopback address is served.
   auto none = run_cli("env -u SWITCHYARD_SECRET", "http-token");

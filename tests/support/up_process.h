@@ -16,9 +16,8 @@
 
 namespace sy {
 
-// Runs `env switchyard args` (stderr with stdout): exit code and output.
-inline std::pair<int, std::string> run_cli(const std::string& env, const std::string& args) {
-  const std::string cmd = env + " " + kBinary + " " + args + " 2>&1";
+// `cmd` through the shell: exit code and stdout (stderr stays the test's unless `cmd` redirects it).
+inline std::pair<int, std::string> run_shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string text;
   char buf[4096];
@@ -26,6 +25,11 @@ inline std::pair<int, std::string> run_cli(const std::string& env, const std::st
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
   const int st = pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, text};
+}
+
+// Runs `env switchyard args` (stderr with stdout): exit code and output.
+inline std::pair<int, std::string> run_cli(const std::string& env, const std::string& args) {
+  return run_shell(env + " " + kBinary + " " + args + " 2>&1");
 }
 
 class UpProcess {

@@ -5,7 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -116,5 +118,14 @@ std::optional<int> LocalProcess::poll() {
 }
 
 std::string current_executable() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
+
+std::vector<std::pair<std::string, std::string>> shared_core_env(int processes) {
+  std::vector<std::pair<std::string, std::string>> env;
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  if (!std::getenv("OMP_NUM_THREADS"))
+    env.emplace_back("OMP_NUM_THREADS", std::to_string(std::max(1u, cores / static_cast<unsigned>(std::max(processes, 1)))));
+  if (!std::getenv("OMP_WAIT_POLICY")) env.emplace_back("OMP_WAIT_POLICY", "passive");
+  return env;
+}
 
 }  // namespace sy::launch
