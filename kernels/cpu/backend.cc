@@ -80,7 +80,8 @@ void exec(const FfnForwardArgs& a, void* ws) {
   cpu::ffn_forward_buffers(a.x, a.rows, a.d, a.f, a.activation, a.w, a.out, a.saved ? a.saved : floats(ws));
 }
 void exec(const FfnBackwardArgs& a, void* ws) {
-  cpu::ffn_backward_buffers(a.dout, a.x, a.rows, a.d, a.f, a.activation, a.w, a.saved, a.dx, a.grads, floats(ws));
+  cpu::ffn_backward_buffers(a.dout, a.x, a.rows, a.d, a.f, a.activation, a.w, a.saved, a.dx, a.grads, floats(ws),
+                            a.weight_segments);
 }
 void exec(const WeightedSumForwardArgs& a, void*) { cpu::weighted_sum_forward(*a.nodes, a.expert_out, a.d, a.m); }
 void exec(const WeightedSumBackwardArgs& a, void*) {

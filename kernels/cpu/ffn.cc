@@ -4,6 +4,9 @@
 #include <cmath>
 #include <cstring>
 
+#include <string>
+
+#include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
 
 namespace sy::cpu {
@@ -32,13 +35,24 @@ void forward_into(const float* x, int64_t rows, int64_t d, int64_t f, Activation
   linear_forward(act, rows, f, w.down, d, out);
 }
 
+// dw += dyᵀ x, one product per segment of rows (empty: all rows), in order.
+void weight_grad(const float* dy, int64_t rows, int64_t out, const float* x, int64_t in, float* dw,
+                 std::span<const int64_t> segments) {
+  if (segments.empty()) return linear_backward_weight(dy, rows, out, x, in, dw);
+  int64_t first = 0;
+  for (const int64_t n : segments) {
+    if (n > 0) linear_backward_weight(dy + first * out, n, out, x + first * in, in, dw);
+    first += n;
+  }
+}
+
 // dact: [rows, f] scratch (zeroed here); dhg: [rows, f] scratch for swiglu, unused for gelu.
 void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                    const ExpertWeights& w, const float* h_gate, const float* h_up, const float* act, float* dx,
-                   const ExpertGrads& grads, float* dact, float* dhg) {
+                   const ExpertGrads& grads, float* dact, float* dhg, std::span<const int64_t> segments = {}) {
   if (rows == 0) return;
   const size_t nf = static_cast<size_t>(rows * f);
-  linear_backward_weight(dout, rows, d, act, f, grads.down);
+  weight_grad(dout, rows, d, act, f, grads.down, segments);
   std::fill(dact, dact + nf, 0.0f);
   linear_backward_input(dout, rows, d, w.down, f, dact);
   const float* hu = h_up;
@@ -53,8 +67,8 @@ void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, i
       dg[i] = da[i] * hu[i] * s * (1.0f + hg[i] * (1.0f - s));
       da[i] = da[i] * silu;  // becomes ∂/∂h_up in place
     }
-    linear_backward_weight(dg, rows, f, x, d, grads.gate);
-    linear_backward_weight(da, rows, f, x, d, grads.up);
+    weight_grad(dg, rows, f, x, d, grads.gate, segments);
+    weight_grad(da, rows, f, x, d, grads.up, segments);
     if (dx) {
       linear_backward_input(dg, rows, f, w.gate, d, dx);
       linear_backward_input(da, rows, f, w.up, d, dx);
@@ -68,7 +82,7 @@ void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, i
       const float pdf = kInvSqrt2Pi * std::exp(-0.5f * h * h);
       da[i] *= cdf + h * pdf;
     }
-    linear_backward_weight(da, rows, f, x, d, grads.up);
+    weight_grad(da, rows, f, x, d, grads.up, segments);
     if (dx) linear_backward_input(da, rows, f, w.up, d, dx);
   }
 }
@@ -108,11 +122,16 @@ void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Act
 
 void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                           const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
-                          float* scratch) {
+                          float* scratch, std::span<const int64_t> weight_segments) {
+  int64_t segment_rows = 0;
+  for (const int64_t n : weight_segments) segment_rows += n;
+  if (!weight_segments.empty() && segment_rows != rows)
+    throw_runtime_error("ffn backward: weight segments hold " + std::to_string(segment_rows) + " rows, not " +
+                        std::to_string(rows));
   const int64_t nf = rows * f;
   const bool swiglu = activation == Activation::swiglu;
   backward_into(dout, x, rows, d, f, activation, w, swiglu ? saved + 2 * nf : nullptr, saved, saved + nf, dx, grads,
-                scratch, swiglu ? scratch + nf : nullptr);
+                scratch, swiglu ? scratch + nf : nullptr, weight_segments);
 }
 
 }  // namespace sy::cpu

@@ -221,6 +221,43 @@ TEST(ExpertFfn, ForwardBackwardBothActivations) {
   }
 }
 
+// Weight segments: one backward over all rows with segments {a, b, c} sums the weight
+// gradients exactly as three backwards of those rows in turn (bit for bit); dx is per row.
+TEST(ExpertFfn, WeightSegmentsSumLikeSeparateBackwards) {
+  for (Activation act : {Activation::swiglu, Activation::gelu}) {
+    const int64_t d = 16, f = 24;
+    const std::vector<int64_t> segments{37, 0, 70, 21};
+    const int64_t rows = 128;
+    auto x = randn(rows * d, 30), wg = randn(f * d, 31, 0.3f), wu = randn(f * d, 32, 0.3f),
+         wd = randn(d * f, 33, 0.3f), G = randn(rows * d, 34);
+    const cpu::ExpertWeights w{act == Activation::swiglu ? wg.data() : nullptr, wu.data(), wd.data()};
+    const int64_t saved_per_row = cpu::ffn_saved_floats(1, f, act), scratch_per_row = cpu::ffn_backward_scratch_floats(1, f, act);
+    std::vector<float> out(rows * d), saved(rows * saved_per_row), scratch(rows * scratch_per_row);
+    auto grads = [&](std::vector<float>& g) -> cpu::ExpertGrads { return {g.data(), g.data() + f * d, g.data() + 2 * f * d}; };
+    // One backward, segmented.
+    std::vector<float> dx_one(rows * d, 0), g_one(3 * f * d, 0);
+    cpu::ffn_forward_buffers(x.data(), rows, d, f, act, w, out.data(), saved.data());
+    cpu::ffn_backward_buffers(G.data(), x.data(), rows, d, f, act, w, saved.data(), dx_one.data(), grads(g_one),
+                              scratch.data(), segments);
+    // One backward per segment, in turn.
+    std::vector<float> dx_each(rows * d, 0), g_each(3 * f * d, 0);
+    int64_t first = 0;
+    for (const int64_t n : segments) {
+      cpu::ffn_forward_buffers(x.data() + first * d, n, d, f, act, w, out.data(), saved.data());
+      cpu::ffn_backward_buffers(G.data() + first * d, x.data() + first * d, n, d, f, act, w, saved.data(),
+                                dx_each.data() + first * d, grads(g_each), scratch.data());
+      first += n;
+    }
+    EXPECT_EQ(g_one, g_each) << "weight gradients, activation " << static_cast<int>(act);
+    EXPECT_EQ(dx_one, dx_each) << "input gradients, activation " << static_cast<int>(act);
+    // Segments that do not cover the rows are refused.
+    const std::vector<int64_t> short_segments{37, 70};
+    EXPECT_THROW(cpu::ffn_backward_buffers(G.data(), x.data(), rows, d, f, act, w, saved.data(), dx_one.data(),
+                                           grads(g_one), scratch.data(), short_segments),
+                 Error);
+  }
+}
+
 TEST(Allocation, ExactBudgetSumsAndBounds) {
   std::mt19937 gen(5);
   std::exponential_distribution<float> expo(1.0f);

@@ -32,23 +32,28 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     const std::string where = trace::enabled() ? "layers." + std::to_string(layer_) + ".stages." + std::to_string(stage) : "";
     Stage& st = begin_stage(stage, layout);
     const int64_t d = tokens.dim(1), rows = layout_rows(layout);
-    std::vector<float> packed(static_cast<size_t>(rows * d));  // pack: row r is token layout.token[r]
+    std::vector<float>& packed = st.send;  // pack: row r is token layout.token[r]
+    packed.resize(static_cast<size_t>(rows * d));
     {
       trace::Span span("pack", where);
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(packed.data() + r * d, tokens.data() + layout.token[r] * d, sizeof(float) * static_cast<size_t>(d));
     }
-    auto received = std::make_shared<std::vector<float>>(static_cast<size_t>(st.rows.total_recv_rows() * d));
-    move_rows(st.rows, packed.data(), received->data(), d, "dispatch");
-    std::vector<float> computed(received->size());
+    const size_t in_floats = static_cast<size_t>(st.rows.total_recv_rows() * d);
+    st.arrived.resize(in_floats);
+    move_rows(st.rows, packed.data(), st.arrived.data(), d, "dispatch");
+    auto by_expert = std::make_shared<std::vector<float>>(in_floats);  // kept by the store for backward
+    st.computed.resize(in_floats);
     {
       trace::Span span("expert forward", where);
-      for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
-        g_.store_.forward(key, id, received->data() + first * d, n, computed.data() + first * d, received);
+      st.regroup(st.arrived.data(), by_expert->data(), d, /*to_experts=*/true);
+      for_each_expert(stage, st, [&](const ExpertKey& key, int64_t first, int64_t n) {
+        g_.store_.forward(key, st.id, by_expert->data() + first * d, n, st.computed.data() + first * d, by_expert);
       });
+      st.regroup(st.computed.data(), st.arrived.data(), d, /*to_experts=*/false);
     }
     output = Tensor({rows, d});
-    move_rows(st.rows.reversed(), computed.data(), output.data(), d, "combine");
+    move_rows(st.rows.reversed(), st.arrived.data(), output.data(), d, "combine");
   }
 
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
@@ -58,25 +63,57 @@ class ColocatedExperts::Layer final : public ExpertCompute {
                                           std::to_string(stage) + " without its forward");
     Stage& st = it->second;
     const int64_t d = grad_output.dim(1);
-    std::vector<float> received(static_cast<size_t>(st.rows.total_recv_rows() * d)), computed(received.size());
-    move_rows(st.rows, grad_output.data(), received.data(), d, "backward dispatch");  // in layout order already
+    const size_t in_floats = static_cast<size_t>(st.rows.total_recv_rows() * d);
+    st.arrived.resize(in_floats);
+    st.send.resize(in_floats);
+    st.computed.resize(in_floats);
+    move_rows(st.rows, grad_output.data(), st.arrived.data(), d, "backward dispatch");  // in layout order already
     {
       trace::Span span("expert backward");
-      for_each_segment(stage, st, [&](const ExpertKey& key, uint64_t id, int64_t first, int64_t n) {
-        g_.store_.backward(key, id, received.data() + first * d, n, computed.data() + first * d);
+      st.regroup(st.arrived.data(), st.send.data(), d, /*to_experts=*/true);
+      std::vector<int64_t> per_source(static_cast<size_t>(st.ranks));
+      for_each_expert(stage, st, [&](const ExpertKey& key, int64_t first, int64_t n) {
+        const int j = key.expert - g_.transport_.rank() * st.per;
+        for (int s = 0; s < st.ranks; ++s) per_source[static_cast<size_t>(s)] = st.count(s, j);
+        g_.store_.backward(key, st.id, st.send.data() + first * d, n, st.computed.data() + first * d, per_source);
       });
+      st.regroup(st.computed.data(), st.arrived.data(), d, /*to_experts=*/false);
     }
     st.forwarded = false;
     grad_input = Tensor({layout_rows(layout), d});
-    move_rows(st.rows.reversed(), computed.data(), grad_input.data(), d, "backward combine");
+    move_rows(st.rows.reversed(), st.arrived.data(), grad_input.data(), d, "backward combine");
   }
 
  private:
+  // What one stage's forward exchanged, and its buffers (kept across steps: no page faults).
+  // Rows arrive grouped by source rank, then by our expert; each expert computes all its rows
+  // in ONE product, so they are regrouped by expert, then by source rank (the global token
+  // order, as in the single process) and back.
   struct Stage {
     transport::ExchangeLayout rows;
     std::vector<int64_t> counts_in;  // [source rank][local expert]: rows each rank sends each of ours
-    uint64_t first_id = 0;           // store request ids of this forward's segments
+    int ranks = 0, per = 0;          // source ranks, our experts of the stage
+    uint64_t id = 0;                 // the store request id of this forward
     bool forwarded = false;
+    std::vector<float> send, arrived, computed;
+
+    int64_t count(int source, int expert) const { return counts_in[static_cast<size_t>(source * per + expert)]; }
+    // Copies the rows of `from` (arrival order when to_experts, else expert order) into `to` in
+    // the other order.
+    void regroup(const float* from, float* to, int64_t d, bool to_experts) const {
+      std::vector<int64_t> arrival_first(counts_in.size() + 1, 0);
+      for (size_t i = 0; i < counts_in.size(); ++i) arrival_first[i + 1] = arrival_first[i] + counts_in[i];
+      int64_t expert_row = 0;
+      for (int j = 0; j < per; ++j)
+        for (int s = 0; s < ranks; ++s) {
+          const size_t bytes = sizeof(float) * static_cast<size_t>(count(s, j) * d);
+          const float* arrival = from + arrival_first[static_cast<size_t>(s * per + j)] * d;
+          if (bytes && to_experts) std::memcpy(to + expert_row * d, arrival, bytes);
+          if (bytes && !to_experts)
+            std::memcpy(to + arrival_first[static_cast<size_t>(s * per + j)] * d, from + expert_row * d, bytes);
+          expert_row += count(s, j);
+        }
+    }
   };
 
   static int64_t layout_rows(const cpu::DispatchLayout& layout) {
@@ -92,8 +129,7 @@ class ColocatedExperts::Layer final : public ExpertCompute {
   Stage& begin_stage(int stage, const cpu::DispatchLayout& layout) {
     Stage& st = stages_[stage];
     const int n = g_.ranks(), per = experts_per_rank(stage);
-    if (st.forwarded)
-      for (int r = 0; r < n; ++r) g_.store_.drop_request(st.first_id + static_cast<uint64_t>(r));
+    if (st.forwarded) g_.store_.drop_request(st.id);
     std::vector<int64_t> counts_out(static_cast<size_t>(n * per));
     for (size_t e = 0; e < counts_out.size(); ++e) counts_out[e] = layout.expert_offsets[e + 1] - layout.expert_offsets[e];
     st.counts_in.assign(counts_out.size(), 0);
@@ -106,25 +142,23 @@ class ColocatedExperts::Layer final : public ExpertCompute {
         recv[static_cast<size_t>(r)] += st.counts_in[static_cast<size_t>(r * per + j)];
       }
     st.rows = transport::ExchangeLayout(send, recv);
-    st.first_id = next_id_;
-    next_id_ += static_cast<uint64_t>(n);
+    st.ranks = n;
+    st.per = per;
+    st.id = next_id_++;
     st.forwarded = true;
     return st;
   }
 
-  // f(key, store request id, first received row, rows) for every (source rank, our expert)
-  // segment with rows, in the order the rows arrived (source rank, then expert).
+  // f(key, first row in expert order, rows) for each of our experts of the stage with rows.
   template <class F>
-  void for_each_segment(int stage, const Stage& st, F f) const {
-    const int n = g_.ranks(), per = experts_per_rank(stage);
+  void for_each_expert(int stage, const Stage& st, F f) const {
     int64_t row = 0;
-    for (int s = 0; s < n; ++s)
-      for (int j = 0; j < per; ++j) {
-        const int64_t rows = st.counts_in[static_cast<size_t>(s * per + j)];
-        const uint64_t id = st.first_id + static_cast<uint64_t>(s);  // one store request per source rank
-        if (rows > 0) f(ExpertKey{layer_, stage, g_.transport_.rank() * per + j}, id, row, rows);
-        row += rows;
-      }
+    for (int j = 0; j < st.per; ++j) {
+      int64_t rows = 0;
+      for (int s = 0; s < st.ranks; ++s) rows += st.count(s, j);
+      if (rows > 0) f(ExpertKey{layer_, stage, g_.transport_.rank() * st.per + j}, row, rows);
+      row += rows;
+    }
   }
 
   void move_rows(const transport::ExchangeLayout& layout, const float* send, float* recv, int64_t d,

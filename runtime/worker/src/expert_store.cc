@@ -197,7 +197,7 @@ void ExpertStore::infer(const ExpertKey& key, const float* x, int64_t rows, floa
 }
 
 void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows,
-                           float* grad_in) {
+                           float* grad_in, std::span<const int64_t> weight_segments) {
   std::shared_lock lock(mutex_);
   Replica& r = replica(key);
   const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
@@ -229,7 +229,8 @@ void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const floa
                          .w = weights_of(r.weights, g.activation),
                          .saved = act.saved.data(),
                          .dx = grad_in,
-                         .grads = grads_of(r.grads, g.activation)});
+                         .grads = grads_of(r.grads, g.activation),
+                         .weight_segments = weight_segments});
 }
 
 void ExpertStore::drop_request(uint64_t request_id) {

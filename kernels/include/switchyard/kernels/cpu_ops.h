@@ -172,9 +172,11 @@ inline int64_t ffn_backward_scratch_floats(int64_t rows, int64_t f, Activation a
 // ffn_forward / ffn_backward on caller buffers (bit-identical to the FfnCache forms).
 void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                          const ExpertWeights& w, float* out, float* saved);
+// `weight_segments` (row counts summing to rows; empty: all rows): grads += one product per
+// segment, in order, so the sums group as if each segment had been its own backward.
 void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                           const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
-                          float* scratch);
+                          float* scratch, std::span<const int64_t> weight_segments = {});
 
 // ---------- aggregation ----------
 

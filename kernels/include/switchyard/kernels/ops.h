@@ -176,6 +176,9 @@ struct FfnBackwardArgs {  // cpu::ffn_backward_buffers; dx += (may be null), gra
   const float* saved = nullptr;  // FfnForwardArgs::saved of the same rows
   float* dx = nullptr;
   cpu::ExpertGrads grads;
+  // host: row counts summing to `rows`; the weight gradients are summed one product per
+  // segment, in order (the grouping a caller must reproduce); empty: one segment.
+  std::span<const int64_t> weight_segments{};
 };
 
 // ---------- aggregation ----------

@@ -5,8 +5,9 @@
 // dispatch layout, and a stage's data flow is
 //
 //   route (layer engine) → pack (the tokens' rows in layout order) → exchange the per-expert
-//   counts → exchange the rows (all-to-all-v over the transport's fixed world) → expert (this
-//   rank's experts, per source rank) → exchange back, straight into the output rows →
+//   counts → exchange the rows (all-to-all-v over the transport's fixed world) → expert (each of this
+//   rank's experts in ONE product over all its rows, regrouped by expert in global token
+//   order) → exchange back, straight into the output rows →
 //   aggregate (layer engine)
 //
 // Backward sends the output gradients along the same layout (no pack: they are in layout order)

@@ -31,6 +31,7 @@
 // saved (a checkpoint is taken between steps).
 #pragma once
 
+#include <span>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -87,8 +88,12 @@ class ExpertStore {
   void infer(const ExpertKey& key, const float* x, int64_t rows, float* out) const;
   // grad_in[rows, d] (overwritten) from grad_out[rows, d] for the rows of forward(key,
   // request_id); accumulates the weight gradients; releases that forward's activations.
-  // `rows` must equal the forward's.
-  void backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows, float* grad_in);
+  // `rows` must equal the forward's. `weight_segments` (row counts summing to rows; empty: one):
+  // the weight gradients sum one product per segment, in order, as if each segment had been its
+  // own request (the co-located experts compute every source rank's rows in one product but
+  // keep the gradient sums of one request per source rank).
+  void backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows, float* grad_in,
+                std::span<const int64_t> weight_segments = {});
   // Releases every activation kept under request_id (a forward that will see no backward).
   void drop_request(uint64_t request_id);
   // Requests with activations still kept (for leak checks and status).
