@@ -6,6 +6,7 @@
 
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
+#include "parallel.h"
 
 namespace sy::cpu {
 namespace {
@@ -28,7 +29,7 @@ void pack_pair_weights(const DagLevelWeights& w, int64_t dg, float* w4) {
 
 void weighted_sum_forward(const NodeList& nodes, const float* expert_out, int64_t d, float* m) {
   const int64_t n = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t t = 0; t < n; ++t) {
     float* mt = m + t * d;
     std::memset(mt, 0, sizeof(float) * static_cast<size_t>(d));
@@ -43,7 +44,7 @@ void weighted_sum_forward(const NodeList& nodes, const float* expert_out, int64_
 void weighted_sum_backward(const NodeList& nodes, const float* expert_out, int64_t d, const float* dm,
                            float* d_expert_out, float* dgate) {
   const int64_t n = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t t = 0; t < n; ++t) {
     const float* dmt = dm + t * d;
     for (int64_t j = nodes.offsets[static_cast<size_t>(t)]; j < nodes.offsets[static_cast<size_t>(t + 1)]; ++j) {
@@ -135,7 +136,7 @@ struct DagScratch {
 // h⁰_j = g_j o_j + u_t / K_t
 void node_inputs(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, float* h0) {
   const int64_t T = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(T * d))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t b = node_begin(nodes, t), e = node_end(nodes, t);
     const float inv_k = e > b ? 1.0f / static_cast<float>(e - b) : 0.0f;
@@ -159,7 +160,7 @@ void level_projections(const DagLevelWeights& w, int64_t N, int64_t d, int64_t d
 // agg_j = Σ_{m ∈ pairs(j)} σ(p_j + q_m) ⊙ (r_j + s_m), pairs inside one token (causal: m <= j).
 void edge_messages(const NodeList& nodes, int64_t dg, DagEdges edges, const float* pq, float* agg) {
   const int64_t T = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(T * dg))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t b = node_begin(nodes, t), e = node_end(nodes, t);
     // Pairs stay inside a token: zero its rows here, while they are in cache.
@@ -185,7 +186,7 @@ void node_update(const float* h_in, const float* agg, const float* up, int64_t N
 // Σ_{j ∈ t} rows[j] for every token: rows [nodes, width] → out [tokens, width] (overwritten).
 void token_sum(const NodeList& nodes, const float* rows, int64_t width, float* out) {
   const int64_t T = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(T * width))
   for (int64_t t = 0; t < T; ++t) {
     float* sum = out + t * width;
     std::memset(sum, 0, sizeof(float) * static_cast<size_t>(width));
@@ -197,7 +198,7 @@ void token_sum(const NodeList& nodes, const float* rows, int64_t width, float* o
 // Every node of token t gets row t: token rows [tokens, width] → node rows [nodes, width].
 void broadcast_to_nodes(const NodeList& nodes, const float* token_rows, int64_t width, float* node_rows) {
   const int64_t T = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(T * width))
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = node_begin(nodes, t); j < node_end(nodes, t); ++j)
       std::memcpy(node_rows + j * width, token_rows + t * width, sizeof(float) * static_cast<size_t>(width));
@@ -223,7 +224,7 @@ void up_projection_backward(const NodeList& nodes, const DagLevelWeights& w, con
 void edge_messages_backward(const NodeList& nodes, int64_t dg, DagEdges edges, const float* pq, const float* dagg,
                             float* dpq) {
   const int64_t T = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(T * dg))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t b = node_begin(nodes, t), e = node_end(nodes, t);
     std::memset(dpq + b * 4 * dg, 0, sizeof(float) * static_cast<size_t>((e - b) * 4 * dg));  // this token's rows
@@ -273,7 +274,7 @@ void level_projections_backward(const DagLevelWeights& w, const DagLevelGrads& g
 void node_inputs_backward(const NodeList& nodes, const float* expert_out, int64_t d, const float* dh,
                           float* d_expert_out, float* dgate, float* du) {
   const int64_t T = nodes.tokens();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(T * d))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t b = node_begin(nodes, t), e = node_end(nodes, t);
     if (e == b) continue;
@@ -378,7 +379,7 @@ void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* 
                              const float* s, float* m_out, float* coef, float* scratch) {
   float* logits = scratch;
   linear_forward(u, n, d, wc, 2, logits);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t t = 0; t < n; ++t) {
     const float z0 = logits[2 * t] + bc[0], z1 = logits[2 * t + 1] + bc[1];
     const float mx = std::max(z0, z1);
@@ -401,7 +402,7 @@ void coefficient_mix_backward(const float* dm_out, const float* u, int64_t n, in
                               const float* m, const float* s, const float* coef, float* dm, float* ds, float* du,
                               float* dwc, float* dbc, float* scratch) {
   float* dlogit = scratch;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t t = 0; t < n; ++t) {
     const float c0 = coef[2 * t], c1 = coef[2 * t + 1];
     float dc0 = 0.0f, dc1 = 0.0f;

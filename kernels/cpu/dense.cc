@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "switchyard/kernels/cpu_ops.h"
+#include "parallel.h"
 
 namespace sy::cpu {
 namespace {
@@ -60,12 +61,12 @@ void linear_backward_weight(const float* dy, int64_t n, int64_t out, const float
 }
 
 void add_inplace(const float* x, int64_t n, float* y) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n))
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 void rmsnorm_forward(const float* x, int64_t n, int64_t d, const float* w, float* y, float* rstd) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * d;
     float ss = 0.0f;
@@ -89,7 +90,7 @@ void rmsnorm_backward(const float* dy, const float* x, int64_t n, int64_t d, con
     }
   }
   if (!dx) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * d;
     const float* dyr = dy + r * d;
@@ -104,7 +105,7 @@ void rmsnorm_backward(const float* dy, const float* x, int64_t n, int64_t d, con
 
 void layernorm_forward(const float* x, int64_t n, int64_t d, const float* gamma, const float* beta, float* y,
                        float* mean, float* rstd) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * d;
     float mu = 0.0f;
@@ -137,7 +138,7 @@ void layernorm_backward(const float* dy, const float* x, int64_t n, int64_t d, c
     }
   }
   if (!dx) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * d;
     const float* dyr = dy + r * d;

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "switchyard/kernels/cpu_ops.h"
+#include "parallel.h"
 
 namespace sy::cpu {
 
@@ -51,14 +52,14 @@ NodeList build_node_list(const Selection& sel, const DispatchLayout& layout) {
 
 void gather_rows(const float* src, int64_t d, std::span<const int64_t> index, float* dst) {
   const int64_t n = static_cast<int64_t>(index.size());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t r = 0; r < n; ++r)
     std::memcpy(dst + r * d, src + index[static_cast<size_t>(r)] * d, sizeof(float) * static_cast<size_t>(d));
 }
 
 void scatter_add_rows(const float* src, int64_t d, std::span<const int64_t> index, float* dst) {
   const int64_t n = static_cast<int64_t>(index.size());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * d))
   for (int64_t r = 0; r < n; ++r) {
     float* out = dst + index[static_cast<size_t>(r)] * d;
     const float* in = src + r * d;

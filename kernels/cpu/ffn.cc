@@ -8,6 +8,7 @@
 
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
+#include "parallel.h"
 
 namespace sy::cpu {
 namespace {
@@ -26,10 +27,10 @@ void forward_into(const float* x, int64_t rows, int64_t d, int64_t f, Activation
   if (activation == Activation::swiglu) {
     linear_forward(x, rows, d, w.gate, f, h_gate);
     const float* hg = h_gate;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) act[i] = hg[i] * sigmoid(hg[i]) * hu[i];
   } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) act[i] = 0.5f * hu[i] * (1.0f + std::erf(hu[i] * kInvSqrt2));
   }
   linear_forward(act, rows, f, w.down, d, out);
@@ -60,7 +61,7 @@ void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, i
     const float* hg = h_gate;
     float* da = dact;
     float* dg = dhg;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) {
       const float s = sigmoid(hg[i]);
       const float silu = hg[i] * s;
@@ -75,7 +76,7 @@ void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, i
     }
   } else {
     float* da = dact;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) {
       const float h = hu[i];
       const float cdf = 0.5f * (1.0f + std::erf(h * kInvSqrt2));

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "switchyard/kernels/cpu_ops.h"
+#include "parallel.h"
 
 namespace sy::cpu {
 
@@ -13,7 +14,7 @@ void adamw_step(float* param, const float* grad, float* exp_avg, float* exp_avg_
               eps = static_cast<float>(hyper.eps), decay = static_cast<float>(hyper.lr * hyper.weight_decay);
   const float step_size = static_cast<float>(hyper.lr / bc1);
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n))
   for (int64_t i = 0; i < n; ++i) {
     exp_avg[i] = b1 * exp_avg[i] + (1.0f - b1) * grad[i];
     exp_avg_sq[i] = b2 * exp_avg_sq[i] + (1.0f - b2) * grad[i] * grad[i];

@@ -7,11 +7,12 @@
 
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
+#include "parallel.h"
 
 namespace sy::cpu {
 
 void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * e))
   for (int64_t t = 0; t < n; ++t) {
     const float* zr = z + t * e;
     float* pr = p + t * e;
@@ -29,7 +30,7 @@ void softmax_forward(const float* z, int64_t n, int64_t e, float* p, float* lse)
 }
 
 void softmax_backward(const float* dp, const float* p, int64_t n, int64_t e, float* dz) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(n * e))
   for (int64_t t = 0; t < n; ++t) {
     const float* pr = p + t * e;
     const float* dpr = dp + t * e;
@@ -65,7 +66,7 @@ Selection select_experts(const float* p, int64_t n, int64_t e, std::span<const i
   sel.gate.resize(static_cast<size_t>(slots));
   sel.kept.assign(static_cast<size_t>(slots), 1);
   sel.denom.assign(static_cast<size_t>(n), 1.0f);
-#pragma omp parallel
+#pragma omp parallel if(worth_threads(n * e))
   {
     std::vector<int32_t> idx(static_cast<size_t>(e));
 #pragma omp for schedule(static)
@@ -83,7 +84,7 @@ Selection select_experts(const float* p, int64_t n, int64_t e, std::span<const i
 
 void compute_gates(const float* p, bool normalize, Selection& sel) {
   const int64_t e = sel.experts;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(sel.tokens * e))
   for (int64_t t = 0; t < sel.tokens; ++t) {
     const float* pr = p + t * e;
     const int64_t b = sel.offsets[static_cast<size_t>(t)], end = sel.offsets[static_cast<size_t>(t + 1)];
@@ -122,7 +123,7 @@ void apply_capacity(double capacity_factor, Selection& sel) {
 
 void gates_backward(const float* p, const Selection& sel, bool normalize, const float* dgate, float* dp) {
   const int64_t e = sel.experts;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(worth_threads(sel.tokens * e))
   for (int64_t t = 0; t < sel.tokens; ++t) {
     const float* pr = p + t * e;
     float* dpr = dp + t * e;
