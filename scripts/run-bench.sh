@@ -23,7 +23,7 @@ echo "== serving through a local cluster"
 up_pid=$!
 for _ in $(seq 1 600); do grep -q "cluster ready" "$out/up.log" && break; sleep 0.1; done
 endpoint=$(awk '/coordinator listening on/ {print $4}' "$out/up.log")
-"$build/switchyard" bench serve --cluster "$endpoint" --config configs/models/topk.yaml --clients 1,2,8 --requests 100 \
+"$build/switchyard" bench serve --cluster "$endpoint" --config configs/models/topk.yaml --clients 1,2,8 --requests 400 \
   | tee "$out/serve.txt"
 kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
 echo "== live rebalancing (policy rebalance of a skewed job, migration bandwidth)"
