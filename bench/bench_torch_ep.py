@@ -45,16 +45,20 @@ def moe_forward(x, router, experts, rank, world):
     recv_split = counts_in.view(world, per).sum(1).tolist()
     rows = x.index_select(0, token)
     received = dnn.all_to_all_single(torch.empty(sum(recv_split), D), rows, recv_split, send_split)
+    # Each local expert computes its rows from every source rank in one product (DeepSpeed-MoE and
+    # Tutel batch an expert's rows too): regroup the arrival order (source, expert) by expert.
+    seg = counts_in.view(world, per)
+    first = torch.cumsum(seg.reshape(-1), 0) - seg.reshape(-1)
+    perm = torch.cat([torch.arange(int(first[s * per + j]), int(first[s * per + j] + seg[s][j]))
+                      for j in range(per) for s in range(world)]) if received.shape[0] else torch.empty(0, dtype=torch.long)
+    grouped = received.index_select(0, perm)
     outs, start = [], 0
-    seg = counts_in.view(world, per).tolist()
-    for s in range(world):
-        for j in range(per):
-            n = seg[s][j]
-            h = received[start:start + n]
-            wg, wu, wd = experts[j]
-            outs.append(F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd))
-            start += n
-    computed = torch.cat(outs) if outs else received
+    for j, n in enumerate(seg.sum(0).tolist()):
+        h = grouped[start:start + n]
+        wg, wu, wd = experts[j]
+        outs.append(F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd))
+        start += n
+    computed = torch.empty_like(received).index_copy(0, perm, torch.cat(outs)) if outs else received
     back = dnn.all_to_all_single(torch.empty(sum(send_split), D), computed, send_split, recv_split)
     weighted = back * gates.reshape(-1).index_select(0, order).unsqueeze(1)
     return torch.zeros_like(x).index_add(0, token, weighted)
@@ -76,7 +80,8 @@ def rank_main(rank, world, port, args, results):
         g = torch.Generator().manual_seed(1000003 * step + rank)
         x = torch.randn(args.tokens // world, D, generator=g)
         target = torch.tanh(x)
-        t0 = time.perf_counter()  # the step, without making its data
+        dist.barrier()  # every rank has its data: the clock times the step only
+        t0 = time.perf_counter()
         h = x + moe_forward(x, router, experts, rank, world)
         loss = 0.5 * ((h - target) ** 2).sum() / args.tokens
         loss.backward()

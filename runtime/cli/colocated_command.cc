@@ -99,7 +99,9 @@ int run_rank(const JobOptions& o, const LaunchEnv& env) {
   std::vector<double> times;
   for (int step = 1; step <= o.steps; ++step) {
     auto [x, target] = batch(o, d, step, env.rank, env.world_size);
-    const auto start = Clock::now();  // the step, without making its data
+    std::vector<float> ready(1, 0.0f);
+    group.all_reduce_sum(ready, "the step's start");  // every rank has its data: the clock times the step only
+    const auto start = Clock::now();
     Tensor g = model.forward(x);
     std::vector<float> loss(1, 0.0f);
     for (int64_t i = 0; i < g.numel(); ++i) {
