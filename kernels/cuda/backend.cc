@@ -70,14 +70,20 @@ class CudaBackend final : public Backend {
     check_cuda(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
     return p;
   }
-  // cudaFree waits for the device: memory in use by queued work is never handed out again early.
-  void release(void* ptr) override { cudaFree(ptr); }
+  // Waits for the stream first: memory in use by queued work is never handed out again early.
+  // Never throws (it runs in destructors); an error shows at the next synchronize().
+  void release(void* ptr) override {
+    cudaStreamSynchronize(ctx_.stream);
+    cudaFree(ptr);
+  }
   // Copies are ordered with the ops on the backend's stream and return when done.
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
     check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx_.stream), "cudaMemcpyAsync H2D");
     synchronize();
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
     check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream), "cudaMemcpyAsync D2H");
     synchronize();
   }
