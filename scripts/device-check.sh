@@ -6,7 +6,8 @@
 #   cmake --build build-cuda --target test_backend_ops test_backends switchyard
 #   scripts/gather-device-libs.sh build-cuda device-libs      # device-libs/bundle.tar.gz, ~21 MiB
 # There, through the device tool (about 2-4 minutes on an H200; leave time for a rerun):
-#   run(command="scripts/device-check.sh", carry=["device-libs"], timeout_s=480)
+#   run(command="scripts/device-check.sh", carry=["device-libs"], timeout_s=420)
+#   (the tests themselves take well under a minute; the timeouts below bound a hang)
 #   scripts/device-check.sh --sanitize    also runs the CUDA Compare cases under compute-sanitizer
 #                                         memcheck (Firecracker machines only; a few minutes more)
 #
@@ -15,7 +16,8 @@
 # Python's nvidia packages; ldd of every binary must resolve); `switchyard backends`;
 # test_backends (softmax and FFN forward, every backend); test_backend_ops filtered to the cuda
 # rows (every op of ops.h against the CPU, and every backward against finite differences).
-# Each test binary runs under `timeout`.
+# Each test binary runs under `timeout`. The binaries are Debian 12 builds: they need glibc
+# >= 2.34 there (libstdc++ >= GCC 11's, or the bundle's fallback, which needs glibc 2.36).
 #
 # Writes into $OUT (./device-check-out when OUT is unset): summary.txt, env.log, libs.log,
 # backends.log, test_backends.log, test_backend_ops.log, test_backend_ops.xml, sanitizer.log.
