@@ -4,9 +4,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "dag_layout.h"
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
-#include "dag_layout.h"
 
 namespace sy::cpu {
 namespace {
@@ -303,14 +303,14 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
                   float* dgate, float* du, std::span<const DagLevelGrads> grads) {
   const int64_t T = nodes.tokens(), N = nodes.nodes();
   SY_CHECK(static_cast<int64_t>(cache.saved.size()) == dag_saved_floats(T, N, d, dg, levels.size()),
-             "DAG backward needs the forward cache of every level");
+           "DAG backward needs the forward cache of every level");
   cache.scratch.resize(static_cast<size_t>(dag_backward_scratch_floats(T, N, d, dg)));  // reused step to step
   dag_backward_buffers(nodes, expert_out, u, d, dg, edges, levels, cache.saved.data(), dm, d_expert_out, dgate, du,
                        grads, cache.scratch.data());
 }
 
-void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
-                             const float* m, const float* s, float* m_out, float* coef) {
+void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc, const float* m,
+                             const float* s, float* m_out, float* coef) {
   std::vector<float> logits(static_cast<size_t>(n * 2));
   coefficient_mix_forward(u, n, d, wc, bc, m, s, m_out, coef, logits.data());
 }

@@ -243,7 +243,7 @@ void token_sum(const DagRun& r, const float* rows, int64_t width, float* out) {
 
 void broadcast_to_nodes(const DagRun& r, const float* token_rows, int64_t width, float* node_rows) {
   broadcast_to_nodes_kernel<<<token_blocks(r.nodes), kThreads, 0, r.ctx.stream>>>(r.nodes, token_rows, width,
-                                                                                   node_rows);
+                                                                                  node_rows);
   check_launch("broadcast_to_nodes_kernel");
 }
 
@@ -327,7 +327,7 @@ void dag_backward(const DagRun& r, const DagBackwardArgs& a, float* scratch) {
     const cpu::DagLevelSaved s = layout.level(fwd, li);
     up_projection_backward(r, a.levels[li], a.grads[li], li + 1 == L, a.dm, s.agg, layout.agg_sum(fwd), sc);
     edge_messages_backward_kernel<<<token_blocks(r.nodes), kThreads, 0, r.ctx.stream>>>(r.nodes, dg, r.causal, s.pq,
-                                                                                         sc.dagg, sc.dpq);
+                                                                                        sc.dagg, sc.dpq);
     check_launch("edge_messages_backward_kernel");
     level_projections_backward(r, a.levels[li], a.grads[li], s, sc);
     // dh^l = dh^{l+1} (residual) + LN backward

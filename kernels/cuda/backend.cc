@@ -4,13 +4,14 @@
 // can_implement false: their arguments and results are host std::vectors by contract, so a
 // device kernel would only add two copies around host work. Tested against kernels/cpu by
 // tests/kernels/test_backend_ops.cc on a machine with a device.
+#include "switchyard/kernels/backend.h"
+
 #include <string>
 #include <type_traits>
 #include <variant>
 
 #include "cuda_ops.h"
 #include "switchyard/core/error.h"
-#include "switchyard/kernels/backend.h"
 
 namespace sy {
 namespace {

@@ -25,12 +25,11 @@ void check_launch(const char* kernel) {
 
 namespace {
 
-__global__ void add_kernel(const float* x, int64_t n, float* y) {
-  SY_GRID_STRIDE(i, n) y[i] += x[i];
-}
+__global__ void add_kernel(const float* x, int64_t n, float* y) { SY_GRID_STRIDE(i, n) y[i] += x[i]; }
 
 int dim(int64_t v, const char* what) {
-  if (v > INT_MAX) throw_runtime_error(std::string("cuBLAS GEMM: ") + what + " = " + std::to_string(v) + " exceeds int");
+  if (v > INT_MAX)
+    throw_runtime_error(std::string("cuBLAS GEMM: ") + what + " = " + std::to_string(v) + " exceeds int");
   return static_cast<int>(v);
 }
 

@@ -18,8 +18,8 @@ inline unsigned grid_for(int64_t n) {
 }
 
 // for (i = this thread's first; i < n; i += all threads)
-#define SY_GRID_STRIDE(i, n)                                                                    \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n);      \
+#define SY_GRID_STRIDE(i, n)                                                             \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 // Sum of v over the block, returned to every thread. Every thread of the block must call it

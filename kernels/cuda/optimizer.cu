@@ -29,9 +29,9 @@ void exec(const Context& ctx, const AdamWArgs& a, void*) {
   const cpu::AdamWHyper& hy = a.hyper;
   const double bc1 = 1.0 - std::pow(hy.beta1, static_cast<double>(a.step));
   const double bc2 = 1.0 - std::pow(hy.beta2, static_cast<double>(a.step));
-  const AdamWFloats h{static_cast<float>(hy.beta1),      static_cast<float>(hy.beta2),
-                      static_cast<float>(hy.eps),        static_cast<float>(hy.lr * hy.weight_decay),
-                      static_cast<float>(hy.lr / bc1),   static_cast<float>(1.0 / std::sqrt(bc2))};
+  const AdamWFloats h{static_cast<float>(hy.beta1),    static_cast<float>(hy.beta2),
+                      static_cast<float>(hy.eps),      static_cast<float>(hy.lr * hy.weight_decay),
+                      static_cast<float>(hy.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2))};
   adamw_kernel<<<grid_for(a.n), kThreads, 0, ctx.stream>>>(a.param, a.grad, a.exp_avg, a.exp_avg_sq, a.n, h);
   check_launch("adamw_kernel");
 }

@@ -136,8 +136,7 @@ void download_scalar(const Context& ctx, const double* device, double* host) {
 
 // One thread per attention row (b, h, q): marks the lowest invalid row (an entry that is not
 // a finite non-negative number, or a sum off 1 by more than 1e-3) in *bad.
-__global__ void attention_rows_check_kernel(const float* attention, int64_t rows, int64_t l,
-                                            unsigned long long* bad) {
+__global__ void attention_rows_check_kernel(const float* attention, int64_t rows, int64_t l, unsigned long long* bad) {
   SY_GRID_STRIDE(row, rows) {
     const float* a = attention + row * l;
     double sum = 0.0;
@@ -181,9 +180,9 @@ __global__ void importance_kernel(double* acc, int64_t b, int64_t h, int64_t l, 
 [[noreturn]] void throw_bad_attention_row(const Context& ctx, const float* attention, int64_t row, int64_t h,
                                           int64_t l) {
   std::vector<float> a(static_cast<size_t>(l));
-  check_cuda(cudaMemcpyAsync(a.data(), attention + row * l, a.size() * sizeof(float), cudaMemcpyDeviceToHost,
-                             ctx.stream),
-             "cudaMemcpyAsync (attention row)");
+  check_cuda(
+      cudaMemcpyAsync(a.data(), attention + row * l, a.size() * sizeof(float), cudaMemcpyDeviceToHost, ctx.stream),
+      "cudaMemcpyAsync (attention row)");
   check_cuda(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize (attention row)");
   const int64_t q = row % l, hi = row / l % h, bi = row / l / h;
   const std::string at = std::to_string(bi) + "," + std::to_string(hi) + "," + std::to_string(q);
