@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "dag_layout.h"
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
 #include "parallel.h"
@@ -72,66 +73,6 @@ namespace {
 // Token t's nodes are [begin(t), end(t)).
 int64_t node_begin(const NodeList& nodes, int64_t t) { return nodes.offsets[static_cast<size_t>(t)]; }
 int64_t node_end(const NodeList& nodes, int64_t t) { return nodes.offsets[static_cast<size_t>(t + 1)]; }
-
-// Sub-buffers start on 64-byte boundaries.
-int64_t padded(int64_t floats) { return (floats + 15) / 16 * 16; }
-
-// One level's forward activations, views into the caller's `saved` buffer.
-struct DagLevelSaved {
-  float *h, *ln_mean, *ln_rstd, *ln_out, *a, *pq, *agg, *w4;
-};
-struct DagSavedLayout {
-  int64_t T, N, d, dg;
-  size_t L;
-  int64_t level_floats() const {
-    return padded(N * d) + 2 * padded(N) + padded(N * d) + padded(N * dg) + padded(4 * N * dg) + padded(N * dg) +
-           padded(4 * dg * dg);
-  }
-  // L == 0 keeps h⁰ alone (m = Σ_j h⁰_j).
-  int64_t floats() const { return L == 0 ? padded(N * d) : static_cast<int64_t>(L) * level_floats() + padded(T * dg); }
-  DagLevelSaved level(float* saved, size_t l) const {
-    float* p = saved + static_cast<int64_t>(l) * level_floats();
-    auto take = [&p](int64_t n) {
-      float* q = p;
-      p += padded(n);
-      return q;
-    };
-    DagLevelSaved v{};
-    v.h = take(N * d);
-    v.ln_mean = take(N);
-    v.ln_rstd = take(N);
-    v.ln_out = take(N * d);
-    v.a = take(N * dg);
-    v.pq = take(4 * N * dg);
-    v.agg = take(N * dg);
-    v.w4 = take(4 * dg * dg);
-    return v;
-  }
-  float* h(float* saved, size_t l) const { return L == 0 ? saved : level(saved, l).h; }
-  float* agg_sum(float* saved) const { return saved + static_cast<int64_t>(L) * level_floats(); }
-};
-
-// Backward's temporaries, views into the caller's `scratch` buffer.
-struct DagScratch {
-  float *dh, *dagg, *dagg_token, *dpq, *da, *dln, *dw4;
-  static int64_t floats(int64_t T, int64_t N, int64_t d, int64_t dg) {
-    return 2 * padded(N * d) + 2 * padded(N * dg) + padded(T * dg) + padded(4 * N * dg) + padded(4 * dg * dg);
-  }
-  DagScratch(float* p, int64_t T, int64_t N, int64_t d, int64_t dg) {
-    auto take = [&p](int64_t n) {
-      float* q = p;
-      p += padded(n);
-      return q;
-    };
-    dh = take(N * d);
-    dagg = take(N * dg);
-    dagg_token = take(T * dg);
-    dpq = take(4 * N * dg);
-    da = take(N * dg);
-    dln = take(N * d);
-    dw4 = take(4 * dg * dg);
-  }
-};
 
 // h⁰_j = g_j o_j + u_t / K_t
 void node_inputs(const NodeList& nodes, const float* expert_out, const float* u, int64_t d, float* h0) {
@@ -363,14 +304,14 @@ void dag_backward(const NodeList& nodes, const float* expert_out, const float* u
                   float* dgate, float* du, std::span<const DagLevelGrads> grads) {
   const int64_t T = nodes.tokens(), N = nodes.nodes();
   SY_CHECK(static_cast<int64_t>(cache.saved.size()) == dag_saved_floats(T, N, d, dg, levels.size()),
-             "DAG backward needs the forward cache of every level");
+           "DAG backward needs the forward cache of every level");
   cache.scratch.resize(static_cast<size_t>(dag_backward_scratch_floats(T, N, d, dg)));  // reused step to step
   dag_backward_buffers(nodes, expert_out, u, d, dg, edges, levels, cache.saved.data(), dm, d_expert_out, dgate, du,
                        grads, cache.scratch.data());
 }
 
-void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc,
-                             const float* m, const float* s, float* m_out, float* coef) {
+void coefficient_mix_forward(const float* u, int64_t n, int64_t d, const float* wc, const float* bc, const float* m,
+                             const float* s, float* m_out, float* coef) {
   std::vector<float> logits(static_cast<size_t>(n * 2));
   coefficient_mix_forward(u, n, d, wc, bc, m, s, m_out, coef, logits.data());
 }

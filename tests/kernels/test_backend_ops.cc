@@ -117,7 +117,10 @@ struct GradProblem {
 struct OpCase {
   const char* op;  // ops.h kName
   std::vector<Shape> shapes;
-  double tol;  // max |backend − cpu| <= tol · max(1, max |cpu|), per output
+  // max |backend − cpu| <= tol · max(1, max |cpu|), per output. FP32 on a device: 1e-6 where the
+  // device sums in the CPU's order or in double (element-wise ops, the losses), 1e-5 where a
+  // float reduction runs in another order (GEMMs, row norms, dot products), 1e-4 for the FFN.
+  double tol;
   std::function<Outputs(Device&, const Shape&)> forward;  // forward, host and optimizer ops
   std::function<GradProblem(const Shape&)> backward;      // backward ops
 };
@@ -603,7 +606,7 @@ std::vector<OpCase> make_table() {
                  return Outputs{{"m", dev.get(m, s.n * s.d)}};
                },
                {}});
-  t.push_back({"weighted_sum_backward", kRouted, 1e-6, {}, [](const Shape& s) {
+  t.push_back({"weighted_sum_backward", kRouted, 1e-5, {}, [](const Shape& s) {
                  struct St {
                    Routing r;
                    std::vector<float> expert_out, gate, G;
@@ -754,7 +757,7 @@ std::vector<OpCase> make_table() {
                                           {.label = "no_rows", .n = 0, .d = 5}};
   t.push_back({"coefficient_mix_forward",
                rows_shapes,
-               1e-6,
+               1e-5,
                [](Device& dev, const Shape& s) {
                  const int64_t nd = s.n * s.d;
                  float *out = dev.zeros(nd), *coef = dev.zeros(2 * s.n);
@@ -828,7 +831,7 @@ std::vector<OpCase> make_table() {
   // ----- norms -----
   t.push_back({"rmsnorm_forward",
                rows_shapes,
-               1e-6,
+               1e-5,
                [](Device& dev, const Shape& s) {
                  float *y = dev.zeros(s.n * s.d), *rstd = dev.zeros(s.n);
                  dev.run(RmsNormForwardArgs{.x = dev.put(randn(static_cast<size_t>(s.n * s.d), 52)),
