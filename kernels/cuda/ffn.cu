@@ -1,7 +1,10 @@
 // Expert FFN forward/backward (swiglu, gelu), as cpu/ffn.cc: cuBLAS SGEMMs in full FP32 and
 // element-wise activation kernels. One op is one expert; `saved` has the CPU's layout
 // (h_up, act, then h_gate for swiglu, [rows, f] each), so either backend's backward reads it.
+#include <string>
+
 #include "cuda_ops.h"
+#include "switchyard/core/error.h"
 #include "device.cuh"
 
 namespace sy::cuda {
@@ -70,12 +73,28 @@ size_t workspace(const FfnBackwardArgs& a) {
   return static_cast<size_t>(cpu::ffn_backward_scratch_floats(a.rows, a.f, a.activation)) * sizeof(float);
 }
 
+// dw += dyᵀ x, one product per weight segment in order (as cpu::ffn_backward_buffers).
+static void weight_grad(const Context& ctx, const FfnBackwardArgs& a, const float* dy, int64_t out, const float* x,
+                 int64_t in, float* dw) {
+  if (a.weight_segments.empty()) return linear_backward_weight(ctx, dy, a.rows, out, x, in, dw);
+  int64_t first = 0;
+  for (const int64_t n : a.weight_segments) {
+    linear_backward_weight(ctx, dy + first * out, n, out, x + first * in, in, dw);
+    first += n;
+  }
+}
+
 void exec(const Context& ctx, const FfnBackwardArgs& a, void* ws) {
+  int64_t segment_rows = 0;
+  for (const int64_t n : a.weight_segments) segment_rows += n;
+  if (!a.weight_segments.empty() && segment_rows != a.rows)
+    throw_runtime_error("ffn backward: weight segments hold " + std::to_string(segment_rows) + " rows, not " +
+                        std::to_string(a.rows));
   if (a.rows == 0) return;
   const int64_t nf = a.rows * a.f;
   const FfnSaved s(const_cast<float*>(a.saved), nf, a.activation);  // read only
   float* dact = static_cast<float*>(ws);
-  linear_backward_weight(ctx, a.dout, a.rows, a.d, s.act, a.f, a.grads.down);
+  weight_grad(ctx, a, a.dout, a.d, s.act, a.f, a.grads.down);
   fill_zero(ctx, dact, nf);  // as the CPU: an empty d leaves ∂/∂act zero
   linear_backward_input(ctx, a.dout, a.rows, a.d, a.w.down, a.f, dact, true);
   if (a.activation == Activation::swiglu) {
@@ -84,8 +103,8 @@ void exec(const Context& ctx, const FfnBackwardArgs& a, void* ws) {
       swiglu_backward_kernel<<<grid_for(nf), kThreads, 0, ctx.stream>>>(s.h_gate, s.h_up, dact, dhg, nf);
       check_launch("swiglu_backward_kernel");
     }
-    linear_backward_weight(ctx, dhg, a.rows, a.f, a.x, a.d, a.grads.gate);
-    linear_backward_weight(ctx, dact, a.rows, a.f, a.x, a.d, a.grads.up);
+    weight_grad(ctx, a, dhg, a.f, a.x, a.d, a.grads.gate);
+    weight_grad(ctx, a, dact, a.f, a.x, a.d, a.grads.up);
     if (a.dx) {
       linear_backward_input(ctx, dhg, a.rows, a.f, a.w.gate, a.d, a.dx, true);
       linear_backward_input(ctx, dact, a.rows, a.f, a.w.up, a.d, a.dx, true);
@@ -96,7 +115,7 @@ void exec(const Context& ctx, const FfnBackwardArgs& a, void* ws) {
     gelu_backward_kernel<<<grid_for(nf), kThreads, 0, ctx.stream>>>(s.h_up, dact, nf);
     check_launch("gelu_backward_kernel");
   }
-  linear_backward_weight(ctx, dact, a.rows, a.f, a.x, a.d, a.grads.up);
+  weight_grad(ctx, a, dact, a.f, a.x, a.d, a.grads.up);
   if (a.dx) linear_backward_input(ctx, dact, a.rows, a.f, a.w.up, a.d, a.dx, true);
 }
 

@@ -101,6 +101,7 @@ struct Shape {
   bool normalize = true;  // gates
   bool causal = false;    // DAG edges, importance correction
   Activation act = Activation::swiglu;
+  int64_t segments = 0;  // FFN backward: weight gradients summed over this many row segments (0: one)
   bool fd = true;  // false: too large for finite differences, compare mode only
 };
 
@@ -539,6 +540,8 @@ std::vector<OpCase> make_table() {
     ffn_bwd.push_back({.label = "small", .n = 5, .d = 6, .f = 8, .act = act});
     ffn_bwd.push_back({.label = "no_rows", .n = 0, .d = 6, .f = 8, .act = act});
     ffn_bwd.push_back({.label = "large", .n = 200, .d = 32, .f = 48, .act = act, .fd = false});
+    ffn_bwd.push_back({.label = "small_segmented", .n = 5, .d = 6, .f = 8, .act = act, .segments = 3});
+    ffn_bwd.push_back({.label = "large_segmented", .n = 200, .d = 32, .f = 48, .act = act, .segments = 3, .fd = false});
   }
   t.push_back(
       {"ffn_backward", ffn_bwd, 1e-4, {}, [](const Shape& s) {
@@ -575,6 +578,9 @@ std::vector<OpCase> make_table() {
            forward(dev, saved, w, x);
            float *dx = dev.zeros(s.n * s.d), *dg = dev.zeros(s.f * s.d), *du = dev.zeros(s.f * s.d),
                  *dd = dev.zeros(s.d * s.f);
+           std::vector<int64_t> segments;  // s.segments near-equal parts, the last one the rest
+           for (int64_t i = 0, left = s.n; i < s.segments; ++i, left -= segments.back())
+             segments.push_back(i + 1 == s.segments ? left : s.n / s.segments);
            dev.run(FfnBackwardArgs{.dout = dev.put(st->G),
                                    .x = x,
                                    .rows = s.n,
@@ -584,7 +590,8 @@ std::vector<OpCase> make_table() {
                                    .w = w,
                                    .saved = saved,
                                    .dx = dx,
-                                   .grads = {swiglu ? dg : nullptr, du, dd}});
+                                   .grads = {swiglu ? dg : nullptr, du, dd},
+                                   .weight_segments = segments});
            Outputs o{
                {"dx", dev.get(dx, s.n * s.d)}, {"dw_up", dev.get(du, s.f * s.d)}, {"dw_down", dev.get(dd, s.d * s.f)}};
            if (swiglu) o.push_back({"dw_gate", dev.get(dg, s.f * s.d)});
