@@ -835,8 +835,7 @@ class Worker {
       }
       const auto now = std::chrono::steady_clock::now();
       if (left == 0) break;
-      if (now - start > request_timeout_)
-        return Status(StatusCode::timeout, "no answer within " + std::to_string(request_timeout_.count()) + " ms");
+      if (now - start > request_timeout_) return silent_peers(reqs, done);
       if (now < next_check) continue;
       next_check = now + Millis(registration_.heartbeat_ms());
       auto info = coordinator_call<pb::ClusterInfoRequest, pb::ClusterInfoReply>(pb::ClusterInfoRequest{});
@@ -852,6 +851,17 @@ class Worker {
       }
     }
     return Status::ok();
+  }
+
+  // The timeout of await_peers, naming the replica holders whose send or receive never completed.
+  Status silent_peers(const std::vector<std::pair<int, transport::RequestId>>& reqs, const std::vector<bool>& done) const {
+    std::set<int> silent;
+    for (size_t i = 0; i < reqs.size(); ++i)
+      if (!done[i]) silent.insert(reqs[i].first);
+    std::string names;
+    for (int w : silent) names += (names.empty() ? "worker " : ", worker ") + std::to_string(w);
+    return Status(StatusCode::timeout, "no answer within " + std::to_string(request_timeout_.count()) + " ms from " +
+                                           names + " (placement epoch " + std::to_string(placement_.epoch) + ")");
   }
 
   // One phase of an optimizer step, once its whole group asked. REDUCE replaces the pending sums
