@@ -147,7 +147,7 @@ Status await_copies(transport::Transport& transport, std::vector<Transfer>& tran
   const auto deadline = Clock::now() + timeout;
   for (;;) {
     transport.progress();
-    bool all = true;
+    bool all = true, moved = false;
     for (Transfer& t : transfers) {
       while (t.landed < t.requests.size()) {
         auto done = transport.test(t.requests[t.landed]);
@@ -160,10 +160,12 @@ Status await_copies(transport::Transport& transport, std::vector<Transfer>& tran
           t.sums.push_back(std::async(std::launch::async, [p, n] { return inspect(p, n); }));
         }
         ++t.landed;
+        moved = true;
       }
       all &= t.landed == t.requests.size();
     }
     if (all) return Status::ok();
+    if (!moved) transport.wait_for_events(std::chrono::milliseconds(1));  // leave the core to the peer
     if (Clock::now() > deadline)
       return Status(StatusCode::timeout, "replica copies did not finish within " + std::to_string(timeout.count()) + " ms");
   }

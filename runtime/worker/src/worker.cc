@@ -827,14 +827,18 @@ class Worker {
     std::vector<bool> done(reqs.size(), false);
     for (size_t left = reqs.size(); left > 0;) {
       transport_->progress();
+      const size_t before = left;
       for (size_t i = 0; i < reqs.size(); ++i) {
         if (done[i]) continue;
         auto t = transport_->test(reqs[i].second);
         if (!t) return t.status();
         if (t->done) done[i] = true, --left;
       }
-      const auto now = std::chrono::steady_clock::now();
       if (left == 0) break;
+      // Nothing moved: sleep on the transport's events, leaving the core to the peers being
+      // waited for (it spun here, and on shared cores took the CPU from them).
+      if (left == before) transport_->wait_for_events(1ms);
+      const auto now = std::chrono::steady_clock::now();
       if (now - start > request_timeout_) return silent_peers(reqs, done);
       if (now < next_check) continue;
       next_check = now + Millis(registration_.heartbeat_ms());
