@@ -319,7 +319,8 @@ int run_exchange(const Options& o) {
   }
   if (gpus < 2) {
     std::printf("gpu_exchange_vs_nccl: not measured (needs 2 GPUs; this machine has %d: NCCL puts every rank of a "
-                "communicator on its own device, two ranks on one GPU are refused at init)\n",
+                "communicator on its own device; since NCCL 2.5 two ranks on one GPU fail at init with "
+                "ncclInvalidUsage, \"Duplicate GPU detected\")\n",
                 gpus);
     return 0;
   }
