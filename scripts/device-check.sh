@@ -3,27 +3,34 @@
 # run on the device machine. Everything is built here; the device gets a bundle.
 #
 # Here (the CPU machine, repository root), once per build:
-#   cmake --build build-cuda --target test_backend_ops test_backends switchyard
-#   scripts/gather-device-libs.sh build-cuda device-libs      # device-libs/bundle.tar.gz, ~21 MiB
+#   cmake --build build-cuda --target test_backend_ops test_backends switchyard bench_gpu
+#   scripts/gather-device-libs.sh build-cuda device-libs      # device-libs/bundle.tar.gz
 # There, through the device tool (about 2-4 minutes on an H200; leave time for a rerun):
 #   run(command="scripts/device-check.sh", carry=["device-libs"], timeout_s=420)
 #   (the tests themselves take well under a minute; the timeouts below bound a hang)
 #   scripts/device-check.sh --sanitize    also runs the CUDA Compare cases under compute-sanitizer
 #                                         memcheck (Firecracker machines only; a few minutes more)
+#   scripts/device-check.sh --no-bench    the tests only
 #
 # Steps: the machine (nvidia-smi -L, driver, compute capability); the libraries (the bundle's,
 # then cuBLAS and NCCL from the device image, found with ldconfig or under /usr/local/cuda and
 # Python's nvidia packages; ldd of every binary must resolve); `switchyard backends`;
 # test_backends (softmax and FFN forward, every backend); test_backend_ops filtered to the cuda
-# rows (every op of ops.h against the CPU, and every backward against finite differences).
-# Each test binary runs under `timeout`. The binaries are Debian 12 builds: they need glibc
+# rows (every op of ops.h against the CPU, and every backward against finite differences); then
+# the benchmarks (unless --no-bench; they run even after a failed test, their numbers then only
+# timings): bench_gpu (the grouped FFN against dense cuBLAS, the NCCL exchange against raw
+# NCCL) and bench/bench_gpu_torch.py (the layer against PyTorch eager, the image's python3);
+# their headline `name: value` lines are printed again at the end. Each binary runs under
+# `timeout`. Expected on an H200: tests under a minute, benchmarks about one more (bounded at 2
+# and 4 minutes). The binaries are Debian 12 builds: they need glibc
 # >= 2.34 there (libstdc++ >= GCC 11's, or the bundle's fallback, which needs glibc 2.36).
 #
 # Writes into $OUT (./device-check-out when OUT is unset): summary.txt, env.log, libs.log,
-# backends.log, test_backends.log, test_backend_ops.log, test_backend_ops.xml, sanitizer.log.
+# backends.log, test_backends.log, test_backend_ops.log, test_backend_ops.xml, sanitizer.log,
+# bench_gpu.log, bench_gpu_torch.log, headlines.txt.
 # Exit status:
-#   0  a CUDA device was used and no test failed
-#   1  a test failed or timed out (summary.txt lists the failures)
+#   0  a CUDA device was used and no test or benchmark failed
+#   1  a test or benchmark failed or timed out (summary.txt lists the failures)
 #   2  set-up: the bundle is missing, or a binary's libraries do not resolve on this machine
 #   3  no usable CUDA device: every step ran, the CUDA cases reported themselves skipped
 #      (what a machine without a GPU, like the build machine, answers)
@@ -32,7 +39,14 @@ set -uo pipefail
 bundle=${SY_DEVICE_BUNDLE:-device-libs}
 out=${OUT:-device-check-out}
 sanitize=0
-[ "${1:-}" = "--sanitize" ] && sanitize=1
+bench=1
+for arg in "$@"; do
+  case $arg in
+    --sanitize) sanitize=1 ;;
+    --no-bench) bench=0 ;;
+    *) echo "device-check: unknown argument $arg (--sanitize, --no-bench)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$out"
 summary=$out/summary.txt
 : >"$summary"
@@ -147,6 +161,53 @@ if [ $sanitize -eq 1 ] && [ $no_device -eq 0 ]; then
   fi
 fi
 
+# ---- the benchmarks ----
+# Each is bounded by its own limit and by what is left of SY_DEVICE_CHECK_BUDGET_S (default 400 s,
+# counted from the script's start), so the whole check stays inside a 420 s device run.
+budget=${SY_DEVICE_CHECK_BUDGET_S:-400}
+bench_limit() {  # bench_limit WANTED_S: prints min(WANTED_S, budget left - 10 s), or 0 below 20 s
+  local left=$((budget - SECONDS - 10))
+  [ "$left" -gt "$1" ] && left=$1
+  [ "$left" -lt 20 ] && left=0
+  echo "$left"
+}
+if [ $bench -eq 1 ]; then
+  if [ ! -x "$bin/bench_gpu" ]; then
+    note "bench_gpu: not in the bundle (gather-device-libs.sh of a CUDA build adds it)"
+  elif [[ $missing == *bench_gpu:* ]]; then
+    note "bench_gpu: skipped (its libraries do not resolve here: libs.log)"
+  else
+    # the grouped FFN (E=16, 16384 rows, d=1024 f=2816) vs dense cuBLAS, then the exchange
+    limit=$(bench_limit 120)
+    if [ "$limit" -gt 0 ]; then
+      step bench_gpu "$limit" "$bin/bench_gpu" all || status=1
+    else
+      note "bench_gpu: skipped (the ${budget}s budget is spent: ${SECONDS}s so far)"
+    fi
+    grep -vE '^(gpu|torch)_[a-z0-9_]+: ' "$out/bench_gpu.log" | sed 's/^/  /' | tee -a "$summary"
+    # the image's python3 (CUDA PyTorch) with its own libraries; bench_gpu gets the bundle's
+    limit=$(bench_limit 240)
+    if ! command -v python3 >/dev/null; then
+      note "bench_gpu_torch: no python3 here"
+    elif [ "$limit" -eq 0 ]; then
+      note "bench_gpu_torch: skipped (the ${budget}s budget is spent: ${SECONDS}s so far)"
+    else
+      timeout "$limit" env PYTHONUNBUFFERED=1 SY_BENCH_GPU_LD_LIBRARY_PATH="$libpath" \
+        python3 bench/bench_gpu_torch.py --bench-gpu "$bin/bench_gpu" >"$out/bench_gpu_torch.log" 2>&1
+      rc=$?
+      if [ $rc -eq 124 ]; then note "bench_gpu_torch: TIMED OUT after ${limit}s"; else note "bench_gpu_torch: exit $rc"; fi
+      [ $rc -ne 0 ] && status=1
+      grep -E '^(layer|gpu:)' "$out/bench_gpu_torch.log" | sed 's/^/  /' | tee -a "$summary"
+    fi
+  fi
+  # the headline figures, and why any was not measured
+  cat "$out"/bench_gpu*.log 2>/dev/null | grep -E '^(gpu|torch)_[a-z0-9_]+: ' >"$out/headlines.txt" || true
+fi
+
+if [ $bench -eq 1 ] && [ -s "$out/headlines.txt" ]; then
+  note "== headline figures"
+  tee -a "$summary" <"$out/headlines.txt"
+fi
 if [ $status -ne 0 ]; then
   note "device-check: FAILED (exit 1)"
   exit 1

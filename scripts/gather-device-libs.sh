@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs what scripts/device-check.sh needs on the device machine into one ignored folder, to
-# be named in the device tool's `carry`: the test binaries and the CLI of a CUDA build, and
+# be named in the device tool's `carry`: the test binaries, the CLI and bench_gpu of a CUDA build, and
 # the shared libraries they load that the device image lacks (it has CUDA, cuBLAS, NCCL and
 # PyTorch, but none of this machine's Debian packages: OpenBLAS, yaml-cpp, protobuf, UCX, ...).
 #
@@ -18,7 +18,7 @@ set -euo pipefail
 
 build=${1:-build-cuda}
 bundle=${2:-device-libs}
-binaries=(tests/test_backend_ops tests/test_backends switchyard)
+binaries=(tests/test_backend_ops tests/test_backends switchyard bench/bench_gpu)
 
 for b in "${binaries[@]}"; do
   [ -x "$build/$b" ] || { echo "gather-device-libs: $build/$b is missing: build it first" >&2; exit 2; }

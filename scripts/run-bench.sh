@@ -49,6 +49,11 @@ for line in open(sys.argv[1]):
 ours, torch = statistics.median(v["ours"]), statistics.median(v["torch"])
 print(f"colocated_step_ms: {ours:.1f}\ntorch_ep_step_ms: {torch:.1f}\ncolocated_vs_torch_ep: {torch / ours:.3f}")
 PY
+if [ -x "$build/bench/bench_gpu" ]; then  # CUDA builds: headline lines only where a GPU measured them
+  echo "== GPU: grouped expert FFN vs dense cuBLAS, NCCL exchange vs raw NCCL, the layer vs PyTorch eager"
+  "$build/bench/bench_gpu" | tee "$out/gpu.txt"
+  /usr/bin/python3 bench/bench_gpu_torch.py --bench-gpu "$build/bench/bench_gpu" | tee "$out/gpu-torch.txt"
+fi
 if [ -x scripts/bench-exchange.sh ]; then
   echo "== exchange benchmark"
   scripts/bench-exchange.sh "$build" | tee "$out/exchange.txt"
