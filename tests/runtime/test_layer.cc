@@ -15,6 +15,7 @@
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/optimizer.h"
+#include "switchyard/kernels/buffer.h"
 
 namespace sy {
 namespace {
@@ -413,14 +414,74 @@ TEST(LayerBackendSeam, EveryOpGoesThroughTheGivenBackend) {
   EXPECT_EQ(expert_backend.allocations, expert_allocations);
 }
 
-TEST(LayerBackendSeam, DeviceBackendsAreRefusedForHostTensors) {
+// A device backend's path through the engine, run here on a stand-in (device() == cuda, host
+// memory and the CPU kernels underneath): weights and gradients are BufferMaps, activations
+// Buffers of the backend, the host ops run on the CPU backend over downloaded probabilities
+// (the device backend is never asked for them), and the numbers equal the plain CPU engine bit
+// for bit, for every shipped config and the seam config. The real CUDA comparison is
+// tests/runtime/test_layer_device.cc.
+TEST(LayerBackendSeam, DeviceBackendPathEqualsTheCpuEngine) {
+  std::vector<Config> configs{seam_config()};
+  for (const char* m : {"topk", "dynamic", "dag", "cartesian", "combined"})
+    configs.push_back(load_config(std::string(SY_SOURCE_DIR) + "/configs/models/" + m + ".yaml"));
+  for (const Config& cfg : configs) {
+    const Case c = make_case(cfg, 41);
+    const ImportanceInput imp{c.attention.empty() ? nullptr : &c.attention, nullptr};
+    TensorMap grads_plain = zeros_like(c.weights);
+    LocalExperts experts_plain(cfg.model, c.weights, &grads_plain);
+    LayerEngine plain(cfg.model, c.weights, experts_plain);
+    const Tensor y_plain = plain.forward(c.x, imp);
+    const Tensor dx_plain = plain.backward(c.grad_y, grads_plain);
+
+    test_support::RecordingBackend device(Device::cuda);
+    BufferMap w(device, c.weights), grads(device, zeros_like(c.weights));
+    LocalExperts experts(cfg.model, w.tensors(), &grads.tensors(), "", device);
+    LayerEngine layer(cfg.model, w.tensors(), experts, "", device);
+    for (int step = 0; step < 2; ++step) {  // a second step reuses (and resizes) every buffer
+      for (auto& [name, g] : grads.tensors()) borrow_buffer(device, g).fill_zero();
+      const Tensor y = layer.forward(c.x, imp);
+      const Tensor dx = layer.backward(c.grad_y, grads.tensors());
+      expect_bit_equal(y, y_plain, cfg.source + " output");
+      expect_bit_equal(dx, dx_plain, cfg.source + " grad_input");
+      const TensorMap g = grads.to_host();
+      for (const auto& [name, t] : grads_plain) expect_bit_equal(g.at(name), t, cfg.source + " " + name);
+      EXPECT_EQ(layer.aux_loss(), plain.aux_loss()) << cfg.source;
+    }
+    for (const char* host_op : {"select_experts", "compute_gates", "apply_capacity", "allocate_experts"})
+      EXPECT_EQ(device.ops.count(host_op), 0u) << cfg.source << ": " << host_op << " asked of the device backend";
+    EXPECT_GT(device.ops["ffn_forward"], 0) << cfg.source;
+    EXPECT_GT(device.allocations, 0) << cfg.source;  // the activations are the backend's memory
+  }
+}
+
+// AdamW on a device backend (the stand-in): moments in the backend's memory, the same numbers.
+TEST(LayerBackendSeam, AdamWOnADeviceBackendEqualsThePlainOptimizer) {
   const Config cfg = seam_config();
-  const TensorMap w = init_layer_weights(cfg.model, 1);
+  TensorMap params = init_layer_weights(cfg.model, 2), grads = zeros_like(params);
+  AdamWConfig ac;
+  ac.lr = 0.01;
+  ac.weight_decay = 0.1;
   test_support::RecordingBackend device(Device::cuda);
-  LocalExperts experts(cfg.model, w, nullptr);
-  EXPECT_THROW(LayerEngine(cfg.model, w, experts, "", device), Error);
-  EXPECT_THROW(LocalExperts(cfg.model, w, nullptr, "", device), Error);
-  EXPECT_THROW(AdamW(AdamWConfig{}, device), Error);
+  BufferMap params_device(device, params);
+  AdamW opt(ac, device), plain(ac);
+  for (int step = 0; step < 3; ++step) {
+    for (auto& [name, g] : grads) {
+      RandomStream rng(static_cast<uint64_t>(step), name);
+      for (int64_t i = 0; i < g.numel(); ++i) g[i] = rng.uniform(-1.0f, 1.0f);
+    }
+    BufferMap grads_device(device, grads);
+    opt.step(params_device.tensors(), grads_device.tensors());
+    plain.step(params, grads);
+  }
+  EXPECT_EQ(device.ops, (OpCounts{{"adamw", 3 * static_cast<int>(params.size())}}));
+  const TensorMap after = params_device.to_host();
+  for (const auto& [name, p] : params) expect_bit_equal(after.at(name), p, name);
+  ASSERT_EQ(opt.state().size(), plain.state().size());
+  for (const auto& [name, m] : plain.state()) {  // the stand-in's device memory is host memory
+    const Tensor& dm = opt.state().at(name);
+    ASSERT_EQ(dm.shape(), m.shape()) << name;
+    EXPECT_EQ(0, std::memcmp(dm.data(), m.data(), sizeof(float) * static_cast<size_t>(m.numel()))) << name;
+  }
 }
 
 // AdamW's update of every tensor is the backend's adamw op, bit for bit the plain optimizer.
