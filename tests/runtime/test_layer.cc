@@ -14,6 +14,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
+#include "switchyard/engine/moe_model.h"
 #include "switchyard/engine/optimizer.h"
 #include "switchyard/kernels/buffer.h"
 
@@ -452,6 +453,34 @@ TEST(LayerBackendSeam, DeviceBackendPathEqualsTheCpuEngine) {
     EXPECT_GT(device.ops["ffn_forward"], 0) << cfg.source;
     EXPECT_GT(device.allocations, 0) << cfg.source;  // the activations are the backend's memory
   }
+}
+
+// MoeModel on a device backend (the stand-in), two layers: owned weights copied to the
+// backend, gradients and AdamW there; forward, backward and a step equal the CPU model's.
+TEST(LayerBackendSeam, MoeModelOnADeviceBackendEqualsTheCpuModel) {
+  Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/cartesian.yaml");
+  cfg.model.layers = 2;
+  const TensorMap w = init_model_weights(cfg.model, 9);
+  RandomStream rng(9, "moe-model-device");
+  const Tensor x = random_tokens(24, cfg.model.hidden_size, rng), g = random_tokens(24, cfg.model.hidden_size, rng);
+  test_support::RecordingBackend device(Device::cuda);
+  MoeModel cpu(cfg, w), dev(cfg, w, device);
+  for (int step = 0; step < 2; ++step) {
+    expect_bit_equal(dev.forward(x), cpu.forward(x), "output");
+    expect_bit_equal(dev.backward(g), cpu.backward(g), "grad_input");
+    for (const auto& [name, t] : cpu.grads()) {  // the stand-in's device memory is host memory
+      ASSERT_TRUE(dev.grads().at(name).borrowed()) << name;
+      EXPECT_EQ(0, std::memcmp(dev.grads().at(name).data(), t.data(), sizeof(float) * static_cast<size_t>(t.numel())))
+          << name;
+    }
+    cpu.step({.lr = 1e-2});
+    dev.step({.lr = 1e-2});
+    for (const auto& [name, t] : cpu.weights())
+      EXPECT_EQ(0, std::memcmp(dev.weights().at(name).data(), t.data(), sizeof(float) * static_cast<size_t>(t.numel())))
+          << name;
+  }
+  EXPECT_EQ(device.ops.count("select_experts"), 0u);
+  EXPECT_GT(device.ops["adamw"], 0);
 }
 
 // AdamW on a device backend (the stand-in): moments in the backend's memory, the same numbers.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "switchyard/cli/toy_task.h"
@@ -19,6 +20,12 @@ namespace sy {
 namespace {
 
 constexpr double kRelative = 1e-5;
+
+// The shipped configs: $SY_MODEL_CONFIGS (the device machine's checkout), else this source tree's.
+std::string config_dir() {
+  const char* env = std::getenv("SY_MODEL_CONFIGS");
+  return env && *env ? std::string(env) : std::string(SY_SOURCE_DIR) + "/configs/models";
+}
 
 void expect_close(const Tensor& got, const Tensor& want, const std::string& what) {
   ASSERT_EQ(got.shape(), want.shape()) << what;
@@ -64,7 +71,7 @@ TEST_P(DeviceLayer, ForwardBackwardAndAdamWMatchTheCpuEngine) {
   const auto& [backend_name, model] = GetParam();
   Backend* device = usable(backend_name);
   if (!device) GTEST_SKIP() << skip_reason(backend_name);
-  const Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/" + model + ".yaml");
+  const Config cfg = load_config(config_dir() + "/" + model + ".yaml");
   const int64_t B = 2, L = 16, T = B * L, d = cfg.model.hidden_size;
   const TensorMap w = init_layer_weights(cfg.model, 13);
   RandomStream rng(13, "device-layer");
