@@ -275,7 +275,7 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
                         std::to_string(a.dim(0) * a.dim(2)) + " but the input has " + std::to_string(T) + " tokens");
     sequences = a.dim(0);
     length = a.dim(2);
-    FloatBuffer computed(ops_.backend(), {T});  // host: imp's own memory below, no copy
+    FloatBuffer computed(ops_.backend(), {T});  // then copied to the host for the allocation
     ops_.run(ImportanceArgs{.attention = a.data(),
                             .b = a.dim(0),
                             .h = a.dim(1),
