@@ -1,7 +1,9 @@
 // Backend members shared by every backend: the entry points from before the op table.
 #include "switchyard/kernels/backend.h"
 
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "switchyard/core/error.h"
 
@@ -26,6 +28,33 @@ Backend& host_backend(Backend& backend, const std::string& user) {
     throw_runtime_error(user + ": backend '" + backend.name() +
                         "' is not a host backend (its buffers are host memory)");
   return backend;
+}
+
+void Backend::fill_zero(void* dst, size_t bytes) {
+  if (bytes == 0) return;
+  if (device() == Device::cpu) {
+    std::memset(dst, 0, bytes);
+    return;
+  }
+  const std::vector<char> zeros(bytes, 0);
+  copy_from_host(dst, zeros.data(), bytes);
+}
+
+void Backend::copy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  if (device() == Device::cpu) {
+    std::memmove(dst, src, bytes);
+    return;
+  }
+  std::vector<char> staging(bytes);
+  copy_to_host(staging.data(), src, bytes);
+  copy_from_host(dst, staging.data(), bytes);
+}
+
+Backend* find_backend(const std::string& name) {
+  for (Backend* b : backends())
+    if (b->name() == name) return b;
+  return nullptr;
 }
 
 OpRunner::~OpRunner() {

@@ -3,8 +3,8 @@
 # run on the device machine. Everything is built here; the device gets a bundle.
 #
 # Here (the CPU machine, repository root), once per build:
-#   cmake --build build-cuda --target test_backend_ops test_backends switchyard bench_gpu
-#   scripts/gather-device-libs.sh build-cuda device-libs      # device-libs/bundle.tar.gz
+#   cmake --build build-cuda --target test_backend_ops test_backends test_layer_device switchyard bench_gpu
+#   scripts/gather-device-libs.sh build-cuda device-libs      # device-libs/bundle.tar.gz, ~22 MiB
 # There, through the device tool (about 2-4 minutes on an H200; leave time for a rerun):
 #   run(command="scripts/device-check.sh", carry=["device-libs"], timeout_s=420)
 #   (the tests themselves take well under a minute; the timeouts below bound a hang)
@@ -16,9 +16,11 @@
 # then cuBLAS and NCCL from the device image, found with ldconfig or under /usr/local/cuda and
 # Python's nvidia packages; ldd of every binary must resolve); `switchyard backends`;
 # test_backends (softmax and FFN forward, every backend); test_backend_ops filtered to the cuda
-# rows (every op of ops.h against the CPU, and every backward against finite differences); then
-# the benchmarks (unless --no-bench; they run even after a failed test, their numbers then only
-# timings): bench_gpu (the grouped FFN against dense cuBLAS, the NCCL exchange against raw
+# rows (every op of ops.h against the CPU, and every backward against finite differences);
+# test_layer_device (the layer engine on cuda against the CPU engine, every shipped config,
+# configs from ./configs/models); with a device, `switchyard train-toy --backend cuda` (20 steps);
+# then the benchmarks (unless --no-bench; they run even after a failed test, their numbers then
+# only timings): bench_gpu (the grouped FFN against dense cuBLAS, the NCCL exchange against raw
 # NCCL) and bench/bench_gpu_torch.py (the layer against PyTorch eager, the image's python3);
 # their headline `name: value` lines are printed again at the end. Each binary runs under
 # `timeout`. Expected on an H200: tests under a minute, benchmarks about one more (bounded at 2
@@ -27,7 +29,7 @@
 #
 # Writes into $OUT (./device-check-out when OUT is unset): summary.txt, env.log, libs.log,
 # backends.log, test_backends.log, test_backend_ops.log, test_backend_ops.xml, sanitizer.log,
-# bench_gpu.log, bench_gpu_torch.log, headlines.txt.
+# test_layer_device.log/.xml, train_toy_cuda.log, bench_gpu.log, bench_gpu_torch.log, headlines.txt.
 # Exit status:
 #   0  a CUDA device was used and no test or benchmark failed
 #   1  a test or benchmark failed or timed out (summary.txt lists the failures)
@@ -148,8 +150,18 @@ step test_backend_ops 360 "$bin/test_backend_ops" --gtest_filter="$filter" \
   --gtest_output="xml:$out/test_backend_ops.xml" || status=1
 gtest_counts "$out/test_backend_ops.log"
 
+step test_layer_device 240 env SY_MODEL_CONFIGS="$PWD/configs/models" "$bin/test_layer_device" \
+  --gtest_output="xml:$out/test_layer_device.xml" || status=1
+gtest_counts "$out/test_layer_device.log"
+
 no_device=0
 grep -q "compiled but not usable here" "$out/test_backend_ops.log" && no_device=1
+
+if [ $no_device -eq 0 ] && [[ $missing != *switchyard:* ]]; then
+  step train_toy_cuda 180 "$bin/switchyard" train-toy --config configs/models/combined.yaml --steps 20 \
+    --no-progress --backend cuda || status=1
+  tail -3 "$out/train_toy_cuda.log" | sed 's/^/  /' | tee -a "$summary"
+fi
 
 if [ $sanitize -eq 1 ] && [ $no_device -eq 0 ]; then
   if command -v compute-sanitizer >/dev/null; then

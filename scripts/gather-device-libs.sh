@@ -18,7 +18,7 @@ set -euo pipefail
 
 build=${1:-build-cuda}
 bundle=${2:-device-libs}
-binaries=(tests/test_backend_ops tests/test_backends switchyard bench/bench_gpu)
+binaries=(tests/test_backend_ops tests/test_backends tests/test_layer_device switchyard bench/bench_gpu)
 
 for b in "${binaries[@]}"; do
   [ -x "$build/$b" ] || { echo "gather-device-libs: $build/$b is missing: build it first" >&2; exit 2; }

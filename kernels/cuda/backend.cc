@@ -88,6 +88,15 @@ class CudaBackend final : public Backend {
     check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream), "cudaMemcpyAsync D2H");
     synchronize();
   }
+  // Stream-ordered, no wait (like the ops).
+  void fill_zero(void* dst, size_t bytes) override {
+    if (bytes == 0) return;
+    check_cuda(cudaMemsetAsync(dst, 0, bytes, ctx_.stream), "cudaMemsetAsync");
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx_.stream), "cudaMemcpyAsync D2D");
+  }
   void synchronize() override { check_cuda(cudaStreamSynchronize(ctx_.stream), "cudaStreamSynchronize"); }
 
   bool can_implement(const OpArgs& args) const override {

@@ -6,7 +6,7 @@ import os
 import pathlib
 import warnings
 
-API_VERSION = 1
+API_VERSION = 2
 
 
 class SwitchyardError(RuntimeError):
@@ -35,7 +35,7 @@ class Tensor(ctypes.Structure):
 
 class ModelOptions(ctypes.Structure):
     _fields_ = [("coordinator", ctypes.c_char_p), ("client_name", ctypes.c_char_p),
-                ("use_loaded_model", ctypes.c_int), ("serving", ctypes.c_int)]
+                ("use_loaded_model", ctypes.c_int), ("serving", ctypes.c_int), ("backend", ctypes.c_char_p)]
 
 
 class ModelInfo(ctypes.Structure):

@@ -18,6 +18,12 @@ directly, `importance=[T] or [B, L]`.
 
 The engine keeps the activations of the last forward of each layer: call backward before the
 same layer's next forward (no activation checkpointing).
+
+`backend="cuda"` (local experts only) runs the engine on the CUDA device cuda:0: the parameters
+are CUDA tensors the engine reads in place, inputs, outputs and gradients are CUDA tensors
+handed to it by pointer (no host copies); only the initial weights go to the device once.
+Each call synchronizes torch's stream before it (the engine runs on a stream of its own) and
+returns when the engine's device work is done.
 """
 import ctypes
 import json
@@ -46,14 +52,26 @@ class _View:
         return ctypes.byref(self.struct)
 
 
-def _require_cpu_f32(t, what):
+def _require_f32(t, what, device="cpu"):
+    """t as a contiguous float32 tensor on `device` ("cpu", or "cuda": cuda:0), or an error."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != torch.float32:
         raise TypeError(f"{what} has dtype {t.dtype}; Switchyard layers take torch.float32")
-    if t.device.type != "cpu":
-        raise ValueError(f"{what} is on {t.device}; this build runs Switchyard layers on the CPU")
+    if t.device.type != device or (device == "cuda" and (t.device.index or 0) != 0):
+        where = "the CPU" if device == "cpu" else "cuda:0"
+        raise ValueError(f"{what} is on {t.device}; this Switchyard layer (backend '{device}') runs on {where}")
     return t if t.is_contiguous() else t.contiguous()
+
+
+def _require_cpu_f32(t, what):
+    return _require_f32(t, what, "cpu")
+
+
+def _sync(device):
+    """Torch's pending work on the inputs is done before the engine (its own stream) reads them."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def _copy_array(ptr, n, dtype, ctype):
@@ -153,7 +171,14 @@ def _is_expert(name):
 class _Model:
     """A sy_model and the torch parameters it reads in place."""
 
-    def __init__(self, config, cluster, weights, seed, name, use_loaded_model, serving):
+    def __init__(self, config, cluster, weights, seed, name, use_loaded_model, serving, backend="cpu"):
+        if backend not in ("cpu", "cuda"):
+            raise InputError(f"backend '{backend}': expected 'cpu' or 'cuda'")
+        if backend == "cuda" and cluster:
+            raise InputError("backend 'cuda' with a cluster: attached layers run on the cpu")
+        if backend == "cuda" and not torch.cuda.is_available():
+            raise InputError("backend 'cuda': torch sees no CUDA device here")
+        self.device = backend
         self.config_text = _config_text(config)
         if weights is None:
             full = _TensorMap.init(self.config_text, seed).to_dict()
@@ -165,12 +190,13 @@ class _Model:
             raise TypeError("weights must be None, a safetensors path or a dict of tensors")
         self.attached = bool(cluster)
         # The parameters this process holds: all, or the dense ones when experts are on workers.
-        self.params = {k: nn.Parameter(v) for k, v in full.items() if not (self.attached and _is_expert(k))}
+        self.params = {k: nn.Parameter(v.to(backend) if backend != "cpu" else v) for k, v in full.items()
+                       if not (self.attached and _is_expert(k))}
         create_map = _TensorMap()
         for k, v in full.items():
             create_map.borrow(k, self.params[k].data if k in self.params else v)
         opts = _capi.ModelOptions(cluster.encode() if cluster else None, (name or "switchyard.torch").encode(),
-                                  1 if use_loaded_model else 0, 1 if serving else 0)
+                                  1 if use_loaded_model else 0, 1 if serving else 0, backend.encode())
         self.handle = ctypes.c_void_p()
         _capi.call("sy_model_create", self.config_text.encode(), create_map.handle, ctypes.byref(opts),
                    ctypes.byref(self.handle))
@@ -191,7 +217,7 @@ class _Model:
         """Re-points the engine at parameters torch moved (e.g. `.data = ...`)."""
         for k, p in self.params.items():
             if p.data_ptr() != self.bound[k]:
-                data = _require_cpu_f32(p.data, f"parameter '{k}'")
+                data = _require_f32(p.data, f"parameter '{k}'", self.device)
                 if data.data_ptr() != p.data_ptr():
                     p.data = data
                 _capi.call("sy_model_rebind", self.handle, k.encode(), p.data_ptr())
@@ -235,6 +261,7 @@ class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, model, layer, names, x, attention, importance, *params):
         model.bind()
+        _sync(model.device)
         y = torch.empty_like(x)
         xv, yv = _View(x), _View(y)
         av = _View(attention) if attention is not None else None
@@ -247,7 +274,7 @@ class _LayerFunction(torch.autograd.Function):
         ctx.model, ctx.layer, ctx.names, ctx.version = model, layer, names, model.versions[layer]
         ctx.shapes = [p.shape for p in params]
         ctx.out_shape = y.shape
-        return y, torch.tensor(aux.value, dtype=torch.float32)
+        return y, torch.tensor(aux.value, dtype=torch.float32, device=x.device)
 
     @staticmethod
     def backward(ctx, grad_y, grad_aux):
@@ -256,15 +283,17 @@ class _LayerFunction(torch.autograd.Function):
             raise RuntimeError(f"switchyard: backward of an older forward of layer {layer}: the engine keeps the "
                                "activations of the last forward of each layer only; run backward before the "
                                "layer's next forward")
-        grad_y = torch.zeros(ctx.out_shape) if grad_y is None else grad_y
-        grad_y = _require_cpu_f32(grad_y, "grad_output")
-        grads = [torch.zeros(s, dtype=torch.float32) for s in ctx.shapes]
+        device = model.device
+        grad_y = torch.zeros(ctx.out_shape, device=device) if grad_y is None else grad_y
+        grad_y = _require_f32(grad_y, "grad_output", device)
+        grads = [torch.zeros(s, dtype=torch.float32, device=device) for s in ctx.shapes]
         gmap = _TensorMap()
         for name, g in zip(ctx.names, grads):
             gmap.borrow(name, g)
         grad_x = torch.empty_like(grad_y)
         gy, gx = _View(grad_y), _View(grad_x)
         scale = float(grad_aux) if grad_aux is not None else 0.0
+        _sync(device)
         _capi.call("sy_model_backward", model.handle, layer, gy.ref, gx.ref, scale, gmap.handle)
         needs = ctx.needs_input_grad[6:]
         return (None, None, None, grad_x if ctx.needs_input_grad[3] else None, None, None,
@@ -296,13 +325,14 @@ class MoELayer(nn.Module):
               path, or a dict of tensors named as METHODS.md §5
     use_loaded_model   attached: use the experts another client (rank 0) loaded
     serving   attached: forward only
+    backend   "cpu" (default) or "cuda": the engine on cuda:0, CUDA tensors in and out
     """
 
     def __init__(self, config, cluster=None, *, weights=None, seed=0, name=None, use_loaded_model=False,
-                 serving=False, _model=None, _layer=0):
+                 serving=False, backend="cpu", _model=None, _layer=0):
         super().__init__()
         if _model is None:
-            _model = _Model(config, cluster, weights, seed, name, use_loaded_model, serving)
+            _model = _Model(config, cluster, weights, seed, name, use_loaded_model, serving, backend)
             if _model.info.layers != 1:
                 raise InputError(f"MoELayer holds one layer; the config has model.layers: {_model.info.layers} "
                                  "(use MoEModel)")
@@ -315,7 +345,7 @@ class MoELayer(nn.Module):
             self._names.append(name_)
         self._plist = [p for _, p in _model.layer_params(_layer)]
         self.hidden_size = _model.info.hidden_size
-        self.aux_loss = torch.zeros(())
+        self.aux_loss = torch.zeros((), device=_model.device)
         self._stats = None
 
     @classmethod
@@ -342,14 +372,15 @@ class MoELayer(nn.Module):
 
     def forward(self, x, attention=None, importance=None):
         d = self.hidden_size
-        x = _require_cpu_f32(x, "MoELayer input")
+        device = self._model.device
+        x = _require_f32(x, "MoELayer input", device)
         if x.dim() not in (2, 3) or x.shape[-1] != d:
             raise InputError(f"MoELayer input has shape {list(x.shape)}, expected [T, {d}] or [B, L, {d}] "
                              f"(hidden_size {d})")
         if attention is not None:
-            attention = _require_cpu_f32(attention.detach(), "attention")
+            attention = _require_f32(attention.detach(), "attention", device)
         if importance is not None:
-            importance = _require_cpu_f32(importance.detach(), "importance")
+            importance = _require_f32(importance.detach(), "importance", device)
         y, aux = _LayerFunction.apply(self._model, self._layer, self._names, x.reshape(-1, d), attention, importance,
                                       *self._plist)
         self.aux_loss = aux
@@ -376,9 +407,9 @@ class MoEModel(nn.Module):
     METHODS.md §5's with "layers.{n}." prefixes, as in the weight files."""
 
     def __init__(self, config, cluster=None, *, weights=None, seed=0, name=None, use_loaded_model=False,
-                 serving=False):
+                 serving=False, backend="cpu"):
         super().__init__()
-        model = _Model(config, cluster, weights, seed, name, use_loaded_model, serving)
+        model = _Model(config, cluster, weights, seed, name, use_loaded_model, serving, backend)
         object.__setattr__(self, "_model", model)
         self.layers = nn.ModuleList(MoELayer(None, _model=model, _layer=n) for n in range(model.info.layers))
 

@@ -13,6 +13,7 @@
 #include "switchyard/core/error.h"
 #include "switchyard/core/io.h"
 #include "switchyard/engine/moe_model.h"
+#include "switchyard/kernels/buffer.h"
 #include "switchyard/kernels/cpu_ops.h"
 
 struct sy_tensors {
@@ -101,6 +102,22 @@ sy::TensorMap alias_or_copy(const sy::TensorMap& src) {
       out.emplace(name, t);  // a copy
   }
   return out;
+}
+
+// sy_model_options.backend: NULL/"" is the cpu; otherwise a usable backend by name, or an input
+// error naming the option and the value.
+sy::Backend& backend_option(const char* name) {
+  if (!name || !*name) return sy::cpu_backend();
+  if (sy::Backend* b = sy::find_backend(name)) return *b;
+  bool compiled = false;
+  for (const std::string& n : sy::compiled_backends()) compiled = compiled || n == name;
+  sy::throw_input_error(std::string("options.backend '") + name + "': " +
+                        (compiled ? "compiled but no device usable here" : "not a backend of this build"));
+}
+
+// Device work of a call is finished before it returns (the caller reads its outputs next).
+void finish(sy_model& m) {
+  if (m.model->backend().device() != sy::Device::cpu) m.model->backend().synchronize();
 }
 
 sy::AdamWConfig adamw_of(const sy_adamw* a) {
@@ -224,8 +241,12 @@ sy_status sy_model_create(const char* config_yaml, const sy_tensors* weights, co
     m->config.require_model();
     const sy::TensorMap& w = require(weights, "weights").map;
     const sy_model_options opts = options ? *options : sy_model_options{};
-    if (!opts.coordinator || !*opts.coordinator) {
-      m->model = std::make_unique<sy::MoeModel>(m->config, alias_or_copy(w));
+    sy::Backend& backend = backend_option(opts.backend);
+    const bool local = !opts.coordinator || !*opts.coordinator;
+    if (!local && backend.device() != sy::Device::cpu)
+      sy::throw_input_error("options.backend '" + backend.name() + "' with a coordinator: attached models run on the cpu");
+    if (local) {
+      m->model = std::make_unique<sy::MoeModel>(m->config, alias_or_copy(w), backend);
     } else {
       m->client = std::make_unique<sy::ClusterClient>(opts.coordinator, opts.client_name ? opts.client_name : "c-api");
       m->client->set_training(!opts.serving);
@@ -271,6 +292,7 @@ sy_status sy_model_forward(sy_model* model, int32_t layer, const sy_tensor* x, s
     }
     if (attention && importance) sy::throw_input_error("give attention or importance, not both");
     m.model->forward_layer(layer, xt, yt, imp);
+    finish(m);
   });
 }
 
@@ -281,6 +303,7 @@ sy_status sy_model_backward(sy_model* model, int32_t layer, const sy_tensor* gra
     const sy::Tensor gy = borrow(grad_y, "grad_y");
     sy::Tensor gx = borrow(grad_x, "grad_x");
     m.model->backward_layer(layer, gy, gx, grads ? &grads->map : nullptr, aux_scale);
+    finish(m);
   });
 }
 
@@ -322,7 +345,9 @@ sy_status sy_model_grad(const sy_model* model, const char* name, sy_tensor* out)
 
 sy_status sy_model_zero_grads(sy_model* model) {
   return guarded("sy_model_zero_grads", [&] {
-    for (auto& [name, g] : require(model, "model").model->mutable_grads()) g.fill(0.0f);
+    sy::MoeModel& mm = *require(model, "model").model;
+    for (auto& [name, g] : mm.mutable_grads()) sy::borrow_buffer(mm.backend(), g).fill_zero();
+    finish(*model);
   });
 }
 
@@ -337,6 +362,7 @@ sy_status sy_model_step(sy_model* model, const sy_adamw* adamw, int32_t group_si
   return guarded("sy_model_step", [&] {
     if (group_size < 1) sy::throw_input_error("group_size must be >= 1");
     require(model, "model").model->step(adamw_of(adamw), group_size);
+    finish(*model);
   });
 }
 

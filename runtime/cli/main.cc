@@ -1,5 +1,6 @@
 // switchyard: the command-line entry point. Every subcommand parses its own flags, reports
 // errors as `switchyard: error: ...` and exits with the error's code (config 2, input 3).
+#include <algorithm>
 #include <chrono>
 #include <malloc.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include "switchyard/core/io.h"
 #include "switchyard/core/log.h"
 #include "switchyard/kernels/backend.h"
+#include "switchyard/kernels/buffer.h"
 #include "switchyard/client/cluster_client.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
@@ -83,6 +85,27 @@ LayerInputs read_layer_inputs(const Flags& flags) {
   return in;
 }
 
+// `--backend NAME` (default cpu): the backend the layer engine runs on. An unknown name, one not
+// compiled into this build, or one without a usable device here is a usage error naming the flag.
+Backend& backend_flag(const Flags& flags) {
+  const std::string name = flags.get_or("backend", "cpu");
+  if (Backend* b = find_backend(name)) return *b;
+  const std::vector<std::string> compiled = compiled_backends();
+  std::string list;
+  for (const std::string& n : compiled) list += (list.empty() ? "" : ", ") + n;
+  if (std::find(compiled.begin(), compiled.end(), name) != compiled.end())
+    throw UsageError("--backend " + name + ": compiled but no " + (name == "cuda" ? std::string("CUDA device") : name) +
+                     " usable here (switchyard backends lists what is)");
+  if (name == "cuda") throw UsageError("--backend cuda: not compiled in (this build has: " + list + ")");
+  throw UsageError("--backend " + name + ": unknown backend (this build has: " + list + ")");
+}
+
+// --backend with --cluster: the cluster's experts are host tensors on the workers.
+void refuse_device_with_cluster(const Flags& flags, const Backend& backend) {
+  if (flags.has("cluster") && backend.device() != Device::cpu)
+    throw UsageError("--backend " + backend.name() + " cannot be combined with --cluster (the cluster path runs on the cpu)");
+}
+
 TensorMap read_layer_weights(const ModelConfig& model, const std::string& path) {
   TensorMap w = read_safetensors(path);
   check_layer_weights(model, w, path);
@@ -117,18 +140,24 @@ int cmd_layer(const std::vector<std::string>& args) {
     return 0;
   }
   if (sub == "forward") {
-    Flags flags(rest, "layer forward", {"config", "weights", "input", "output", "attention", "importance", "cluster"});
+    Flags flags(rest, "layer forward",
+                {"config", "weights", "input", "output", "attention", "importance", "cluster", "backend"});
+    Backend& backend = backend_flag(flags);
+    refuse_device_with_cluster(flags, backend);
     const Config cfg = load_config(flags.get("config"));
-    const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
+    const TensorMap host_w = read_layer_weights(cfg.model, flags.get("weights"));
     const LayerInputs in = read_layer_inputs(flags);
-    LocalExperts local(cfg.model, w, nullptr);
+    // The weights in the backend's memory (a device backend: copied there; the cpu: as read).
+    const BufferMap device_w = backend.device() == Device::cpu ? BufferMap() : BufferMap(backend, host_w);
+    const TensorMap& w = backend.device() == Device::cpu ? host_w : device_w.tensors();
+    LocalExperts local(cfg.model, w, nullptr, "", backend);
     std::unique_ptr<ClusterClient> client;
     if (flags.has("cluster")) {
       client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard layer forward");
       client->load_model(cfg, w);
       client->set_training(false);
     }
-    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local));
+    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local), "", backend);
     const Tensor y = layer.forward(in.x, in.view());
     write_npy(flags.get("output"), y);
     print_stage_stats(cfg.model, layer, std::cout);
@@ -138,21 +167,32 @@ int cmd_layer(const std::vector<std::string>& args) {
   }
   if (sub == "backward") {
     Flags flags(rest, "layer backward",
-                {"config", "weights", "input", "grad-output", "out-dir", "attention", "importance", "cluster"});
+                {"config", "weights", "input", "grad-output", "out-dir", "attention", "importance", "cluster", "backend"});
+    Backend& backend = backend_flag(flags);
+    refuse_device_with_cluster(flags, backend);
+    const bool host = backend.device() == Device::cpu;
     const Config cfg = load_config(flags.get("config"));
-    const TensorMap w = read_layer_weights(cfg.model, flags.get("weights"));
+    const TensorMap host_w = read_layer_weights(cfg.model, flags.get("weights"));
     const LayerInputs in = read_layer_inputs(flags);
     const Tensor g = read_input_npy(flags, "grad-output");
-    TensorMap grads = zeros_like(w);
-    LocalExperts local(cfg.model, w, &grads);
+    TensorMap grads = zeros_like(host_w);
+    BufferMap device_w, device_grads;  // a device backend: weights and gradients in its memory
+    if (!host) {
+      device_w = BufferMap(backend, host_w);
+      device_grads = BufferMap(backend, grads);
+    }
+    const TensorMap& w = host ? host_w : device_w.tensors();
+    TensorMap& engine_grads = host ? grads : device_grads.tensors();
+    LocalExperts local(cfg.model, w, &engine_grads, "", backend);
     std::unique_ptr<ClusterClient> client;
     if (flags.has("cluster")) {
       client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard layer backward");
       client->load_model(cfg, w);
     }
-    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local));
+    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local), "", backend);
     const Tensor y = layer.forward(in.x, in.view());
-    const Tensor dx = layer.backward(g, grads);
+    const Tensor dx = layer.backward(g, engine_grads);
+    if (!host) grads = device_grads.to_host();
     if (client) {  // expert gradients live on the workers: fetch them (summed over replicas)
       for (auto& [name, t] : client->fetch_expert_grads()) grads.at(name) = std::move(t);
       client->zero_expert_grads();
@@ -175,8 +215,11 @@ int cmd_layer(const std::vector<std::string>& args) {
 }
 
 int cmd_train_toy(const std::vector<std::string>& args) {
-  Flags flags(args, "train-toy", {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster", "skew", "trace"},
+  Flags flags(args, "train-toy",
+              {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster", "skew", "trace", "backend"},
               {"no-progress"});
+  Backend& backend = backend_flag(flags);
+  refuse_device_with_cluster(flags, backend);
   const Config cfg = load_config(flags.get("config"));
   ToyTaskOptions opt;
   opt.steps = static_cast<int>(flags.get_int("steps", opt.steps));
@@ -189,6 +232,7 @@ int cmd_train_toy(const std::vector<std::string>& args) {
   opt.data_seed += seed * 3;
   opt.progress = !flags.has("no-progress");
   opt.skew = flags.get_double("skew", 0.0);
+  opt.backend = &backend;
   if (!(opt.skew >= 0) || !std::isfinite(opt.skew)) throw UsageError("train-toy: --skew must be a number >= 0");
   if (opt.steps < 1 || opt.sequences < 1 || opt.seq_len < 1) throw UsageError("train-toy: sizes must be >= 1");
   if (flags.has("trace")) trace::start(flags.get("trace"), "train-toy pid " + std::to_string(::getpid()));
@@ -243,11 +287,11 @@ usage:
   switchyard config show --config C          print the effective configuration
   switchyard config reference                every setting as a Markdown table
   switchyard layer init --config C --seed S --out W.safetensors
-  switchyard layer forward --config C --weights W --input X.npy --output Y.npy
+  switchyard layer forward --config C --weights W --input X.npy --output Y.npy [--backend cpu|cuda]
                            [--attention A.npy | --importance I.npy]
-  switchyard layer backward --config C --weights W --input X.npy --grad-output G.npy --out-dir D
+  switchyard layer backward --config C --weights W --input X.npy --grad-output G.npy --out-dir D [--backend cpu|cuda]
                            [--attention A.npy | --importance I.npy]
-  switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--skew S] [--no-progress]
+  switchyard train-toy --config C [--steps N] [--lr LR] [--seed S] [--skew S] [--no-progress] [--backend cpu|cuda]
   switchyard demo [--config C] [--steps N] [--tokens T]
   switchyard backends                         compiled and usable compute backends
 

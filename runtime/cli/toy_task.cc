@@ -13,6 +13,7 @@
 #include "switchyard/client/cluster_client.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/optimizer.h"
+#include "switchyard/kernels/buffer.h"
 
 namespace sy {
 
@@ -148,18 +149,32 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
     skewed->skew_router(teacher, model, 1.0f);
     skewed->skew_router(student, model, 0.5f);
   }
-  LocalExperts teacher_experts(model, teacher, nullptr);
-  LayerEngine teacher_layer(model, teacher, teacher_experts);
+  Backend& backend = opt.backend ? *opt.backend : cpu_backend();
+  const bool host = backend.device() == Device::cpu;
+  if (cluster && !host) throw_input_error("train-toy: a cluster run keeps the client on the cpu backend");
+  // A device backend: teacher, student and gradients in its memory (the cpu: the maps themselves).
+  BufferMap teacher_device, student_device, grads_device;
+  if (!host) teacher_device = BufferMap(backend, teacher);
+  const TensorMap& teacher_w = host ? teacher : teacher_device.tensors();
+  LocalExperts teacher_experts(model, teacher_w, nullptr, "", backend);
+  LayerEngine teacher_layer(model, teacher_w, teacher_experts, "", backend);
   if (cluster) {
     // Experts go to the workers; the client keeps (and optimizes) only the dense parameters.
     cluster->load_model(config, student);
     for (const ParamSpec& spec : layer_param_specs(model))
       if (spec.owner == ParamOwner::expert) student.erase(spec.name);
   }
-  TensorMap grads = zeros_like(student);
-  LocalExperts student_experts(model, student, &grads);
-  LayerEngine student_layer(model, student, cluster ? cluster->experts(0) : static_cast<ExpertCompute&>(student_experts));
-  AdamW adam({.lr = opt.lr});
+  TensorMap host_grads = zeros_like(student);
+  if (!host) {
+    student_device = BufferMap(backend, student);
+    grads_device = BufferMap(backend, host_grads);
+  }
+  TensorMap& student_w = host ? student : student_device.tensors();
+  TensorMap& grads = host ? host_grads : grads_device.tensors();
+  LocalExperts student_experts(model, student_w, &grads, "", backend);
+  LayerEngine student_layer(model, student_w,
+                            cluster ? cluster->experts(0) : static_cast<ExpertCompute&>(student_experts), "", backend);
+  AdamW adam({.lr = opt.lr}, backend);
 
   RandomStream data(opt.data_seed, "toy-data");
   const bool dynamic = needs_importance(model);
@@ -196,10 +211,10 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
     const Tensor y = student_layer.forward(x, imp);
     const double mse = mse_and_grad(y, target, &g);
     const double loss = mse + student_layer.aux_loss();
-    for (auto& [name, t] : grads) t.fill(0.0f);
+    for (auto& [name, t] : grads) borrow_buffer(backend, t).fill_zero();
     student_layer.backward(g, grads);
     adam.set_lr(opt.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * (step - 1) / opt.steps)));  // cosine decay
-    adam.step(student, grads);
+    adam.step(student_w, grads);
     if (cluster) cluster->step(adam.config(), 1, static_cast<uint64_t>(step));
     result.losses.push_back(loss);
     result.mse.push_back(mse);

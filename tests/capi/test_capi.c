@@ -203,6 +203,17 @@ static void test_bad_inputs(const char* dir) {
   sy_model* m = NULL;
   CHECK(sy_model_create(yaml, empty, NULL, &m) == SY_ERR_INPUT, "empty weights accepted");
   CHECK(strstr(sy_last_error(), "missing tensor 'stages.0.router.weight'") != NULL, "message: %s", sy_last_error());
+  /* options.backend: an unknown name is an input error naming the option and the value. */
+  sy_tensors* init = NULL;
+  OK(sy_tensors_init(yaml, 1, &init));
+  sy_model_options opts = {0};
+  opts.backend = "tpu";
+  CHECK(sy_model_create(yaml, init, &opts, &m) == SY_ERR_INPUT, "backend tpu accepted");
+  CHECK(strstr(sy_last_error(), "options.backend 'tpu'") != NULL, "message: %s", sy_last_error());
+  opts.backend = "cpu";
+  OK(sy_model_create(yaml, init, &opts, &m));
+  sy_model_destroy(m);
+  sy_tensors_destroy(init);
   sy_tensors_destroy(empty);
   free(yaml);
 }

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +15,7 @@
 #include "switchyard/core/io.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
+#include "switchyard/kernels/backend.h"
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/placement/load_trace.h"
 #include "switchyard/placement/zipf_trace.h"
@@ -220,6 +223,83 @@ TEST_F(Cli, TrainToyPrintsCurveAndLossDrop) {
   const size_t pos = r.output.find("loss_drop: ");
   ASSERT_NE(pos, std::string::npos) << r.output;
   EXPECT_GT(std::stod(r.output.substr(pos + 11)), 1.0) << "20 steps of AdamW should already reduce the loss";
+}
+
+// `--backend` on layer forward/backward and train-toy: a bad value is a usage error (exit 2)
+// naming the flag and the value; `--backend cpu` is the default path, bit for bit.
+TEST_F(Cli, BackendFlagErrorsNameTheFlagAndTheValue) {
+  const std::string cfg = kModels + "topk.yaml";
+  ASSERT_EQ(run("layer init --config " + cfg + " --seed 2 --out " + path("w.safetensors")).code, 0);
+  RandomStream rng(2, "backend-flag");
+  write_npy(path("x.npy"), random_tokens(16, 64, rng));
+  write_npy(path("g.npy"), random_tokens(16, 64, rng));
+  const std::string fwd = "layer forward --config " + cfg + " --weights " + path("w.safetensors") + " --input " +
+                          path("x.npy") + " --output " + path("y.npy");
+  const std::string bwd = "layer backward --config " + cfg + " --weights " + path("w.safetensors") + " --input " +
+                          path("x.npy") + " --grad-output " + path("g.npy") + " --out-dir " + path("grads");
+  const std::string toy = "train-toy --config " + cfg + " --steps 2 --no-progress";
+  for (const std::string& cmd : {fwd, bwd, toy}) {
+    Result r = run(cmd + " --backend tpu");
+    EXPECT_EQ(r.code, 2) << cmd << "\n" << r.output;
+    EXPECT_NE(r.output.find("--backend tpu: unknown backend"), std::string::npos) << r.output;
+    if (find_backend("cuda")) continue;  // a device here: --backend cuda is usable
+    r = run(cmd + " --backend cuda");
+    EXPECT_EQ(r.code, 2) << cmd << "\n" << r.output;
+    const auto compiled = compiled_backends();
+    const bool has_cuda = std::find(compiled.begin(), compiled.end(), "cuda") != compiled.end();
+    EXPECT_NE(r.output.find(has_cuda ? "--backend cuda: compiled but no CUDA device" : "--backend cuda: not compiled in"),
+              std::string::npos)
+        << r.output;
+  }
+  Result r = run(fwd + " --backend cpu");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor y_cpu_flag = read_npy(path("y.npy"));
+  ASSERT_EQ(run(fwd).code, 0);
+  EXPECT_EQ(read_npy(path("y.npy")).values(), y_cpu_flag.values());
+}
+
+// `--backend cuda` end to end through the CLI, against the CPU run of the same files (FP32:
+// max |cuda − cpu| ≤ 1e-5 · max |cpu| per tensor). Skipped without a usable CUDA device.
+TEST_F(Cli, LayerForwardBackwardOnCudaMatchTheCpu) {
+  if (!find_backend("cuda")) GTEST_SKIP() << "no usable CUDA backend here (not compiled in, or no device)";
+  auto close = [](const Tensor& got, const Tensor& want, const std::string& what) {
+    ASSERT_EQ(got.shape(), want.shape()) << what;
+    double scale = 0, worst = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      scale = std::max(scale, static_cast<double>(std::fabs(want[i])));
+      worst = std::max(worst, static_cast<double>(std::fabs(got[i] - want[i])));
+    }
+    EXPECT_LE(worst, 1e-5 * scale) << what;
+  };
+  for (const std::string model : {"topk", "dynamic", "dag", "cartesian", "combined"}) {
+    const std::string cfg_path = kModels + model + ".yaml";
+    const Config cfg = load_config(cfg_path);
+    ASSERT_EQ(run("layer init --config " + cfg_path + " --seed 6 --out " + path("w.safetensors")).code, 0);
+    RandomStream rng(6, "cli-cuda");
+    write_npy(path("x.npy"), random_tokens(32, cfg.model.hidden_size, rng));
+    write_npy(path("g.npy"), random_tokens(32, cfg.model.hidden_size, rng));
+    write_npy(path("a.npy"), random_attention(2, 2, 16, 1.0f, rng));
+    const std::string imp = needs_importance(cfg.model) ? " --attention " + path("a.npy") : "";
+    for (const std::string backend : {"cpu", "cuda"}) {
+      Result r = run("layer forward --config " + cfg_path + " --weights " + path("w.safetensors") + " --input " +
+                     path("x.npy") + " --output " + path("y_" + backend + ".npy") + imp + " --backend " + backend);
+      ASSERT_EQ(r.code, 0) << r.output;
+      r = run("layer backward --config " + cfg_path + " --weights " + path("w.safetensors") + " --input " +
+              path("x.npy") + " --grad-output " + path("g.npy") + " --out-dir " + path("grads_" + backend) + imp +
+              " --backend " + backend);
+      ASSERT_EQ(r.code, 0) << r.output;
+    }
+    close(read_npy(path("y_cuda.npy")), read_npy(path("y_cpu.npy")), model + " output");
+    close(read_npy(path("grads_cuda/grad_input.npy")), read_npy(path("grads_cpu/grad_input.npy")), model + " grad_input");
+    const TensorMap gc = read_safetensors(path("grads_cpu/grad_weights.safetensors"));
+    const TensorMap gd = read_safetensors(path("grads_cuda/grad_weights.safetensors"));
+    for (const auto& [name, t] : gc) close(gd.at(name), t, model + " " + name);
+  }
+  Result r = run("train-toy --config " + kModels + "topk.yaml --steps 20 --no-progress --backend cuda");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const size_t pos = r.output.find("loss_drop: ");
+  ASSERT_NE(pos, std::string::npos) << r.output;
+  EXPECT_GT(std::stod(r.output.substr(pos + 11)), 1.0);
 }
 
 // `placement plan|simulate` (issue 10): the printed lines, the written YAML, exit codes.

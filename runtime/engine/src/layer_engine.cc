@@ -12,8 +12,18 @@ namespace sy {
 namespace {
 
 // dst += src on the backend.
-void add_into(OpRunner& ops, Tensor& dst, const Tensor& src) {
+void add_into(OpRunner& ops, FloatBuffer& dst, const FloatBuffer& src) {
   ops.run(AddInplaceArgs{.x = src.data(), .n = dst.numel(), .y = dst.data()});
+}
+
+bool is_host(const Backend& b) { return b.device() == Device::cpu; }
+
+// A [rows, d] result handed to the engine through a Tensor: on a host backend a tensor of its
+// own (as before Buffers); on a device backend a view of `owner`, zeroed, which this object keeps.
+Tensor handed_out(OpRunner& ops, FloatBuffer& owner, Shape shape) {
+  if (is_host(ops.backend())) return Tensor(std::move(shape));
+  owner = FloatBuffer(ops.backend(), std::move(shape));
+  return owner.tensor();
 }
 
 }  // namespace
@@ -26,21 +36,30 @@ LocalExperts::LocalExperts(const ModelConfig& model, const TensorMap& weights, T
       weights_(weights),
       grads_(grads),
       prefix_(std::move(prefix)),
-      ops_(host_backend(backend, "LocalExperts")) {
-  saved_.resize(model.layer.stages.size());
-  inputs_.resize(model.layer.stages.size());
+      ops_(backend) {
+  const size_t stages = model.layer.stages.size();
+  saved_.resize(stages);
+  inputs_.resize(stages);
+  index_.resize(stages);
+  outputs_.resize(stages);
+  grad_inputs_.resize(stages);
 }
 
 void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) {
   const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
   const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
-  Tensor& input = inputs_[static_cast<size_t>(stage)];  // kept for backward
-  input = Tensor({layout.rows(), d});
-  ops_.run(GatherRowsArgs{
-      .src = tokens.data(), .d = d, .index = layout.token.data(), .rows = layout.rows(), .dst = input.data()});
-  output = Tensor({layout.rows(), d});
-  std::vector<float>& saved = saved_[static_cast<size_t>(stage)];  // kept for backward; capacity reused
-  saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(layout.rows(), f, st.activation)));
+  const size_t si = static_cast<size_t>(stage);
+  Backend& backend = ops_.backend();
+  FloatBuffer& input = inputs_[si];  // kept for backward
+  input = FloatBuffer(backend, {layout.rows(), d});
+  ops_.run(GatherRowsArgs{.src = tokens.data(),
+                          .d = d,
+                          .index = on_backend(backend, layout.token, index_[si]),
+                          .rows = layout.rows(),
+                          .dst = input.data()});
+  output = handed_out(ops_, outputs_[si], {layout.rows(), d});
+  FloatBuffer& saved = saved_[si];  // kept for backward; capacity reused
+  saved.resize(backend, {cpu::ffn_saved_floats(layout.rows(), f, st.activation)});
   for (int64_t i = 0; i < st.experts; ++i) {
     const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
     if (rows == 0) continue;
@@ -65,11 +84,11 @@ void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const 
   if (!grads_) throw_runtime_error("LocalExperts::backward without a gradient map");
   const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
   const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
-  const Tensor& input = inputs_[static_cast<size_t>(stage)];
-  const std::vector<float>& saved = saved_[static_cast<size_t>(stage)];
-  if (static_cast<int64_t>(saved.size()) != cpu::ffn_saved_floats(layout.rows(), f, st.activation))
+  const FloatBuffer& input = inputs_[static_cast<size_t>(stage)];
+  const FloatBuffer& saved = saved_[static_cast<size_t>(stage)];
+  if (saved.numel() != cpu::ffn_saved_floats(layout.rows(), f, st.activation))
     throw_runtime_error("LocalExperts::backward of stage " + std::to_string(stage) + " without its forward");
-  grad_input = Tensor({layout.rows(), d});
+  grad_input = handed_out(ops_, grad_inputs_[static_cast<size_t>(stage)], {layout.rows(), d});
   for (int64_t i = 0; i < st.experts; ++i) {
     const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
     if (rows == 0) continue;
@@ -99,22 +118,25 @@ void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const 
 
 // ---------------- LayerEngine ----------------
 
+// Every buffer is the engine backend's memory; p_host and the index structures are host memory.
 struct LayerEngine::StageState {
-  Tensor norm_input;            // what this stage's norm saw (r_{s-1}, or x for input_norm)
-  std::vector<float> norm_rstd;
+  FloatBuffer norm_input;       // what this stage's norm saw (r_{s-1}, or x for input_norm)
+  FloatBuffer norm_rstd;
   bool normed = false;
-  Tensor u;                     // stage input
-  std::vector<float> logits;    // router logits (buffer reused step to step)
-  std::vector<float> p, lse;    // router probabilities and logsumexp
+  FloatBuffer u;                // stage input
+  FloatBuffer logits;           // router logits (buffer reused step to step)
+  FloatBuffer p, lse;           // router probabilities and logsumexp
+  std::vector<float> p_host;    // device backend: p copied for the host ops
   cpu::Selection selection;
   cpu::DispatchLayout layout;
   cpu::NodeList nodes;
-  Tensor expert_out;            // packed expert outputs
-  Tensor aggregated;            // m before the shared-expert mix
-  std::vector<float> dag_saved;     // DagForwardArgs::saved
-  std::vector<float> shared_saved;  // FfnForwardArgs::saved of the shared expert
-  Tensor shared_out;
-  std::vector<float> coef;
+  IndexBuffer token_index;      // device backend: layout.token uploaded (the unpack's indices)
+  Tensor expert_out;            // packed expert outputs (ExpertCompute's; the backend's memory)
+  FloatBuffer aggregated;       // m before the shared-expert mix
+  FloatBuffer dag_saved;        // DagForwardArgs::saved
+  FloatBuffer shared_saved;     // FfnForwardArgs::saved of the shared expert
+  FloatBuffer shared_out;
+  FloatBuffer coef;
 };
 
 LayerEngine::LayerEngine(const ModelConfig& model, const TensorMap& weights, ExpertCompute& experts, std::string prefix,
@@ -123,7 +145,8 @@ LayerEngine::LayerEngine(const ModelConfig& model, const TensorMap& weights, Exp
       weights_(weights),
       experts_(experts),
       prefix_(std::move(prefix)),
-      ops_(host_backend(backend, "LayerEngine")) {
+      ops_(backend) {
+  if (!is_host(backend)) host_ops_ = std::make_unique<OpRunner>(cpu_backend());
   for (size_t s = 0; s < model.layer.stages.size(); ++s) states_.push_back(std::make_unique<StageState>());
   stats_.resize(model.layer.stages.size());
 }
@@ -155,7 +178,29 @@ double LayerEngine::aux_loss() const {
 
 Tensor LayerEngine::forward(const Tensor& x, const ImportanceInput& importance) {
   Tensor y({x.rank() == 2 ? x.dim(0) : 0, model_.hidden_size});
-  forward_into(x, y, importance);
+  Backend& b = ops_.backend();
+  if (is_host(b)) {
+    forward_into(x, y, importance);
+    return y;
+  }
+  // A device backend: the host tensors copied in, the output copied out.
+  const FloatBuffer xd = FloatBuffer::from_host(b, x.data(), x.shape());
+  FloatBuffer yd(b, y.shape()), ad, id;
+  Tensor at, it;
+  ImportanceInput imp;
+  if (importance.attention) {
+    ad = FloatBuffer::from_host(b, importance.attention->data(), importance.attention->shape());
+    at = ad.tensor();
+    imp.attention = &at;
+  }
+  if (importance.importance) {
+    id = FloatBuffer::from_host(b, importance.importance->data(), importance.importance->shape());
+    it = id.tensor();
+    imp.importance = &it;
+  }
+  Tensor xv = xd.tensor(), yv = yd.tensor();
+  forward_into(xv, yv, imp);
+  yd.download(y.data());
   return y;
 }
 
@@ -169,32 +214,35 @@ void LayerEngine::forward_into(const Tensor& x, Tensor& y, const ImportanceInput
     throw_input_error("layer output buffer has shape " + shape_to_string(y.shape()) + ", expected " +
                       shape_to_string(x.shape()));
   input_shape_ = x.shape();
-  y.fill(0.0f);
-  Tensor residual = x;  // r_{s-1}
+  Backend& backend = ops_.backend();
+  FloatBuffer yb = borrow_buffer(backend, y);
+  yb.fill_zero();
+  FloatBuffer residual = borrow_buffer(backend, x).clone();  // r_{s-1}
   for (size_t si = 0; si < model_.layer.stages.size(); ++si) {
     const int s = static_cast<int>(si);
     StageState& st = *states_[si];
-    Tensor u;
+    FloatBuffer u;
     const bool norm = s >= 1 || model_.layer.input_norm == InputNorm::rmsnorm;
     st.normed = norm;
     if (norm) {
       const Tensor& w = s == 0 ? param("input_norm.weight") : param("stages." + std::to_string(s) + ".norm.weight");
-      st.norm_input = residual;
-      st.norm_rstd.resize(static_cast<size_t>(T));
-      u = Tensor({T, d});
+      st.norm_input = residual.clone();
+      st.norm_rstd.resize(backend, {T});
+      u = FloatBuffer(backend, {T, d});
       ops_.run(RmsNormForwardArgs{
           .x = residual.data(), .n = T, .d = d, .w = w.data(), .y = u.data(), .rstd = st.norm_rstd.data()});
     } else {
-      u = residual;
+      u = residual.clone();
     }
-    Tensor m = stage_forward(s, u, importance);
-    add_into(ops_, y, m);
+    FloatBuffer m = stage_forward(s, std::move(u), importance);
+    add_into(ops_, yb, m);
     if (si + 1 < model_.layer.stages.size()) add_into(ops_, residual, m);
   }
 }
 
-Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput& importance) {
-  states_[static_cast<size_t>(s)]->u = u;
+FloatBuffer LayerEngine::stage_forward(int s, FloatBuffer u_in, const ImportanceInput& importance) {
+  states_[static_cast<size_t>(s)]->u = std::move(u_in);
+  const FloatBuffer& u = states_[static_cast<size_t>(s)]->u;
   const std::string where = trace::enabled() ? prefix_ + "stages." + std::to_string(s) : std::string();
   const std::vector<int32_t> k = experts_per_token(s, u.dim(0), importance);
   {
@@ -207,7 +255,7 @@ Tensor LayerEngine::stage_forward(int s, const Tensor& u, const ImportanceInput&
   }
   trace::Span span("aggregate", where);
   aggregate(s, u);
-  Tensor m = mix_shared_expert(s, u);
+  FloatBuffer m = mix_shared_expert(s, u);
   record_stats(s, k);
   return m;
 }
@@ -227,13 +275,14 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
                         std::to_string(a.dim(0) * a.dim(2)) + " but the input has " + std::to_string(T) + " tokens");
     sequences = a.dim(0);
     length = a.dim(2);
-    imp.resize(static_cast<size_t>(T));
+    FloatBuffer computed(ops_.backend(), {T});  // then copied to the host for the allocation
     ops_.run(ImportanceArgs{.attention = a.data(),
                             .b = a.dim(0),
                             .h = a.dim(1),
                             .l = a.dim(2),
                             .causal_correction = cfg.routing.causal_correction,
-                            .importance = imp.data()});
+                            .importance = computed.data()});
+    imp = computed.to_host();
   } else if (importance.importance) {
     const Tensor& i = *importance.importance;
     if (!(i.rank() == 1 && i.dim(0) == T) && !(i.rank() == 2 && i.dim(0) * i.dim(1) == T))
@@ -243,13 +292,13 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
       sequences = i.dim(0);
       length = i.dim(1);
     }
-    imp.assign(i.data(), i.data() + i.numel());
+    imp = borrow_buffer(ops_.backend(), i).to_host();
   } else {
     throw_input_error("stage " + std::to_string(s) +
                       " uses routing.kind: dynamic and needs token importance (--attention or --importance)");
   }
   std::vector<int32_t> k(static_cast<size_t>(T));
-  ops_.run(AllocateExpertsArgs{.importance = imp,
+  host_ops().run(AllocateExpertsArgs{.importance = imp,
                                .sequences = sequences,
                                .length = length,
                                .params = {cfg.routing.k_avg, cfg.routing.k_min, cfg.routing.k_max, cfg.routing.budget},
@@ -258,44 +307,47 @@ std::vector<int32_t> LayerEngine::experts_per_token(int s, int64_t T, const Impo
 }
 
 // Router softmax, the K_t best experts per token, gates, capacity; the dispatch layout.
-void LayerEngine::route(int s, const Tensor& u, const std::vector<int32_t>& k) {
+void LayerEngine::route(int s, const FloatBuffer& u, const std::vector<int32_t>& k) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const int64_t T = u.dim(0), d = model_.hidden_size, E = cfg.experts;
-  st.logits.resize(static_cast<size_t>(T * E));
+  Backend& backend = ops_.backend();
+  st.logits.resize(backend, {T * E});
   ops_.run(LinearForwardArgs{.x = u.data(),
                              .n = T,
                              .in = d,
                              .out = E,
                              .w = param("stages." + std::to_string(s) + ".router.weight").data(),
                              .y = st.logits.data()});
-  st.p.resize(static_cast<size_t>(T * E));
-  st.lse.resize(static_cast<size_t>(T));
+  st.p.resize(backend, {T, E});
+  st.lse.resize(backend, {T});
   ops_.run(SoftmaxForwardArgs{.z = st.logits.data(), .n = T, .e = E, .p = st.p.data(), .lse = st.lse.data()});
-  ops_.run(SelectExpertsArgs{.p = st.p.data(), .n = T, .e = E, .k_per_token = k, .selection = &st.selection});
-  ops_.run(ComputeGatesArgs{.p = st.p.data(), .normalize = cfg.routing.normalize, .selection = &st.selection});
-  ops_.run(ApplyCapacityArgs{.capacity_factor = cfg.capacity_factor, .selection = &st.selection});
+  const float* p = st.p.host_data(st.p_host);  // the host ops read p on the host
+  OpRunner& host = host_ops();
+  host.run(SelectExpertsArgs{.p = p, .n = T, .e = E, .k_per_token = k, .selection = &st.selection});
+  host.run(ComputeGatesArgs{.p = p, .normalize = cfg.routing.normalize, .selection = &st.selection});
+  host.run(ApplyCapacityArgs{.capacity_factor = cfg.capacity_factor, .selection = &st.selection});
   if (drop_top_ > 0) cpu::drop_top_experts(drop_top_, st.selection);
   st.layout = cpu::build_dispatch_layout(st.selection);
   st.nodes = cpu::build_node_list(st.selection, st.layout);
 }
 
 // The routed experts compute the layout's rows (packed by the ExpertCompute).
-void LayerEngine::dispatch(int s, const Tensor& u) {
+void LayerEngine::dispatch(int s, const FloatBuffer& u) {
   StageState& st = *states_[static_cast<size_t>(s)];
-  experts_.forward(s, st.layout, u, st.expert_out);
+  experts_.forward(s, st.layout, u.tensor(), st.expert_out);
   if (st.expert_out.numel() != st.layout.rows() * model_.hidden_size)
     throw_runtime_error("expert compute returned " + shape_to_string(st.expert_out.shape()) + " for " +
                         std::to_string(st.layout.rows()) + " rows");
 }
 
 // Weighted sum or DAG aggregation of each token's expert outputs.
-void LayerEngine::aggregate(int s, const Tensor& u) {
+void LayerEngine::aggregate(int s, const FloatBuffer& u) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const int64_t T = u.dim(0), d = model_.hidden_size;
   const std::string sp = "stages." + std::to_string(s) + ".";
-  st.aggregated = Tensor({T, d});
+  st.aggregated = FloatBuffer(ops_.backend(), {T, d});
   if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
     ops_.run(WeightedSumForwardArgs{
         .nodes = &st.nodes, .expert_out = st.expert_out.data(), .d = d, .m = st.aggregated.data()});
@@ -308,8 +360,8 @@ void LayerEngine::aggregate(int s, const Tensor& u) {
                       param(dp + "edge.weight").data(), param(dp + "node.weight").data(), param(dp + "up.weight").data()});
   }
   // resize, not assign: the buffer of the previous step is reused.
-  st.dag_saved.resize(static_cast<size_t>(
-      cpu::dag_saved_floats(st.nodes.tokens(), st.nodes.nodes(), d, cfg.aggregation.dim, levels.size())));
+  st.dag_saved.resize(ops_.backend(),
+                      {cpu::dag_saved_floats(st.nodes.tokens(), st.nodes.nodes(), d, cfg.aggregation.dim, levels.size())});
   ops_.run(DagForwardArgs{.nodes = &st.nodes,
                           .expert_out = st.expert_out.data(),
                           .u = u.data(),
@@ -322,16 +374,17 @@ void LayerEngine::aggregate(int s, const Tensor& u) {
 }
 
 // m = aggregated, plus the shared expert (added or mixed by coefficients) when the stage has one.
-Tensor LayerEngine::mix_shared_expert(int s, const Tensor& u) {
+FloatBuffer LayerEngine::mix_shared_expert(int s, const FloatBuffer& u) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
-  if (!cfg.shared_expert.enabled) return st.aggregated;
+  if (!cfg.shared_expert.enabled) return st.aggregated.clone();
+  Backend& backend = ops_.backend();
   const int64_t T = u.dim(0), d = model_.hidden_size, fs = cfg.shared_expert.ffn_hidden_size;
   const std::string sp = "stages." + std::to_string(s) + ".";
   cpu::ExpertWeights w{param(sp + "shared.gate_proj.weight").data(), param(sp + "shared.up_proj.weight").data(),
                        param(sp + "shared.down_proj.weight").data()};
-  st.shared_out = Tensor({T, d});
-  st.shared_saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(T, fs, Activation::swiglu)));
+  st.shared_out = FloatBuffer(backend, {T, d});
+  st.shared_saved.resize(backend, {cpu::ffn_saved_floats(T, fs, Activation::swiglu)});
   if (T > 0)
     ops_.run(FfnForwardArgs{.x = u.data(),
                             .rows = T,
@@ -342,12 +395,12 @@ Tensor LayerEngine::mix_shared_expert(int s, const Tensor& u) {
                             .out = st.shared_out.data(),
                             .saved = st.shared_saved.data()});
   if (cfg.shared_expert.mix == SharedMix::add) {
-    Tensor m = st.aggregated;
+    FloatBuffer m = st.aggregated.clone();
     add_into(ops_, m, st.shared_out);
     return m;
   }
-  Tensor m({T, d});
-  st.coef.resize(static_cast<size_t>(2 * T));
+  FloatBuffer m(backend, {T, d});
+  st.coef.resize(backend, {T, 2});
   ops_.run(CoefficientMixForwardArgs{.u = u.data(),
                                      .n = T,
                                      .d = d,
@@ -391,7 +444,16 @@ void LayerEngine::record_stats(int s, const std::vector<int32_t>& k) {
 
 Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads, double aux_scale) {
   Tensor dx(input_shape_);
-  backward_into(grad_y, grads, dx, aux_scale);
+  Backend& b = ops_.backend();
+  if (is_host(b)) {
+    backward_into(grad_y, grads, dx, aux_scale);
+    return dx;
+  }
+  const FloatBuffer gd = FloatBuffer::from_host(b, grad_y.data(), grad_y.shape());
+  FloatBuffer dxd(b, input_shape_);
+  Tensor gv = gd.tensor(), dxv = dxd.tensor();
+  backward_into(gv, grads, dxv, aux_scale);
+  dxd.download(dx.data());
   return dx;
 }
 
@@ -404,16 +466,18 @@ void LayerEngine::backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& 
     throw_input_error("grad_input buffer has shape " + shape_to_string(grad_x.shape()) + ", the layer input has " +
                       shape_to_string(input_shape_));
   const int64_t T = input_shape_.at(0);
-  Tensor dr_next({T, d});  // dL/dr_s from later stages
+  Backend& backend = ops_.backend();
+  FloatBuffer grad_x_buffer = borrow_buffer(backend, grad_x);
+  FloatBuffer dr_next(backend, {T, d});  // dL/dr_s from later stages
   for (size_t si = model_.layer.stages.size(); si-- > 0;) {
     const int s = static_cast<int>(si);
     StageState& st = *states_[si];
-    Tensor dm = grad_y;
+    FloatBuffer dm = borrow_buffer(backend, grad_y).clone();
     add_into(ops_, dm, dr_next);
-    Tensor du = stage_backward(s, dm, grads, aux_scale);
-    Tensor scratch;  // r_s = r_{s-1} + m_s; stage 0's dL/dr_{-1} is dL/dx, written in place
-    Tensor& dr_prev = si == 0 ? grad_x : (scratch = Tensor({T, d}));
-    std::copy(dr_next.data(), dr_next.data() + dr_next.numel(), dr_prev.data());
+    FloatBuffer du = stage_backward(s, dm, grads, aux_scale);
+    FloatBuffer scratch;  // r_s = r_{s-1} + m_s; stage 0's dL/dr_{-1} is dL/dx, written in place
+    FloatBuffer& dr_prev = si == 0 ? grad_x_buffer : (scratch = FloatBuffer(backend, {T, d}));
+    dr_prev.copy_from(dr_next);
     if (st.normed) {
       const std::string wname = s == 0 ? "input_norm.weight" : "stages." + std::to_string(s) + ".norm.weight";
       ops_.run(RmsNormBackwardArgs{.dy = du.data(),
@@ -431,24 +495,26 @@ void LayerEngine::backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& 
   }
 }
 
-Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, double aux_scale) {
+FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap& grads, double aux_scale) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const std::string sp = "stages." + std::to_string(s) + ".";
   trace::Span stage_span("stage backward", trace::enabled() ? prefix_ + sp : std::string());
   const int64_t T = st.u.dim(0), d = model_.hidden_size, E = cfg.experts;
   const float* u = st.u.data();
-  Tensor du({T, d});
+  Backend& backend = ops_.backend();
+  FloatBuffer du(backend, {T, d});
 
   // Shared expert and mix.
-  Tensor d_agg;
+  FloatBuffer d_agg;
   if (cfg.shared_expert.enabled) {
-    Tensor d_shared({T, d});
+    FloatBuffer d_shared;
     if (cfg.shared_expert.mix == SharedMix::add) {
-      d_agg = dm;
-      d_shared = dm;
+      d_agg = dm.clone();
+      d_shared = dm.clone();
     } else {
-      d_agg = Tensor({T, d});
+      d_shared = FloatBuffer(backend, {T, d});
+      d_agg = FloatBuffer(backend, {T, d});
       ops_.run(CoefficientMixBackwardArgs{.dm_out = dm.data(),
                                           .u = u,
                                           .n = T,
@@ -479,12 +545,12 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, do
                                .dx = du.data(),
                                .grads = g});
   } else {
-    d_agg = dm;
+    d_agg = dm.clone();
   }
 
   // Aggregation.
-  std::vector<float> dgate(static_cast<size_t>(st.selection.slots()), 0.0f);
-  Tensor d_expert_out({st.layout.rows(), d});
+  FloatBuffer dgate(backend, {st.selection.slots()});
+  FloatBuffer d_expert_out(backend, {st.layout.rows(), d});
   if (cfg.aggregation.kind == AggregationKind::weighted_sum) {
     ops_.run(WeightedSumBackwardArgs{.nodes = &st.nodes,
                                      .expert_out = st.expert_out.data(),
@@ -503,7 +569,7 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, do
                              grad(grads, dp + "down.weight"), grad(grads, dp + "edge.weight"),
                              grad(grads, dp + "node.weight"), grad(grads, dp + "up.weight")});
     }
-    if (static_cast<int64_t>(st.dag_saved.size()) !=
+    if (st.dag_saved.numel() !=
         cpu::dag_saved_floats(st.nodes.tokens(), st.nodes.nodes(), d, cfg.aggregation.dim, levels.size()))
       throw_runtime_error("DAG backward needs the forward activations of every level");
     ops_.run(DagBackwardArgs{.nodes = &st.nodes,
@@ -525,19 +591,20 @@ Tensor LayerEngine::stage_backward(int s, const Tensor& dm, TensorMap& grads, do
   Tensor d_packed;
   {
     trace::Span span("experts backward", trace::enabled() ? prefix_ + sp : std::string());
-    experts_.backward(s, st.layout, d_expert_out, d_packed);
+    experts_.backward(s, st.layout, d_expert_out.tensor(), d_packed);
   }
+  const int64_t* token_index = on_backend(backend, st.layout.token, st.token_index);
   for (int64_t i = 0; i < E; ++i) {
     const int64_t begin = st.layout.expert_offsets[static_cast<size_t>(i)], rows = st.layout.expert_rows(i);
     ops_.run(ScatterAddRowsArgs{.src = d_packed.data() + begin * d,
                                 .d = d,
-                                .index = st.layout.token.data() + begin,
+                                .index = token_index + begin,
                                 .rows = rows,
                                 .dst = du.data()});
   }
 
   // Router: gates, load-balance loss → dp → softmax → dz (+ z-loss) → W_r and u.
-  std::vector<float> dp(static_cast<size_t>(T * E), 0.0f), dz(static_cast<size_t>(T * E), 0.0f);
+  FloatBuffer dp(backend, {T, E}), dz(backend, {T, E});
   ops_.run(GatesBackwardArgs{.p = st.p.data(),
                              .selection = &st.selection,
                              .normalize = cfg.routing.normalize,

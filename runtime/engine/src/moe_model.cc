@@ -13,15 +13,30 @@ TensorMap init_model_weights(const ModelConfig& model, uint64_t seed) {
   return all;
 }
 
-MoeModel::MoeModel(const Config& config, TensorMap weights) : config_(config), weights_(std::move(weights)) {
+MoeModel::MoeModel(const Config& config, TensorMap weights) : MoeModel(config, std::move(weights), cpu_backend()) {}
+
+MoeModel::MoeModel(const Config& config, TensorMap weights, Backend& backend)
+    : config_(config), backend_(&backend), weights_(std::move(weights)) {
+  const bool host = backend.device() == Device::cpu;
   for (int n = 0; n < config_.model.layers; ++n)
-    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n));
-  grads_ = zeros_like(weights_);
+    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n), false, host);
+  if (host) {
+    grads_ = zeros_like(weights_);
+  } else {
+    device_weights_ = BufferMap(backend, TensorMap{});
+    for (auto& [name, t] : weights_)
+      if (!t.borrowed()) {  // owned host tensor: copied to the device, the model reads the copy
+        device_weights_.set(name, t);
+        t = Tensor::borrow(device_weights_.tensors().at(name).data(), t.shape());
+      }
+    device_grads_ = BufferMap(backend, zeros_like(weights_));
+    for (auto& [name, g] : device_grads_.tensors()) grads_.emplace(name, Tensor::borrow(g.data(), g.shape()));
+  }
   build();
 }
 
 MoeModel::MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts)
-    : config_(config), weights_(std::move(weights)), remote_(&experts) {
+    : config_(config), backend_(&cpu_backend()), weights_(std::move(weights)), remote_(&experts) {
   for (int n = 0; n < config_.model.layers; ++n)  // the experts live with the provider
     for (const ParamSpec& spec : layer_param_specs(config_.model, layer_prefix(config_.model, n)))
       if (spec.owner == ParamOwner::expert) weights_.erase(spec.name);
@@ -41,10 +56,10 @@ void MoeModel::build() {
     if (remote_) {
       experts = &remote_->experts(n);
     } else {
-      local_experts_.push_back(std::make_unique<LocalExperts>(m, weights_, &grads_, prefix));
+      local_experts_.push_back(std::make_unique<LocalExperts>(m, weights_, &grads_, prefix, *backend_));
       experts = local_experts_.back().get();
     }
-    layers_.push_back(std::make_unique<LayerEngine>(m, weights_, *experts, prefix));
+    layers_.push_back(std::make_unique<LayerEngine>(m, weights_, *experts, prefix, *backend_));
   }
 }
 
@@ -69,11 +84,11 @@ Tensor MoeModel::backward(const Tensor& grad_out) {
 void MoeModel::step(const AdamWConfig& adamw, int group_size) {
   trace::Span span("optimizer");
   ++steps_;
-  if (!adam_) adam_ = std::make_unique<AdamW>(adamw);
+  if (!adam_) adam_ = std::make_unique<AdamW>(adamw, *backend_);
   adam_->set_lr(adamw.lr);  // schedules change lr between steps; the moments carry over
   adam_->step(weights_, grads_);
   if (remote_) remote_->step(adamw, group_size, steps_);
-  for (auto& [name, g] : grads_) g.fill(0.0f);
+  for (auto& [name, g] : grads_) borrow_buffer(*backend_, g).fill_zero();
 }
 
 LayerEngine& MoeModel::layer(int n) const {

@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define SY_API_VERSION 1
+#define SY_API_VERSION 2
 
 typedef enum sy_status {
   SY_OK = 0,
@@ -84,6 +84,15 @@ typedef struct sy_model_options {
   int use_loaded_model;     /* attached: 0 loads the experts from `weights`; 1 uses the model
                                another client (data-parallel rank 0) loaded */
   int serving;              /* attached: 1 = forward only (workers keep no activations) */
+  const char* backend;      /* NULL or "cpu": host memory. "cuda": the engine, its gradients and
+                               AdamW state on the CUDA device (device 0); then EVERY sy_tensor
+                               given to or returned by this model is CUDA device memory
+                               (borrowed weights and grads, x, y, grad_y, grad_x, attention,
+                               importance; sy_model_weight/grad return device pointers); owned
+                               weights are copied to the device. Calls return when the device
+                               work is done (the backend's stream is synchronized); the caller
+                               finishes its own writes to the inputs before the call. Local
+                               experts only (no coordinator). */
 } sy_model_options;
 
 /* `config_yaml` is config text with a `model:` section; `weights` holds every parameter

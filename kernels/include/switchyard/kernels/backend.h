@@ -32,6 +32,11 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // Zeroes `bytes` at dst, and copies `bytes` from src to dst, within this backend's memory,
+  // ordered with its ops. The defaults: memset/memcpy on a host backend; on a device backend
+  // a round trip through host memory (a device backend overrides them).
+  virtual void fill_zero(void* dst, size_t bytes);
+  virtual void copy(void* dst, const void* src, size_t bytes);
 
   // Operators (ops.h), CUTLASS style. can_implement: whether this backend runs the op with
   // these arguments; false for ops it lacks, never throws. workspace_size: bytes of scratch
@@ -72,6 +77,9 @@ class OpRunner {
   void* workspace_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// The usable backend called `name` (as name() answers), or null when it is not usable here.
+Backend* find_backend(const std::string& name);
 
 // `backend` if its memory is host memory (device() == Device::cpu); otherwise throws a runtime
 // error naming `user`, whose buffers are host memory.

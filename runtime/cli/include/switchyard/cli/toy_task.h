@@ -8,6 +8,7 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/tensor.h"
+#include "switchyard/kernels/backend.h"
 #include <string>
 #include "switchyard/engine/layer_weights.h"
 
@@ -31,6 +32,8 @@ struct ToyTaskOptions {
   double lr = 3e-3;
   bool progress = true;      // progress bar on stderr
   double skew = 0;           // > 0: tokens and the teacher's routing favour experts by Zipf(skew)
+  Backend* backend = nullptr;  // the engines' and AdamW's backend (null: the cpu); a device one
+                               // holds weights, gradients and moments in its memory
 };
 
 // The skewed toy task (`train-toy --skew S`). Each token belongs to a cluster c ~ Zipf(S) over

@@ -10,9 +10,17 @@
 // Compute: every numeric op (router linear, softmax, norms, gather/scatter, FFNs, aggregation,
 // mixes, losses) and the host ops (top-k selection, gates, capacity, expert allocation) run as
 // ops of a `Backend` (kernels/ops.h) through one workspace per object (OpRunner); only the
-// host index structures (DispatchLayout, NodeList) are built here, and tensors are copied on
-// the host. Activations and parameters are host tensors, so the backend must be a host
-// backend (device() == Device::cpu); the constructors check it.
+// host index structures (DispatchLayout, NodeList) are built here. Activations are Buffers
+// (kernels/buffer.h) of the engine's backend.
+//
+// Where tensors live: the weights, gradient maps and the tensors of forward_into/backward_into
+// (x, y, grad_y, grad_x, attention, importance) are in the backend's memory — host tensors on
+// a host backend; on a device backend, Tensor::borrow views of device memory (a BufferMap's
+// tensors(), a framework's CUDA tensor). forward()/backward() take and return host tensors on
+// every backend (a device engine copies them through the backend). On a device backend the
+// host ops (selection, gates, capacity, expert allocation) run on the host CPU backend over
+// host copies of the router probabilities and the importance, and the device ops read the
+// host Selection/NodeList they produce (the backend uploads them into its workspace).
 #pragma once
 
 #include <cstdint>
@@ -23,6 +31,7 @@
 #include "switchyard/core/config.h"
 #include "switchyard/core/io.h"
 #include "switchyard/kernels/backend.h"
+#include "switchyard/kernels/buffer.h"
 #include "switchyard/kernels/cpu_ops.h"
 
 namespace sy {
@@ -43,7 +52,10 @@ class ExpertCompute {
                         Tensor& grad_input) = 0;
 };
 
-// Experts computed in this process from tensors in a weight map (names of METHODS.md §5).
+// Experts computed in this process from tensors in a weight map (names of METHODS.md §5), on
+// `backend`: the weights, gradients and the Tensors crossing ExpertCompute are that backend's
+// memory (on a device backend, `output` and `grad_input` are views of buffers this object
+// owns, valid until its next forward/backward of the stage).
 class LocalExperts final : public ExpertCompute {
  public:
   // `grads` may be null for forward-only use; otherwise weight gradients accumulate there.
@@ -59,8 +71,11 @@ class LocalExperts final : public ExpertCompute {
   TensorMap* grads_;
   std::string prefix_;
   OpRunner ops_;
-  std::vector<std::vector<float>> saved_;  // [stage] FfnForwardArgs::saved of every packed row
-  std::vector<Tensor> inputs_;             // [stage] packed input kept for backward
+  std::vector<FloatBuffer> saved_;   // [stage] FfnForwardArgs::saved of every packed row
+  std::vector<FloatBuffer> inputs_;  // [stage] packed input kept for backward
+  // Device backend only: [stage] the layout's token index uploaded, and the outputs handed out.
+  std::vector<IndexBuffer> index_;
+  std::vector<FloatBuffer> outputs_, grad_inputs_;
 };
 
 // DA-MoE importance for dynamic stages: attention probabilities [B, H, L, L] (T = B·L), or
@@ -90,15 +105,19 @@ class LayerEngine {
               Backend& backend = cpu_backend());
   ~LayerEngine();
 
-  // y = Σ_s m_s for x [T, d]. Keeps what backward needs.
+  // y = Σ_s m_s for x [T, d]. Keeps what backward needs. Host tensors in and out (copied
+  // through a device backend).
   Tensor forward(const Tensor& x, const ImportanceInput& importance = {});
-  // The same into `y` [T, d] (overwritten; e.g. a caller's buffer through Tensor::borrow).
+  // The same into `y` [T, d] (overwritten; e.g. a caller's buffer through Tensor::borrow), all
+  // tensors in the backend's memory.
   void forward_into(const Tensor& x, Tensor& y, const ImportanceInput& importance = {});
   // dL/dx for L = Σ y ⊙ grad_y + aux_scale · aux_loss(); dense gradients accumulate into
   // `grads` (which must hold zeros_like(weights) or earlier gradients), expert gradients go
   // through the ExpertCompute.
+  // grad_y and the result are host tensors (copied through a device backend); `grads` is in
+  // the backend's memory.
   Tensor backward(const Tensor& grad_y, TensorMap& grads, double aux_scale = 1.0);
-  // The same into `grad_x` [T, d] (overwritten).
+  // The same into `grad_x` [T, d] (overwritten), in the backend's memory.
   void backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& grad_x, double aux_scale = 1.0);
 
   // Evaluation option: every stage drops each token's `n` best experts (cpu::drop_top_experts);
@@ -106,18 +125,21 @@ class LayerEngine {
   void set_drop_top_experts(int n);
   double aux_loss() const;  // Σ over stages of load-balance + z losses of the last forward
   const std::vector<StageStats>& stats() const { return stats_; }
+  Backend& backend() const { return ops_.backend(); }
 
  private:
   struct StageState;
-  Tensor stage_forward(int s, const Tensor& u, const ImportanceInput& importance);
+  FloatBuffer stage_forward(int s, FloatBuffer u, const ImportanceInput& importance);
   // The named steps of stage_forward: route → dispatch → aggregate → mix → stats.
   std::vector<int32_t> experts_per_token(int s, int64_t tokens, const ImportanceInput& importance);
-  void route(int s, const Tensor& u, const std::vector<int32_t>& k);
-  void dispatch(int s, const Tensor& u);
-  void aggregate(int s, const Tensor& u);
-  Tensor mix_shared_expert(int s, const Tensor& u);
+  void route(int s, const FloatBuffer& u, const std::vector<int32_t>& k);
+  void dispatch(int s, const FloatBuffer& u);
+  void aggregate(int s, const FloatBuffer& u);
+  FloatBuffer mix_shared_expert(int s, const FloatBuffer& u);
   void record_stats(int s, const std::vector<int32_t>& k);
-  Tensor stage_backward(int s, const Tensor& dm, TensorMap& grads, double aux_scale);
+  FloatBuffer stage_backward(int s, const FloatBuffer& dm, TensorMap& grads, double aux_scale);
+  // The runner for the host ops: the engine's own on a host backend, the CPU backend's otherwise.
+  OpRunner& host_ops() { return host_ops_ ? *host_ops_ : ops_; }
   const Tensor& param(const std::string& name) const;
   float* grad(TensorMap& grads, const std::string& name) const;
 
@@ -126,6 +148,7 @@ class LayerEngine {
   ExpertCompute& experts_;
   std::string prefix_;
   OpRunner ops_;  // the engine's backend and its one workspace
+  std::unique_ptr<OpRunner> host_ops_;  // device backend only: the host ops on the CPU backend
   std::vector<std::unique_ptr<StageState>> states_;
   std::vector<StageStats> stats_;
   Shape input_shape_;  // of the last forward's input, checked against grad_y

@@ -41,8 +41,9 @@ TensorMap init_layer_weights(const ModelConfig& model, uint64_t seed, const std:
 // Checks that `weights` holds exactly the layer's parameters with the right shapes;
 // throws an input error naming `source` and the first missing, unexpected or misshapen tensor.
 // `dense_only`: the client-side parameters only (routed experts live elsewhere).
+// `check_values` false: names and shapes only (tensors in device memory cannot be read here).
 void check_layer_weights(const ModelConfig& model, const TensorMap& weights, const std::string& source,
-                         const std::string& prefix = "", bool dense_only = false);
+                         const std::string& prefix = "", bool dense_only = false, bool check_values = true);
 
 // Zero tensors of the same names and shapes (gradient or optimizer buffers).
 TensorMap zeros_like(const TensorMap& tensors);

@@ -35,6 +35,13 @@ class MoeModel {
  public:
   // Everything local.
   MoeModel(const Config& config, TensorMap weights);
+  // Everything local, on `backend`. On a device backend the borrowed tensors of `weights` must
+  // be that backend's memory (read in place: a framework's device parameters, no copy) and the
+  // owned ones are copied there; gradients, activations and AdamW moments live there too, the
+  // tensors of forward_layer/backward_layer are the backend's memory, and weights()/grads()
+  // map names to views of device memory. Device tensors are checked for names and shapes only
+  // (not for NaN/Inf). forward()/backward() keep taking host tensors (copied).
+  MoeModel(const Config& config, TensorMap weights, Backend& backend);
   // Routed experts from `experts` (already loaded there, e.g. ClusterClient::load_model);
   // expert tensors in `weights` are dropped, the dense ones kept here.
   MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts);
@@ -73,11 +80,14 @@ class MoeModel {
   const std::vector<std::unique_ptr<LayerEngine>>& layers() const { return layers_; }
   // Layer n; an input error naming n and the layer count when out of range.
   LayerEngine& layer(int n) const;
+  Backend& backend() const { return *backend_; }
 
  private:
   void build();
   Config config_;
+  Backend* backend_;
   TensorMap weights_, grads_;
+  BufferMap device_weights_, device_grads_;  // device backend: owned weights and the gradients
   ExpertProvider* remote_ = nullptr;
   std::vector<std::unique_ptr<LocalExperts>> local_experts_;
   std::vector<std::unique_ptr<LayerEngine>> layers_;
