@@ -80,6 +80,26 @@ TEST_P(ChunkRows, EveryChunkSizeGivesTheSingleProcessNumbers) {
 
 INSTANTIATE_TEST_SUITE_P(DataPath, ChunkRows, ::testing::Values(0, 1, 7, 100000));
 
+// With 640 tokens the cartesian stages' shared experts (hidden 64) are large enough for the
+// engine to compute them on its side thread while the routed rows are on the workers
+// (layer_engine.cc, kMinOverlapWork = 512 × 64): the numbers are still the single process's.
+TEST(DataPath, SharedExpertOverlappedWithTheRoutedRowsGivesTheSingleProcessNumbers) {
+  const Config cfg = load_config(kModels + "cartesian.yaml");
+  const TensorMap weights = init_layer_weights(cfg.model, 8);
+  RandomStream rng(5, "data-path");
+  const Tensor x = random_tokens(640, cfg.model.hidden_size, rng), g = random_tokens(640, cfg.model.hidden_size, rng);
+  TensorMap local_grads = zeros_like(weights);
+  LocalExperts local(cfg.model, weights, &local_grads);
+  LayerEngine reference(cfg.model, weights, local);
+  const Tensor y_ref = reference.forward(x), dx_ref = reference.backward(g, local_grads);
+
+  const ClusterRun r = through_cluster(cfg, weights, x, g, 3, 256);
+  expect_close(r.y, y_ref, "forward");
+  expect_close(r.dx, dx_ref, "grad_input");
+  expect_close(r.y_serving, y_ref, "serving forward");
+  for (const auto& [name, grad] : r.expert_grads) expect_close(grad, local_grads.at(name), name);
+}
+
 // With chunks every answer lands in its output rows and a backward (no replicas: nothing kept
 // for failover) sends the output gradients from where they are: the only copy is the forward's
 // gather of each token's row into the packed buffer. One request per worker over round-robin

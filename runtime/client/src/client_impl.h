@@ -171,6 +171,7 @@ class TimedExperts final : public ExpertCompute {
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
     inner_->backward(stage, layout, grad_output, grad_input);
   }
+  bool waits_for_rows() const override { return inner_->waits_for_rows(); }
 
  private:
   std::unique_ptr<ExpertCompute> inner_;
@@ -185,6 +186,7 @@ class RemoteExperts final : public ExpertCompute {
   ~RemoteExperts() override;
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
   void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override;
+  bool waits_for_rows() const override { return true; }  // the workers compute the rows
   // Before the optimizer step: the backward work of this step's lost workers, recomputed on
   // surviving replicas (their gradients would be missing from the reduction otherwise).
   static void replay_lost_backward(ClusterClient& client);

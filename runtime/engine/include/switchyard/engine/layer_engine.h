@@ -30,6 +30,7 @@
 
 #include "switchyard/core/config.h"
 #include "switchyard/core/io.h"
+#include "switchyard/core/side_thread.h"
 #include "switchyard/kernels/backend.h"
 #include "switchyard/kernels/buffer.h"
 #include "switchyard/kernels/cpu_ops.h"
@@ -50,6 +51,9 @@ class ExpertCompute {
   // grad_input[rows, d] (overwritten) from grad_output; accumulates the experts' weight gradients.
   virtual void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
                         Tensor& grad_input) = 0;
+  // True when forward mostly waits while the rows are away (another process computes them): the
+  // engine then computes the stage's shared expert on its own thread meanwhile.
+  virtual bool waits_for_rows() const { return false; }
 };
 
 // Experts computed in this process from tensors in a weight map (names of METHODS.md §5), on
@@ -130,10 +134,13 @@ class LayerEngine {
  private:
   struct StageState;
   FloatBuffer stage_forward(int s, FloatBuffer u, const ImportanceInput& importance);
-  // The named steps of stage_forward: route → dispatch → aggregate → mix → stats.
+  // The named steps of stage_forward: route → dispatch (and the shared expert) → aggregate →
+  // mix → stats.
   std::vector<int32_t> experts_per_token(int s, int64_t tokens, const ImportanceInput& importance);
   void route(int s, const FloatBuffer& u, const std::vector<int32_t>& k);
   void dispatch(int s, const FloatBuffer& u);
+  void dispatch_and_shared_expert(int s, const FloatBuffer& u);
+  void shared_expert_forward(int s, const FloatBuffer& u);
   void aggregate(int s, const FloatBuffer& u);
   FloatBuffer mix_shared_expert(int s, const FloatBuffer& u);
   void record_stats(int s, const std::vector<int32_t>& k);
@@ -150,6 +157,7 @@ class LayerEngine {
   OpRunner ops_;  // the engine's backend and its one workspace
   std::unique_ptr<OpRunner> host_ops_;  // device backend only: the host ops on the CPU backend
   std::vector<std::unique_ptr<StageState>> states_;
+  std::unique_ptr<SideThread> side_;  // the shared expert while the routed rows are away (first use)
   std::vector<StageStats> stats_;
   Shape input_shape_;  // of the last forward's input, checked against grad_y
   int drop_top_ = 0;
