@@ -54,27 +54,33 @@ ClusterRun through_cluster(const Config& cfg, const TensorMap& weights, const Te
   return r;
 }
 
-class ChunkRows : public ::testing::TestWithParam<int> {};
-
-// Chunk sizes that split runs in odd places, one row per request, one request per worker and
-// more rows than any worker gets: forward, input gradients and expert gradients all equal the
-// single process (a cartesian model: two stages, each split its own way).
-TEST_P(ChunkRows, EveryChunkSizeGivesTheSingleProcessNumbers) {
+// cartesian.yaml on `tokens` tokens through 3 workers with `chunk_rows`: forward (training and
+// serving), input gradients and expert gradients all equal the single process. Returns the run.
+ClusterRun expect_single_process_numbers(int64_t tokens, uint64_t seed, int chunk_rows, const std::string& what) {
   const Config cfg = load_config(kModels + "cartesian.yaml");
-  const TensorMap weights = init_layer_weights(cfg.model, 7);
-  RandomStream rng(3, "data-path");
-  const Tensor x = random_tokens(96, cfg.model.hidden_size, rng), g = random_tokens(96, cfg.model.hidden_size, rng);
+  const TensorMap weights = init_layer_weights(cfg.model, seed);
+  RandomStream rng(seed, "data-path");
+  const Tensor x = random_tokens(tokens, cfg.model.hidden_size, rng), g = random_tokens(tokens, cfg.model.hidden_size, rng);
   TensorMap local_grads = zeros_like(weights);
   LocalExperts local(cfg.model, weights, &local_grads);
   LayerEngine reference(cfg.model, weights, local);
   const Tensor y_ref = reference.forward(x), dx_ref = reference.backward(g, local_grads);
 
-  const ClusterRun r = through_cluster(cfg, weights, x, g, 3, GetParam());
-  const std::string what = "chunk_rows " + std::to_string(GetParam());
+  ClusterRun r = through_cluster(cfg, weights, x, g, 3, chunk_rows);
   expect_close(r.y, y_ref, what + " forward");
   expect_close(r.dx, dx_ref, what + " grad_input");
   expect_close(r.y_serving, y_ref, what + " serving forward");
   for (const auto& [name, grad] : r.expert_grads) expect_close(grad, local_grads.at(name), what + " " + name);
+  return r;
+}
+
+class ChunkRows : public ::testing::TestWithParam<int> {};
+
+// Chunk sizes that split runs in odd places, one row per request, one request per worker and
+// more rows than any worker gets (a cartesian model: two stages, each split its own way).
+TEST_P(ChunkRows, EveryChunkSizeGivesTheSingleProcessNumbers) {
+  const std::string what = "chunk_rows " + std::to_string(GetParam());
+  const ClusterRun r = expect_single_process_numbers(96, 7, GetParam(), what);
   EXPECT_EQ(r.copies.rows_received, r.copies.rows_sent) << what;
 }
 
@@ -84,20 +90,7 @@ INSTANTIATE_TEST_SUITE_P(DataPath, ChunkRows, ::testing::Values(0, 1, 7, 100000)
 // engine to compute them on its side thread while the routed rows are on the workers
 // (layer_engine.cc, kMinOverlapWork = 512 × 64): the numbers are still the single process's.
 TEST(DataPath, SharedExpertOverlappedWithTheRoutedRowsGivesTheSingleProcessNumbers) {
-  const Config cfg = load_config(kModels + "cartesian.yaml");
-  const TensorMap weights = init_layer_weights(cfg.model, 8);
-  RandomStream rng(5, "data-path");
-  const Tensor x = random_tokens(640, cfg.model.hidden_size, rng), g = random_tokens(640, cfg.model.hidden_size, rng);
-  TensorMap local_grads = zeros_like(weights);
-  LocalExperts local(cfg.model, weights, &local_grads);
-  LayerEngine reference(cfg.model, weights, local);
-  const Tensor y_ref = reference.forward(x), dx_ref = reference.backward(g, local_grads);
-
-  const ClusterRun r = through_cluster(cfg, weights, x, g, 3, 256);
-  expect_close(r.y, y_ref, "forward");
-  expect_close(r.dx, dx_ref, "grad_input");
-  expect_close(r.y_serving, y_ref, "serving forward");
-  for (const auto& [name, grad] : r.expert_grads) expect_close(grad, local_grads.at(name), name);
+  expect_single_process_numbers(640, 8, 256, "640 tokens");
 }
 
 // With chunks every answer lands in its output rows and a backward (no replicas: nothing kept
