@@ -1,6 +1,7 @@
 #include "switchyard/colocated/colocated.h"
 
 #include <cstring>
+#include <span>
 #include <string>
 
 #include "switchyard/core/error.h"
@@ -47,7 +48,7 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     {
       trace::Span span("expert forward", where);
       st.regroup(st.arrived.data(), by_expert->data(), d, /*to_experts=*/true);
-      for_each_expert(stage, st, [&](const ExpertKey& key, int64_t first, int64_t n) {
+      for_each_expert(stage, st, [&](const ExpertKey& key, int, int64_t first, int64_t n) {
         g_.store_.forward(key, st.id, by_expert->data() + first * d, n, st.computed.data() + first * d, by_expert);
       });
       st.regroup(st.computed.data(), st.arrived.data(), d, /*to_experts=*/false);
@@ -71,11 +72,9 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     {
       trace::Span span("expert backward");
       st.regroup(st.arrived.data(), st.send.data(), d, /*to_experts=*/true);
-      std::vector<int64_t> per_source(static_cast<size_t>(st.ranks));
-      for_each_expert(stage, st, [&](const ExpertKey& key, int64_t first, int64_t n) {
-        const int j = key.expert - g_.transport_.rank() * st.per;
-        for (int s = 0; s < st.ranks; ++s) per_source[static_cast<size_t>(s)] = st.count(s, j);
-        g_.store_.backward(key, st.id, st.send.data() + first * d, n, st.computed.data() + first * d, per_source);
+      for_each_expert(stage, st, [&](const ExpertKey& key, int j, int64_t first, int64_t n) {
+        g_.store_.backward(key, st.id, st.send.data() + first * d, n, st.computed.data() + first * d,
+                           st.rows_by_source(j));
       });
       st.regroup(st.computed.data(), st.arrived.data(), d, /*to_experts=*/false);
     }
@@ -95,23 +94,36 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     int ranks = 0, per = 0;          // source ranks, our experts of the stage
     uint64_t id = 0;                 // the store request id of this forward
     bool forwarded = false;
+    // Expert order: expert_counts[j * ranks + s] rows of our expert j from source s, and
+    // arrival_first[s * per + j] the first row of that run in arrival order.
+    std::vector<int64_t> expert_counts, arrival_first;
+    // send: the forward's packed rows, then the backward's output gradients in expert order.
     std::vector<float> send, arrived, computed;
 
-    int64_t count(int source, int expert) const { return counts_in[static_cast<size_t>(source * per + expert)]; }
-    // Copies the rows of `from` (arrival order when to_experts, else expert order) into `to` in
-    // the other order.
+    void set_counts(int n, int experts, std::vector<int64_t> in) {
+      ranks = n;
+      per = experts;
+      counts_in = std::move(in);
+      expert_counts.assign(counts_in.size(), 0);
+      arrival_first.assign(counts_in.size(), 0);
+      for (size_t i = 1; i < counts_in.size(); ++i) arrival_first[i] = arrival_first[i - 1] + counts_in[i - 1];
+      for (int s = 0; s < ranks; ++s)
+        for (int j = 0; j < per; ++j) expert_counts[static_cast<size_t>(j * ranks + s)] = counts_in[static_cast<size_t>(s * per + j)];
+    }
+    // Our expert j's rows per source rank, in rank order.
+    std::span<const int64_t> rows_by_source(int j) const {
+      return std::span(expert_counts).subspan(static_cast<size_t>(j * ranks), static_cast<size_t>(ranks));
+    }
+    // Copies rows from arrival order into expert order (to_experts) or back.
     void regroup(const float* from, float* to, int64_t d, bool to_experts) const {
-      std::vector<int64_t> arrival_first(counts_in.size() + 1, 0);
-      for (size_t i = 0; i < counts_in.size(); ++i) arrival_first[i + 1] = arrival_first[i] + counts_in[i];
       int64_t expert_row = 0;
       for (int j = 0; j < per; ++j)
         for (int s = 0; s < ranks; ++s) {
-          const size_t bytes = sizeof(float) * static_cast<size_t>(count(s, j) * d);
-          const float* arrival = from + arrival_first[static_cast<size_t>(s * per + j)] * d;
-          if (bytes && to_experts) std::memcpy(to + expert_row * d, arrival, bytes);
-          if (bytes && !to_experts)
-            std::memcpy(to + arrival_first[static_cast<size_t>(s * per + j)] * d, from + expert_row * d, bytes);
-          expert_row += count(s, j);
+          const int64_t n = expert_counts[static_cast<size_t>(j * ranks + s)];
+          const int64_t arrival_row = arrival_first[static_cast<size_t>(s * per + j)];
+          const int64_t src = to_experts ? arrival_row : expert_row, dst = to_experts ? expert_row : arrival_row;
+          if (n > 0) std::memcpy(to + dst * d, from + src * d, sizeof(float) * static_cast<size_t>(n * d));
+          expert_row += n;
         }
     }
   };
@@ -132,9 +144,10 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     if (st.forwarded) g_.store_.drop_request(st.id);
     std::vector<int64_t> counts_out(static_cast<size_t>(n * per));
     for (size_t e = 0; e < counts_out.size(); ++e) counts_out[e] = layout.expert_offsets[e + 1] - layout.expert_offsets[e];
-    st.counts_in.assign(counts_out.size(), 0);
-    exchange_one_row_each(g_.transport_, counts_out.data(), st.counts_in.data(), sizeof(int64_t) * static_cast<size_t>(per),
+    std::vector<int64_t> counts_in(counts_out.size(), 0);
+    exchange_one_row_each(g_.transport_, counts_out.data(), counts_in.data(), sizeof(int64_t) * static_cast<size_t>(per),
                           g_.timeout_, what("counts"));
+    st.set_counts(n, per, std::move(counts_in));
     std::vector<int64_t> send(static_cast<size_t>(n), 0), recv(static_cast<size_t>(n), 0);
     for (int r = 0; r < n; ++r)
       for (int j = 0; j < per; ++j) {
@@ -142,21 +155,20 @@ class ColocatedExperts::Layer final : public ExpertCompute {
         recv[static_cast<size_t>(r)] += st.counts_in[static_cast<size_t>(r * per + j)];
       }
     st.rows = transport::ExchangeLayout(send, recv);
-    st.ranks = n;
-    st.per = per;
     st.id = next_id_++;
     st.forwarded = true;
     return st;
   }
 
-  // f(key, first row in expert order, rows) for each of our experts of the stage with rows.
+  // f(key, our expert index j, first row in expert order, rows) for each of our experts of the
+  // stage with rows.
   template <class F>
   void for_each_expert(int stage, const Stage& st, F f) const {
     int64_t row = 0;
     for (int j = 0; j < st.per; ++j) {
       int64_t rows = 0;
-      for (int s = 0; s < st.ranks; ++s) rows += st.count(s, j);
-      if (rows > 0) f(ExpertKey{layer_, stage, g_.transport_.rank() * st.per + j}, row, rows);
+      for (const int64_t n : st.rows_by_source(j)) rows += n;
+      if (rows > 0) f(ExpertKey{layer_, stage, g_.transport_.rank() * st.per + j}, j, row, rows);
       row += rows;
     }
   }
