@@ -4,9 +4,6 @@
 #include <cmath>
 #include <cstring>
 
-#include <string>
-
-#include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
 #include "parallel.h"
 
@@ -124,11 +121,7 @@ void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Act
 void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                           const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
                           float* scratch, std::span<const int64_t> weight_segments) {
-  int64_t segment_rows = 0;
-  for (const int64_t n : weight_segments) segment_rows += n;
-  if (!weight_segments.empty() && segment_rows != rows)
-    throw_runtime_error("ffn backward: weight segments hold " + std::to_string(segment_rows) + " rows, not " +
-                        std::to_string(rows));
+  check_weight_segments(weight_segments, rows);
   const int64_t nf = rows * f;
   const bool swiglu = activation == Activation::swiglu;
   backward_into(dout, x, rows, d, f, activation, w, swiglu ? saved + 2 * nf : nullptr, saved, saved + nf, dx, grads,

@@ -1,10 +1,7 @@
 // Expert FFN forward/backward (swiglu, gelu), as cpu/ffn.cc: cuBLAS SGEMMs in full FP32 and
 // element-wise activation kernels. One op is one expert; `saved` has the CPU's layout
 // (h_up, act, then h_gate for swiglu, [rows, f] each), so either backend's backward reads it.
-#include <string>
-
 #include "cuda_ops.h"
-#include "switchyard/core/error.h"
 #include "device.cuh"
 
 namespace sy::cuda {
@@ -85,11 +82,7 @@ static void weight_grad(const Context& ctx, const FfnBackwardArgs& a, const floa
 }
 
 void exec(const Context& ctx, const FfnBackwardArgs& a, void* ws) {
-  int64_t segment_rows = 0;
-  for (const int64_t n : a.weight_segments) segment_rows += n;
-  if (!a.weight_segments.empty() && segment_rows != a.rows)
-    throw_runtime_error("ffn backward: weight segments hold " + std::to_string(segment_rows) + " rows, not " +
-                        std::to_string(a.rows));
+  cpu::check_weight_segments(a.weight_segments, a.rows);
   if (a.rows == 0) return;
   const int64_t nf = a.rows * a.f;
   const FfnSaved s(const_cast<float*>(a.saved), nf, a.activation);  // read only

@@ -15,9 +15,11 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "switchyard/core/config.h"
+#include "switchyard/core/error.h"
 
 namespace sy::cpu {
 
@@ -174,6 +176,14 @@ void ffn_forward_buffers(const float* x, int64_t rows, int64_t d, int64_t f, Act
                          const ExpertWeights& w, float* out, float* saved);
 // `weight_segments` (row counts summing to rows; empty: all rows): grads += one product per
 // segment, in order, so the sums group as if each segment had been its own backward.
+// Every backend checks them with check_weight_segments (throws a runtime Error).
+inline void check_weight_segments(std::span<const int64_t> weight_segments, int64_t rows) {
+  int64_t segment_rows = 0;
+  for (const int64_t n : weight_segments) segment_rows += n;
+  if (!weight_segments.empty() && segment_rows != rows)
+    throw_runtime_error("ffn backward: weight segments hold " + std::to_string(segment_rows) + " rows, not " +
+                        std::to_string(rows));
+}
 void ffn_backward_buffers(const float* dout, const float* x, int64_t rows, int64_t d, int64_t f, Activation activation,
                           const ExpertWeights& w, const float* saved, float* dx, const ExpertGrads& grads,
                           float* scratch, std::span<const int64_t> weight_segments = {});
