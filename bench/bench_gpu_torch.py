@@ -26,29 +26,12 @@ import statistics
 import subprocess
 import sys
 
+from eager_moe import eager_moe  # bench/, the directory of this script
+
 SHAPES = {
     "large": dict(E=16, k=2, d=1024, f=2816, T=4096),
     "small": dict(E=8, k=2, d=256, f=512, T=1024),
 }
-
-
-def eager_moe(x, router, experts, k):
-    """A plain PyTorch MoE layer (Mixtral style), as bench/bench_torch.py's."""
-    import torch
-    import torch.nn.functional as F
-
-    probs = torch.softmax(F.linear(x, router), dim=-1)
-    gates, idx = torch.topk(probs, k, dim=-1)
-    gates = gates / gates.sum(-1, keepdim=True)
-    out = torch.zeros_like(x)
-    for e, (wg, wu, wd) in enumerate(experts):
-        token, slot = torch.where(idx == e)
-        if token.numel() == 0:
-            continue
-        h = x.index_select(0, token)
-        y = F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
-        out.index_add_(0, token, y * gates[token, slot, None])
-    return out
 
 
 def torch_ms(shape, reps, warmup):

@@ -12,7 +12,6 @@ timed in turn within each round.
     python3 bench/bench_torch.py [--reps N] [--threads T]
 """
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -20,28 +19,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from switchyard import _capi  # noqa: E402
 from switchyard.torch import MoELayer, _View  # noqa: E402
 
+from eager_moe import eager_moe  # noqa: E402  (bench/, the directory of this script)
+
 SHAPES = {"small": dict(E=8, k=2, d=256, f=512, T=1024), "large": dict(E=16, k=2, d=1024, f=2048, T=4096)}
-
-
-def eager_moe(x, router, experts, k):
-    """A plain PyTorch MoE layer (Mixtral style)."""
-    probs = torch.softmax(x @ router.t(), dim=-1)
-    gates, idx = torch.topk(probs, k, dim=-1)
-    gates = gates / gates.sum(-1, keepdim=True)
-    out = torch.zeros_like(x)
-    for e, (wg, wu, wd) in enumerate(experts):
-        token, slot = torch.where(idx == e)
-        if token.numel() == 0:
-            continue
-        h = x.index_select(0, token)
-        y = F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
-        out.index_add_(0, token, y * gates[token, slot, None])
-    return out
 
 
 def median_ms(fns, reps):

@@ -2,26 +2,13 @@
 and parameter gradients against the CPU module within 1e-5 relative (per tensor, to its largest
 magnitude), CUDA tensors in and out. Skipped (with the reason) where torch sees no CUDA device;
 the error cases run everywhere."""
-import pathlib
 import unittest
 
 import torch
 
 from switchyard import InputError
 from switchyard.torch import MoELayer
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = ["topk", "dynamic", "dag", "cartesian", "combined"]
-
-
-def config_path(name):
-    return str(ROOT / "configs" / "models" / f"{name}.yaml")
-
-
-def attention_probs(b, h, length, gen):
-    scores = torch.randn(b, h, length, length, generator=gen) * 1.5
-    mask = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
-    return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).contiguous()
+from test_torch_module import CONFIGS, attention_probs, config_path  # this directory
 
 
 def close(test, got, want, what, rel=1e-5):
