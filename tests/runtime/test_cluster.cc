@@ -31,6 +31,7 @@
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/launch/local_launch.h"
 #include "switchyard/worker/worker.h"
+#include "../support/trajectory_adamw.h"
 #include "../support/free_port.h"
 #include "../support/local_cluster.h"
 #include "../support/up_process.h"
@@ -116,7 +117,7 @@ TEST_P(ClusterEquivalence, TwoClientsThreeWorkersReplicatedExperts) {
   }
 
   // One optimizer step with both clients as a data-parallel group of 2; replicas reduce first.
-  const AdamWConfig adam{.lr = 1e-2};
+  const AdamWConfig adam = testing::trajectory_adamw(1e-2);
   std::thread step_b([&] { b.step(adam, 2, 1); });
   a.step(adam, 2, 1);
   step_b.join();
@@ -190,8 +191,8 @@ void two_layers_local_and_cluster_agree(const std::string& transport) {
     const Tensor yl = local.forward(batch.x), yr = remote.forward(batch.x);
     expect_close(yr, yl, "step " + std::to_string(step) + " forward", 2e-5);
     expect_close(remote.backward(batch.g), local.backward(batch.g), "step " + std::to_string(step) + " grad_input", 2e-5);
-    local.step(AdamWConfig{.lr = 1e-2});
-    remote.step(AdamWConfig{.lr = 1e-2});
+    local.step(testing::trajectory_adamw(1e-2));
+    remote.step(testing::trajectory_adamw(1e-2));
   }
 }
 
@@ -422,7 +423,7 @@ TEST(ClusterCheckpoint, SaveRestoreRoundTrip) {
   const Batch batch = make_batch(cfg.model, 9);
   layer.forward(batch.x, batch.imp());
   layer.backward(batch.g, grads);
-  client.step(AdamWConfig{.lr = 1e-2}, 1, 1);
+  client.step(testing::trajectory_adamw(1e-2), 1, 1);
   const std::string dir = ::testing::TempDir() + "/sy_ckpt_" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
   client.save_checkpoint(dir);
@@ -432,7 +433,7 @@ TEST(ClusterCheckpoint, SaveRestoreRoundTrip) {
   client.set_training(true);
   layer.forward(batch.x, batch.imp());
   layer.backward(batch.g, grads);
-  client.step(AdamWConfig{.lr = 1e-2}, 1, 2);
+  client.step(testing::trajectory_adamw(1e-2), 1, 2);
   client.set_training(false);
   const Tensor y_moved = layer.forward(batch.x, batch.imp());
   client.restore_checkpoint(dir);

@@ -26,6 +26,7 @@
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/moe_model.h"
+#include "../support/trajectory_adamw.h"
 #include "../support/free_port.h"
 #include "../support/local_cluster.h"
 #include "../support/test_model.h"
@@ -95,7 +96,7 @@ TrainRun train(int steps, std::optional<Point> kill) {
         cluster.workers[1].kill();
       });
     }
-    model.step(AdamWConfig{.lr = 1e-2});
+    model.step(testing::trajectory_adamw(1e-2));
     if (killer.joinable()) killer.join();
   }
   run.workers_lost = client.workers_lost();
@@ -234,7 +235,7 @@ TEST(CoordinatorRestart, TrainingGoesOnAndARestartedCoordinatorResumesFromItsSta
     const Tensor h = model.forward(x);
     EXPECT_EQ(dot(h, g) + model.aux_loss(), reference.losses[static_cast<size_t>(step)]) << "step " << step;
     model.backward(g);
-    model.step(AdamWConfig{.lr = 1e-2});
+    model.step(testing::trajectory_adamw(1e-2));
   }
   const ClusterStatus status = query_cluster_status(cluster.coordinator->endpoint());
   EXPECT_TRUE(status.model_loaded);
@@ -268,7 +269,7 @@ TEST(CoordinatorRestart, ACoordinatorThatStaysAwayFailsEveryProcessSayingSo) {
     try {
       model.forward(random_tokens(16, cfg.model.hidden_size, rng));
       model.backward(random_tokens(16, cfg.model.hidden_size, rng));
-      model.step(AdamWConfig{.lr = 1e-3});
+      model.step(testing::trajectory_adamw(1e-3));
       std::this_thread::sleep_for(50ms);
     } catch (const Error& e) {
       error = e.what();
@@ -334,8 +335,8 @@ PairRun train_pair(int steps, bool kill) {
       run.losses.push_back(dot(m->forward(x), g) + m->aux_loss());
       m->backward(g);
     }
-    std::thread tb([&] { model_b.step(AdamWConfig{.lr = 1e-2}, 2); });
-    model_a.step(AdamWConfig{.lr = 1e-2}, 2);
+    std::thread tb([&] { model_b.step(testing::trajectory_adamw(1e-2), 2); });
+    model_a.step(testing::trajectory_adamw(1e-2), 2);
     tb.join();
   }
   for (int w = 0; w < 3; ++w)
