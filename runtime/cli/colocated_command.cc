@@ -109,7 +109,7 @@ int run_rank(const JobOptions& o, const LaunchEnv& env) {
       loss[0] += 0.5f * g[i] * g[i] / static_cast<float>(o.tokens);
       g[i] /= static_cast<float>(o.tokens);
     }
-    model.backward(g);
+    model.backward_params(g);  // x is data: no dL/dx
     group.sum_dense_grads(model.mutable_grads());
     model.step(AdamWConfig{.lr = o.lr});
     group.all_reduce_sum(loss, "the loss");

@@ -336,6 +336,66 @@ Config seam_config() {
 // backend sees exactly the ops the config implies (an op computed by calling sy::cpu directly
 // would be missing from the counts), the results equal the plain CPU engine bit for bit, and a
 // second step on the same engine allocates no workspace (one buffer per object, grown as needed).
+// backward_params: backward's gradients, bit for bit, step after step, on every shipped config
+// (two layers: the upper layer still needs its dL/dx).
+class BackwardParams : public ::testing::TestWithParam<std::string> {};
+TEST_P(BackwardParams, SameGradientsAsBackwardBitForBit) {
+  Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/models/" + GetParam() + ".yaml");
+  cfg.model.layers = 2;
+  const TensorMap w = init_model_weights(cfg.model, 5);
+  const int64_t B = 2, L = 6;
+  RandomStream rng(5, "backward-params");
+  const Tensor x = random_tokens(B * L, cfg.model.hidden_size, rng), g = random_tokens(B * L, cfg.model.hidden_size, rng);
+  const Tensor attention = needs_importance(cfg.model) ? random_attention(B, 2, L, 1.5f, rng) : Tensor();
+  const ImportanceInput imp{needs_importance(cfg.model) ? &attention : nullptr, nullptr};
+  MoeModel full(cfg, w), params(cfg, w);
+  for (int step = 0; step < 2; ++step) {
+    expect_bit_equal(params.forward(x, imp), full.forward(x, imp), "output");
+    full.backward(g);
+    params.backward_params(g);
+    for (const auto& [name, t] : full.grads()) expect_bit_equal(params.grads().at(name), t, name);
+    full.step({.lr = 1e-2});
+    params.step({.lr = 1e-2});
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Models, BackwardParams, ::testing::Values("topk", "dynamic", "dag", "cartesian", "combined"));
+
+// Records whether the engine asked its experts for input gradients.
+class GradInputRecorder final : public ExpertCompute {
+ public:
+  explicit GradInputRecorder(ExpertCompute& inner) : inner_(inner) {}
+  void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override {
+    inner_.forward(stage, layout, tokens, output);
+  }
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor* grad_input) override {
+    asked.push_back(grad_input != nullptr);
+    inner_.backward(stage, layout, grad_output, grad_input);
+  }
+  std::vector<bool> asked;  // per backward call, in call order (last stage first)
+
+ private:
+  ExpertCompute& inner_;
+};
+
+// Only a first stage fed x itself skips its input gradients (experts and router); with an
+// input norm, dL/du is needed for the norm's weight, and later stages always need theirs.
+TEST(BackwardParams, OnlyAFirstStageWithoutInputNormSkipsItsInputGradients) {
+  for (const auto& [model, asked] : std::vector<std::pair<std::string, std::vector<bool>>>{
+           {"topk", {false}}, {"cartesian", {true, true}}}) {
+    const Case c = make_case(load_config(std::string(SY_SOURCE_DIR) + "/configs/models/" + model + ".yaml"), 7);
+    TensorMap grads = zeros_like(c.weights);
+    LocalExperts local(c.cfg.model, c.weights, &grads);
+    GradInputRecorder experts(local);
+    test_support::RecordingBackend backend;
+    LayerEngine layer(c.cfg.model, c.weights, experts, "", backend);
+    layer.forward(c.x);
+    const OpCounts before = backend.ops;
+    layer.backward_params(c.grad_y, grads);
+    EXPECT_EQ(experts.asked, asked) << model;
+    EXPECT_EQ(minus(backend.ops, before)["linear_backward_input"], model == "topk" ? 0 : 2) << model;
+  }
+}
+
 TEST(LayerBackendSeam, EveryOpGoesThroughTheGivenBackend) {
   const Config cfg = seam_config();
   const Case c = make_case(cfg, 31);

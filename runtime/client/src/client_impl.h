@@ -168,7 +168,7 @@ class TimedExperts final : public ExpertCompute {
   TimedExperts(std::unique_ptr<ExpertCompute> inner, ClusterClient::Impl& im, int layer, int layers)
       : inner_(std::move(inner)), im_(im), layer_(layer), layers_(layers) {}
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
-  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor* grad_input) override {
     inner_->backward(stage, layout, grad_output, grad_input);
   }
   bool waits_for_rows() const override { return inner_->waits_for_rows(); }
@@ -185,7 +185,8 @@ class RemoteExperts final : public ExpertCompute {
   RemoteExperts(ClusterClient& client, int layer);
   ~RemoteExperts() override;
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
-  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override;
+  // The workers always send the input gradient back: a null grad_input only drops it here.
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor* grad_input) override;
   bool waits_for_rows() const override { return true; }  // the workers compute the rows
   // Before the optimizer step: the backward work of this step's lost workers, recomputed on
   // surviving replicas (their gradients would be missing from the reduction otherwise).

@@ -326,7 +326,7 @@ void RemoteExperts::forward(int stage, const cpu::DispatchLayout& layout, const 
   handles_[stage] = std::make_unique<Handle>(Handle{std::move(parts)});
 }
 
-void RemoteExperts::backward(int stage, const cpu::DispatchLayout&, const Tensor& grad_output, Tensor& grad_input) {
+void RemoteExperts::backward(int stage, const cpu::DispatchLayout&, const Tensor& grad_output, Tensor* wanted_grad_input) {
   auto hit = handles_.find(stage);
   if (hit == handles_.end()) throw Error(ErrorKind::runtime, "backward of stage " + std::to_string(stage) + " without forward");
   const int64_t d = grad_output.dim(1);
@@ -337,6 +337,8 @@ void RemoteExperts::backward(int stage, const cpu::DispatchLayout&, const Tensor
       p.grads = pack(p.dispatch, d, [&](int64_t r) { return grad_output.data() + r * d; });
       client_.impl_->copies.rows_packed += static_cast<uint64_t>(p.dispatch.rows);
     }
+  Tensor dropped;
+  Tensor& grad_input = wanted_grad_input ? *wanted_grad_input : dropped;
   grad_input = Tensor({grad_output.dim(0), d});
   Flow flow(client_, layer_, stage, &grad_output);
   parts = flow.run(std::move(parts), Op::backward, &grad_input);

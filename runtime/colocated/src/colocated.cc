@@ -57,7 +57,8 @@ class ColocatedExperts::Layer final : public ExpertCompute {
     move_rows(st.rows.reversed(), st.arrived.data(), output.data(), d, "combine");
   }
 
-  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override {
+  // No grad_input wanted: the experts compute their weight gradients only and nothing goes back.
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor* grad_input) override {
     auto it = stages_.find(stage);
     if (it == stages_.end() || !it->second.forwarded)
       throw Error(ErrorKind::runtime, "co-located backward of layer " + std::to_string(layer_) + " stage " +
@@ -73,14 +74,15 @@ class ColocatedExperts::Layer final : public ExpertCompute {
       trace::Span span("expert backward");
       st.regroup(st.arrived.data(), st.send.data(), d, /*to_experts=*/true);
       for_each_expert(stage, st, [&](const ExpertKey& key, int j, int64_t first, int64_t n) {
-        g_.store_.backward(key, st.id, st.send.data() + first * d, n, st.computed.data() + first * d,
+        g_.store_.backward(key, st.id, st.send.data() + first * d, n, grad_input ? st.computed.data() + first * d : nullptr,
                            st.rows_by_source(j));
       });
-      st.regroup(st.computed.data(), st.arrived.data(), d, /*to_experts=*/false);
+      if (grad_input) st.regroup(st.computed.data(), st.arrived.data(), d, /*to_experts=*/false);
     }
     st.forwarded = false;
-    grad_input = Tensor({layout_rows(layout), d});
-    move_rows(st.rows.reversed(), st.arrived.data(), grad_input.data(), d, "backward combine");
+    if (!grad_input) return;
+    *grad_input = Tensor({layout_rows(layout), d});
+    move_rows(st.rows.reversed(), st.arrived.data(), grad_input->data(), d, "backward combine");
   }
 
  private:

@@ -80,7 +80,7 @@ void LocalExperts::forward(int stage, const cpu::DispatchLayout& layout, const T
 }
 
 void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
-                            Tensor& grad_input) {
+                            Tensor* grad_input) {
   if (!grads_) throw_runtime_error("LocalExperts::backward without a gradient map");
   const StageConfig& st = model_.layer.stages.at(static_cast<size_t>(stage));
   const int64_t d = model_.hidden_size, f = st.ffn_hidden_size;
@@ -88,7 +88,7 @@ void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const 
   const FloatBuffer& saved = saved_[static_cast<size_t>(stage)];
   if (saved.numel() != cpu::ffn_saved_floats(layout.rows(), f, st.activation))
     throw_runtime_error("LocalExperts::backward of stage " + std::to_string(stage) + " without its forward");
-  grad_input = handed_out(ops_, grad_inputs_[static_cast<size_t>(stage)], {layout.rows(), d});
+  if (grad_input) *grad_input = handed_out(ops_, grad_inputs_[static_cast<size_t>(stage)], {layout.rows(), d});
   for (int64_t i = 0; i < st.experts; ++i) {
     const int64_t begin = layout.expert_offsets[static_cast<size_t>(i)], rows = layout.expert_rows(i);
     if (rows == 0) continue;
@@ -111,7 +111,7 @@ void LocalExperts::backward(int stage, const cpu::DispatchLayout& layout, const 
                              .activation = st.activation,
                              .w = w,
                              .saved = saved.data() + cpu::ffn_saved_floats(begin, f, st.activation),
-                             .dx = grad_input.data() + begin * d,
+                             .dx = grad_input ? grad_input->data() + begin * d : nullptr,
                              .grads = g});
   }
 }
@@ -495,25 +495,39 @@ Tensor LayerEngine::backward(const Tensor& grad_y, TensorMap& grads, double aux_
 }
 
 void LayerEngine::backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& grad_x, double aux_scale) {
+  backward_stages(grad_y, grads, &grad_x, aux_scale);
+}
+
+void LayerEngine::backward_params(const Tensor& grad_y, TensorMap& grads, double aux_scale) {
+  Backend& b = ops_.backend();
+  if (is_host(b)) return backward_stages(grad_y, grads, nullptr, aux_scale);
+  const FloatBuffer gd = FloatBuffer::from_host(b, grad_y.data(), grad_y.shape());
+  backward_stages(gd.tensor(), grads, nullptr, aux_scale);
+}
+
+void LayerEngine::backward_stages(const Tensor& grad_y, TensorMap& grads, Tensor* grad_x, double aux_scale) {
   const int64_t d = model_.hidden_size;
   if (grad_y.shape() != input_shape_)
     throw_input_error("grad_output has shape " + shape_to_string(grad_y.shape()) + ", the layer output has " +
                       shape_to_string(input_shape_));
-  if (grad_x.shape() != input_shape_)
-    throw_input_error("grad_input buffer has shape " + shape_to_string(grad_x.shape()) + ", the layer input has " +
+  if (grad_x && grad_x->shape() != input_shape_)
+    throw_input_error("grad_input buffer has shape " + shape_to_string(grad_x->shape()) + ", the layer input has " +
                       shape_to_string(input_shape_));
   const int64_t T = input_shape_.at(0);
   Backend& backend = ops_.backend();
-  FloatBuffer grad_x_buffer = borrow_buffer(backend, grad_x);
+  FloatBuffer grad_x_buffer = grad_x ? borrow_buffer(backend, *grad_x) : FloatBuffer();
   FloatBuffer dr_next(backend, {T, d});  // dL/dr_s from later stages
   for (size_t si = model_.layer.stages.size(); si-- > 0;) {
     const int s = static_cast<int>(si);
     StageState& st = *states_[si];
     FloatBuffer dm = borrow_buffer(backend, grad_y).clone();
     add_into(ops_, dm, dr_next);
-    FloatBuffer du = stage_backward(s, dm, grads, aux_scale);
+    // Stage 0's input gradient is dL/dx, and the input norm's weight gradient when it has one.
+    const bool input_grad = si > 0 || grad_x || st.normed;
+    FloatBuffer du = stage_backward(s, dm, grads, aux_scale, input_grad);
+    if (!input_grad) break;
     FloatBuffer scratch;  // r_s = r_{s-1} + m_s; stage 0's dL/dr_{-1} is dL/dx, written in place
-    FloatBuffer& dr_prev = si == 0 ? grad_x_buffer : (scratch = FloatBuffer(backend, {T, d}));
+    FloatBuffer& dr_prev = si == 0 && grad_x ? grad_x_buffer : (scratch = FloatBuffer(backend, {T, d}));
     dr_prev.copy_from(dr_next);
     if (st.normed) {
       const std::string wname = s == 0 ? "input_norm.weight" : "stages." + std::to_string(s) + ".norm.weight";
@@ -532,12 +546,13 @@ void LayerEngine::backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& 
   }
 }
 
-FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap& grads, double aux_scale) {
+FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap& grads, double aux_scale,
+                                        bool input_grad) {
   const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
   StageState& st = *states_[static_cast<size_t>(s)];
   const std::string sp = "stages." + std::to_string(s) + ".";
   trace::Span stage_span("stage backward", trace::enabled() ? prefix_ + sp : std::string());
-  const int64_t T = st.u.dim(0), d = model_.hidden_size, E = cfg.experts;
+  const int64_t T = st.u.dim(0), d = model_.hidden_size;
   const float* u = st.u.data();
   Backend& backend = ops_.backend();
   FloatBuffer du(backend, {T, d});
@@ -579,7 +594,7 @@ FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap&
                                .activation = Activation::swiglu,
                                .w = w,
                                .saved = st.shared_saved.data(),
-                               .dx = du.data(),
+                               .dx = input_grad ? du.data() : nullptr,
                                .grads = g});
   } else {
     d_agg = dm.clone();
@@ -628,9 +643,17 @@ FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap&
   Tensor d_packed;
   {
     trace::Span span("experts backward", trace::enabled() ? prefix_ + sp : std::string());
-    experts_.backward(s, st.layout, d_expert_out.tensor(), d_packed);
+    experts_.backward(s, st.layout, d_expert_out.tensor(), input_grad ? &d_packed : nullptr);
   }
-  const int64_t* token_index = on_backend(backend, st.layout.token, st.token_index);
+  if (input_grad) unpack_input_grads(s, d_packed, du);
+  router_backward(s, dgate, grads, aux_scale, input_grad ? &du : nullptr);
+  return du;
+}
+
+void LayerEngine::unpack_input_grads(int s, const Tensor& d_packed, FloatBuffer& du) {
+  StageState& st = *states_[static_cast<size_t>(s)];
+  const int64_t d = model_.hidden_size, E = model_.layer.stages[static_cast<size_t>(s)].experts;
+  const int64_t* token_index = on_backend(ops_.backend(), st.layout.token, st.token_index);
   for (int64_t i = 0; i < E; ++i) {
     const int64_t begin = st.layout.expert_offsets[static_cast<size_t>(i)], rows = st.layout.expert_rows(i);
     ops_.run(ScatterAddRowsArgs{.src = d_packed.data() + begin * d,
@@ -639,8 +662,15 @@ FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap&
                                 .rows = rows,
                                 .dst = du.data()});
   }
+}
 
-  // Router: gates, load-balance loss → dp → softmax → dz (+ z-loss) → W_r and u.
+// Router: gates, load-balance loss → dp → softmax → dz (+ z-loss) → W_r and (du not null) u.
+void LayerEngine::router_backward(int s, const FloatBuffer& dgate, TensorMap& grads, double aux_scale, FloatBuffer* du) {
+  const StageConfig& cfg = model_.layer.stages[static_cast<size_t>(s)];
+  StageState& st = *states_[static_cast<size_t>(s)];
+  const std::string sp = "stages." + std::to_string(s) + ".";
+  const int64_t T = st.u.dim(0), d = model_.hidden_size, E = cfg.experts;
+  Backend& backend = ops_.backend();
   FloatBuffer dp(backend, {T, E}), dz(backend, {T, E});
   ops_.run(GatesBackwardArgs{.p = st.p.data(),
                              .selection = &st.selection,
@@ -655,10 +685,10 @@ FloatBuffer LayerEngine::stage_backward(int s, const FloatBuffer& dm, TensorMap&
   ops_.run(
       ZLossArgs{.p = st.p.data(), .lse = st.lse.data(), .n = T, .e = E, .beta = cfg.aux_loss.z_loss * aux_scale, .dz = dz.data()});
   ops_.run(LinearBackwardWeightArgs{
-      .dy = dz.data(), .x = u, .n = T, .out = E, .in = d, .dw = grad(grads, sp + "router.weight")});
-  ops_.run(LinearBackwardInputArgs{
-      .dy = dz.data(), .n = T, .out = E, .in = d, .w = param(sp + "router.weight").data(), .dx = du.data()});
-  return du;
+      .dy = dz.data(), .x = st.u.data(), .n = T, .out = E, .in = d, .dw = grad(grads, sp + "router.weight")});
+  if (du)
+    ops_.run(LinearBackwardInputArgs{
+        .dy = dz.data(), .n = T, .out = E, .in = d, .w = param(sp + "router.weight").data(), .dx = du->data()});
 }
 
 }  // namespace sy

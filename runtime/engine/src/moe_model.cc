@@ -72,13 +72,22 @@ Tensor MoeModel::forward(const Tensor& x, const ImportanceInput& importance) {
   return h;
 }
 
+// h_{n+1} = h_n + y_n: dh_n = dh_{n+1} + dL/dh_n through layer n.
+void MoeModel::backward_through_layer(size_t n, Tensor& dh) {
+  const Tensor dx = layers_[n]->backward(dh, grads_);
+  for (int64_t i = 0; i < dh.numel(); ++i) dh[i] += dx[i];
+}
+
 Tensor MoeModel::backward(const Tensor& grad_out) {
-  Tensor dh = grad_out;  // h_{n+1} = h_n + y_n: dh_n = dh_{n+1} + dL/dh_n through the layer
-  for (size_t n = layers_.size(); n-- > 0;) {
-    const Tensor dx = layers_[n]->backward(dh, grads_);
-    for (int64_t i = 0; i < dh.numel(); ++i) dh[i] += dx[i];
-  }
+  Tensor dh = grad_out;
+  for (size_t n = layers_.size(); n-- > 0;) backward_through_layer(n, dh);
   return dh;
+}
+
+void MoeModel::backward_params(const Tensor& grad_out) {
+  Tensor dh = grad_out;
+  for (size_t n = layers_.size(); n-- > 1;) backward_through_layer(n, dh);
+  layers_.at(0)->backward_params(dh, grads_);
 }
 
 void MoeModel::step(const AdamWConfig& adamw, int group_size) {

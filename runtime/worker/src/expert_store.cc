@@ -218,7 +218,7 @@ void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const floa
     cache_.erase(it);
   }
   if (rows == 0) return;
-  std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
+  if (grad_in) std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
   std::lock_guard grad_lock(r.grad_mutex);
   run_op(FfnBackwardArgs{.dout = grad_out,
                          .x = act.x,

@@ -49,8 +49,10 @@ class ExpertCompute {
   // until the next forward of this stage.
   virtual void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) = 0;
   // grad_input[rows, d] (overwritten) from grad_output; accumulates the experts' weight gradients.
+  // `grad_input` null: the caller needs no input gradient (a first stage fed the data itself):
+  // the weight gradients only, skipping the input-gradient products where the compute can.
   virtual void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output,
-                        Tensor& grad_input) = 0;
+                        Tensor* grad_input) = 0;
   // True when forward mostly waits while the rows are away (another process computes them): the
   // engine then computes the stage's shared expert on its own thread meanwhile.
   virtual bool waits_for_rows() const { return false; }
@@ -66,7 +68,7 @@ class LocalExperts final : public ExpertCompute {
   LocalExperts(const ModelConfig& model, const TensorMap& weights, TensorMap* grads, std::string prefix = "",
                Backend& backend = cpu_backend());
   void forward(int stage, const cpu::DispatchLayout& layout, const Tensor& tokens, Tensor& output) override;
-  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor& grad_input) override;
+  void backward(int stage, const cpu::DispatchLayout& layout, const Tensor& grad_output, Tensor* grad_input) override;
   void set_grads(TensorMap* grads) { grads_ = grads; }
 
  private:
@@ -123,6 +125,10 @@ class LayerEngine {
   Tensor backward(const Tensor& grad_y, TensorMap& grads, double aux_scale = 1.0);
   // The same into `grad_x` [T, d] (overwritten), in the backend's memory.
   void backward_into(const Tensor& grad_y, TensorMap& grads, Tensor& grad_x, double aux_scale = 1.0);
+  // The gradients only, no dL/dx (the input is data, not some parameter's output): the same
+  // gradients, bit for bit, without the work only dL/dx needs — the first stage's expert,
+  // shared-expert and router input gradients, when it has no input norm. grad_y is a host tensor.
+  void backward_params(const Tensor& grad_y, TensorMap& grads, double aux_scale = 1.0);
 
   // Evaluation option: every stage drops each token's `n` best experts (cpu::drop_top_experts);
   // 0 (default) routes normally. For robustness measurements, not for training.
@@ -144,7 +150,13 @@ class LayerEngine {
   void aggregate(int s, const FloatBuffer& u);
   FloatBuffer mix_shared_expert(int s, const FloatBuffer& u);
   void record_stats(int s, const std::vector<int32_t>& k);
-  FloatBuffer stage_backward(int s, const FloatBuffer& dm, TensorMap& grads, double aux_scale);
+  // grad_x null: no dL/dx wanted (backward_params).
+  void backward_stages(const Tensor& grad_y, TensorMap& grads, Tensor* grad_x, double aux_scale);
+  // dL/du of stage s; input_grad false: the stage's parameter gradients only, and the result is
+  // not dL/du (only what the aggregation and mix write into it on their way).
+  FloatBuffer stage_backward(int s, const FloatBuffer& dm, TensorMap& grads, double aux_scale, bool input_grad);
+  void unpack_input_grads(int s, const Tensor& d_packed, FloatBuffer& du);
+  void router_backward(int s, const FloatBuffer& dgate, TensorMap& grads, double aux_scale, FloatBuffer* du);
   // The runner for the host ops: the engine's own on a host backend, the CPU backend's otherwise.
   OpRunner& host_ops() { return host_ops_ ? *host_ops_ : ops_; }
   const Tensor& param(const std::string& name) const;

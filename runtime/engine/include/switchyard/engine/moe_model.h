@@ -51,6 +51,9 @@ class MoeModel {
   Tensor forward(const Tensor& x, const ImportanceInput& importance = {});
   // dL/dx for L = Σ h_L ⊙ grad_out + aux_loss(); accumulates gradients.
   Tensor backward(const Tensor& grad_out);
+  // The same gradients, bit for bit, without dL/dx, for a trainer whose input x is data: the
+  // first layer skips what only dL/dx needs (LayerEngine::backward_params).
+  void backward_params(const Tensor& grad_out);
   // AdamW on every parameter (dense here, experts where they live), then zeroes gradients.
   // `group_size` data-parallel ranks must all call step for the experts to move.
   void step(const AdamWConfig& adamw, int group_size = 1);
@@ -84,6 +87,7 @@ class MoeModel {
 
  private:
   void build();
+  void backward_through_layer(size_t n, Tensor& dh);
   Config config_;
   Backend* backend_;
   TensorMap weights_, grads_;

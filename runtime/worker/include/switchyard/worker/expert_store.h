@@ -86,8 +86,9 @@ class ExpertStore {
   int64_t rows_copied() const { return rows_copied_.load(); }
   // out = E(x) keeping nothing: forward-only (serving) requests.
   void infer(const ExpertKey& key, const float* x, int64_t rows, float* out) const;
-  // grad_in[rows, d] (overwritten) from grad_out[rows, d] for the rows of forward(key,
-  // request_id); accumulates the weight gradients; releases that forward's activations.
+  // grad_in[rows, d] (overwritten; null: not wanted, not computed) from grad_out[rows, d] for
+  // the rows of forward(key, request_id); accumulates the weight gradients; releases that
+  // forward's activations.
   // `rows` must equal the forward's. `weight_segments` (row counts summing to rows; empty: one):
   // the weight gradients sum one product per segment, in order, as if each segment had been its
   // own request (the co-located experts compute every source rank's rows in one product but
