@@ -6,11 +6,11 @@
 
 #include "switchyard/kernels/cpu_ops.h"
 #include "parallel.h"
+#include "swiglu.h"
 
 namespace sy::cpu {
 namespace {
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
@@ -23,9 +23,7 @@ void forward_into(const float* x, int64_t rows, int64_t d, int64_t f, Activation
   const float* hu = h_up;
   if (activation == Activation::swiglu) {
     linear_forward(x, rows, d, w.gate, f, h_gate);
-    const float* hg = h_gate;
-#pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
-    for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) act[i] = hg[i] * sigmoid(hg[i]) * hu[i];
+    swiglu_forward(h_gate, hu, act, static_cast<int64_t>(nf));
   } else {
 #pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
     for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) act[i] = 0.5f * hu[i] * (1.0f + std::erf(hu[i] * kInvSqrt2));
@@ -55,16 +53,9 @@ void backward_into(const float* dout, const float* x, int64_t rows, int64_t d, i
   linear_backward_input(dout, rows, d, w.down, f, dact);
   const float* hu = h_up;
   if (activation == Activation::swiglu) {
-    const float* hg = h_gate;
     float* da = dact;
     float* dg = dhg;
-#pragma omp parallel for schedule(static) if(worth_threads(static_cast<int64_t>(nf)))
-    for (int64_t i = 0; i < static_cast<int64_t>(nf); ++i) {
-      const float s = sigmoid(hg[i]);
-      const float silu = hg[i] * s;
-      dg[i] = da[i] * hu[i] * s * (1.0f + hg[i] * (1.0f - s));
-      da[i] = da[i] * silu;  // becomes ∂/∂h_up in place
-    }
+    swiglu_backward(h_gate, hu, da, dg, static_cast<int64_t>(nf));  // da becomes ∂/∂h_up
     weight_grad(dg, rows, f, x, d, grads.gate, segments);
     weight_grad(da, rows, f, x, d, grads.up, segments);
     if (dx) {

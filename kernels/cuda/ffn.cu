@@ -1,6 +1,7 @@
 // Expert FFN forward/backward (swiglu, gelu), as cpu/ffn.cc: cuBLAS SGEMMs in full FP32 and
 // element-wise activation kernels. One op is one expert; `saved` has the CPU's layout
 // (h_up, act, then h_gate for swiglu, [rows, f] each), so either backend's backward reads it.
+#include "../cpu/fast_sigmoid.h"
 #include "cuda_ops.h"
 #include "device.cuh"
 
@@ -11,7 +12,7 @@ constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 __global__ void swiglu_kernel(const float* hg, const float* hu, float* act, int64_t n) {
-  SY_GRID_STRIDE(i, n) act[i] = hg[i] * sigmoidf(hg[i]) * hu[i];
+  SY_GRID_STRIDE(i, n) act[i] = hg[i] * cpu::fast_sigmoid(hg[i]) * hu[i];  // the CPU's sigmoid, op for op
 }
 
 __global__ void gelu_kernel(const float* hu, float* act, int64_t n) {
@@ -21,7 +22,7 @@ __global__ void gelu_kernel(const float* hu, float* act, int64_t n) {
 // da = ∂/∂act in, ∂/∂h_up out (in place); dg = ∂/∂h_gate.
 __global__ void swiglu_backward_kernel(const float* hg, const float* hu, float* da, float* dg, int64_t n) {
   SY_GRID_STRIDE(i, n) {
-    const float s = sigmoidf(hg[i]);
+    const float s = cpu::fast_sigmoid(hg[i]);
     const float silu = hg[i] * s;
     dg[i] = da[i] * hu[i] * s * (1.0f + hg[i] * (1.0f - s));
     da[i] = da[i] * silu;

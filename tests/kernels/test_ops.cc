@@ -3,6 +3,7 @@
 // against hand-worked cases.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 
 #include "../support/fd.h"
@@ -11,6 +12,8 @@
 #include "../support/reference.h"
 #include "switchyard/core/error.h"
 #include "switchyard/kernels/cpu_ops.h"
+#include "../../kernels/cpu/fast_sigmoid.h"
+#include "../../kernels/cpu/swiglu.h"
 
 namespace sy {
 namespace {
@@ -264,6 +267,31 @@ TEST(ExpertFfn, WeightSegmentsSumLikeSeparateBackwards) {
                                            grads(g_one), scratch.data(), short_segments),
                  Error);
   }
+}
+
+// The FFN's sigmoid (kernels/cpu/fast_sigmoid.h): within 3 ulp of the exact sigmoid wherever
+// it is a normal float, saturating to 0 and 1 far out; SwiGLU keeps a NaN in hg a NaN.
+TEST(FastSigmoid, WithinThreeUlpOfTheExactSigmoidAndSaturates) {
+  double worst = 0;
+  for (int64_t i = -1000000; i <= 1000000; ++i) {
+    const float x = static_cast<float>(i) * 1e-4f;  // [-100, 100]
+    const double exact = 1.0 / (1.0 + std::exp(-static_cast<double>(x)));
+    if (exact < 1e-37) continue;
+    worst = std::max(worst, std::fabs(cpu::fast_sigmoid(x) - exact) / exact);
+  }
+  EXPECT_LE(worst, 3 * 5.96e-8) << "largest relative error over [-100, 100]";
+  EXPECT_EQ(cpu::fast_sigmoid(1000.0f), 1.0f);
+  EXPECT_EQ(cpu::fast_sigmoid(std::numeric_limits<float>::infinity()), 1.0f);
+  EXPECT_LT(cpu::fast_sigmoid(-1000.0f), 1e-37f);
+  EXPECT_GE(cpu::fast_sigmoid(-std::numeric_limits<float>::infinity()), 0.0f);
+
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> hg{nan, 1.0f, -2.0f}, hu{1.0f, 2.0f, nan};
+  std::vector<float> act(3), dact{1.0f, 1.0f, 1.0f}, dg(3);
+  cpu::swiglu_forward(hg.data(), hu.data(), act.data(), 3);
+  cpu::swiglu_backward(hg.data(), hu.data(), dact.data(), dg.data(), 3);
+  EXPECT_TRUE(std::isnan(act[0]) && std::isnan(act[2]) && std::isnan(dg[0]) && std::isnan(dact[0]) && std::isnan(dg[2]));
+  EXPECT_FALSE(std::isnan(act[1]) || std::isnan(dg[1]) || std::isnan(dact[1]));
 }
 
 TEST(Allocation, ExactBudgetSumsAndBounds) {
