@@ -4,6 +4,7 @@
 #include <ucs/config/global_opts.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <unordered_map>
 
@@ -21,6 +22,42 @@ static_assert((uint64_t{kMaxRank} << kTagRankShift) >> kTagRankShift == uint64_t
 
 std::string ucx_error(const char* call, ucs_status_t status) {
   return std::string(call) + " failed: " + ucs_status_string(status);
+}
+
+// UCX 1.13's TCP transport handles a batch of up to UCX_TCP_MAX_POLL socket events per progress;
+// when the first event of a batch fails a dying peer's endpoint, a later event of the same batch
+// can name one of its TCP endpoints that the failure already closed, and UCX aborts the process
+// (tcp_iface.c: "Assertion `ep->conn_state != UCT_TCP_EP_CONN_STATE_CLOSED' failed"; 19 of 850
+// runs of UcxDeadPeer.TcpPeerExitIsReportedNamingIt here). One event per batch closes that window
+// (0 of 1100 runs); progress loops until idle anyway. A UCX_TCP_MAX_POLL the user set is kept.
+// ucp_config_modify hands keys it does not know to every transport's table without the table's
+// prefix: "MAX_POLL" is the TCP one's field (the others are TX_, RX_ or FIFO_MAX_POLL);
+// "TCP_MAX_POLL" is accepted and silently matches nothing.
+constexpr const char* kTcpMaxPollField = "MAX_POLL";
+constexpr const char* kTcpMaxPollValue = "1";
+
+// Whether UCX_TLS (null: unset) lets UCX open its TCP transport. Only then is the setting made:
+// a key no opened transport uses makes UCX warn "invalid configuration" (shared memory only).
+bool tcp_may_be_selected(const char* tls) {
+  if (!tls || !*tls) return true;
+  const bool exclude = tls[0] == '^';
+  bool named = false;
+  std::string_view list(tls + (exclude ? 1 : 0));
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    std::string_view item = list.substr(0, comma);
+    item = item.substr(0, item.find(':'));  // "tcp:aux" names tcp too
+    named = named || item == "tcp" || (!exclude && item == "all");
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+  }
+  return exclude ? !named : named;
+}
+
+Status apply_tcp_poll_workaround(ucp_config_t* config) {
+  if (std::getenv("UCX_TCP_MAX_POLL") || !tcp_may_be_selected(std::getenv("UCX_TLS"))) return Status::ok();
+  ucs_status_t st = ucp_config_modify(config, kTcpMaxPollField, kTcpMaxPollValue);
+  if (st != UCS_OK) return Status(StatusCode::internal, ucx_error("ucp_config_modify(MAX_POLL)", st));
+  return Status::ok();
 }
 
 class UcxTransport;
@@ -41,6 +78,10 @@ class UcxTransport final : public Transport {
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) throw Error(ErrorKind::transport, "ucx transport: " + ucx_error("ucp_config_read", st));
+    if (Status s = apply_tcp_poll_workaround(config); !s) {
+      ucp_config_release(config);
+      throw Error(ErrorKind::transport, "ucx transport: " + s.message());
+    }
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
     params.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;  // wait_for_events: ucp_worker_arm + its fd

@@ -3,7 +3,9 @@
 // UCX picks its transports from the environment as UCX users expect: UCX_TLS=sm,self for
 // shared memory between processes of one machine, UCX_TLS=tcp,self for TCP, unset (or
 // rc,ud,...) for RDMA between machines; UCX_NET_DEVICES, UCX_RNDV_THRESH and friends work as
-// documented by UCX. Host memory only (Debian's UCX is built without CUDA).
+// documented by UCX. Host memory only (Debian's UCX is built without CUDA). One default differs:
+// UCX_TCP_MAX_POLL is 1 unless set, which works around a UCX 1.13 abort when a TCP peer dies
+// (transport/src/ucx.cc says how).
 //
 // Mapping onto the interface: one ucp context + worker per transport (single-threaded; meant
 // to be the one of its process), one endpoint per peer created from the peer's worker address
