@@ -18,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "backend_flag.h"
 #include "flags.h"
 #include "perftest.h"
 #include "switchyard/core/secret.h"
@@ -89,7 +90,7 @@ int cli_coordinator(const std::vector<std::string>& args) {
 }
 
 int cli_worker(const std::vector<std::string>& args) {
-  Flags flags(args, "worker", {"coordinator", "id", "bind", "replaces-pid", "trace"});
+  Flags flags(args, "worker", {"coordinator", "id", "bind", "replaces-pid", "trace", "device"});
   if (flags.has("trace")) trace::start(flags.get("trace"), "worker pid " + std::to_string(::getpid()));
   WorkerOptions opt;
   const auto env = detect_launch_env();
@@ -99,6 +100,7 @@ int cli_worker(const std::vector<std::string>& args) {
   opt.requested_id = static_cast<int>(flags.get_int("id", env ? env->rank : -1));
   opt.bind_host = flags.get_or("bind", opt.bind_host);
   opt.replaces_pid = static_cast<uint32_t>(flags.get_int("replaces-pid", 0));
+  opt.device = backend_named("device", select_device(flags.get_or("device", "cpu"))).name();
   install_stop_handlers();
   return run_worker(opt, g_stop);
 }
@@ -246,16 +248,21 @@ void print_row_balance(const ClusterLoad& l, int stages) {
   std::cout.unsetf(std::ios::fixed);
 }
 
+// How rows reach a worker's experts from a client (clients are host processes): over UCX in
+// host memory, copied to the device and back on a worker whose replicas live on one.
+std::string data_path(const WorkerStatus& w) { return w.device == "cpu" ? "ucx host" : "ucx staged"; }
+
 void print_status(const ClusterStatus& s) {
   std::cout << "placement epoch " << s.placement_epoch << (s.model_loaded ? " (model loaded)" : " (no model loaded)")
             << ", workers " << s.workers.size() << "/" << s.workers_expected << "\n";
   std::cout << std::left << std::setw(8) << "worker" << std::setw(8) << "pid" << std::setw(7) << "state" << std::setw(9)
             << "experts" << std::setw(12) << "rows_fwd" << std::setw(12) << "rows_bwd" << std::setw(8) << "steps"
-            << std::setw(12) << "rows/s" << "endpoint\n";
+            << std::setw(12) << "rows/s" << std::setw(7) << "device" << std::setw(13) << "data path" << "endpoint\n";
   for (const WorkerStatus& w : s.workers) {
     std::cout << std::left << std::setw(8) << w.id << std::setw(8) << w.pid << std::setw(7) << (w.alive ? "alive" : w.fenced ? "LOST" : "DEAD")
               << std::setw(9) << w.experts << std::setw(12) << w.rows_forward << std::setw(12) << w.rows_backward
-              << std::setw(8) << w.steps << std::setw(12) << static_cast<int64_t>(w.rows_per_s) << w.control_endpoint;
+              << std::setw(8) << w.steps << std::setw(12) << static_cast<int64_t>(w.rows_per_s) << std::setw(7)
+              << w.device << std::setw(13) << data_path(w) << w.control_endpoint;
     if (w.fenced) std::cout << "  (fenced: a client lost it; its replicas are recovered elsewhere)";
     else if (!w.alive) std::cout << "  (no heartbeat for " << w.ms_since_heartbeat << " ms)";
     if (w.restarts > 0)

@@ -35,6 +35,7 @@
 #include "colocated_command.h"
 #include "trace_command.h"
 #include "placement_commands.h"
+#include "backend_flag.h"
 #include "flags.h"
 
 namespace sy {
@@ -85,20 +86,8 @@ LayerInputs read_layer_inputs(const Flags& flags) {
   return in;
 }
 
-// `--backend NAME` (default cpu): the backend the layer engine runs on. An unknown name, one not
-// compiled into this build, or one without a usable device here is a usage error naming the flag.
-Backend& backend_flag(const Flags& flags) {
-  const std::string name = flags.get_or("backend", "cpu");
-  if (Backend* b = find_backend(name)) return *b;
-  const std::vector<std::string> compiled = compiled_backends();
-  std::string list;
-  for (const std::string& n : compiled) list += (list.empty() ? "" : ", ") + n;
-  if (std::find(compiled.begin(), compiled.end(), name) != compiled.end())
-    throw UsageError("--backend " + name + ": compiled but no " + (name == "cuda" ? std::string("CUDA device") : name) +
-                     " usable here (switchyard backends lists what is)");
-  if (name == "cuda") throw UsageError("--backend cuda: not compiled in (this build has: " + list + ")");
-  throw UsageError("--backend " + name + ": unknown backend (this build has: " + list + ")");
-}
+// `--backend NAME` (default cpu): the backend the layer engine runs on.
+Backend& backend_flag(const Flags& flags) { return backend_named("backend", flags.get_or("backend", "cpu")); }
 
 // --backend with --cluster: the cluster's experts are host tensors on the workers.
 void refuse_device_with_cluster(const Flags& flags, const Backend& backend) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -256,6 +257,30 @@ TEST_F(Cli, BackendFlagErrorsNameTheFlagAndTheValue) {
   const Tensor y_cpu_flag = read_npy(path("y.npy"));
   ASSERT_EQ(run(fwd).code, 0);
   EXPECT_EQ(read_npy(path("y.npy")).values(), y_cpu_flag.values());
+}
+
+// `worker --device`: a malformed value, a device index beyond CUDA_VISIBLE_DEVICES, and (without
+// a usable GPU) cuda itself are usage errors naming the flag, before the worker contacts anyone.
+TEST_F(Cli, WorkerDeviceErrorsNameTheFlag) {
+  const std::string worker = "worker --coordinator 127.0.0.1:1 --device ";
+  for (const std::string bad : {"gpu:1", "cuda:", "cuda:x", "cpu:0"}) {
+    Result r = run(worker + bad);
+    EXPECT_EQ(r.code, 2) << bad << "\n" << r.output;
+    EXPECT_NE(r.output.find("--device " + bad + ": expected cpu, cuda or cuda:N"), std::string::npos) << r.output;
+  }
+  const bool gpu_here = find_backend("cuda") != nullptr;  // before the variable below is set
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string saved = visible ? visible : "";
+  ::setenv("CUDA_VISIBLE_DEVICES", "3", 1);  // the worker's environment
+  Result r = run(worker + "cuda:1");
+  visible ? ::setenv("CUDA_VISIBLE_DEVICES", saved.c_str(), 1) : ::unsetenv("CUDA_VISIBLE_DEVICES");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device cuda:1: CUDA_VISIBLE_DEVICES=3 makes only 1 device(s) visible"), std::string::npos)
+      << r.output;
+  if (gpu_here) return;  // cuda:0 is usable here
+  r = run(worker + "cuda:0");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device cuda: "), std::string::npos) << r.output;
 }
 
 // `--backend cuda` end to end through the CLI, against the CPU run of the same files (FP32:

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/guarded_device_backend.h"
 #include "../support/recording_backend.h"
 #include "switchyard/core/error.h"
 #include "switchyard/engine/layer_weights.h"
@@ -187,8 +188,7 @@ TEST(ExpertStore, ComputeGoesThroughTheGivenBackend) {
   EXPECT_EQ(backend.ops, (std::map<std::string, int>{{"ffn_forward", 6}, {"ffn_backward", 3}, {"adamw", 9}}));
   EXPECT_GT(allocations, 0);                    // infer's activations, backward's scratch
   EXPECT_EQ(backend.allocations, allocations);  // reused by the later requests
-  test_support::RecordingBackend device(Device::cuda);
-  EXPECT_THROW(ExpertStore(m, device), Error);
+  // A device backend makes a device store: ExpertStoreOnADevice.
 }
 
 TEST(ExpertStore, RequestLifecycle) {
@@ -636,6 +636,89 @@ TEST(ExpertStoreCheckpoint, OneLayerModelsUseTheWeightFileNames) {
   c.load(path);
   EXPECT_TRUE(bit_equal(c.weights({0, 0, 1}).at("up_proj.weight"), a.weights({0, 0, 1}).at("up_proj.weight")));
   std::remove(path.c_str());
+}
+
+// A device store (the GPU worker's) on the stand-in device, whose memory the host cannot touch:
+// every result equals the host store's bit for bit (the same kernels run underneath), through
+// forward, infer, backward with and without dL/dx, weight segments, the gradient copies the
+// reduction uses, AdamW steps, and a checkpoint round trip; the in-place accessors refuse.
+TEST(ExpertStoreOnADevice, EqualsTheHostStoreBitForBit) {
+  const ModelConfig m = model();
+  test_support::GuardedDeviceBackend device;
+  ExpertStore host(m), dev(m, device);
+  EXPECT_TRUE(host.host_resident());
+  EXPECT_FALSE(dev.host_resident());
+  const std::vector<ExpertKey> keys = {{0, 0, 1}, {1, 1, 2}};  // swiglu and gelu
+  for (const ExpertKey& key : keys) {
+    host.add(key, weights_for(m, key));
+    dev.add(key, weights_for(m, key));
+  }
+  const int64_t d = m.hidden_size;
+  const std::vector<int64_t> segments = {3, 4};
+  for (int step = 0; step < 2; ++step) {
+    for (const ExpertKey& key : keys) {
+      SCOPED_TRACE(key.to_string() + " step " + std::to_string(step));
+      for (uint64_t request = 1; request <= 2; ++request) {
+        const uint32_t seed = static_cast<uint32_t>(10 * step + request);
+        const std::vector<float> x = random_rows(7, d, seed), gy = random_rows(7, d, seed + 100);
+        std::vector<float> y_host(x.size()), y_dev(x.size()), gx_host(x.size()), gx_dev(x.size());
+        host.forward(key, request, x.data(), 7, y_host.data());
+        dev.forward(key, request, x.data(), 7, y_dev.data());
+        EXPECT_EQ(y_host, y_dev);
+        const bool want_dx = request == 1;  // the second request wants weights only, in segments
+        const std::span<const int64_t> seg = want_dx ? std::span<const int64_t>() : std::span<const int64_t>(segments);
+        host.backward(key, request, gy.data(), 7, want_dx ? gx_host.data() : nullptr, seg);
+        dev.backward(key, request, gy.data(), 7, want_dx ? gx_dev.data() : nullptr, seg);
+        EXPECT_EQ(gx_host, gx_dev);
+        host.infer(key, gy.data(), 7, y_host.data());
+        dev.infer(key, gy.data(), 7, y_dev.data());
+        EXPECT_EQ(y_host, y_dev);
+      }
+      EXPECT_TRUE(bit_equal(host.grads_copy(key), dev.grads_copy(key)));
+      EXPECT_EQ(host.flat_grads(key), dev.flat_grads(key));
+    }
+    // The reduction's write-back: doubled gradients, on both.
+    for (const ExpertKey& key : keys) {
+      std::vector<float> g = host.flat_grads(key);
+      for (float& v : g) v *= 2.0f;
+      host.set_flat_grads(key, g);
+      dev.set_flat_grads(key, g);
+    }
+    host.step(AdamWConfig{});
+    dev.step(AdamWConfig{});
+  }
+  for (const ExpertKey& key : keys) {
+    const ExpertTensors a = host.tensors_of(key), b = dev.tensors_of(key);
+    EXPECT_TRUE(bit_equal(a.weights, b.weights));
+    EXPECT_TRUE(bit_equal(a.moments, b.moments));
+    EXPECT_EQ(a.step, b.step);
+    EXPECT_TRUE(bit_equal(dev.weights_copy(key), a.weights));
+    for (const auto& [name, g] : dev.grads_copy(key))  // step zeroed them on the device
+      for (float v : g.values()) ASSERT_EQ(v, 0.0f) << name;
+  }
+  EXPECT_EQ(dev.pending_activations(), 0);
+  EXPECT_GT(device.ops["ffn_forward"], 0);
+  EXPECT_GT(device.ops["ffn_backward"], 0);
+  EXPECT_GT(device.ops["adamw"], 0);
+
+  const std::string path = temp_path("device.safetensors");
+  dev.save(path);
+  test_support::GuardedDeviceBackend device2;
+  ExpertStore loaded(m, device2);
+  loaded.load(path);
+  for (const ExpertKey& key : keys) EXPECT_TRUE(bit_equal(loaded.tensors_of(key).weights, host.tensors_of(key).weights));
+  std::remove(path.c_str());
+
+  for (auto access : {+[](ExpertStore& s) { s.grads({0, 0, 1}); }, +[](ExpertStore& s) { s.weights({0, 0, 1}); }}) {
+    try {
+      access(dev);
+      ADD_FAILURE() << "an in-place accessor of a device store did not refuse";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("guarded-device memory"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(ExpertKey{0, 0, 1}.to_string()), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(dev.set_flat_grads({0, 0, 1}, std::vector<float>(3)), Error);
 }
 
 }  // namespace

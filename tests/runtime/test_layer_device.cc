@@ -15,6 +15,7 @@
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/engine/optimizer.h"
 #include "switchyard/kernels/buffer.h"
+#include "switchyard/worker/expert_store.h"
 
 namespace sy {
 namespace {
@@ -114,6 +115,61 @@ INSTANTIATE_TEST_SUITE_P(Models, DeviceLayer,
                          [](const auto& param_info) {
                            return std::get<0>(param_info.param) + "_" + std::get<1>(param_info.param);
                          });
+
+// A GPU worker's expert store (switchyard worker --device cuda) against the CPU store: forward,
+// infer, backward with dL/dx, the reduction's flat gradients, two AdamW steps, and the state a
+// migration or checkpoint copies out; swiglu and gelu experts of topk.yaml's and combined.yaml's
+// shapes, 0, 1 and 300 rows.
+TEST(DeviceExpertStore, MatchesTheCpuStore) {
+  Backend* device = usable("cuda");
+  if (!device) GTEST_SKIP() << skip_reason("cuda");
+  for (const std::string model : {"topk", "combined"}) {
+    const Config cfg = load_config(config_dir() + "/" + model + ".yaml");
+    const ModelConfig& m = cfg.model;
+    ExpertStore cpu_store(m), dev_store(m, *device);
+    std::vector<ExpertKey> keys;
+    for (int s = 0; s < static_cast<int>(m.layer.stages.size()); ++s) keys.push_back({0, s, 0});
+    const TensorMap layer = init_layer_weights(m, 21, layer_prefix(m, 0));
+    for (const ExpertKey& key : keys) {
+      cpu_store.add(key, extract_expert_weights(m, layer, key));
+      dev_store.add(key, extract_expert_weights(m, layer, key));
+    }
+    const int64_t d = m.hidden_size;
+    for (int step = 0; step < 2; ++step) {
+      for (const ExpertKey& key : keys) {
+        uint64_t request = 0;
+        for (const int64_t rows : {int64_t{0}, int64_t{1}, int64_t{300}}) {
+          const std::string what = model + " " + key.to_string() + " rows " + std::to_string(rows);
+          RandomStream rng(static_cast<uint64_t>(100 * step + rows), "device-store");
+          const Tensor x = random_tokens(rows, d, rng), g = random_tokens(rows, d, rng);
+          Tensor y_cpu({rows, d}), y_dev({rows, d}), gx_cpu({rows, d}), gx_dev({rows, d});
+          ++request;
+          cpu_store.forward(key, request, x.data(), rows, y_cpu.data());
+          dev_store.forward(key, request, x.data(), rows, y_dev.data());
+          expect_close(y_dev, y_cpu, what + " forward");
+          cpu_store.backward(key, request, g.data(), rows, gx_cpu.data());
+          dev_store.backward(key, request, g.data(), rows, gx_dev.data());
+          expect_close(gx_dev, gx_cpu, what + " dx");
+          cpu_store.infer(key, g.data(), rows, y_cpu.data());
+          dev_store.infer(key, g.data(), rows, y_dev.data());
+          expect_close(y_dev, y_cpu, what + " infer");
+        }
+        const std::vector<float> gc = cpu_store.flat_grads(key), gd = dev_store.flat_grads(key);
+        const int64_t n = static_cast<int64_t>(gc.size());
+        expect_close(Tensor({n}, gd), Tensor({n}, gc), model + " " + key.to_string() + " weight grads");
+        dev_store.set_flat_grads(key, gc);  // the reduction's write-back: both step from the same sums
+      }
+      cpu_store.step(AdamWConfig{.lr = 1e-2});
+      dev_store.step(AdamWConfig{.lr = 1e-2});
+    }
+    for (const ExpertKey& key : keys) {
+      const ExpertTensors a = cpu_store.tensors_of(key), b = dev_store.tensors_of(key);
+      EXPECT_EQ(a.step, b.step);
+      for (const auto& [name, t] : a.weights) expect_close(b.weights.at(name), t, model + " weights " + name);
+      for (const auto& [name, t] : a.moments) expect_close(b.moments.at(name), t, model + " moments " + name);
+    }
+  }
+}
 
 }  // namespace
 }  // namespace sy

@@ -15,7 +15,9 @@
 #include <thread>
 #include <tuple>
 
+#include "../support/guarded_device_backend.h"
 #include "../support/local_cluster.h"
+#include "switchyard/client/cluster_admin.h"
 #include "switchyard/client/cluster_client.h"
 #include "switchyard/cli/toy_task.h"
 #include "switchyard/core/error.h"
@@ -142,11 +144,12 @@ void expect_replicas_identical(ClusterClient& c, int workers, const std::string&
 
 // Trains `steps` steps; while it runs, a thread asks for each placement of `rebalances` in turn.
 // Returns the experts' final weights.
+// `devices`: per worker, the backend its replicas live on (inprocess; none: the cpu).
 TensorMap train(const std::string& transport, int steps, const std::vector<std::string>& rebalances,
-                int* committed = nullptr) {
+                int* committed = nullptr, const std::vector<Backend*>& devices = {}) {
   const Config cfg = load_config(kModels + "topk.yaml");
   ClusterConfig c = test_cluster_config(3, 2, transport);
-  LocalCluster cluster(c);
+  LocalCluster cluster(c, {}, devices);
   const TensorMap weights = init_layer_weights(cfg.model, 7);
   Trainer t(cluster.coordinator->endpoint(), cfg, weights);
   std::atomic<bool> done{false};
@@ -196,6 +199,42 @@ TEST(RebalanceTraining, MovingReplicasLeavesWeightsBitIdentical) {
   EXPECT_EQ(committed, 2);
   ASSERT_EQ(moved.size(), plain.size());
   for (const auto& [name, t] : plain) EXPECT_EQ(moved.at(name).values(), t.values()) << name;
+}
+
+// GPU workers, on the stand-in device (memory the host cannot touch): training, the replicas'
+// gradient reduction, AdamW, fetches and moving replicas between device stores give the CPU
+// workers' weights bit for bit.
+TEST(RebalanceTraining, WorkersOnADeviceTrainAndMoveReplicasLikeCpuWorkers) {
+  const TensorMap plain = train("inprocess", 6, {});
+  std::vector<std::unique_ptr<test_support::GuardedDeviceBackend>> devices;
+  std::vector<Backend*> backends;
+  for (int w = 0; w < 3; ++w) {
+    devices.push_back(std::make_unique<test_support::GuardedDeviceBackend>());
+    backends.push_back(devices.back().get());
+  }
+  const std::vector<std::string> moves = {placement_yaml({{1, 2}, {0, 2}, {0, 1}, {1, 2}, {0, 2}, {0, 1}, {1, 2}, {0, 2}})};
+  int committed = 0;
+  const TensorMap on_devices = train("inprocess", 6, moves, &committed, backends);
+  EXPECT_EQ(committed, 1);
+  ASSERT_EQ(on_devices.size(), plain.size());
+  for (const auto& [name, t] : plain) EXPECT_EQ(on_devices.at(name).values(), t.values()) << name;
+  for (const auto& d : devices) {
+    EXPECT_GT(d->ops["ffn_forward"], 0);
+    EXPECT_GT(d->ops["adamw"], 0);
+  }
+}
+
+TEST(ClusterStatusDevice, NamesEachWorkersDevice) {
+  test_support::GuardedDeviceBackend device;
+  LocalCluster cluster(test_cluster_config(2, 1, "inprocess"), {}, {&device});
+  ClusterStatus s;
+  for (int tries = 0; tries < 200 && s.workers.size() < 2; ++tries) {  // they register as they start
+    s = query_cluster_status(cluster.coordinator->endpoint());
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(s.workers.size(), 2u);
+  EXPECT_EQ(s.workers[0].device, "guarded-device");
+  EXPECT_EQ(s.workers[1].device, "cpu");
 }
 
 // Replica counts change (an expert goes to three workers, others to one): equal to the run

@@ -39,15 +39,18 @@ struct LocalCluster {
   std::atomic<bool> stop_threads{false};
   std::vector<std::thread> worker_threads;  // transport "inprocess": workers in this process
 
-  // Per worker id, extra environment for its process (UCX only).
+  // Per worker id, extra environment for its process (UCX only), or the backend its replicas
+  // live on (inprocess only; WorkerOptions::backend; none: the cpu).
   explicit LocalCluster(const ClusterConfig& c,
-                        const std::vector<std::vector<std::pair<std::string, std::string>>>& env_of = {}) {
+                        const std::vector<std::vector<std::pair<std::string, std::string>>>& env_of = {},
+                        const std::vector<Backend*>& backend_of = {}) {
     coordinator = std::make_unique<Coordinator>(c);
     for (int i = 0; i < c.workers; ++i) {
       if (c.transport == "inprocess") {
         WorkerOptions o;
         o.coordinator = coordinator->endpoint();
         o.requested_id = i;
+        if (static_cast<size_t>(i) < backend_of.size()) o.backend = backend_of[static_cast<size_t>(i)];
         worker_threads.emplace_back([this, o] { run_worker(o, stop_threads); });
         continue;
       }

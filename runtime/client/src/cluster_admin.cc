@@ -61,7 +61,8 @@ ClusterStatus query_cluster_status(const std::string& coordinator) {
   for (const pb::WorkerInfo& w : info.workers())
     s.workers.push_back({w.worker_id(), w.pid(), w.host(), w.control_endpoint(), w.alive(), w.rows_forward(),
                          w.rows_backward(), w.steps(), w.experts(), w.expert_bytes(), w.rows_per_s(),
-                         w.ms_since_heartbeat(), w.fenced(), w.data_plane_id(), w.restarts(), w.replacement()});
+                         w.ms_since_heartbeat(), w.fenced(), w.data_plane_id(), w.restarts(), w.replacement(),
+                         w.device().empty() ? "cpu" : w.device()});
   for (const pb::ClientInfo& ci : info.clients())
     s.clients.push_back({ci.client_id(), ci.name(), ci.placement_epoch(), ci.training(), ci.step(), ci.ms_since_report()});
   if (info.has_load()) s.load = load_from_pb(info.load());

@@ -50,6 +50,7 @@ Result<pb::RegisterWorkerReply> Coordinator::Impl::register_worker(const pb::Reg
   m.info.set_pid(req.pid());
   m.info.set_host(req.host());
   m.info.set_control_endpoint(req.control_endpoint());
+  m.info.set_device(req.device().empty() ? "cpu" : req.device());
   m.info.set_data_plane_id(id);
   m.registered_at = m.last_heartbeat = m.previous_heartbeat = now;
   const bool replacing = previous != members.end();

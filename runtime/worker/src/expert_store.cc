@@ -52,6 +52,14 @@ cpu::ExpertGrads grads_of(TensorMap& g, Activation activation) {
   return out;
 }
 
+// One tensor of `backend`'s memory read into / written from host floats.
+void read_tensor(Backend& backend, const Tensor& t, float* dst) {
+  backend.copy_to_host(dst, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
+}
+void write_tensor(Backend& backend, Tensor& t, const float* src) {
+  backend.copy_from_host(t.data(), src, static_cast<size_t>(t.numel()) * sizeof(float));
+}
+
 bool same_except_lr(const AdamWConfig& a, const AdamWConfig& b) {
   return a.beta1 == b.beta1 && a.beta2 == b.beta2 && a.eps == b.eps && a.weight_decay == b.weight_decay;
 }
@@ -61,14 +69,24 @@ bool same_except_lr(const AdamWConfig& a, const AdamWConfig& b) {
 ExpertStore::Replica::Replica(ExpertTensors t, Backend& backend) : Replica(std::move(t), TensorMap{}, backend) {}
 
 ExpertStore::Replica::Replica(ExpertTensors t, TensorMap zero_grads, Backend& backend)
-    : weights(std::move(t.weights)),
-      grads(zero_grads.empty() ? zeros_like(weights) : std::move(zero_grads)),
-      optimizer(AdamWConfig{}, backend) {
+    : on_device(backend.device() != Device::cpu), optimizer(AdamWConfig{}, backend) {
+  TensorMap g = zero_grads.empty() ? zeros_like(t.weights) : std::move(zero_grads);
+  if (on_device) {
+    device_weights = BufferMap(backend, t.weights);
+    device_grads = BufferMap(backend, g);
+  } else {
+    host_weights = std::move(t.weights);
+    host_grads = std::move(g);
+  }
   optimizer.restore_state(t.step, std::move(t.moments));
 }
 
 ExpertStore::ExpertStore(const ModelConfig& model, Backend& backend)
-    : model_(model), backend_(host_backend(backend, "ExpertStore")) {}
+    : model_(model), backend_(backend), on_device_(backend.device() != Device::cpu) {}
+
+std::unique_lock<std::mutex> ExpertStore::device_turn() const {
+  return on_device_ ? std::unique_lock(device_mutex_) : std::unique_lock<std::mutex>();
+}
 
 void ExpertStore::run_op(const OpArgs& args) const {
   std::unique_ptr<OpRunner> runner;
@@ -100,6 +118,19 @@ ExpertStore::Replica& ExpertStore::replica(const ExpertKey& key) const {
   return *it->second;
 }
 
+ExpertStore::Replica& ExpertStore::host_replica(const ExpertKey& key, const char* what) const {
+  Replica& r = replica(key);
+  if (on_device_)
+    throw_runtime_error(std::string("expert store: ") + what + "() of " + key.to_string() + ": the replica lives in " +
+                        backend_.name() + " memory (use the copying accessors)");
+  return r;
+}
+
+std::unique_ptr<ExpertStore::Replica> ExpertStore::make_replica(ExpertTensors tensors, TensorMap zero_grads) const {
+  auto turn = device_turn();
+  return std::make_unique<Replica>(std::move(tensors), std::move(zero_grads), backend_);
+}
+
 void ExpertStore::add(const ExpertKey& key, TensorMap weights) {
   if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
   add(key, ExpertTensors::fresh(ExpertGeometry::of(model_, key.stage), std::move(weights)));
@@ -108,7 +139,7 @@ void ExpertStore::add(const ExpertKey& key, TensorMap weights) {
 void ExpertStore::add(const ExpertKey& key, ExpertTensors tensors) {
   if (!expert_exists(model_, key)) throw_input_error("expert store: the model has no expert " + key.to_string());
   tensors.validate(ExpertGeometry::of(model_, key.stage), "expert " + key.to_string());
-  insert(key, std::make_unique<Replica>(std::move(tensors), backend_));
+  insert(key, make_replica(std::move(tensors), {}));
 }
 
 void ExpertStore::add_verified(const ExpertKey& key, ExpertTensors tensors, TensorMap zero_grads) {
@@ -120,7 +151,7 @@ void ExpertStore::add_verified(const ExpertKey& key, ExpertTensors tensors, Tens
     if (g == zero_grads.end() || g->second.shape() != geometry.shape(name))
       throw_input_error("expert " + key.to_string() + ": gradient buffer '" + name + "' is missing or misshapen");
   }
-  insert(key, std::make_unique<Replica>(std::move(tensors), std::move(zero_grads), backend_));
+  insert(key, make_replica(std::move(tensors), std::move(zero_grads)));
 }
 
 void ExpertStore::insert(const ExpertKey& key, std::unique_ptr<Replica> r) {
@@ -132,7 +163,8 @@ void ExpertStore::insert(const ExpertKey& key, std::unique_ptr<Replica> r) {
 ExpertTensors ExpertStore::tensors_of(const ExpertKey& key) const {
   std::shared_lock lock(mutex_);
   const Replica& r = replica(key);
-  return {r.weights, r.optimizer.state(), r.optimizer.steps()};
+  auto turn = device_turn();
+  return {to_host(backend_, r.weights()), to_host(backend_, r.optimizer.state()), r.optimizer.steps()};
 }
 
 void ExpertStore::remove(const ExpertKey& key) {
@@ -171,16 +203,20 @@ void ExpertStore::forward(const ExpertKey& key, uint64_t request_id, const float
   }
   Activations act;
   act.rows = rows;
-  if (x_owner) {
-    act.x = x;
-    act.x_owner = std::move(x_owner);
+  if (on_device_) {
+    device_forward(g, r, x, rows, out, &act);
   } else {
-    act.x_copy.assign(x, x + rows * g.d);
-    act.x = act.x_copy.data();
-    rows_copied_ += rows;
+    if (x_owner) {
+      act.x = x;
+      act.x_owner = std::move(x_owner);
+    } else {
+      act.x_copy.assign(x, x + rows * g.d);
+      act.x = act.x_copy.data();
+      rows_copied_ += rows;
+    }
+    act.saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(rows, g.f, g.activation)));
+    if (rows > 0) run_op(ffn_forward_args(g, r.weights(), x, rows, out, act.saved.data()));
   }
-  act.saved.resize(static_cast<size_t>(cpu::ffn_saved_floats(rows, g.f, g.activation)));
-  if (rows > 0) run_op(ffn_forward_args(g, r.weights, x, rows, out, act.saved.data()));
   std::lock_guard cache_lock(cache_mutex_);
   if (!cache_.emplace(cache_key, std::move(act)).second) {
     throw_runtime_error("expert store: request " + std::to_string(request_id) + " ran forward on " + key.to_string() +
@@ -193,7 +229,29 @@ void ExpertStore::infer(const ExpertKey& key, const float* x, int64_t rows, floa
   std::shared_lock lock(mutex_);
   const Replica& r = replica(key);
   const ExpertGeometry g = ExpertGeometry::of(model_, key.stage);
-  if (rows > 0) run_op(ffn_forward_args(g, r.weights, x, rows, out, nullptr));  // null: the runner's workspace
+  if (on_device_)
+    device_forward(g, r, x, rows, out, nullptr);
+  else if (rows > 0)
+    run_op(ffn_forward_args(g, r.weights(), x, rows, out, nullptr));  // null: the runner's workspace
+}
+
+void ExpertStore::device_forward(const ExpertGeometry& g, const Replica& r, const float* x, int64_t rows, float* out,
+                                 Activations* act) const {
+  if (rows == 0) return;
+  auto turn = device_turn();
+  FloatBuffer device_x = FloatBuffer::from_host(backend_, x, {rows, g.d});
+  FloatBuffer device_out(backend_, {rows, g.d});
+  float* saved = nullptr;  // infer: the runner's workspace
+  if (act) {
+    act->device_saved = FloatBuffer(backend_, {cpu::ffn_saved_floats(rows, g.f, g.activation)});
+    saved = act->device_saved.data();
+  }
+  run_op(ffn_forward_args(g, r.weights(), device_x.data(), rows, device_out.data(), saved));
+  device_out.download(out);
+  if (act) {
+    act->x = device_x.data();
+    act->device_x = std::move(device_x);
+  }
 }
 
 void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const float* grad_out, int64_t rows,
@@ -218,19 +276,32 @@ void ExpertStore::backward(const ExpertKey& key, uint64_t request_id, const floa
     cache_.erase(it);
   }
   if (rows == 0) return;
-  if (grad_in) std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
   std::lock_guard grad_lock(r.grad_mutex);
-  run_op(FfnBackwardArgs{.dout = grad_out,
+  auto turn = device_turn();
+  // A device store computes on device copies of grad_out and dx (zeros, as on the host).
+  FloatBuffer device_dout, device_dx;
+  const float* dout = grad_out;
+  float* dx = grad_in;
+  if (on_device_) {
+    device_dout = FloatBuffer::from_host(backend_, grad_out, {rows, g.d});
+    dout = device_dout.data();
+    if (grad_in) device_dx = FloatBuffer(backend_, {rows, g.d});
+    dx = grad_in ? device_dx.data() : nullptr;
+  } else if (grad_in) {
+    std::memset(grad_in, 0, static_cast<size_t>(rows * g.d) * sizeof(float));
+  }
+  run_op(FfnBackwardArgs{.dout = dout,
                          .x = act.x,
                          .rows = rows,
                          .d = g.d,
                          .f = g.f,
                          .activation = g.activation,
-                         .w = weights_of(r.weights, g.activation),
-                         .saved = act.saved.data(),
-                         .dx = grad_in,
-                         .grads = grads_of(r.grads, g.activation),
+                         .w = weights_of(r.weights(), g.activation),
+                         .saved = on_device_ ? act.device_saved.data() : act.saved.data(),
+                         .dx = dx,
+                         .grads = grads_of(r.grads(), g.activation),
                          .weight_segments = weight_segments});
+  if (on_device_ && grad_in) device_dx.download(grad_in);
 }
 
 void ExpertStore::drop_request(uint64_t request_id) {
@@ -249,12 +320,56 @@ int64_t ExpertStore::pending_activations() const {
 
 TensorMap& ExpertStore::grads(const ExpertKey& key) {
   std::shared_lock lock(mutex_);
-  return replica(key).grads;
+  return host_replica(key, "grads").grads();
 }
 
 const TensorMap& ExpertStore::weights(const ExpertKey& key) const {
   std::shared_lock lock(mutex_);
-  return replica(key).weights;
+  return host_replica(key, "weights").weights();
+}
+
+TensorMap ExpertStore::weights_copy(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  const Replica& r = replica(key);
+  auto turn = device_turn();
+  return to_host(backend_, r.weights());
+}
+
+TensorMap ExpertStore::grads_copy(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  Replica& r = replica(key);
+  auto turn = device_turn();
+  return to_host(backend_, r.grads());
+}
+
+std::vector<float> ExpertStore::flat_grads(const ExpertKey& key) const {
+  std::shared_lock lock(mutex_);
+  Replica& r = replica(key);
+  auto turn = device_turn();
+  std::vector<float> out;
+  for (const auto& [name, t] : r.grads()) {
+    const size_t offset = out.size();
+    out.resize(offset + static_cast<size_t>(t.numel()));
+    read_tensor(backend_, t, out.data() + offset);
+  }
+  return out;
+}
+
+void ExpertStore::set_flat_grads(const ExpertKey& key, std::span<const float> values) {
+  std::shared_lock lock(mutex_);
+  Replica& r = replica(key);
+  std::lock_guard grad_lock(r.grad_mutex);
+  auto turn = device_turn();
+  size_t total = 0;
+  for (const auto& [name, t] : r.grads()) total += static_cast<size_t>(t.numel());
+  if (values.size() != total)
+    throw_runtime_error("expert store: " + std::to_string(values.size()) + " gradient values for " + key.to_string() +
+                        ", which has " + std::to_string(total));
+  size_t offset = 0;
+  for (auto& [name, t] : r.grads()) {
+    write_tensor(backend_, t, values.data() + offset);
+    offset += static_cast<size_t>(t.numel());
+  }
 }
 
 const AdamW& ExpertStore::optimizer(const ExpertKey& key) const {
@@ -264,6 +379,7 @@ const AdamW& ExpertStore::optimizer(const ExpertKey& key) const {
 
 void ExpertStore::step(const AdamWConfig& config) {
   std::unique_lock lock(mutex_);
+  auto turn = device_turn();
   for (auto& [key, r] : replicas_) {
     AdamW& opt = r->optimizer;
     if (!same_except_lr(opt.config(), config)) {
@@ -273,15 +389,15 @@ void ExpertStore::step(const AdamWConfig& config) {
     } else {
       opt.set_lr(config.lr);
     }
-    opt.step(r->weights, r->grads);
-    for (auto& [name, g] : r->grads) g.fill(0.0f);
+    opt.step(r->weights(), r->grads());
+    fill_zero(backend_, r->grads());
   }
 }
 
 void ExpertStore::zero_grads() {
   std::unique_lock lock(mutex_);
-  for (auto& [key, r] : replicas_)
-    for (auto& [name, g] : r->grads) g.fill(0.0f);
+  auto turn = device_turn();
+  for (auto& [key, r] : replicas_) fill_zero(backend_, r->grads());
 }
 
 int64_t ExpertStore::bytes() const {
@@ -415,7 +531,7 @@ void ExpertStore::load(const std::string& path, const std::vector<ExpertKey>* ex
   }
 
   std::map<ExpertKey, std::unique_ptr<Replica>> loaded;
-  for (auto& [key, t] : replicas) loaded.emplace(key, std::make_unique<Replica>(std::move(t), backend_));
+  for (auto& [key, t] : replicas) loaded.emplace(key, make_replica(std::move(t), {}));
   std::unique_lock lock(mutex_);
   replicas_ = std::move(loaded);
   std::lock_guard cache_lock(cache_mutex_);

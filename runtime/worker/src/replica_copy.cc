@@ -34,7 +34,7 @@ struct Transfer {
   int peer = 0;              // its worker id (slot)
   transport::Rank rank = 0;  // its data-plane id
   bool incoming = false;
-  ExpertTensors state;                                 // incoming: the receive buffers
+  ExpertTensors state;  // incoming: the receive buffers; outgoing from a device store: its host copy
   TensorMap grads;                                     // incoming: the new replica's zero gradients
   std::vector<std::pair<const float*, size_t>> spans;  // per tensor: its storage, bytes
   std::vector<uint64_t> trailer;
@@ -116,8 +116,11 @@ Status post_copy(transport::Transport& transport, const ExpertStore& store, uint
     t.state = std::move(b.state);
     t.grads = std::move(b.grads);
   }
-  const TensorMap& w = t.incoming ? t.state.weights : store.weights(t.key);
-  const TensorMap& m = t.incoming ? t.state.moments : store.optimizer(t.key).state();
+  // A device store's replica is sent from a host copy (UCX here moves host memory only).
+  const bool staged = t.incoming || !store.host_resident();
+  if (!t.incoming && staged && t.state.weights.empty()) t.state = store.tensors_of(t.key);
+  const TensorMap& w = staged ? t.state.weights : store.weights(t.key);
+  const TensorMap& m = staged ? t.state.moments : store.optimizer(t.key).state();
   for (const std::string& name : geometry.tensor_names())
     for (const Tensor* tensor : {&w.at(name), &m.at(name + ".exp_avg"), &m.at(name + ".exp_avg_sq")}) add_span(t, *tensor);
   for (size_t j = 0; j < t.spans.size(); ++j) {

@@ -71,9 +71,17 @@ void require(bool ok, const std::string& message) {
   if (!ok) throw Error(ErrorKind::input, message);
 }
 
+// WorkerOptions::backend, or the usable backend WorkerOptions::device names.
+Backend& worker_backend(const WorkerOptions& options) {
+  if (options.backend) return *options.backend;
+  if (Backend* b = find_backend(options.device)) return *b;
+  throw Error(ErrorKind::input, "worker: device '" + options.device + "' is not usable in this process");
+}
+
 class Worker {
  public:
-  Worker(const WorkerOptions& options, const std::atomic<bool>& stop) : options_(options), stop_(stop) {}
+  Worker(const WorkerOptions& options, const std::atomic<bool>& stop)
+      : options_(options), backend_(worker_backend(options)), stop_(stop) {}
 
   int run() {
     start_control_server();
@@ -133,6 +141,7 @@ class Worker {
     reg.set_host(transport::default_process_label());
     reg.set_control_endpoint(server_->endpoint());
     reg.set_replaces_pid(options_.replaces_pid);
+    reg.set_device(backend_.name());
     // Launchers start every rank at once: the coordinator may not listen yet; a restarting one
     // may drop the channel. Retry both until connect_timeout_ms; a refusal is final.
     const auto connect_deadline = std::chrono::steady_clock::now() + Millis(options_.connect_timeout_ms);
@@ -203,7 +212,7 @@ class Worker {
   // A replacement: the cluster's model with an empty store (the rebalance fills it).
   void take_loaded_model() {
     config_ = std::make_unique<Config>(load_config_string(registration_.model_yaml(), "model from the coordinator"));
-    store_ = std::make_unique<ExpertStore>(config_->model);
+    store_ = std::make_unique<ExpertStore>(config_->model, backend_);
     placement_ = wire::placement_from_pb(registration_.placement(), registration_.placement_epoch());
     SY_LOG(info, "runtime", label_ << ": replaces a lost worker (data-plane id " << rank_
                                    << "); waiting for replicas of placement epoch > " << placement_.epoch);
@@ -645,7 +654,7 @@ class Worker {
   void load_model(const pb::LoadModelOp& op, const std::vector<char>& payload) {
     auto config = std::make_unique<Config>(load_config_string(op.model_yaml(), "model from client"));
     const ModelConfig& m = config->model;
-    auto store = std::make_unique<ExpertStore>(m);
+    auto store = std::make_unique<ExpertStore>(m, backend_);
     require(payload.size() % sizeof(float) == 0, "LOAD_MODEL payload is not whole floats");
     const std::span<const float> floats(reinterpret_cast<const float*>(payload.data()), payload.size() / sizeof(float));
     size_t off = 0;
@@ -738,7 +747,7 @@ class Worker {
       const ExpertKey key = wire::key_from_pb(s);
       require(store.holds(key), "this worker holds no replica of " + key.to_string());
       const ExpertGeometry geometry = ExpertGeometry::of(config_->model, key.stage);
-      encode_expert_weights(geometry, op.what() == pb::FetchOp::GRADS ? store.grads(key) : store.weights(key), out);
+      encode_expert_weights(geometry, op.what() == pb::FetchOp::GRADS ? store.grads_copy(key) : store.weights_copy(key), out);
     }
     return out;
   }
@@ -756,8 +765,7 @@ class Worker {
       for (int w : workers)
         if (!dead.count(w)) live.push_back(w);
       if (live.size() < 2 || !placement_.holds(id_, key) || dead.count(id_) || !store_->holds(key)) continue;
-      std::vector<float> mine;
-      for (const auto& [name, t] : store_->grads(key)) mine.insert(mine.end(), t.values().begin(), t.values().end());
+      std::vector<float> mine = store_->flat_grads(key);
       std::map<int, std::vector<float>> all;
       exchange_with_replicas(key, live, reduce_tag(step, attempt, index), mine, all, dead);
       all[id_] = std::move(mine);
@@ -781,13 +789,7 @@ class Worker {
   }
 
   void apply_sums(const std::map<ExpertKey, std::vector<float>>& sums) {
-    for (const auto& [key, sum] : sums) {
-      size_t off = 0;
-      for (auto& [name, t] : store_->grads(key)) {
-        std::memcpy(t.data(), sum.data() + off, sizeof(float) * static_cast<size_t>(t.numel()));
-        off += static_cast<size_t>(t.numel());
-      }
-    }
+    for (const auto& [key, sum] : sums) store_->set_flat_grads(key, sum);
   }
 
   // Sends `mine` to every other live replica holder and receives theirs into `all`, failing as
@@ -925,6 +927,7 @@ class Worker {
   }
 
   WorkerOptions options_;
+  Backend& backend_;  // the replicas' memory and compute (WorkerOptions::device)
   const std::atomic<bool>& stop_;
   std::unique_ptr<control::ControlServer> server_;
   std::unique_ptr<control::ControlClient> coordinator_;

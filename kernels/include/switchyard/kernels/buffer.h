@@ -200,6 +200,11 @@ const T* on_backend(Backend& backend, const std::vector<T>& host, Buffer<T>& sta
   return staging.data();
 }
 
+// Tensors in `backend`'s memory (views on a device backend) copied to owning host tensors.
+TensorMap to_host(Backend& backend, const TensorMap& tensors);
+// Zeroes every tensor of `tensors`, which lives in `backend`'s memory.
+void fill_zero(Backend& backend, TensorMap& tensors);
+
 // Named tensors copied to a backend; tensors() maps the same names to views of that memory.
 class BufferMap {
  public:

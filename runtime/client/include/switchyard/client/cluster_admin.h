@@ -26,6 +26,7 @@ struct WorkerStatus {
   int data_plane_id = 0;     // its process's (the id for the first process; a replacement's is fresh)
   uint32_t restarts = 0;     // processes that replaced a lost one in this slot
   bool replacement = false;  // a replacement that holds no replicas yet
+  std::string device = "cpu";  // where its replicas live and compute (its backend)
 };
 
 struct ClientStatus {

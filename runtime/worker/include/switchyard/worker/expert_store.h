@@ -15,9 +15,16 @@
 // cross-replica reduction: use it while no backward is in flight.
 //
 // Compute: the expert FFN forward/backward and the AdamW step are ops of the store's Backend
-// (kernels/ops.h; a host backend, the buffers being host memory). Each concurrent computation
-// takes an OpRunner (one growing workspace) from a pool the store keeps until it is destroyed;
-// forward keeps the FFN activations in the request's own buffer (FfnForwardArgs::saved).
+// (kernels/ops.h). Each concurrent computation takes an OpRunner (one growing workspace) from a
+// pool the store keeps until it is destroyed; forward keeps the FFN activations in the request's
+// own buffer (FfnForwardArgs::saved).
+//
+// Device stores (a backend whose memory is not host memory, e.g. CUDA: a GPU worker). Weights,
+// gradients, AdamW moments and kept activations live in the device's memory; the rows of a
+// request (host memory: they came over the wire) are copied to the device, and the results
+// back, around each computation, which the store runs one at a time (one device stream).
+// weights(), grads() and optimizer().state() are host-store views; on a device store use
+// weights_copy(), grads_copy(), flat_grads()/set_flat_grads() and tensors_of(), which copy.
 //
 // Replicas of one expert stay bit-identical when they start equal and, before every step(),
 // their gradients are made equal (the reduction writes the same sum into each replica's grads).
@@ -47,6 +54,7 @@
 #include "switchyard/core/io.h"
 #include "switchyard/engine/optimizer.h"
 #include "switchyard/kernels/backend.h"
+#include "switchyard/kernels/buffer.h"
 #include "switchyard/kernels/cpu_ops.h"
 #include "switchyard/placement/placement.h"
 
@@ -54,7 +62,7 @@ namespace sy {
 
 class ExpertStore {
  public:
-  // Keeps a copy of the model config; `backend` (a host backend) runs the FFNs and AdamW.
+  // Keeps a copy of the model config; `backend` runs the FFNs and AdamW and holds the replicas.
   explicit ExpertStore(const ModelConfig& model, Backend& backend = cpu_backend());
   ExpertStore(const ExpertStore&) = delete;
   ExpertStore& operator=(const ExpertStore&) = delete;
@@ -100,11 +108,22 @@ class ExpertStore {
   // Requests with activations still kept (for leak checks and status).
   int64_t pending_activations() const;
 
-  // The replica's gradients (short names), for the cross-replica reduction before step().
+  // The replica's gradients and weights (short names) in place: host stores only (a device
+  // store throws a runtime error naming the key).
   TensorMap& grads(const ExpertKey& key);
   const TensorMap& weights(const ExpertKey& key) const;
-  // The replica's AdamW state: step count and moments ("{name}.exp_avg", "{name}.exp_avg_sq").
+  // The replica's AdamW state: step count and moments ("{name}.exp_avg", "{name}.exp_avg_sq";
+  // views of device memory on a device store).
   const AdamW& optimizer(const ExpertKey& key) const;
+  // Host copies, on any store: weights and gradients (fetch), and the gradients flattened in
+  // the TensorMap's name order (the cross-replica reduction), written back by set_flat_grads.
+  TensorMap weights_copy(const ExpertKey& key) const;
+  TensorMap grads_copy(const ExpertKey& key) const;
+  std::vector<float> flat_grads(const ExpertKey& key) const;
+  void set_flat_grads(const ExpertKey& key, std::span<const float> values);
+  // Whether the replicas live in host memory (weights()/grads() usable; rows need no copies).
+  bool host_resident() const { return !on_device_; }
+  Backend& backend() const { return backend_; }
 
   // AdamW with `config` on every replica (each with its own step counter; replicas that saw
   // no tokens still step, so all replicas of an expert advance together), then zero grads.
@@ -132,25 +151,40 @@ class ExpertStore {
   struct Replica {
     Replica(ExpertTensors t, Backend& backend);
     Replica(ExpertTensors t, TensorMap zero_grads, Backend& backend);
-    TensorMap weights;  // short names
-    TensorMap grads;
+    // Short names; in host_* on a host store, views of device_* on a device store.
+    TensorMap& weights() { return on_device ? device_weights.tensors() : host_weights; }
+    const TensorMap& weights() const { return on_device ? device_weights.tensors() : host_weights; }
+    TensorMap& grads() { return on_device ? device_grads.tensors() : host_grads; }
+    bool on_device;
+    TensorMap host_weights, host_grads;
+    BufferMap device_weights, device_grads;
     AdamW optimizer;
     std::mutex grad_mutex;  // serializes gradient accumulation of concurrent backward calls
   };
   struct Activations {  // what backward needs from one forward
     int64_t rows = 0;
-    const float* x = nullptr;            // in `x_copy`, or memory `x_owner` keeps alive
+    const float* x = nullptr;            // in `x_copy`, memory `x_owner` keeps alive, or device_x
     std::vector<float> x_copy;
     std::shared_ptr<const void> x_owner;
-    std::vector<float> saved;  // FfnForwardArgs::saved
+    std::vector<float> saved;  // FfnForwardArgs::saved (host store)
+    FloatBuffer device_x, device_saved;  // device store
   };
   Replica& replica(const ExpertKey& key) const;  // caller holds mutex_
   void insert(const ExpertKey& key, std::unique_ptr<Replica> r);  // fails when already held
   // Runs one op with an idle OpRunner of the pool (a new one when all are busy) and waits for it.
   void run_op(const OpArgs& args) const;
+  // Held around a device store's copies and ops (one at a time); does not lock on a host store.
+  std::unique_lock<std::mutex> device_turn() const;
+  Replica& host_replica(const ExpertKey& key, const char* what) const;  // caller holds mutex_
+  std::unique_ptr<Replica> make_replica(ExpertTensors tensors, TensorMap zero_grads) const;  // uploads on a device
+  // A device store's forward (act: keeps x and the activations on the device; null: infer).
+  void device_forward(const ExpertGeometry& g, const Replica& r, const float* x, int64_t rows, float* out,
+                      Activations* act) const;
 
   ModelConfig model_;
   Backend& backend_;
+  bool on_device_;
+  mutable std::mutex device_mutex_;  // device_turn()
   mutable std::mutex runner_mutex_;                              // idle_runners_
   mutable std::vector<std::unique_ptr<OpRunner>> idle_runners_;  // one per concurrent computation
   mutable std::shared_mutex mutex_;  // replicas_: shared for compute, exclusive for changes

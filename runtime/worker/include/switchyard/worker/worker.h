@@ -13,6 +13,7 @@
 #include <string>
 
 #include "switchyard/core/config.h"
+#include "switchyard/kernels/backend.h"
 
 namespace sy {
 
@@ -24,6 +25,13 @@ struct WorkerOptions {
   // How long to retry reaching the coordinator: the schema default of cluster.startup_timeout_ms
   // (the worker has no config before it reaches the coordinator).
   int connect_timeout_ms = ClusterConfig{}.startup_timeout_ms;
+  // Where the replicas live and compute: "cpu", or "cuda" (the CLI's --device cuda:N makes
+  // device N the process's only visible one first). Rows always travel in host memory (UCX as
+  // Debian builds it has no CUDA memory support): a CUDA worker stages them to the device and
+  // back (ExpertStore: device stores).
+  std::string device = "cpu";
+  // Overrides `device` with a backend the caller owns (tests: a stand-in device backend).
+  Backend* backend = nullptr;
 };
 
 // Serves until `stop` is set (signal handler) or the coordinator goes away; returns the
