@@ -18,7 +18,9 @@
 # test_backends (softmax and FFN forward, every backend); test_backend_ops filtered to the cuda
 # rows (every op of ops.h against the CPU, and every backward against finite differences);
 # test_layer_device (the layer engine on cuda against the CPU engine, every shipped config,
-# configs from ./configs/models); with a device, `switchyard train-toy --backend cuda` (20 steps);
+# configs from ./configs/models; also a GPU worker's expert store against the CPU store); with a
+# device, `switchyard train-toy --backend cuda` (20 steps) and scripts/cluster-loss-check.sh (a
+# cluster of one GPU worker against one cpu worker, 10 steps of train-toy --cluster);
 # then the benchmarks (unless --no-bench; they run even after a failed test, their numbers then
 # only timings): bench_gpu (the grouped FFN against dense cuBLAS, the NCCL exchange against raw
 # NCCL) and bench/bench_gpu_torch.py (the layer against PyTorch eager, the image's python3);
@@ -29,7 +31,7 @@
 #
 # Writes into $OUT (./device-check-out when OUT is unset): summary.txt, env.log, libs.log,
 # backends.log, test_backends.log, test_backend_ops.log, test_backend_ops.xml, sanitizer.log,
-# test_layer_device.log/.xml, train_toy_cuda.log, bench_gpu.log, bench_gpu_torch.log, headlines.txt.
+# test_layer_device.log/.xml, train_toy_cuda.log, cluster_cuda.log, bench_gpu.log, bench_gpu_torch.log, headlines.txt.
 # Exit status:
 #   0  a CUDA device was used and no test or benchmark failed
 #   1  a test or benchmark failed or timed out (summary.txt lists the failures)
@@ -161,6 +163,9 @@ if [ $no_device -eq 0 ] && [[ $missing != *switchyard:* ]]; then
   step train_toy_cuda 180 "$bin/switchyard" train-toy --config configs/models/combined.yaml --steps 20 \
     --no-progress --backend cuda || status=1
   tail -3 "$out/train_toy_cuda.log" | sed 's/^/  /' | tee -a "$summary"
+  # a GPU worker (switchyard up, cluster.worker_device: cuda) against a cpu worker, 10 steps
+  step cluster_cuda 180 scripts/cluster-loss-check.sh "$bin/switchyard" cuda 10 configs/models/combined.yaml || status=1
+  tail -3 "$out/cluster_cuda.log" | sed 's/^/  /' | tee -a "$summary"
 fi
 
 if [ $sanitize -eq 1 ] && [ $no_device -eq 0 ]; then

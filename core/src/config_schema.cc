@@ -414,6 +414,15 @@ const Field kSchema[] = {
      if (t == "ucx" || t == "inprocess") return "";
      return "\"" + t + "\" is not one of: ucx, inprocess";
    }},
+  {.path = "cluster.worker_device", .type = Type::string, .def = "cpu",
+   .help = "Where the workers `switchyard up` starts hold and compute their replicas: cpu, or cuda (worker i "
+           "runs `switchyard worker --device cuda:i`: one GPU each, rows staged through host memory).",
+   .slot = SY_CLUSTER(worker_device),
+   .check = [](const Scope& s) -> std::string {
+     const std::string& d = s.config->cluster.worker_device;
+     if (d == "cpu" || d == "cuda") return "";
+     return "\"" + d + "\" is not one of: cpu, cuda";
+   }},
   {.path = "cluster.worker_memory_mb", .def = "4096", .bound = Bound::gt,
    .help = "Memory budget per worker for expert replicas, each 4x its weight bytes (weights, gradients, "
            "two AdamW moments).",

@@ -9,12 +9,12 @@
 
 namespace sy {
 
-Backend& backend_named(const std::string& flag, const std::string& name) {
+Backend& backend_named(const std::string& setting, const std::string& name) {
   if (Backend* b = find_backend(name)) return *b;
   const std::vector<std::string> compiled = compiled_backends();
   std::string list;
   for (const std::string& n : compiled) list += (list.empty() ? "" : ", ") + n;
-  const std::string what = "--" + flag + " " + name;
+  const std::string what = setting + " " + name;
   if (std::find(compiled.begin(), compiled.end(), name) != compiled.end())
     throw UsageError(what + ": compiled but no " + (name == "cuda" ? std::string("CUDA device") : name) +
                      " usable here (switchyard backends lists what is)");

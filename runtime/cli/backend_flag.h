@@ -9,8 +9,8 @@
 namespace sy {
 
 // The usable backend `name`; an unknown name, one not compiled into this build, or one without a
-// usable device here is a UsageError naming `flag`.
-Backend& backend_named(const std::string& flag, const std::string& name);
+// usable device here is a UsageError naming `setting` (a flag, "--backend", or a config key).
+Backend& backend_named(const std::string& setting, const std::string& name);
 
 // `--device` VALUE → the backend name. "cuda:N" makes visible device N the process's only CUDA
 // device (CUDA_VISIBLE_DEVICES, the N-th entry of the one already set, if any), so it must run

@@ -100,7 +100,7 @@ int cli_worker(const std::vector<std::string>& args) {
   opt.requested_id = static_cast<int>(flags.get_int("id", env ? env->rank : -1));
   opt.bind_host = flags.get_or("bind", opt.bind_host);
   opt.replaces_pid = static_cast<uint32_t>(flags.get_int("replaces-pid", 0));
-  opt.device = backend_named("device", select_device(flags.get_or("device", "cpu"))).name();
+  opt.device = backend_named("--device", select_device(flags.get_or("device", "cpu"))).name();
   install_stop_handlers();
   return run_worker(opt, g_stop);
 }
@@ -137,6 +137,7 @@ int cli_up(const std::vector<std::string>& args) {
   // with a model in the file the whole placement is checked, else the file must at least read.
   if (cfg.has_model) (void)cluster_placement(cfg.model, cfg.cluster);
   else if (!cfg.cluster.placement.empty()) (void)read_yaml_file(cfg.cluster.placement, "placement file");
+  if (cfg.cluster.worker_device != "cpu") (void)backend_named("cluster.worker_device:", cfg.cluster.worker_device);
   install_stop_handlers();
   Coordinator coordinator(cfg.cluster);
   const std::string endpoint = coordinator.endpoint();
@@ -154,6 +155,7 @@ int cli_up(const std::vector<std::string>& args) {
     std::vector<std::string> argv = {launch::current_executable(), "worker", "--coordinator", endpoint, "--id",
                                      std::to_string(i)};
     if (replaces > 0) argv.insert(argv.end(), {"--replaces-pid", std::to_string(replaces)});
+    if (cfg.cluster.worker_device == "cuda") argv.insert(argv.end(), {"--device", "cuda:" + std::to_string(i)});
     return launch::LocalProcess::spawn(argv, env);
   };
   std::vector<Supervised> workers;

@@ -87,7 +87,7 @@ LayerInputs read_layer_inputs(const Flags& flags) {
 }
 
 // `--backend NAME` (default cpu): the backend the layer engine runs on.
-Backend& backend_flag(const Flags& flags) { return backend_named("backend", flags.get_or("backend", "cpu")); }
+Backend& backend_flag(const Flags& flags) { return backend_named("--backend", flags.get_or("backend", "cpu")); }
 
 // --backend with --cluster: the cluster's experts are host tensors on the workers.
 void refuse_device_with_cluster(const Flags& flags, const Backend& backend) {

@@ -669,6 +669,8 @@ TEST(ConfigClusterError, EveryConstraintNamesFileLineAndKey) {
   expect_config_error("cluster:\n  request_timeout_ms: -5\n", "cfg.yaml:2: cluster.request_timeout_ms: ",
                       "must be > 0");
   expect_config_error("cluster:\n  worker_memory_mb: 0\n", "cfg.yaml:2: cluster.worker_memory_mb: ", "must be > 0");
+  expect_config_error("cluster:\n  worker_device: gpu\n", "cfg.yaml:2: cluster.worker_device: ",
+                      "\"gpu\" is not one of: cpu, cuda");
   expect_config_error("cluster:\n  workers: 2\n  replicas: 3\n", "cfg.yaml:3: cluster.replicas: ",
                       "3 exceeds workers (2)");
   expect_config_error("cluster:\n  replicas: 0\n", "cfg.yaml:2: cluster.replicas: ", "must be >= 1");
@@ -769,6 +771,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.checkpoint_dir",
                                          "cluster.checkpoint_keep",
                                          "cluster.transport",
+                                         "cluster.worker_device",
                                          "cluster.worker_memory_mb",
                                          "cluster.placement",
                                          "cluster.replicas",

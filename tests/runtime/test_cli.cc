@@ -281,6 +281,12 @@ TEST_F(Cli, WorkerDeviceErrorsNameTheFlag) {
   r = run(worker + "cuda:0");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--device cuda: "), std::string::npos) << r.output;
+  // switchyard up refuses cluster.worker_device: cuda before it starts anything.
+  std::ofstream(path("gpu.yaml")) << "cluster:\n  workers: 2\n  worker_device: cuda\n";
+  r = run("up --config " + path("gpu.yaml"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("cluster.worker_device: cuda: "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("coordinator listening"), std::string::npos) << r.output;
 }
 
 // `--backend cuda` end to end through the CLI, against the CPU run of the same files (FP32:

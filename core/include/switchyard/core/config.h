@@ -109,6 +109,7 @@ struct ClusterConfig {
   std::string checkpoint_dir;               // where: step-{S}/ and `latest` (absolute); needed when N > 0
   int checkpoint_keep = 2;                  // complete checkpoints kept (older ones deleted)
   std::string transport = "ucx";            // data plane: "ucx" or "inprocess" (one process, tests)
+  std::string worker_device = "cpu";        // switchyard up's workers: "cpu", or "cuda" (worker i on cuda:i)
   int worker_memory_mb = 4096;              // per-worker budget for expert replicas
   std::string placement;                    // placement YAML, absolute path; "" = round-robin default
   int replicas = 1;                         // replicas per expert of the default placement, <= workers
