@@ -758,6 +758,7 @@ TEST(ConfigReference, MarkdownMentionsEveryKey) {
                                          "cluster.ucx_tls",
                                          "cluster.ucx_peer_failure",
                                          "cluster.idle_spin_us",
+                                         "cluster.client_spin_us",
                                          "cluster.chunk_rows",
                                          "cluster.heartbeat_ms",
                                          "cluster.dead_after_ms",

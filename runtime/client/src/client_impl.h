@@ -110,7 +110,7 @@ struct ClusterClient::Impl {
   uint64_t last_step = 0;
 
   Millis coordinator_timeout{15000};
-  std::chrono::microseconds idle_spin{0};  // cluster.idle_spin_us: spin, then sleep on the transport's events
+  std::chrono::microseconds reply_spin{0};  // cluster.client_spin_us: spin after a reply, then sleep on events
   int64_t chunk_rows = 0;                  // cluster.chunk_rows: rows per request (0: one per worker)
   ClusterClient::CopyCounts copies;
   std::optional<Clock::time_point> coordinator_away_since;  // load reports have failed since

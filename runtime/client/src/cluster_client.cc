@@ -125,7 +125,7 @@ ClusterClient::ClusterClient(const std::string& coordinator, const std::string& 
   }
   im.request_timeout = Millis(info.request_timeout_ms());
   im.coordinator_timeout = Millis(info.coordinator_timeout_ms());
-  im.idle_spin = std::chrono::microseconds(info.idle_spin_us());
+  im.reply_spin = std::chrono::microseconds(info.client_spin_us());
   im.chunk_rows = info.chunk_rows();
   im.liveness_check = Millis(info.liveness_check_ms());
   im.checkpoints.every_steps = static_cast<int>(info.checkpoint_every_steps());

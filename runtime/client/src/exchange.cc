@@ -110,7 +110,7 @@ Status ClusterClient::Impl::await_replies(std::vector<Call>& calls, const std::s
     // A short spin (a reply often follows at once), then sleep on the transport's events: a
     // waiting client leaves the cores to the workers computing its request.
     if (moved) last_moved = now;
-    else if (now - last_moved > idle_spin) transport->wait_for_events(std::chrono::milliseconds(1));
+    else if (now - last_moved > reply_spin) transport->wait_for_events(std::chrono::milliseconds(1));
     if (now > next_liveness_check) {  // UCX may never report a dead peer: ask the coordinator
       next_liveness_check = now + liveness_check;
       const std::map<int, std::string> dead = dead_among(waiting);

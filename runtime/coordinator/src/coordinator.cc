@@ -224,6 +224,7 @@ Result<pb::ClusterInfoReply> Coordinator::Impl::info() const {
   reply.set_workers_expected(cluster.workers);
   reply.set_membership_version(membership_version);
   reply.set_idle_spin_us(static_cast<uint32_t>(cluster.idle_spin_us));
+  reply.set_client_spin_us(static_cast<uint32_t>(cluster.client_spin_us));
   reply.set_chunk_rows(static_cast<uint32_t>(cluster.chunk_rows));
   const auto now = Clock::now();
   for (const auto& [id, m] : members) {

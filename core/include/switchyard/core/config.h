@@ -95,7 +95,8 @@ struct ClusterConfig {
   std::string http = "127.0.0.1:0";         // the coordinator's /metrics and dashboard; "" = off
   std::string ucx_tls;                      // exported as UCX_TLS; "" = UCX's own choice
   bool ucx_peer_failure = true;             // UCP_ERR_HANDLING_MODE_PEER on data-plane endpoints
-  int idle_spin_us = 0;                     // spin after the last progress before sleeping on events
+  int idle_spin_us = 0;                     // workers: spin after the last progress before sleeping on events
+  int client_spin_us = 30;                  // clients awaiting replies: spin after the last reply landed
   int chunk_rows = 256;                     // rows per data-plane request (a worker's share is split); 0 = one
   int heartbeat_ms = 500;
   int dead_after_ms = 3000;                 // > heartbeat_ms
