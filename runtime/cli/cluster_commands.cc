@@ -496,7 +496,8 @@ ServeRun serve_load(const std::string& endpoint, const Config& cfg, const Tensor
   return run;
 }
 
-// The limit of one request: its forward in this process (median of 21) plus, per stage, the
+// The limit of one request: its forward in this process (median of 200: a short run's median
+// moved by ±20% on a shared machine) plus, per stage, the
 // ucx_perftest round trip (2 × one-way tag latency) of the rows that stage sends out.
 struct ServeLimit {
   double local_ms = 0, exchange_ms = 0;
@@ -508,7 +509,7 @@ std::optional<ServeLimit> serve_limit(const ModelConfig& model, const TensorMap&
   LayerEngine layer(model, w, local);
   const ServeRequest req(model, tokens, 0);
   std::vector<double> ms;
-  for (int i = 0; i < 24; ++i) {
+  for (int i = 0; i < 203; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     layer.forward(req.x, req.context());
     if (i >= 3) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
