@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <span>
 #include <sstream>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -165,6 +166,16 @@ std::string check_stage_size(const ModelConfig& m, const StageConfig& st) {
 }
 
 const std::string kDynamicChain = "; dynamic routing needs 1 <= k_min <= k_avg <= k_max <= experts";
+
+// A string setting with a few allowed values (a choice setting keeps an enum; these keep the text).
+std::string check_one_of(const std::string& value, std::initializer_list<std::string_view> allowed) {
+  std::string list;
+  for (std::string_view a : allowed) {
+    if (value == a) return "";
+    list += (list.empty() ? "" : ", ") + std::string(a);
+  }
+  return "\"" + value + "\" is not one of: " + list;
+}
 
 // UCX_TLS: comma-separated transport names ("sm,self", "tcp,self", "^ib", "all").
 std::string check_ucx_tls(std::string_view tls) {
@@ -414,20 +425,12 @@ const Field kSchema[] = {
    .help = "Data plane between clients and workers: ucx (processes, any host), or inprocess (coordinator, "
            "workers and clients as threads of one process: tests).",
    .slot = SY_CLUSTER(transport),
-   .check = [](const Scope& s) -> std::string {
-     const std::string& t = s.config->cluster.transport;
-     if (t == "ucx" || t == "inprocess") return "";
-     return "\"" + t + "\" is not one of: ucx, inprocess";
-   }},
+   .check = [](const Scope& s) { return check_one_of(s.config->cluster.transport, {"ucx", "inprocess"}); }},
   {.path = "cluster.worker_device", .type = Type::string, .def = "cpu",
    .help = "Where the workers `switchyard up` starts hold and compute their replicas: cpu, or cuda (worker i "
            "runs `switchyard worker --device cuda:i`: one GPU each, rows staged through host memory).",
    .slot = SY_CLUSTER(worker_device),
-   .check = [](const Scope& s) -> std::string {
-     const std::string& d = s.config->cluster.worker_device;
-     if (d == "cpu" || d == "cuda") return "";
-     return "\"" + d + "\" is not one of: cpu, cuda";
-   }},
+   .check = [](const Scope& s) { return check_one_of(s.config->cluster.worker_device, {"cpu", "cuda"}); }},
   {.path = "cluster.worker_memory_mb", .def = "4096", .bound = Bound::gt,
    .help = "Memory budget per worker for expert replicas, each 4x its weight bytes (weights, gradients, "
            "two AdamW moments).",
