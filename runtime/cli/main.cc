@@ -1,6 +1,7 @@
 // switchyard: the command-line entry point. Every subcommand parses its own flags, reports
 // errors as `switchyard: error: ...` and exits with the error's code (config 2, input 3).
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <malloc.h>
 #include <unistd.h>
@@ -26,6 +27,7 @@
 #include "switchyard/kernels/backend.h"
 #include "switchyard/kernels/buffer.h"
 #include "switchyard/client/cluster_client.h"
+#include "switchyard/engine/staged_experts.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/layer_weights.h"
 #include "switchyard/cli/toy_task.h"
@@ -89,10 +91,13 @@ LayerInputs read_layer_inputs(const Flags& flags) {
 // `--backend NAME` (default cpu): the backend the layer engine runs on.
 Backend& backend_flag(const Flags& flags) { return backend_named("--backend", flags.get_or("backend", "cpu")); }
 
-// --backend with --cluster: the cluster's experts are host tensors on the workers.
-void refuse_device_with_cluster(const Flags& flags, const Backend& backend) {
-  if (flags.has("cluster") && backend.device() != Device::cpu)
-    throw UsageError("--backend " + backend.name() + " cannot be combined with --cluster (the cluster path runs on the cpu)");
+// The experts a layer on `backend` uses: the cluster's (staged through host memory when the
+// engine runs on a device: `staged` keeps the stager) or the local ones.
+ExpertCompute& layer_experts(ClusterClient* client, LocalExperts& local, Backend& backend,
+                             std::optional<StagedExperts>& staged) {
+  if (!client) return local;
+  if (backend.device() == Device::cpu) return client->experts(0);
+  return staged.emplace(client->experts(0), backend);
 }
 
 TensorMap read_layer_weights(const ModelConfig& model, const std::string& path) {
@@ -132,7 +137,6 @@ int cmd_layer(const std::vector<std::string>& args) {
     Flags flags(rest, "layer forward",
                 {"config", "weights", "input", "output", "attention", "importance", "cluster", "backend"});
     Backend& backend = backend_flag(flags);
-    refuse_device_with_cluster(flags, backend);
     const Config cfg = load_config(flags.get("config"));
     const TensorMap host_w = read_layer_weights(cfg.model, flags.get("weights"));
     const LayerInputs in = read_layer_inputs(flags);
@@ -143,10 +147,11 @@ int cmd_layer(const std::vector<std::string>& args) {
     std::unique_ptr<ClusterClient> client;
     if (flags.has("cluster")) {
       client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard layer forward");
-      client->load_model(cfg, w);
+      client->load_model(cfg, host_w);
       client->set_training(false);
     }
-    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local), "", backend);
+    std::optional<StagedExperts> staged;
+    LayerEngine layer(cfg.model, w, layer_experts(client.get(), local, backend, staged), "", backend);
     const Tensor y = layer.forward(in.x, in.view());
     write_npy(flags.get("output"), y);
     print_stage_stats(cfg.model, layer, std::cout);
@@ -158,7 +163,6 @@ int cmd_layer(const std::vector<std::string>& args) {
     Flags flags(rest, "layer backward",
                 {"config", "weights", "input", "grad-output", "out-dir", "attention", "importance", "cluster", "backend"});
     Backend& backend = backend_flag(flags);
-    refuse_device_with_cluster(flags, backend);
     const bool host = backend.device() == Device::cpu;
     const Config cfg = load_config(flags.get("config"));
     const TensorMap host_w = read_layer_weights(cfg.model, flags.get("weights"));
@@ -176,9 +180,10 @@ int cmd_layer(const std::vector<std::string>& args) {
     std::unique_ptr<ClusterClient> client;
     if (flags.has("cluster")) {
       client = std::make_unique<ClusterClient>(flags.get("cluster"), "switchyard layer backward");
-      client->load_model(cfg, w);
+      client->load_model(cfg, host_w);
     }
-    LayerEngine layer(cfg.model, w, client ? client->experts(0) : static_cast<ExpertCompute&>(local), "", backend);
+    std::optional<StagedExperts> staged;
+    LayerEngine layer(cfg.model, w, layer_experts(client.get(), local, backend, staged), "", backend);
     const Tensor y = layer.forward(in.x, in.view());
     const Tensor dx = layer.backward(g, engine_grads);
     if (!host) grads = device_grads.to_host();
@@ -208,7 +213,6 @@ int cmd_train_toy(const std::vector<std::string>& args) {
               {"config", "steps", "seed", "lr", "sequences", "seq-len", "cluster", "skew", "trace", "backend"},
               {"no-progress"});
   Backend& backend = backend_flag(flags);
-  refuse_device_with_cluster(flags, backend);
   const Config cfg = load_config(flags.get("config"));
   ToyTaskOptions opt;
   opt.steps = static_cast<int>(flags.get_int("steps", opt.steps));

@@ -11,6 +11,7 @@
 #include <ostream>
 
 #include "switchyard/client/cluster_client.h"
+#include "switchyard/engine/staged_experts.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/optimizer.h"
 #include "switchyard/kernels/buffer.h"
@@ -151,7 +152,6 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
   }
   Backend& backend = opt.backend ? *opt.backend : cpu_backend();
   const bool host = backend.device() == Device::cpu;
-  if (cluster && !host) throw_input_error("train-toy: a cluster run keeps the client on the cpu backend");
   // A device backend: teacher, student and gradients in its memory (the cpu: the maps themselves).
   BufferMap teacher_device, student_device, grads_device;
   if (!host) teacher_device = BufferMap(backend, teacher);
@@ -172,8 +172,10 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
   TensorMap& student_w = host ? student : student_device.tensors();
   TensorMap& grads = host ? host_grads : grads_device.tensors();
   LocalExperts student_experts(model, student_w, &grads, "", backend);
-  LayerEngine student_layer(model, student_w,
-                            cluster ? cluster->experts(0) : static_cast<ExpertCompute&>(student_experts), "", backend);
+  std::optional<StagedExperts> staged;  // a device client's rows to and from the workers
+  if (cluster && !host) staged.emplace(cluster->experts(0), backend);
+  ExpertCompute& student_compute = !cluster ? student_experts : staged ? *staged : cluster->experts(0);
+  LayerEngine student_layer(model, student_w, student_compute, "", backend);
   AdamW adam({.lr = opt.lr}, backend);
 
   RandomStream data(opt.data_seed, "toy-data");

@@ -33,6 +33,7 @@
 #include "switchyard/worker/worker.h"
 #include "../support/trajectory_adamw.h"
 #include "../support/free_port.h"
+#include "../support/guarded_device_backend.h"
 #include "../support/local_cluster.h"
 #include "../support/up_process.h"
 
@@ -159,14 +160,19 @@ INSTANTIATE_TEST_SUITE_P(Models, ClusterEquivalence,
                                             ::testing::Values("ucx", "inprocess")),
                          [](const auto& p) { return std::get<0>(p.param) + "_" + std::get<1>(p.param); });
 
-// A two-layer model (client library): the residual composition of two layer engines, and the
-// same numbers through the cluster for forward, backward and three training steps.
-void two_layers_local_and_cluster_agree(const std::string& transport) {
-  Config cfg = load_config_string(
+// Two layers: a DAG-aggregated top-2 stage, then a top-1 stage with a coefficient-mixed shared expert.
+Config two_layer_config() {
+  return load_config_string(
       "model:\n  hidden_size: 16\n  layers: 2\n  layer:\n    input_norm: rmsnorm\n    stages:\n"
       "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 2}, aggregation: {kind: dag, levels: 1, dim: 4}}\n"
       "      - {experts: 4, ffn_hidden_size: 8, routing: {k: 1}, shared_expert: {ffn_hidden_size: 8, mix: coefficient}}\n",
       "two-layer");
+}
+
+// A two-layer model (client library): the residual composition of two layer engines, and the
+// same numbers through the cluster for forward, backward and three training steps.
+void two_layers_local_and_cluster_agree(const std::string& transport) {
+  const Config cfg = two_layer_config();
   const TensorMap weights = init_model_weights(cfg.model, 5);
   ASSERT_TRUE(weights.count("layers.1.stages.1.router.weight"));
   MoeModel local(cfg, weights);
@@ -197,6 +203,35 @@ void two_layers_local_and_cluster_agree(const std::string& transport) {
 }
 
 TEST(MoeModelTest, TwoLayersLocalAndClusterAgree) { two_layers_local_and_cluster_agree("ucx"); }
+
+// A client on a device (the stand-in: memory the host cannot touch outside the backend): the
+// dense layers run there and the cluster's rows are staged through host memory
+// (StagedExperts). Three training steps give the cpu client's numbers bit for bit, through the
+// same kind of cluster (the stand-in computes with the CPU kernels).
+TEST(MoeModelTest, AClientOnADeviceTrainsThroughTheClusterLikeACpuClient) {
+  const Config cfg = two_layer_config();
+  const TensorMap weights = init_model_weights(cfg.model, 5);
+  const Batch batch = make_batch(cfg.model, 3);
+  test_support::GuardedDeviceBackend device;
+  std::vector<Tensor> outputs[2], input_grads[2];
+  for (int on_device = 0; on_device < 2; ++on_device) {
+    LocalCluster cluster(2, 1, 3000, true, {}, "inprocess");
+    ClusterClient client(cluster.coordinator->endpoint(), "device client");
+    client.load_model(cfg, weights);
+    MoeModel model(cfg, weights, client, on_device ? static_cast<Backend&>(device) : cpu_backend());
+    for (int step = 0; step < 3; ++step) {
+      outputs[on_device].push_back(model.forward(batch.x));
+      input_grads[on_device].push_back(model.backward(batch.g));
+      model.step(AdamWConfig{.lr = 1e-2});
+    }
+  }
+  for (int step = 0; step < 3; ++step) {
+    EXPECT_EQ(outputs[1][static_cast<size_t>(step)].values(), outputs[0][static_cast<size_t>(step)].values()) << step;
+    EXPECT_EQ(input_grads[1][static_cast<size_t>(step)].values(), input_grads[0][static_cast<size_t>(step)].values())
+        << step;
+  }
+  EXPECT_GT(device.ops["adamw"], 0);  // the dense parameters stepped on the device
+}
 
 // SWITCHYARD_SECRET set for the test process (and so for its worker processes): the same
 // cluster with every control connection authenticated.

@@ -17,33 +17,35 @@ MoeModel::MoeModel(const Config& config, TensorMap weights) : MoeModel(config, s
 
 MoeModel::MoeModel(const Config& config, TensorMap weights, Backend& backend)
     : config_(config), backend_(&backend), weights_(std::move(weights)) {
-  const bool host = backend.device() == Device::cpu;
-  for (int n = 0; n < config_.model.layers; ++n)
-    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n), false, host);
-  if (host) {
-    grads_ = zeros_like(weights_);
-  } else {
-    device_weights_ = BufferMap(backend, TensorMap{});
-    for (auto& [name, t] : weights_)
-      if (!t.borrowed()) {  // owned host tensor: copied to the device, the model reads the copy
-        device_weights_.set(name, t);
-        t = Tensor::borrow(device_weights_.tensors().at(name).data(), t.shape());
-      }
-    device_grads_ = BufferMap(backend, zeros_like(weights_));
-    for (auto& [name, g] : device_grads_.tensors()) grads_.emplace(name, Tensor::borrow(g.data(), g.shape()));
-  }
+  place_weights(false);
   build();
 }
 
-MoeModel::MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts)
-    : config_(config), backend_(&cpu_backend()), weights_(std::move(weights)), remote_(&experts) {
+MoeModel::MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts, Backend& backend)
+    : config_(config), backend_(&backend), weights_(std::move(weights)), remote_(&experts) {
   for (int n = 0; n < config_.model.layers; ++n)  // the experts live with the provider
     for (const ParamSpec& spec : layer_param_specs(config_.model, layer_prefix(config_.model, n)))
       if (spec.owner == ParamOwner::expert) weights_.erase(spec.name);
-  for (int n = 0; n < config_.model.layers; ++n)
-    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n), true);
-  grads_ = zeros_like(weights_);
+  place_weights(true);
   build();
+}
+
+void MoeModel::place_weights(bool dense_only) {
+  const bool host = backend_->device() == Device::cpu;
+  for (int n = 0; n < config_.model.layers; ++n)
+    check_layer_weights(config_.model, weights_, "model weights", layer_prefix(config_.model, n), dense_only, host);
+  if (host) {
+    grads_ = zeros_like(weights_);
+    return;
+  }
+  device_weights_ = BufferMap(*backend_, TensorMap{});
+  for (auto& [name, t] : weights_)
+    if (!t.borrowed()) {  // owned host tensor: copied to the device, the model reads the copy
+      device_weights_.set(name, t);
+      t = Tensor::borrow(device_weights_.tensors().at(name).data(), t.shape());
+    }
+  device_grads_ = BufferMap(*backend_, zeros_like(weights_));
+  for (auto& [name, g] : device_grads_.tensors()) grads_.emplace(name, Tensor::borrow(g.data(), g.shape()));
 }
 
 MoeModel::~MoeModel() = default;
@@ -53,8 +55,11 @@ void MoeModel::build() {
   for (int n = 0; n < m.layers; ++n) {
     const std::string prefix = layer_prefix(m, n);
     ExpertCompute* experts;
-    if (remote_) {
+    if (remote_ && backend_->device() == Device::cpu) {
       experts = &remote_->experts(n);
+    } else if (remote_) {
+      staged_experts_.push_back(std::make_unique<StagedExperts>(remote_->experts(n), *backend_));
+      experts = staged_experts_.back().get();
     } else {
       local_experts_.push_back(std::make_unique<LocalExperts>(m, weights_, &grads_, prefix, *backend_));
       experts = local_experts_.back().get();

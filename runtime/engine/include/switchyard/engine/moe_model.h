@@ -14,6 +14,7 @@
 #include "switchyard/core/io.h"
 #include "switchyard/engine/layer_engine.h"
 #include "switchyard/engine/optimizer.h"
+#include "switchyard/engine/staged_experts.h"
 
 namespace sy {
 
@@ -43,8 +44,10 @@ class MoeModel {
   // (not for NaN/Inf). forward()/backward() keep taking host tensors (copied).
   MoeModel(const Config& config, TensorMap weights, Backend& backend);
   // Routed experts from `experts` (already loaded there, e.g. ClusterClient::load_model);
-  // expert tensors in `weights` are dropped, the dense ones kept here.
-  MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts);
+  // expert tensors in `weights` are dropped, the dense ones kept here, on `backend` (a device
+  // backend as in the constructor above; the experts' rows are then staged through host memory:
+  // StagedExperts).
+  MoeModel(const Config& config, TensorMap weights, ExpertProvider& experts, Backend& backend = cpu_backend());
   ~MoeModel();
 
   // Residual-stream output h_L for input h_0 = x [T, d]; keeps what backward needs.
@@ -86,6 +89,8 @@ class MoeModel {
   Backend& backend() const { return *backend_; }
 
  private:
+  // Checks the (dense, or every) parameters; on a device backend copies the owned ones there.
+  void place_weights(bool dense_only);
   void build();
   void backward_through_layer(size_t n, Tensor& dh);
   Config config_;
@@ -94,6 +99,7 @@ class MoeModel {
   BufferMap device_weights_, device_grads_;  // device backend: owned weights and the gradients
   ExpertProvider* remote_ = nullptr;
   std::vector<std::unique_ptr<LocalExperts>> local_experts_;
+  std::vector<std::unique_ptr<StagedExperts>> staged_experts_;  // a provider's, for a device engine
   std::vector<std::unique_ptr<LayerEngine>> layers_;
   std::unique_ptr<AdamW> adam_;
   uint64_t steps_ = 0;
