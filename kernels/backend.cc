@@ -23,13 +23,6 @@ void run_with_own_workspace(Backend& backend, const OpArgs& args) {
   if (workspace) backend.release(workspace);
 }
 
-Backend& host_backend(Backend& backend, const std::string& user) {
-  if (backend.device() != Device::cpu)
-    throw_runtime_error(user + ": backend '" + backend.name() +
-                        "' is not a host backend (its buffers are host memory)");
-  return backend;
-}
-
 void Backend::fill_zero(void* dst, size_t bytes) {
   if (bytes == 0) return;
   if (device() == Device::cpu) {

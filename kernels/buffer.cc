@@ -23,23 +23,17 @@ TensorMap BufferMap::to_host() const {
 }
 
 TensorMap to_host(Backend& backend, const TensorMap& tensors) {
-  if (backend.device() == Device::cpu) return tensors;
   TensorMap out;
   for (const auto& [name, t] : tensors) {
     Tensor h(t.shape());
-    backend.copy_to_host(h.data(), t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
+    borrow_buffer(backend, t).download(h.data());
     out.emplace(name, std::move(h));
   }
   return out;
 }
 
 void fill_zero(Backend& backend, TensorMap& tensors) {
-  for (auto& [name, t] : tensors) {
-    if (backend.device() == Device::cpu)
-      t.fill(0.0f);
-    else
-      backend.fill_zero(t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
-  }
+  for (auto& [name, t] : tensors) borrow_buffer(backend, t).fill_zero();
 }
 
 }  // namespace sy

@@ -95,9 +95,7 @@ Backend& backend_flag(const Flags& flags) { return backend_named("--backend", fl
 // engine runs on a device: `staged` keeps the stager) or the local ones.
 ExpertCompute& layer_experts(ClusterClient* client, LocalExperts& local, Backend& backend,
                              std::optional<StagedExperts>& staged) {
-  if (!client) return local;
-  if (backend.device() == Device::cpu) return client->experts(0);
-  return staged.emplace(client->experts(0), backend);
+  return client ? experts_on(client->experts(0), backend, staged) : local;
 }
 
 TensorMap read_layer_weights(const ModelConfig& model, const std::string& path) {

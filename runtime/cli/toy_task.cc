@@ -173,8 +173,7 @@ ToyTaskResult run_toy_task(const Config& config, const ToyTaskOptions& opt, std:
   TensorMap& grads = host ? host_grads : grads_device.tensors();
   LocalExperts student_experts(model, student_w, &grads, "", backend);
   std::optional<StagedExperts> staged;  // a device client's rows to and from the workers
-  if (cluster && !host) staged.emplace(cluster->experts(0), backend);
-  ExpertCompute& student_compute = !cluster ? student_experts : staged ? *staged : cluster->experts(0);
+  ExpertCompute& student_compute = cluster ? experts_on(cluster->experts(0), backend, staged) : student_experts;
   LayerEngine student_layer(model, student_w, student_compute, "", backend);
   AdamW adam({.lr = opt.lr}, backend);
 

@@ -55,11 +55,8 @@ void MoeModel::build() {
   for (int n = 0; n < m.layers; ++n) {
     const std::string prefix = layer_prefix(m, n);
     ExpertCompute* experts;
-    if (remote_ && backend_->device() == Device::cpu) {
-      experts = &remote_->experts(n);
-    } else if (remote_) {
-      staged_experts_.push_back(std::make_unique<StagedExperts>(remote_->experts(n), *backend_));
-      experts = staged_experts_.back().get();
+    if (remote_) {
+      experts = &experts_on(remote_->experts(n), *backend_, staged_experts_.emplace_back());
     } else {
       local_experts_.push_back(std::make_unique<LocalExperts>(m, weights_, &grads_, prefix, *backend_));
       experts = local_experts_.back().get();

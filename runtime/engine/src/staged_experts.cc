@@ -2,10 +2,14 @@
 
 namespace sy {
 
+ExpertCompute& experts_on(ExpertCompute& host, Backend& engine_backend, std::optional<StagedExperts>& holder) {
+  if (engine_backend.device() == Device::cpu) return host;
+  return holder.emplace(host, engine_backend);
+}
+
 Tensor StagedExperts::download(const Tensor& device_tensor) const {
   Tensor host(device_tensor.shape());
-  if (host.numel() > 0)
-    device_.copy_to_host(host.data(), device_tensor.data(), static_cast<size_t>(host.numel()) * sizeof(float));
+  if (host.numel() > 0) borrow_buffer(device_, device_tensor).download(host.data());
   return host;
 }
 

@@ -52,14 +52,6 @@ cpu::ExpertGrads grads_of(TensorMap& g, Activation activation) {
   return out;
 }
 
-// One tensor of `backend`'s memory read into / written from host floats.
-void read_tensor(Backend& backend, const Tensor& t, float* dst) {
-  backend.copy_to_host(dst, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
-}
-void write_tensor(Backend& backend, Tensor& t, const float* src) {
-  backend.copy_from_host(t.data(), src, static_cast<size_t>(t.numel()) * sizeof(float));
-}
-
 bool same_except_lr(const AdamWConfig& a, const AdamWConfig& b) {
   return a.beta1 == b.beta1 && a.beta2 == b.beta2 && a.eps == b.eps && a.weight_decay == b.weight_decay;
 }
@@ -350,7 +342,7 @@ std::vector<float> ExpertStore::flat_grads(const ExpertKey& key) const {
   for (const auto& [name, t] : r.grads()) {
     const size_t offset = out.size();
     out.resize(offset + static_cast<size_t>(t.numel()));
-    read_tensor(backend_, t, out.data() + offset);
+    borrow_buffer(backend_, t).download(out.data() + offset);
   }
   return out;
 }
@@ -367,7 +359,7 @@ void ExpertStore::set_flat_grads(const ExpertKey& key, std::span<const float> va
                         ", which has " + std::to_string(total));
   size_t offset = 0;
   for (auto& [name, t] : r.grads()) {
-    write_tensor(backend_, t, values.data() + offset);
+    borrow_buffer(backend_, t).upload(values.data() + offset);
     offset += static_cast<size_t>(t.numel());
   }
 }

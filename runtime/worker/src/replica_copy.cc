@@ -118,7 +118,7 @@ Status post_copy(transport::Transport& transport, const ExpertStore& store, uint
   }
   // A device store's replica is sent from a host copy (UCX here moves host memory only).
   const bool staged = t.incoming || !store.host_resident();
-  if (!t.incoming && staged && t.state.weights.empty()) t.state = store.tensors_of(t.key);
+  if (!t.incoming && !store.host_resident()) t.state = store.tensors_of(t.key);
   const TensorMap& w = staged ? t.state.weights : store.weights(t.key);
   const TensorMap& m = staged ? t.state.moments : store.optimizer(t.key).state();
   for (const std::string& name : geometry.tensor_names())

@@ -81,10 +81,6 @@ class OpRunner {
 // The usable backend called `name` (as name() answers), or null when it is not usable here.
 Backend* find_backend(const std::string& name);
 
-// `backend` if its memory is host memory (device() == Device::cpu); otherwise throws a runtime
-// error naming `user`, whose buffers are host memory.
-Backend& host_backend(Backend& backend, const std::string& user);
-
 // Every backend usable in this process, most capable first; the CPU backend is always last.
 const std::vector<Backend*>& backends();
 Backend& cpu_backend();

@@ -6,7 +6,9 @@
 // object a trainer rank or a serving front end embeds.
 #pragma once
 
+#include <deque>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "switchyard/core/config.h"
@@ -99,7 +101,7 @@ class MoeModel {
   BufferMap device_weights_, device_grads_;  // device backend: owned weights and the gradients
   ExpertProvider* remote_ = nullptr;
   std::vector<std::unique_ptr<LocalExperts>> local_experts_;
-  std::vector<std::unique_ptr<StagedExperts>> staged_experts_;  // a provider's, for a device engine
+  std::deque<std::optional<StagedExperts>> staged_experts_;  // a provider's, for a device engine
   std::vector<std::unique_ptr<LayerEngine>> layers_;
   std::unique_ptr<AdamW> adam_;
   uint64_t steps_ = 0;

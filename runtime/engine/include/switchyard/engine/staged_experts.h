@@ -6,6 +6,7 @@
 // valid until its next forward/backward of the stage (the LocalExperts contract).
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include "switchyard/engine/layer_engine.h"
@@ -30,5 +31,9 @@ class StagedExperts final : public ExpertCompute {
   Backend& device_;
   std::vector<FloatBuffer> outputs_, grad_inputs_;  // [stage]
 };
+
+// `host` as the experts of an engine on `engine_backend`: itself on a host backend, else a
+// StagedExperts over it, kept in `holder`.
+ExpertCompute& experts_on(ExpertCompute& host, Backend& engine_backend, std::optional<StagedExperts>& holder);
 
 }  // namespace sy
